@@ -1,0 +1,382 @@
+//! The terminal front-end: `baton serve`, `run`, `status`, `list`, `resume`, `cancel`,
+//! `watch`, `validate`, `schema`.
+//!
+//! Invariant: this module only translates between a terminal and the engine; every state
+//! change goes through the same engine calls the MCP tools use.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::{
+    self, Engine, EngineConfig, EngineError, MonitorFilter, ResumeMode, ResumeRequest,
+    SubmitRequest, describe_event,
+};
+use crate::store::{Durability, Store, StoreError, WorkflowStatus};
+
+/// Durable, resumable multi-step workflows for AI coding agents, over MCP stdio.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Database file (default: the platform data dir, e.g. ~/.local/share/baton/baton.db).
+    #[arg(long, env = "BATON_DB", global = true)]
+    pub db: Option<PathBuf>,
+    /// Agent CLI command for prompt steps (split like a shell would: "claude" or "node cli.js").
+    #[arg(long, env = "BATON_AGENT_COMMAND", global = true, default_value = "claude")]
+    pub agent_command: String,
+    /// Steps that may run at once in this process, over all workflows.
+    #[arg(long, env = "BATON_MAX_CONCURRENT_STEPS", global = true, default_value_t = 32)]
+    pub max_concurrent_steps: usize,
+    /// `full` survives power loss (one fsync per commit); `normal` survives process crashes.
+    #[arg(long, env = "BATON_DURABILITY", global = true, value_enum, default_value_t = Durability::Full)]
+    pub durability: Durability,
+    /// Bytes of each output stream kept per attempt.
+    #[arg(long, env = "BATON_OUTPUT_CAP", global = true, default_value_t = 1024 * 1024)]
+    pub output_cap: usize,
+    /// Lease duration in milliseconds; a dead process's workflows are adopted after it.
+    #[arg(long, env = "BATON_LEASE_MS", global = true, default_value_t = 15_000)]
+    pub lease_ms: u64,
+    /// Seconds between SIGTERM and SIGKILL when stopping a step.
+    #[arg(long, env = "BATON_KILL_GRACE_S", global = true, default_value_t = 5.0)]
+    pub kill_grace_s: f64,
+    /// Log filter for stderr (e.g. info, baton=debug); RUST_LOG works too.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve MCP over stdio (add with: claude mcp add baton -- baton serve).
+    Serve,
+    /// Run a workflow file in the foreground, one line per event; exit 0 only if it completes.
+    Run {
+        file: PathBuf,
+        /// An input value, NAME=VALUE (repeatable).
+        #[arg(long = "input", short = 'i', value_parser = parse_kv)]
+        inputs: Vec<(String, String)>,
+        /// Idempotency key; reusing it attaches to the existing workflow.
+        #[arg(long)]
+        thread_id: Option<String>,
+    },
+    /// Show a workflow's status as JSON.
+    Status { thread_id: String },
+    /// List workflows (active ones unless --all).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Resume a stopped workflow and follow it.
+    Resume {
+        thread_id: String,
+        /// Re-run this step and everything downstream of it.
+        #[arg(long)]
+        from_step: Option<String>,
+        /// `retry` runs failed/blocked steps again; `skip` marks them skipped and continues.
+        #[arg(long, value_enum, default_value_t = CliResumeMode::Retry)]
+        mode: CliResumeMode,
+        /// Guidance for a retried agent step, sent into its resumed session.
+        #[arg(long)]
+        prompt: Option<String>,
+    },
+    /// Cancel a workflow (it stays resumable).
+    Cancel { thread_id: String },
+    /// Print a workflow's events as they happen, from the start (or after --cursor).
+    Watch {
+        thread_id: String,
+        #[arg(long, default_value_t = 0)]
+        cursor: i64,
+    },
+    /// Check a workflow file and print the problems, if any.
+    Validate {
+        file: PathBuf,
+        #[arg(long = "input", short = 'i', value_parser = parse_kv)]
+        inputs: Vec<(String, String)>,
+    },
+    /// Print the JSON Schema of workflow definitions.
+    Schema,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CliResumeMode {
+    Retry,
+    Skip,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))
+}
+
+/// Errors of the CLI.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl GlobalArgs {
+    /// The database path: --db, BATON_DB, or the platform data dir.
+    pub fn db_path(&self) -> Result<PathBuf, CliError> {
+        if let Some(p) = &self.db {
+            return Ok(p.clone());
+        }
+        directories::ProjectDirs::from("", "", "baton")
+            .map(|d| d.data_dir().join("baton.db"))
+            .ok_or_else(|| {
+                CliError::Other("cannot find a home directory; pass --db or set BATON_DB".into())
+            })
+    }
+
+    pub fn engine_config(&self) -> Result<EngineConfig, CliError> {
+        let agent_command = shell_words::split(&self.agent_command)
+            .map_err(|e| CliError::Other(format!("--agent-command: {e}")))?;
+        if agent_command.is_empty() {
+            return Err(CliError::Other("--agent-command is empty".into()));
+        }
+        Ok(EngineConfig {
+            max_concurrent_steps: self.max_concurrent_steps.max(1),
+            agent_command,
+            output_cap: self.output_cap,
+            kill_grace: Duration::from_secs_f64(self.kill_grace_s.clamp(0.0, 600.0)),
+            lease: Duration::from_millis(self.lease_ms.max(100)),
+            ..EngineConfig::default()
+        })
+    }
+
+    /// Opens the store and starts an engine; `adopt` also takes over orphaned workflows.
+    pub async fn open_engine(&self, adopt: bool) -> Result<Engine, CliError> {
+        let store = Store::open(&self.db_path()?, self.durability)?;
+        let cfg = EngineConfig {
+            adopt_orphans: adopt,
+            ..self.engine_config()?
+        };
+        let engine = Engine::start(store, cfg).await?;
+        if adopt {
+            let adopted = engine.recover().await?;
+            if !adopted.is_empty() {
+                tracing::info!(count = adopted.len(), "resumed workflows left by stopped processes");
+            }
+        }
+        Ok(engine)
+    }
+}
+
+/// Runs a terminal command (everything but `serve`).
+pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Serve => Err(CliError::Other("serve is handled by main".into())),
+        Command::Schema => {
+            println!("{}", pretty(&crate::workflow::workflow_schema()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { file, inputs } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| CliError::Other(format!("cannot read {}: {e}", file.display())))?;
+            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                CliError::Other(format!("{} is not valid JSON: {e}", file.display()))
+            })?;
+            let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+            let inputs: BTreeMap<String, String> = inputs.into_iter().collect();
+            match crate::workflow::compile(&value, &inputs, &base) {
+                Ok(wf) => {
+                    println!("{}: ok ({} steps)", file.display(), wf.steps.len());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(problems) => {
+                    eprintln!("{}: {} problem(s)", file.display(), problems.0.len());
+                    for p in &problems.0 {
+                        eprintln!("  {p}");
+                    }
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Run {
+            file,
+            inputs,
+            thread_id,
+        } => {
+            let engine = g.open_engine(false).await?;
+            let submitted = engine
+                .submit(SubmitRequest {
+                    file: Some(file),
+                    inputs: inputs.into_iter().collect(),
+                    thread_id,
+                    ..Default::default()
+                })
+                .await;
+            let submitted = match submitted {
+                Ok(s) => s,
+                Err(e) => {
+                    engine.shutdown().await;
+                    return Err(e.into());
+                }
+            };
+            eprintln!("thread_id {}", submitted.thread_id);
+            let code = follow(&engine, &submitted.thread_id, 0, true).await;
+            engine.shutdown().await;
+            code
+        }
+        Command::Resume {
+            thread_id,
+            from_step,
+            mode,
+            prompt,
+        } => {
+            let engine = g.open_engine(false).await?;
+            let (_, _, events) = engine.events(&thread_id, 0, i64::MAX).await?;
+            let cursor = events.last().map(|e| e.seq).unwrap_or(0);
+            let req = ResumeRequest {
+                thread_id: thread_id.clone(),
+                from_step,
+                mode: match mode {
+                    CliResumeMode::Retry => ResumeMode::Retry,
+                    CliResumeMode::Skip => ResumeMode::Skip,
+                },
+                prompt,
+                agent: None,
+            };
+            if let Err(e) = engine.resume(req).await {
+                engine.shutdown().await;
+                return Err(e.into());
+            }
+            let code = follow(&engine, &thread_id, cursor, true).await;
+            engine.shutdown().await;
+            code
+        }
+        Command::Watch { thread_id, cursor } => {
+            let engine = g.open_engine(false).await?;
+            let code = follow(&engine, &thread_id, cursor, false).await;
+            engine.shutdown().await;
+            code
+        }
+        Command::Status { thread_id } => {
+            let engine = g.open_engine(false).await?;
+            let view = engine.status(&thread_id, 4000).await;
+            engine.shutdown().await;
+            println!("{}", pretty(&view?));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { all, limit } => {
+            let engine = g.open_engine(false).await?;
+            let view = engine
+                .monitor(MonitorFilter {
+                    status: None,
+                    include_finished: all,
+                    limit,
+                })
+                .await;
+            engine.shutdown().await;
+            let view = view?;
+            for w in &view.workflows {
+                println!(
+                    "{}  {:<11} {}/{}  {}  {}{}",
+                    w.thread_id,
+                    w.status.as_str(),
+                    w.progress.done,
+                    w.progress.total,
+                    w.started_at,
+                    w.name.as_deref().unwrap_or("-"),
+                    if w.flags.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  [{}]", w.flags.join(", "))
+                    }
+                );
+            }
+            if view.workflows.is_empty() {
+                eprintln!("no workflows{}", if all { "" } else { " active (use --all)" });
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { thread_id } => {
+            let engine = g.open_engine(false).await?;
+            let r = engine.cancel(&thread_id).await;
+            engine.shutdown().await;
+            println!("{thread_id}: {}", r?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn pretty<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// Prints events from `cursor` until the workflow stops. With `cancel_on_ctrl_c`, Ctrl-C
+/// cancels the workflow (it stays resumable) instead of just detaching.
+async fn follow(
+    engine: &Engine,
+    thread_id: &str,
+    mut cursor: i64,
+    cancel_on_ctrl_c: bool,
+) -> Result<ExitCode, CliError> {
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let until = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let waited = tokio::select! {
+            r = engine.wait_events(thread_id, cursor, 1000, until) => r?,
+            _ = &mut ctrl_c => {
+                if cancel_on_ctrl_c {
+                    eprintln!("cancelling {thread_id} (resume it with: baton resume {thread_id})");
+                    engine.cancel(thread_id).await?;
+                    let (_, _, events) = engine.events(thread_id, cursor, i64::MAX).await?;
+                    print_events(&events);
+                }
+                return Ok(ExitCode::from(130));
+            }
+        };
+        let (status, _, events) = waited;
+        print_events(&events);
+        if let Some(last) = events.last() {
+            cursor = last.seq;
+        }
+        let stopped = events.iter().any(|e| e.kind.is_terminal()) || (events.is_empty() && status.is_terminal());
+        if stopped {
+            let status = engine.status(thread_id, 0).await?.status;
+            if status.is_terminal() || status == WorkflowStatus::Interrupted {
+                return Ok(if status == WorkflowStatus::Completed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+        }
+    }
+}
+
+fn print_events(events: &[crate::store::EventRow]) {
+    for e in events {
+        println!("{}  {}", e.at, describe_event(e));
+    }
+}
+
+/// The error as a short message for the terminal.
+pub fn report(e: &CliError) -> String {
+    match e {
+        CliError::Engine(engine::EngineError::Invalid(p)) => {
+            format!("invalid workflow:\n{}", p)
+        }
+        other => other.to_string(),
+    }
+}

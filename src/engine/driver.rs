@@ -1,0 +1,738 @@
+//! The driver: one task per workflow this process owns, scheduling its steps.
+//!
+//! Invariant: a step's result is committed (output, status, attempt, event) before any
+//! dependent starts, and the start of the dependents that became ready shares that commit —
+//! one durable commit per step boundary. Every commit is fenced by the workflow's lease epoch,
+//! so a driver that lost its lease cannot overwrite the new owner's work.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::executor::{self, AttemptSpec, Prepared, Signal, SignalKind};
+use super::outcome::{FailureClass, Outcome, tail};
+use crate::store::{
+    self, AttemptRow, EventKind, StepRow, StepStatus, StoreError, WorkflowStatus, now_ms,
+};
+use crate::workflow::{Action, AgentOptions, Quoting, Reference, Workflow};
+
+/// Why a driver stopped before its workflow finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StopReason {
+    #[default]
+    None,
+    /// A user cancelled the workflow.
+    Cancel,
+    /// This process is shutting down; the workflow is handed over.
+    Shutdown,
+    /// Another process holds the lease now.
+    Fenced,
+    /// The store refused writes; the workflow is left for recovery.
+    StoreFailed,
+}
+
+/// Bytes of an attempt's stderr kept in its record.
+const STDERR_KEPT: usize = 64 * 1024;
+/// Shortest interval between two `step_progress` events of one step.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Shortest interval between two activity writes of one step.
+const ACTIVITY_EVERY: Duration = Duration::from_secs(5);
+
+/// Changes to commit in one transaction.
+#[derive(Default, Clone)]
+struct Batch {
+    steps: Vec<StepRow>,
+    attempts: Vec<AttemptRow>,
+    events: Vec<(EventKind, Option<String>, Option<i64>, Option<Value>)>,
+    status: Option<(WorkflowStatus, Option<String>, bool)>,
+    cost: f64,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.steps.is_empty() && self.attempts.is_empty() && self.events.is_empty()
+    }
+
+    fn event(&mut self, kind: EventKind, step: Option<&str>, attempt: Option<i64>, data: Value) {
+        let data = (!data.is_null()).then_some(data);
+        self.events
+            .push((kind, step.map(str::to_owned), attempt, data));
+    }
+
+    fn apply(
+        self,
+        ctx: &mut store::WriteCtx<'_>,
+        id: &str,
+        owner: &str,
+        epoch: i64,
+    ) -> store::Result<()> {
+        let now = now_ms();
+        store::check_fence(ctx.conn, id, owner, epoch)?;
+        for s in &self.steps {
+            store::save_step(ctx, id, s)?;
+        }
+        for a in &self.attempts {
+            store::insert_attempt(ctx, id, a)?;
+        }
+        if self.cost > 0.0 {
+            store::add_cost(ctx, id, self.cost)?;
+        }
+        if let Some((status, error, release)) = &self.status {
+            store::set_workflow_status(ctx, id, *status, error.as_deref(), *release, now)?;
+        }
+        for (kind, step, attempt, data) in &self.events {
+            store::append_event(ctx, id, *kind, step.as_deref(), *attempt, data.as_ref(), now)?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) struct Driver {
+    sh: Arc<Shared>,
+    id: Arc<str>,
+    epoch: i64,
+    def: Arc<Workflow>,
+    status: WorkflowStatus,
+    steps: Vec<StepRow>,
+    index: HashMap<String, usize>,
+    running: JoinSet<(usize, i64, Outcome)>,
+    attempt_started: HashMap<usize, i64>,
+    retry_at: HashMap<usize, Instant>,
+    spare: Option<OwnedSemaphorePermit>,
+    starved: bool,
+    stop: CancellationToken,
+    reason: Arc<Mutex<StopReason>>,
+    sig_tx: mpsc::UnboundedSender<Signal>,
+    sig_rx: mpsc::UnboundedReceiver<Signal>,
+    last_progress: HashMap<usize, Instant>,
+    last_activity: HashMap<usize, Instant>,
+}
+
+impl Driver {
+    pub(super) fn new(
+        sh: Arc<Shared>,
+        id: Arc<str>,
+        epoch: i64,
+        def: Arc<Workflow>,
+        status: WorkflowStatus,
+        steps: Vec<StepRow>,
+        stop: CancellationToken,
+        reason: Arc<Mutex<StopReason>>,
+    ) -> Driver {
+        let index = steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.step_id.clone(), i))
+            .collect();
+        let (sig_tx, sig_rx) = mpsc::unbounded_channel();
+        Driver {
+            sh,
+            id,
+            epoch,
+            def,
+            status,
+            steps,
+            index,
+            running: JoinSet::new(),
+            attempt_started: HashMap::new(),
+            retry_at: HashMap::new(),
+            spare: None,
+            starved: false,
+            stop,
+            reason,
+            sig_tx,
+            sig_rx,
+            last_progress: HashMap::new(),
+            last_activity: HashMap::new(),
+        }
+    }
+
+    fn reason(&self) -> StopReason {
+        self.reason.lock().map(|r| *r).unwrap_or(StopReason::Fenced)
+    }
+
+    fn set_reason(&self, r: StopReason) {
+        if let Ok(mut g) = self.reason.lock()
+            && *g == StopReason::None
+        {
+            *g = r;
+        }
+    }
+
+    /// Runs the workflow until it finishes or the driver is stopped.
+    pub(super) async fn run(mut self) {
+        // Steps found waiting for a retry (after adoption) are due at once.
+        for (i, s) in self.steps.iter().enumerate() {
+            if s.status == StepStatus::Retrying {
+                self.retry_at.insert(i, Instant::now());
+            }
+        }
+        if !self.advance(Vec::new()).await {
+            return self.finish_stopped().await;
+        }
+        loop {
+            if self.status.is_terminal() {
+                return;
+            }
+            let next_retry = self.retry_at.values().min().copied();
+            let sem = self.sh.permits.clone();
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break,
+                Some(joined) = self.running.join_next() => {
+                    let mut done = Vec::new();
+                    if let Ok(r) = joined { done.push(r); }
+                    while let Some(Ok(r)) = self.running.try_join_next() { done.push(r); }
+                    if !self.advance(done).await { break; }
+                }
+                Some(sig) = self.sig_rx.recv() => {
+                    if !self.on_signal(sig).await { break; }
+                }
+                () = sleep_until(next_retry) => {
+                    if !self.advance(Vec::new()).await { break; }
+                }
+                Ok(p) = sem.acquire_owned(), if self.starved => {
+                    self.spare = Some(p);
+                    if !self.advance(Vec::new()).await { break; }
+                }
+            }
+        }
+        self.finish_stopped().await;
+    }
+
+    /// Applies finished attempts, starts what became ready and, when nothing is left, ends
+    /// the workflow — all in one commit. Returns false if the driver must stop.
+    async fn advance(&mut self, done: Vec<(usize, i64, Outcome)>) -> bool {
+        let mut batch = Batch::default();
+        for (idx, attempt, outcome) in done {
+            self.apply_outcome(&mut batch, idx, attempt, outcome);
+        }
+        let started = self.start_ready(&mut batch);
+        if started.is_empty() && self.running.is_empty() && self.retry_at.is_empty() && !self.starved
+        {
+            self.finish(&mut batch);
+        }
+        if batch.is_empty() && batch.status.is_none() {
+            return true;
+        }
+        if !self.commit(batch).await {
+            return false;
+        }
+        for (spec, permit) in started {
+            let sh = self.sh.clone();
+            let stop = self.stop.child_token();
+            let tx = self.sig_tx.clone();
+            self.running.spawn(async move {
+                let _permit = permit;
+                let out = executor::execute(&sh.exec, &spec, &stop, tx).await;
+                (spec.step_idx, spec.number, out)
+            });
+        }
+        true
+    }
+
+    fn apply_outcome(&mut self, batch: &mut Batch, idx: usize, number: i64, outcome: Outcome) {
+        let Some(step) = self.def.steps.get(idx) else {
+            return;
+        };
+        let outcome = outcome.classify(&step.retry);
+        let now = now_ms();
+        let detail = outcome.detail().clone();
+        let cancelled = self.reason() == StopReason::Cancel;
+        let row = &mut self.steps[idx];
+        let mut att = AttemptRow {
+            step_id: row.step_id.clone(),
+            number,
+            started_at: self.attempt_started.remove(&idx).unwrap_or(now),
+            finished_at: Some(now),
+            exit_code: detail.exit_code.map(i64::from),
+            stderr: detail
+                .stderr
+                .as_deref()
+                .map(|s| tail(s, STDERR_KEPT).to_owned()),
+            session_id: detail.session_id.clone().or_else(|| row.session_id.clone()),
+            cost_usd: detail.cost_usd,
+            num_turns: detail.num_turns,
+            owner: Some(self.sh.owner.clone()),
+            ..Default::default()
+        };
+        if let Some(sid) = &detail.session_id {
+            row.session_id = Some(sid.clone());
+        }
+        row.fresh_session = detail.session_unusable;
+        batch.cost += detail.cost_usd.unwrap_or(0.0);
+        let sid = row.step_id.clone();
+        match outcome {
+            Outcome::Succeeded { output, .. } => {
+                att.outcome = "succeeded".into();
+                row.status = StepStatus::Completed;
+                row.finished_at = Some(now);
+                row.error = None;
+                row.guidance = None;
+                let duration = now - row.started_at.unwrap_or(now);
+                let preview: String = output.trim_end().chars().take(200).collect();
+                row.output = Some(output);
+                batch.event(
+                    EventKind::StepCompleted,
+                    Some(&sid),
+                    Some(number),
+                    json!({ "duration_ms": duration, "output_preview": preview,
+                            "cost_usd": detail.cost_usd }),
+                );
+            }
+            Outcome::Failed { class, error, .. } => {
+                att.outcome = if class == FailureClass::TimedOut {
+                    "timed_out".into()
+                } else {
+                    "failed".into()
+                };
+                att.error = Some(error.clone());
+                row.failures += 1;
+                row.error = Some(error.clone());
+                row.guidance = None;
+                let budget_left = row.failures < i64::from(step.retry.max_attempts);
+                if class != FailureClass::Fatal && budget_left {
+                    let next = (row.failures + 1) as u32;
+                    let delay = step.retry.delay_ms(next, fastrand::f64());
+                    row.status = StepStatus::Retrying;
+                    self.retry_at
+                        .insert(idx, Instant::now() + Duration::from_millis(delay));
+                    batch.event(
+                        EventKind::StepRetrying,
+                        Some(&sid),
+                        Some(number),
+                        json!({ "error": error, "delay_ms": delay,
+                                "next_attempt": row.attempts + 1 }),
+                    );
+                } else {
+                    row.status = StepStatus::Failed;
+                    row.finished_at = Some(now);
+                    let why = if class == FailureClass::Fatal {
+                        "not retryable"
+                    } else {
+                        "retries exhausted"
+                    };
+                    batch.event(
+                        EventKind::StepFailed,
+                        Some(&sid),
+                        Some(number),
+                        json!({ "error": error, "attempts": row.attempts, "reason": why }),
+                    );
+                }
+            }
+            Outcome::Blocked {
+                reason, denials, ..
+            } => {
+                att.outcome = "blocked".into();
+                att.error = Some(reason.clone());
+                row.status = StepStatus::Blocked;
+                row.error = Some(reason.clone());
+                row.guidance = None;
+                batch.event(
+                    EventKind::StepBlocked,
+                    Some(&sid),
+                    Some(number),
+                    json!({ "reason": reason, "permission_denials": denials }),
+                );
+            }
+            Outcome::Stopped { .. } => {
+                att.outcome = if cancelled { "cancelled" } else { "interrupted" }.into();
+                if cancelled {
+                    row.status = StepStatus::Cancelled;
+                    row.finished_at = Some(now);
+                    batch.event(EventKind::StepCancelled, Some(&sid), Some(number), Value::Null);
+                } else {
+                    row.status = StepStatus::Pending;
+                }
+            }
+        }
+        batch.steps.push(row.clone());
+        batch.attempts.push(att);
+    }
+
+    /// Marks ready steps running (as far as permits allow) and prepares their attempts.
+    fn start_ready(&mut self, batch: &mut Batch) -> Vec<(AttemptSpec, OwnedSemaphorePermit)> {
+        let now = now_ms();
+        let due = Instant::now();
+        let mut out = Vec::new();
+        self.starved = false;
+        for idx in 0..self.steps.len() {
+            let ready = match self.steps[idx].status {
+                StepStatus::Pending => self.def.steps[idx].deps.iter().all(|d| {
+                    self.index
+                        .get(d)
+                        .is_some_and(|&j| self.steps[j].status.satisfies_deps())
+                }),
+                StepStatus::Retrying => self.retry_at.get(&idx).is_none_or(|t| *t <= due),
+                _ => false,
+            };
+            if !ready {
+                continue;
+            }
+            let permit = match self.spare.take() {
+                Some(p) => p,
+                None => match self.sh.permits.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        self.starved = true;
+                        break;
+                    }
+                },
+            };
+            self.retry_at.remove(&idx);
+            let spec = self.prepare(idx);
+            let row = &mut self.steps[idx];
+            row.attempts += 1;
+            row.status = StepStatus::Running;
+            row.started_at.get_or_insert(now);
+            row.finished_at = None;
+            row.last_activity_at = Some(now);
+            let resume = match &spec.prepared {
+                Prepared::Agent { resume, .. } => resume.clone(),
+                _ => None,
+            };
+            let number = row.attempts;
+            let spec = AttemptSpec { number, ..spec };
+            self.attempt_started.insert(idx, now);
+            batch.attempts.push(AttemptRow {
+                step_id: row.step_id.clone(),
+                number,
+                started_at: now,
+                outcome: "running".into(),
+                session_id: resume.clone(),
+                owner: Some(self.sh.owner.clone()),
+                ..Default::default()
+            });
+            batch.steps.push(row.clone());
+            let sid = row.step_id.clone();
+            batch.event(
+                EventKind::StepStarted,
+                Some(&sid),
+                Some(number),
+                match resume {
+                    Some(s) => json!({ "resume_session": s }),
+                    None => Value::Null,
+                },
+            );
+            out.push((spec, permit));
+        }
+        if let Some(p) = self.spare.take() {
+            drop(p);
+        }
+        if !out.is_empty() && self.status != WorkflowStatus::Running {
+            self.status = WorkflowStatus::Running;
+            batch.status = Some((WorkflowStatus::Running, None, false));
+            let started = (
+                EventKind::WorkflowStarted,
+                None,
+                None,
+                Some(json!({ "step_count": self.steps.len() })),
+            );
+            batch.events.insert(0, started);
+        }
+        out
+    }
+
+    /// Renders a step's action for its next attempt.
+    fn prepare(&self, idx: usize) -> AttemptSpec {
+        let step = &self.def.steps[idx];
+        let row = &self.steps[idx];
+        let lookup = |r: &Reference| -> String {
+            let get = |id: &String| self.index.get(id).map(|&j| &self.steps[j]);
+            match r {
+                Reference::StepOutput(id) => get(id)
+                    .and_then(|s| s.output.as_deref())
+                    .map(|o| o.trim_end().to_owned())
+                    .unwrap_or_default(),
+                Reference::StepStatus(id) => {
+                    get(id).map(|s| s.status.as_str().to_owned()).unwrap_or_default()
+                }
+                Reference::StepSession(id) => get(id)
+                    .and_then(|s| s.session_id.clone())
+                    .unwrap_or_default(),
+                Reference::Input(name) => self.def.inputs.get(name).cloned().unwrap_or_default(),
+            }
+        };
+        let prepared = match &step.action {
+            Action::Run(argv) => Prepared::Run(
+                argv.iter()
+                    .map(|t| t.render(&lookup, Quoting::Verbatim))
+                    .collect(),
+            ),
+            Action::Shell(t) => Prepared::Shell(t.render(&lookup, Quoting::Shell)),
+            Action::Prompt(t) => {
+                let prompt = t.render(&lookup, Quoting::Verbatim);
+                let overrides: AgentOptions = row
+                    .agent_overrides
+                    .as_deref()
+                    .and_then(|o| serde_json::from_str(o).ok())
+                    .unwrap_or_default();
+                let options = step.agent.merged(&overrides);
+                let resume = if row.fresh_session {
+                    None
+                } else {
+                    row.session_id.clone()
+                };
+                let prompt = match (&resume, &row.guidance) {
+                    (Some(_), Some(g)) => g.clone(),
+                    (Some(_), None) => format!(
+                        "Your previous attempt at this task did not finish{}. Continue from \
+                         where you left off and complete the task:\n\n{prompt}",
+                        row.error
+                            .as_deref()
+                            .map(|e| format!(" ({})", tail(e, 500)))
+                            .unwrap_or_default()
+                    ),
+                    (None, Some(g)) => format!("{prompt}\n\n{g}"),
+                    (None, None) => prompt,
+                };
+                Prepared::Agent {
+                    prompt,
+                    options,
+                    resume,
+                }
+            }
+        };
+        AttemptSpec {
+            workflow_id: self.id.clone(),
+            step_idx: idx,
+            step_id: step.id.clone(),
+            number: row.attempts + 1,
+            prepared,
+            cwd: step.cwd.clone(),
+            env: step.env.clone(),
+            timeout: step.timeout_s.map(Duration::from_secs),
+            success: step.success.clone(),
+        }
+    }
+
+    /// Ends the workflow: nothing runs and nothing more can start.
+    fn finish(&mut self, batch: &mut Batch) {
+        let count = |st: StepStatus| self.steps.iter().filter(|s| s.status == st).count();
+        let all_done = self.steps.iter().all(|s| s.status.satisfies_deps());
+        let (status, kind, error) = if all_done {
+            (WorkflowStatus::Completed, EventKind::WorkflowCompleted, None)
+        } else if count(StepStatus::Failed) > 0 {
+            let failed: Vec<String> = self
+                .steps
+                .iter()
+                .filter(|s| s.status == StepStatus::Failed)
+                .map(|s| {
+                    format!(
+                        "step {} failed: {}",
+                        s.step_id,
+                        tail(s.error.as_deref().unwrap_or("unknown error"), 500)
+                    )
+                })
+                .collect();
+            (
+                WorkflowStatus::Failed,
+                EventKind::WorkflowFailed,
+                Some(failed.join("; ")),
+            )
+        } else if count(StepStatus::Blocked) > 0 {
+            let blocked: Vec<String> = self
+                .steps
+                .iter()
+                .filter(|s| s.status == StepStatus::Blocked)
+                .map(|s| format!("step {} is blocked: {}", s.step_id, s.error.as_deref().unwrap_or("")))
+                .collect();
+            (
+                WorkflowStatus::Blocked,
+                EventKind::WorkflowBlocked,
+                Some(blocked.join("; ")),
+            )
+        } else {
+            (
+                WorkflowStatus::Cancelled,
+                EventKind::WorkflowCancelled,
+                Some("some steps were cancelled".to_owned()),
+            )
+        };
+        self.status = status;
+        batch.status = Some((status, error.clone(), true));
+        let done = self.steps.iter().filter(|s| s.status.satisfies_deps()).count();
+        batch.event(
+            kind,
+            None,
+            None,
+            json!({ "error": error, "done": done, "total": self.steps.len() }),
+        );
+    }
+
+    async fn on_signal(&mut self, sig: Signal) -> bool {
+        let Some(row) = self.steps.get_mut(sig.step_idx) else {
+            return true;
+        };
+        if row.attempts != sig.attempt || row.status != StepStatus::Running {
+            return true;
+        }
+        let step_id = row.step_id.clone();
+        match sig.kind {
+            SignalKind::Session(session) => {
+                row.session_id = Some(session.clone());
+                let (id, owner, epoch) = (self.id.clone(), self.sh.owner.clone(), self.epoch);
+                let attempt = sig.attempt;
+                let res = self
+                    .sh
+                    .store
+                    .write(move |ctx| {
+                        store::check_fence(ctx.conn, &id, &owner, epoch)?;
+                        store::set_session(ctx, &id, &step_id, attempt, &session)
+                    })
+                    .await;
+                self.check_write(res)
+            }
+            SignalKind::Activity => {
+                let now = Instant::now();
+                let last = self.last_activity.get(&sig.step_idx).copied();
+                if last.is_some_and(|l| now - l < ACTIVITY_EVERY) {
+                    return true;
+                }
+                self.last_activity.insert(sig.step_idx, now);
+                let id = self.id.clone();
+                let at = now_ms();
+                row.last_activity_at = Some(at);
+                let res = self
+                    .sh
+                    .store
+                    .write(move |ctx| store::set_activity(ctx, &id, &step_id, at))
+                    .await;
+                self.check_write(res)
+            }
+            SignalKind::Progress(message) => {
+                let now = Instant::now();
+                let last = self.last_progress.get(&sig.step_idx).copied();
+                if last.is_some_and(|l| now - l < PROGRESS_EVERY) {
+                    return true;
+                }
+                self.last_progress.insert(sig.step_idx, now);
+                let mut batch = Batch::default();
+                batch.event(
+                    EventKind::StepProgress,
+                    Some(&step_id),
+                    Some(sig.attempt),
+                    json!({ "message": message }),
+                );
+                self.commit(batch).await
+            }
+        }
+    }
+
+    fn check_write(&mut self, res: store::Result<()>) -> bool {
+        match res {
+            Ok(()) => true,
+            Err(StoreError::Fenced(_)) => {
+                self.set_reason(StopReason::Fenced);
+                self.stop.cancel();
+                false
+            }
+            Err(e) => {
+                tracing::warn!(thread_id = %self.id, error = %e, "progress write failed");
+                true
+            }
+        }
+    }
+
+    /// Commits a batch, retrying transient store errors. Returns false if the driver must stop.
+    async fn commit(&mut self, batch: Batch) -> bool {
+        let mut delay = Duration::from_millis(100);
+        for _ in 0..6 {
+            let (id, owner, epoch) = (self.id.clone(), self.sh.owner.clone(), self.epoch);
+            let b = batch.clone();
+            match self
+                .sh
+                .store
+                .write(move |ctx| b.apply(ctx, &id, &owner, epoch))
+                .await
+            {
+                Ok(()) => return true,
+                Err(StoreError::Fenced(_)) => {
+                    tracing::warn!(thread_id = %self.id, "lease lost; stopping this workflow here");
+                    self.set_reason(StopReason::Fenced);
+                    self.stop.cancel();
+                    return false;
+                }
+                Err(e) => {
+                    tracing::error!(thread_id = %self.id, error = %e, "cannot commit; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        self.set_reason(StopReason::StoreFailed);
+        self.stop.cancel();
+        false
+    }
+
+    /// After a stop: waits for attempts to end, then records the stop (unless the lease or
+    /// the store is gone, in which case the workflow is left for recovery).
+    async fn finish_stopped(mut self) {
+        self.stop.cancel();
+        let mut done = Vec::new();
+        while let Some(joined) = self.running.join_next().await {
+            if let Ok(r) = joined {
+                done.push(r);
+            }
+        }
+        let reason = self.reason();
+        if matches!(reason, StopReason::Fenced | StopReason::StoreFailed | StopReason::None) {
+            return;
+        }
+        let mut batch = Batch::default();
+        for (idx, attempt, outcome) in done {
+            self.apply_outcome(&mut batch, idx, attempt, outcome);
+        }
+        self.retry_at.clear();
+        let cancel = reason == StopReason::Cancel;
+        let now = now_ms();
+        for row in &mut self.steps {
+            if matches!(row.status, StepStatus::Retrying | StepStatus::Running) {
+                if cancel {
+                    row.status = StepStatus::Cancelled;
+                    row.finished_at = Some(now);
+                } else {
+                    row.status = StepStatus::Pending;
+                }
+                batch.steps.push(row.clone());
+            }
+        }
+        if self.steps.iter().all(|s| s.status.satisfies_deps()) {
+            self.finish(&mut batch);
+        } else if cancel {
+            batch.status = Some((WorkflowStatus::Cancelled, None, true));
+            batch.event(EventKind::WorkflowCancelled, None, None, Value::Null);
+        } else {
+            batch.status = Some((WorkflowStatus::Interrupted, None, true));
+            batch.event(
+                EventKind::WorkflowInterrupted,
+                None,
+                None,
+                json!({ "reason": "the server shut down; the next baton process resumes it" }),
+            );
+        }
+        let (id, owner, epoch) = (self.id.clone(), self.sh.owner.clone(), self.epoch);
+        if let Err(e) = self
+            .sh
+            .store
+            .write(move |ctx| batch.apply(ctx, &id, &owner, epoch))
+            .await
+        {
+            tracing::warn!(thread_id = %self.id, error = %e, "cannot record the stop");
+        }
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

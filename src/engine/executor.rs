@@ -1,0 +1,227 @@
+//! Executors: turn a prepared attempt into a process and its result into an [`Outcome`].
+//!
+//! Invariant: rendered values reach processes only as argv elements or as shell-quoted words
+//! (templating does the quoting); nothing here builds a shell string from step outputs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::agent;
+use super::outcome::{AttemptDetail, FailureClass, Outcome, tail};
+use super::process::{self, Ending, OWNER_ENV, ProcessSpec};
+use crate::workflow::{AgentOptions, SuccessCheck};
+
+/// Settings every attempt shares.
+#[derive(Debug, Clone)]
+pub struct ExecConfig {
+    /// Program and leading arguments of the agent CLI (default `claude`).
+    pub agent_command: Vec<String>,
+    pub output_cap: usize,
+    pub kill_grace: Duration,
+    pub owner_id: String,
+}
+
+/// What an attempt runs, after templating.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    Run(Vec<String>),
+    Shell(String),
+    Agent {
+        prompt: String,
+        options: AgentOptions,
+        /// Session to continue with `--resume`.
+        resume: Option<String>,
+    },
+}
+
+/// One attempt of one step, ready to run.
+#[derive(Debug, Clone)]
+pub struct AttemptSpec {
+    pub workflow_id: Arc<str>,
+    pub step_idx: usize,
+    pub step_id: String,
+    pub number: i64,
+    pub prepared: Prepared,
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Option<Duration>,
+    pub success: SuccessCheck,
+}
+
+/// Something an attempt reports while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SignalKind {
+    /// The agent session id, known as soon as the CLI's `init` line arrives.
+    Session(String),
+    /// Any output: the attempt is alive and working.
+    Activity,
+    /// A human-readable step of progress, e.g. `Bash(cargo test)`.
+    Progress(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Signal {
+    pub step_idx: usize,
+    pub attempt: i64,
+    pub kind: SignalKind,
+}
+
+/// Runs one attempt to its end.
+pub async fn execute(
+    cfg: &ExecConfig,
+    spec: &AttemptSpec,
+    stop: &CancellationToken,
+    signals: mpsc::UnboundedSender<Signal>,
+) -> Outcome {
+    let started = Instant::now();
+    let mut env = spec.env.clone();
+    env.insert(OWNER_ENV.into(), cfg.owner_id.clone());
+    env.insert("BATON_THREAD_ID".into(), spec.workflow_id.to_string());
+    env.insert("BATON_STEP_ID".into(), spec.step_id.clone());
+    env.insert("BATON_ATTEMPT".into(), spec.number.to_string());
+    let (program, args, is_agent) = match &spec.prepared {
+        Prepared::Run(argv) => match argv.split_first() {
+            Some((p, rest)) => (p.clone(), rest.to_vec(), false),
+            None => {
+                return fatal("`run` has no program to execute".into(), started);
+            }
+        },
+        Prepared::Shell(script) => ("sh".to_owned(), vec!["-c".to_owned(), script.clone()], false),
+        Prepared::Agent {
+            prompt,
+            options,
+            resume,
+        } => {
+            let Some((p, lead)) = cfg.agent_command.split_first() else {
+                return fatal("the agent command is empty".into(), started);
+            };
+            let mut args = lead.to_vec();
+            args.extend(agent::cli_args(prompt, options, resume.as_deref()));
+            (p.clone(), args, true)
+        }
+    };
+    let pspec = ProcessSpec {
+        program,
+        args,
+        cwd: spec.cwd.clone(),
+        env,
+        timeout: spec.timeout,
+        output_cap: cfg.output_cap,
+        kill_grace: cfg.kill_grace,
+    };
+    let (step_idx, attempt) = (spec.step_idx, spec.number);
+    let send = move |kind| {
+        let _ = signals.send(Signal {
+            step_idx,
+            attempt,
+            kind,
+        });
+    };
+    if is_agent {
+        let stream = agent::StreamState::shared();
+        let sink = agent::line_sink(stream.clone(), send);
+        let result = process::run(&pspec, stop, Some(sink)).await;
+        let elapsed = started.elapsed();
+        match result {
+            Ok(r) => agent::outcome(&r, &stream, &spec.success, elapsed),
+            Err(e) => spawn_failure(&pspec.program, e, started),
+        }
+    } else {
+        let sink: process::LineSink = Box::new(move |_| send(SignalKind::Activity));
+        let result = process::run(&pspec, stop, Some(sink)).await;
+        match result {
+            Ok(r) => command_outcome(r, &spec.success, spec.timeout, started),
+            Err(e) => spawn_failure(&pspec.program, e, started),
+        }
+    }
+}
+
+fn fatal(error: String, started: Instant) -> Outcome {
+    Outcome::Failed {
+        class: FailureClass::Fatal,
+        error,
+        detail: AttemptDetail {
+            duration_ms: Some(started.elapsed().as_millis() as i64),
+            ..Default::default()
+        },
+    }
+}
+
+fn spawn_failure(program: &str, e: std::io::Error, started: Instant) -> Outcome {
+    let class = match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+            FailureClass::Fatal
+        }
+        _ => FailureClass::Retryable,
+    };
+    Outcome::Failed {
+        class,
+        error: format!("cannot start {program:?}: {e} (invalid configuration: check the program name, PATH and cwd)"),
+        detail: AttemptDetail {
+            duration_ms: Some(started.elapsed().as_millis() as i64),
+            ..Default::default()
+        },
+    }
+}
+
+/// Bytes of stderr quoted in an error message.
+pub const STDERR_TAIL: usize = 2000;
+
+fn command_outcome(
+    r: process::ProcessResult,
+    success: &SuccessCheck,
+    timeout: Option<Duration>,
+    started: Instant,
+) -> Outcome {
+    let stderr_tail = tail(r.stderr.trim_end(), STDERR_TAIL).to_owned();
+    let detail = AttemptDetail {
+        exit_code: r.exit_code(),
+        stderr: (!r.stderr.is_empty()).then(|| r.stderr.clone()),
+        duration_ms: Some(started.elapsed().as_millis() as i64),
+        ..Default::default()
+    };
+    let with_stderr = |msg: String| {
+        if stderr_tail.is_empty() {
+            msg
+        } else {
+            format!("{msg}: {stderr_tail}")
+        }
+    };
+    match r.ending {
+        Ending::Stopped => Outcome::Stopped { detail },
+        Ending::TimedOut => Outcome::Failed {
+            class: FailureClass::TimedOut,
+            error: format!(
+                "timed out after {}s",
+                timeout.map(|t| t.as_secs_f64()).unwrap_or_default()
+            ),
+            detail,
+        },
+        Ending::Signalled(sig) => Outcome::Failed {
+            class: FailureClass::Retryable,
+            error: with_stderr(format!("killed by signal {sig}")),
+            detail,
+        },
+        Ending::Exited(code) if !success.exit_ok(code) => Outcome::Failed {
+            class: FailureClass::Retryable,
+            error: with_stderr(format!("exit status {code}")),
+            detail,
+        },
+        Ending::Exited(_) => match success.check_output(&r.stdout) {
+            Some(reason) => Outcome::Failed {
+                class: FailureClass::Retryable,
+                error: format!("success check failed: {reason}"),
+                detail,
+            },
+            None => Outcome::Succeeded {
+                output: r.stdout,
+                detail,
+            },
+        },
+    }
+}

@@ -1,0 +1,195 @@
+//! Ownership: this process's owner record, lease renewal, and adoption of workflows whose
+//! owner is gone.
+//!
+//! Invariant: an owner is considered dead only when its heartbeat is older than a lease, or —
+//! on the same machine (same boot) — when its pid no longer exists; only then are its
+//! workflows adopted, each with a compare-and-set on the epoch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Result, Shared, control, driver::StopReason};
+use crate::store::{self, OwnerRow, now_ms};
+
+/// Identifies this machine and boot, so pids are only compared within one boot.
+pub(super) fn host_key() -> String {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    format!(
+        "{}/{}",
+        read("/proc/sys/kernel/hostname"),
+        read("/proc/sys/kernel/random/boot_id")
+    )
+}
+
+pub(super) async fn register(sh: &Arc<Shared>) -> Result<()> {
+    let row = OwnerRow {
+        id: sh.owner.clone(),
+        pid: i64::from(std::process::id()),
+        host: sh.host.clone(),
+        heartbeat_at: 0,
+    };
+    sh.store
+        .write(move |ctx| store::register_owner(ctx, &row, now_ms()))
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn unregister(sh: &Arc<Shared>) {
+    let owner = sh.owner.clone();
+    let _ = sh
+        .store
+        .write(move |ctx| store::remove_owner(ctx, &owner))
+        .await;
+}
+
+fn lease_ms(sh: &Shared) -> i64 {
+    sh.cfg.lease.as_millis() as i64
+}
+
+/// Renews leases, honours cancel requests from other processes, notices lost leases and
+/// adopts orphans, every third of a lease.
+pub(super) async fn tick_loop(sh: Arc<Shared>) {
+    let every = (sh.cfg.lease / 3).max(Duration::from_millis(50));
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        tokio::select! {
+            () = sh.shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        if let Err(e) = tick(&sh).await {
+            tracing::warn!(error = %e, "lease tick failed");
+        }
+    }
+}
+
+async fn tick(sh: &Arc<Shared>) -> Result<()> {
+    let owner = sh.owner.clone();
+    let expires = now_ms() + lease_ms(sh);
+    sh.store
+        .write(move |ctx| store::renew_leases(ctx, &owner, expires, now_ms()))
+        .await?;
+    let owner = sh.owner.clone();
+    let (held, cancels) = sh
+        .store
+        .read(move |c| {
+            let mut stmt = c.prepare_cached("SELECT id FROM workflows WHERE owner = ?1")?;
+            let held: Vec<String> = stmt
+                .query_map([&owner], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok((held, store::cancel_requests(c, &owner)?))
+        })
+        .await?;
+    let local: Vec<String> = sh
+        .runs
+        .lock()
+        .map(|r| r.keys().cloned().collect())
+        .unwrap_or_default();
+    for id in local {
+        if !held.contains(&id) {
+            tracing::warn!(thread_id = %id, "lease taken by another process; stopping here");
+            sh.stop_driver(&id, StopReason::Fenced);
+        }
+    }
+    for id in cancels {
+        sh.stop_driver(&id, StopReason::Cancel);
+    }
+    if sh.cfg.adopt_orphans {
+        adopt_orphans(sh).await?;
+    }
+    Ok(())
+}
+
+/// Whether `owner` (another process) is still alive.
+fn owner_alive(c: &rusqlite::Connection, sh: &Shared, owner: &str, now: i64) -> bool {
+    let Ok(Some(o)) = store::find_owner(c, owner) else {
+        return false;
+    };
+    if o.heartbeat_at + lease_ms(sh) < now {
+        return false;
+    }
+    if o.host == sh.host {
+        return pid_alive(o.pid);
+    }
+    true
+}
+
+fn pid_alive(pid: i64) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(e) => e == nix::errno::Errno::EPERM,
+    }
+}
+
+/// Whether the owner of a workflow (if any) is alive, as seen from this process.
+pub(super) async fn is_owned_by_live(sh: &Arc<Shared>, owner: Option<String>) -> Result<bool> {
+    let Some(owner) = owner else {
+        return Ok(false);
+    };
+    if owner == sh.owner {
+        return Ok(true);
+    }
+    let sh2 = sh.clone();
+    Ok(sh
+        .store
+        .read(move |c| Ok(owner_alive(c, &sh2, &owner, now_ms())))
+        .await?)
+}
+
+/// Adopts workflows that should be running but have no live owner.
+pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<String>> {
+    if sh.shutdown.is_cancelled() {
+        return Ok(Vec::new());
+    }
+    let me = sh.owner.clone();
+    let sh2 = sh.clone();
+    let candidates = sh
+        .store
+        .read(move |c| {
+            let now = now_ms();
+            let rows = store::adoptable(c, &me)?;
+            Ok(rows
+                .into_iter()
+                .filter(|(_, owner, _, lease)| match owner {
+                    None => true,
+                    Some(o) => *lease < now || !owner_alive(c, &sh2, o, now),
+                })
+                .map(|(id, owner, epoch, _)| (id, owner, epoch))
+                .collect::<Vec<_>>())
+        })
+        .await?;
+    let mut adopted = Vec::new();
+    let mut swept: Vec<String> = Vec::new();
+    for (id, prev, epoch) in candidates {
+        if let Some(p) = &prev
+            && !swept.contains(p)
+        {
+            let p2 = p.clone();
+            let n = tokio::task::spawn_blocking(move || super::process::kill_leftovers(&p2))
+                .await
+                .unwrap_or(0);
+            if n > 0 {
+                tracing::info!(owner = %p, killed = n, "killed processes left by a dead owner");
+            }
+            swept.push(p.clone());
+        }
+        match control::adopt(sh, &id, prev.as_deref(), epoch).await {
+            Ok(new_epoch) => {
+                tracing::info!(thread_id = %id, previous_owner = ?prev, "adopted workflow");
+                sh.spawn_driver(&id, new_epoch);
+                adopted.push(id);
+            }
+            Err(super::EngineError::Store(store::StoreError::Fenced(_))) => {}
+            Err(e) => tracing::warn!(thread_id = %id, error = %e, "cannot adopt workflow"),
+        }
+    }
+    Ok(adopted)
+}

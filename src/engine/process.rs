@@ -1,0 +1,314 @@
+//! Child processes of step attempts.
+//!
+//! Invariant: an attempt's processes never outlive it or the server. Each attempt runs in its
+//! own process group with stdin closed and `PR_SET_PDEATHSIG`; stop and timeout send SIGTERM to
+//! the whole group and SIGKILL after a grace period; when the main process exits, whatever it
+//! left behind in its group is killed. Every child carries `BATON_OWNER` in its environment so
+//! a process adopting a dead owner's work can find and kill leftovers (see [`kill_leftovers`]).
+//! Output is capped while it is read, so a step printing gigabytes cannot grow memory.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+/// Environment variable naming the owner (server process) that started a child.
+pub const OWNER_ENV: &str = "BATON_OWNER";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Option<Duration>,
+    /// Bytes of each stream kept; the rest is counted and dropped.
+    pub output_cap: usize,
+    pub kill_grace: Duration,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Exited(i32),
+    Signalled(i32),
+    TimedOut,
+    Stopped,
+}
+
+/// A finished process.
+#[derive(Debug, Clone)]
+pub struct ProcessResult {
+    pub ending: Ending,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ProcessResult {
+    /// The exit code, when the process exited by itself.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self.ending {
+            Ending::Exited(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// Called with each complete stdout line (without the newline) as it arrives.
+pub type LineSink = Box<dyn FnMut(&str) + Send>;
+
+/// Longest stdout line handed to a [`LineSink`]; longer lines are cut to this.
+const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// Runs a process to its end, honouring `stop` and the spec's timeout.
+pub async fn run(
+    spec: &ProcessSpec,
+    stop: &CancellationToken,
+    on_line: Option<LineSink>,
+) -> std::io::Result<ProcessResult> {
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .current_dir(&spec.cwd)
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let parent = std::process::id() as i32;
+    // SAFETY: runs in the forked child before exec; it only makes async-signal-safe system
+    // calls (prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // The server may have died between fork and prctl; then nobody will reap us.
+            if nix::unistd::getppid().as_raw() != parent {
+                nix::libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let cap = spec.output_cap;
+    let out_task = tokio::spawn(async move {
+        match stdout {
+            Some(s) => read_capped(s, cap, on_line).await,
+            None => String::new(),
+        }
+    });
+    let err_task = tokio::spawn(async move {
+        match stderr {
+            Some(s) => read_capped(s, cap, None).await,
+            None => String::new(),
+        }
+    });
+
+    let timeout = async {
+        match spec.timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let ending = tokio::select! {
+        status = child.wait() => exit_ending(status?),
+        () = timeout => {
+            terminate(&mut child, pgid, spec.kill_grace).await;
+            Ending::TimedOut
+        }
+        () = stop.cancelled() => {
+            terminate(&mut child, pgid, spec.kill_grace).await;
+            Ending::Stopped
+        }
+    };
+    // Whatever the main process left running in its group goes with it.
+    if let Some(pg) = pgid {
+        let _ = killpg(pg, Signal::SIGKILL);
+    }
+    let stdout = join_reader(out_task).await;
+    let stderr = join_reader(err_task).await;
+    Ok(ProcessResult {
+        ending,
+        stdout,
+        stderr,
+    })
+}
+
+async fn join_reader(task: tokio::task::JoinHandle<String>) -> String {
+    // A process that escaped the group could hold the pipe open forever; don't wait for it.
+    match tokio::time::timeout(Duration::from_secs(2), task).await {
+        Ok(Ok(s)) => s,
+        _ => String::new(),
+    }
+}
+
+fn exit_ending(status: std::process::ExitStatus) -> Ending {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => Ending::Exited(c),
+        (None, Some(s)) => Ending::Signalled(s),
+        (None, None) => Ending::Exited(-1),
+    }
+}
+
+/// SIGTERM to the group, then SIGKILL after `grace`.
+async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>, grace: Duration) {
+    if let Some(pg) = pgid {
+        let _ = killpg(pg, Signal::SIGTERM);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        if let Some(pg) = pgid {
+            let _ = killpg(pg, Signal::SIGKILL);
+        }
+        let _ = child.kill().await;
+    }
+}
+
+/// Reads a stream to its end, keeping at most `cap` bytes and handing complete lines to
+/// `on_line`. Bytes past the cap are counted and reported in a trailing marker.
+async fn read_capped(
+    mut stream: impl AsyncRead + Unpin,
+    cap: usize,
+    mut on_line: Option<LineSink>,
+) -> String {
+    let mut kept: Vec<u8> = Vec::new();
+    let mut dropped: u64 = 0;
+    let mut line: Vec<u8> = Vec::new();
+    let mut line_cut = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        let room = cap.saturating_sub(kept.len());
+        let take = room.min(n);
+        kept.extend_from_slice(&chunk[..take]);
+        dropped += (n - take) as u64;
+        if let Some(sink) = on_line.as_mut() {
+            for part in chunk.split_inclusive(|b| *b == b'\n') {
+                let complete = part.last() == Some(&b'\n');
+                let body = if complete {
+                    &part[..part.len() - 1]
+                } else {
+                    part
+                };
+                let room = MAX_LINE.saturating_sub(line.len());
+                if body.len() > room {
+                    line_cut = true;
+                }
+                line.extend_from_slice(&body[..room.min(body.len())]);
+                if complete {
+                    if !line_cut {
+                        sink(&String::from_utf8_lossy(&line));
+                    }
+                    line.clear();
+                    line_cut = false;
+                }
+            }
+        }
+    }
+    if let Some(sink) = on_line.as_mut()
+        && !line.is_empty()
+        && !line_cut
+    {
+        sink(&String::from_utf8_lossy(&line));
+    }
+    let mut text = String::from_utf8_lossy(&kept).into_owned();
+    if dropped > 0 {
+        text.push_str(&format!("\n[baton: output truncated, {dropped} more bytes dropped]"));
+    }
+    text
+}
+
+/// Kills every process on this machine that was started on behalf of `owner` (found by the
+/// `BATON_OWNER` variable in its environment). Used when adopting a dead owner's workflows:
+/// grandchildren of an attempt are not covered by `PR_SET_PDEATHSIG`.
+pub fn kill_leftovers(owner: &str) -> usize {
+    let needle = format!("{OWNER_ENV}={owner}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let me = std::process::id();
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if env
+            .split(|b| *b == 0)
+            .any(|var| var == needle.as_bytes())
+        {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            killed += 1;
+        }
+    }
+    killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(program: &str, args: &[&str]) -> ProcessSpec {
+        ProcessSpec {
+            program: program.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            cwd: std::env::temp_dir(),
+            env: BTreeMap::new(),
+            timeout: None,
+            output_cap: 1024,
+            kill_grace: Duration::from_millis(500),
+        }
+    }
+
+    #[tokio::test]
+    async fn output_beyond_cap_is_dropped_with_marker() {
+        let s = spec("sh", &["-c", "head -c 100000 /dev/zero | tr '\\0' a"]);
+        let r = run(&s, &CancellationToken::new(), None).await.unwrap();
+        assert_eq!(r.ending, Ending::Exited(0));
+        assert!(r.stdout.starts_with(&"a".repeat(1024)));
+        assert!(r.stdout.contains("98976 more bytes dropped"), "{}", r.stdout);
+    }
+
+    #[tokio::test]
+    async fn lines_reach_the_sink_in_order() {
+        let s = spec("sh", &["-c", "printf 'one\\ntwo\\nthree'"]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink: LineSink = Box::new(move |l| {
+            let _ = tx.send(l.to_owned());
+        });
+        run(&s, &CancellationToken::new(), Some(sink)).await.unwrap();
+        let lines: Vec<String> = rx.try_iter().collect();
+        assert_eq!(lines, ["one", "two", "three"]);
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_group() {
+        let mut s = spec("sh", &["-c", "sleep 30 & sleep 30; echo never"]);
+        s.timeout = Some(Duration::from_millis(200));
+        let r = run(&s, &CancellationToken::new(), None).await.unwrap();
+        assert_eq!(r.ending, Ending::TimedOut);
+        assert!(!r.stdout.contains("never"));
+    }
+}

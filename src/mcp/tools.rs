@@ -1,0 +1,446 @@
+//! The six tools. Descriptions are written for a model that has never seen baton.
+//!
+//! Invariant: a domain refusal (invalid workflow, unknown thread, illegal resume) is a tool
+//! result with `isError: true` and a message that says what to do next; a request that does
+//! not parse is a JSON-RPC error, produced by the SDK before these functions run.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rmcp::{
+    Json, RoleServer, handler::server::wrapper::Parameters, model::ProgressNotificationParam,
+    service::RequestContext, tool, tool_router,
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::BatonServer;
+use crate::engine::{
+    EngineError, MonitorFilter, MonitorView, ResumeMode, ResumeRequest, SubmitRequest,
+    WorkflowView, describe_event,
+};
+use crate::store::{EventRow, WorkflowStatus};
+use crate::workflow::AgentOptions;
+
+/// Default and longest wait of `invoke_stream`, seconds.
+const STREAM_WAIT_DEFAULT_S: f64 = 60.0;
+const STREAM_WAIT_MAX_S: f64 = 1500.0;
+/// Longest silence on a waiting `invoke_stream` call before a keepalive progress notification.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+/// Most events returned by one `invoke_stream` call.
+const STREAM_PAGE: i64 = 500;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct InvokeAsyncArgs {
+    /// The workflow definition, inline: `{"name": ..., "steps": [{"id": "plan", "prompt": "..."},
+    /// {"id": "test", "deps": ["plan"], "run": ["cargo", "test"]}]}`. Each step has exactly one
+    /// of `prompt` (a Claude Code sub-agent), `run` (argv, no shell) or `shell` (sh -c).
+    /// Reference earlier results with `{step_id.output}` and inputs with `{inputs.NAME}`.
+    /// Run `baton schema` for the full format. Give this or `file`.
+    #[serde(default)]
+    pub workflow: Option<Value>,
+    /// Path of a JSON workflow file (relative to the server's working directory).
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Values for `{inputs.NAME}` placeholders.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, Value>,
+    /// Idempotency key. Calling again with the same thread_id returns the existing workflow
+    /// instead of starting a second one. Omit to get a fresh id.
+    #[serde(default)]
+    pub thread_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct InvokeAsyncResult {
+    /// Use this id with invoke_status, invoke_stream, invoke_resume and invoke_cancel.
+    pub thread_id: String,
+    pub status: WorkflowStatus,
+    pub step_count: usize,
+    /// Expected wall time from past runs of a workflow with the same name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_duration_s: Option<f64>,
+    /// False if this thread_id already existed; nothing new was started.
+    pub created: bool,
+    pub next: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ThreadArgs {
+    /// The workflow's thread_id, as returned by invoke_async.
+    pub thread_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct InvokeStatusArgs {
+    /// The workflow's thread_id, as returned by invoke_async.
+    pub thread_id: String,
+    /// Characters of each step's output to include (default 2000; 0 for none).
+    #[serde(default)]
+    pub output_chars: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct InvokeStreamArgs {
+    /// The workflow's thread_id, as returned by invoke_async.
+    pub thread_id: String,
+    /// Return events after this one: pass the previous call's `next_cursor`. Omit or 0 for
+    /// the whole history.
+    #[serde(default)]
+    pub cursor: Option<i64>,
+    /// Seconds to wait for the workflow to finish before returning what happened so far
+    /// (default 60, at most 1500).
+    #[serde(default)]
+    pub wait_s: Option<f64>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct InvokeStreamResult {
+    pub thread_id: String,
+    pub status: WorkflowStatus,
+    /// True when the workflow has stopped (completed, failed, blocked or cancelled).
+    pub done: bool,
+    /// Pass as `cursor` to continue without missing an event.
+    pub next_cursor: i64,
+    pub events: Vec<EventRow>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct InvokeResumeArgs {
+    /// The workflow's thread_id.
+    pub thread_id: String,
+    /// Re-run this step and everything downstream of it, even if they completed. Omit to
+    /// continue from the checkpoint (only the failed, blocked or cancelled steps run again).
+    #[serde(default)]
+    pub from_step: Option<String>,
+    /// `retry` (default) runs the stopped steps again; `skip` marks them skipped and lets
+    /// their dependents run (a skipped step's output is empty).
+    #[serde(default)]
+    pub mode: ResumeMode,
+    /// Guidance for a retried agent step: sent into its resumed Claude session, e.g. "the
+    /// tests need a running database; start it first".
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// Agent-option overrides for the retried agent steps, e.g.
+    /// `{"permission_mode": "acceptEdits"}` to answer a permission block.
+    #[serde(default)]
+    pub agent: Option<AgentOptions>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ControlResult {
+    pub thread_id: String,
+    pub status: WorkflowStatus,
+    pub next: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct WorkflowMonitorArgs {
+    /// Only workflows in this status.
+    #[serde(default)]
+    pub status: Option<WorkflowStatus>,
+    /// Include completed, failed and cancelled workflows (default: only active and blocked).
+    #[serde(default)]
+    pub include_finished: bool,
+    /// Most workflows to list, newest first (default 50).
+    #[serde(default)]
+    pub limit: Option<i64>,
+}
+
+/// The message a model sees for an engine error.
+fn refusal(e: EngineError) -> String {
+    match e {
+        EngineError::Invalid(p) => format!(
+            "The workflow was rejected and nothing was started. Fix these problems and call invoke_async again:\n{p}"
+        ),
+        EngineError::Store(s) => format!("baton's database failed: {s}. Nothing was changed; try again."),
+        other => other.to_string(),
+    }
+}
+
+fn input_string(v: Value) -> String {
+    match v {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+#[tool_router(vis = "pub(super)")]
+impl BatonServer {
+    #[tool(
+        description = "Start a durable multi-step workflow and return at once with its thread_id. \
+Steps are Claude Code sub-agents (`prompt`), commands (`run`, argv) or shell scripts (`shell`), \
+ordered by `deps` and wired by `{step.output}` templates; independent steps run in parallel. \
+Completed steps are checkpointed, so the workflow survives crashes and restarts. Use it for \
+long or multi-stage work you want to keep running while you do other things. Follow progress \
+with invoke_stream, check with invoke_status. The workflow is validated first: if it is invalid, \
+every problem is listed and nothing runs.",
+        annotations(title = "Start workflow", read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = true)
+    )]
+    async fn invoke_async(
+        &self,
+        Parameters(args): Parameters<InvokeAsyncArgs>,
+    ) -> Result<Json<InvokeAsyncResult>, String> {
+        let definition = match args.workflow {
+            // Some clients send the definition as a JSON string.
+            Some(Value::String(s)) => Some(
+                serde_json::from_str(&s)
+                    .map_err(|e| format!("`workflow` is a string but not valid JSON: {e}"))?,
+            ),
+            other => other,
+        };
+        let req = SubmitRequest {
+            definition,
+            file: args.file.map(Into::into),
+            inputs: args
+                .inputs
+                .into_iter()
+                .map(|(k, v)| (k, input_string(v)))
+                .collect(),
+            thread_id: args.thread_id,
+        };
+        let s = self.engine.submit(req).await.map_err(refusal)?;
+        let next = if s.created {
+            format!(
+                "Started. Call invoke_stream with thread_id {:?} to follow it, or invoke_status to check on it.",
+                s.thread_id
+            )
+        } else {
+            "A workflow with this thread_id already exists; nothing new was started. Check it with invoke_status.".to_owned()
+        };
+        Ok(Json(InvokeAsyncResult {
+            thread_id: s.thread_id,
+            status: s.status,
+            step_count: s.step_count,
+            estimated_duration_s: s.estimated_duration_s,
+            created: s.created,
+            next,
+        }))
+    }
+
+    #[tool(
+        description = "Get a workflow's current state: overall status, progress {done, total}, \
+the steps running now, and for every step its status, attempts (with errors and exit codes), \
+Claude session id, timestamps, duration, output preview and error. Use it to check on a \
+workflow or to read step outputs after it finished.",
+        annotations(title = "Workflow status", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn invoke_status(
+        &self,
+        Parameters(args): Parameters<InvokeStatusArgs>,
+    ) -> Result<Json<WorkflowView>, String> {
+        let chars = args.output_chars.unwrap_or(2000);
+        self.engine
+            .status(&args.thread_id, chars)
+            .await
+            .map(Json)
+            .map_err(refusal)
+    }
+
+    #[tool(
+        description = "Follow a workflow: returns the events after `cursor` (step started, \
+progress, retrying, completed, failed, blocked, …) and keeps waiting for new ones until the \
+workflow stops or `wait_s` passes. Each event is also sent as a progress notification. If \
+`done` is false, call again with `cursor` = `next_cursor` to continue without missing anything.",
+        annotations(title = "Follow workflow", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn invoke_stream(
+        &self,
+        Parameters(args): Parameters<InvokeStreamArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<InvokeStreamResult>, String> {
+        let wait = args
+            .wait_s
+            .unwrap_or(STREAM_WAIT_DEFAULT_S)
+            .clamp(0.0, STREAM_WAIT_MAX_S);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
+        let token = ctx.meta.get_progress_token();
+        let mut cursor = args.cursor.unwrap_or(0).max(0);
+        let mut out: Vec<EventRow> = Vec::new();
+        let mut progress = Progress::default();
+        loop {
+            let now = tokio::time::Instant::now();
+            let keepalive_at = deadline.min(now + KEEPALIVE);
+            let limit = STREAM_PAGE - out.len() as i64;
+            let page = tokio::select! {
+                r = self.engine.wait_events(&args.thread_id, cursor, limit, keepalive_at) => r.map_err(refusal)?,
+                () = ctx.ct.cancelled() => return Err("cancelled by the client".into()),
+            };
+            let (status, total, events) = page;
+            let done_steps = if events.is_empty() && token.is_none() {
+                0
+            } else {
+                self.engine
+                    .done_steps(&args.thread_id)
+                    .await
+                    .map_err(refusal)?
+            };
+            if let Some(token) = &token {
+                if events.is_empty() && !status.is_terminal() {
+                    let p = progress.next(done_steps);
+                    let msg = format!("waiting: workflow {status}");
+                    let _ = ctx
+                        .peer
+                        .notify_progress(
+                            ProgressNotificationParam::new(token.clone(), p)
+                                .with_total(total as f64)
+                                .with_message(msg),
+                        )
+                        .await;
+                }
+                for e in &events {
+                    let p = progress.next(done_steps);
+                    let _ = ctx
+                        .peer
+                        .notify_progress(
+                            ProgressNotificationParam::new(token.clone(), p)
+                                .with_total(total as f64)
+                                .with_message(describe_event(e)),
+                        )
+                        .await;
+                }
+            }
+            let fetched = events.len() as i64;
+            if let Some(last) = events.last() {
+                cursor = last.seq;
+            }
+            out.extend(events);
+            let caught_up = fetched < limit;
+            let page_full = out.len() as i64 >= STREAM_PAGE;
+            let finished = status.is_terminal() && caught_up;
+            if finished || page_full || tokio::time::Instant::now() >= deadline {
+                return Ok(Json(InvokeStreamResult {
+                    thread_id: args.thread_id,
+                    status,
+                    done: finished,
+                    next_cursor: cursor,
+                    events: out,
+                }));
+            }
+        }
+    }
+
+    #[tool(
+        description = "Resume a workflow that failed, is blocked, was cancelled or was \
+interrupted. By default only the stopped steps run again (completed steps are never re-run); \
+`from_step` re-runs that step and everything downstream instead, even on a completed workflow. \
+`mode: skip` skips the stopped steps instead of retrying them. For agent steps, `prompt` adds \
+guidance to the resumed Claude session and `agent` overrides options such as permission_mode. \
+Returns at once; follow with invoke_stream.",
+        annotations(title = "Resume workflow", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = true)
+    )]
+    async fn invoke_resume(
+        &self,
+        Parameters(args): Parameters<InvokeResumeArgs>,
+    ) -> Result<Json<ControlResult>, String> {
+        let thread_id = args.thread_id.clone();
+        let status = self
+            .engine
+            .resume(ResumeRequest {
+                thread_id: args.thread_id,
+                from_step: args.from_step,
+                mode: args.mode,
+                prompt: args.prompt,
+                agent: args.agent,
+            })
+            .await
+            .map_err(refusal)?;
+        Ok(Json(ControlResult {
+            next: format!("Resumed. Follow it with invoke_stream (thread_id {thread_id:?})."),
+            thread_id,
+            status,
+        }))
+    }
+
+    #[tool(
+        description = "List workflows with their progress, running steps, heartbeat age and \
+health flags: `stalled` (a running step has been silent longer than its stall threshold), \
+`orphaned` (its server process died and no process has taken it over yet), `overdue`. Also \
+counts workflows by status. By default lists active and blocked workflows, newest first.",
+        annotations(title = "Monitor workflows", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn workflow_monitor(
+        &self,
+        Parameters(args): Parameters<WorkflowMonitorArgs>,
+    ) -> Result<Json<MonitorView>, String> {
+        self.engine
+            .monitor(MonitorFilter {
+                status: args.status,
+                include_finished: args.include_finished,
+                limit: args.limit.unwrap_or(50),
+            })
+            .await
+            .map(Json)
+            .map_err(refusal)
+    }
+
+    #[tool(
+        description = "Cancel a workflow: its running steps are stopped (their whole process \
+groups are terminated) and it is marked cancelled. Completed steps keep their results and the \
+workflow can be resumed later with invoke_resume.",
+        annotations(title = "Cancel workflow", read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn invoke_cancel(
+        &self,
+        Parameters(args): Parameters<ThreadArgs>,
+    ) -> Result<Json<ControlResult>, String> {
+        let status = self
+            .engine
+            .cancel(&args.thread_id)
+            .await
+            .map_err(refusal)?;
+        let next = if status == WorkflowStatus::Cancelled {
+            "Cancelled. Resume it later with invoke_resume if needed.".to_owned()
+        } else {
+            format!("The workflow had already stopped ({status}); nothing to cancel.")
+        };
+        Ok(Json(ControlResult {
+            thread_id: args.thread_id,
+            status,
+            next,
+        }))
+    }
+}
+
+/// Progress values of one `invoke_stream` call: strictly increasing, `done` whole steps
+/// plus a fraction that grows with each notification and never reaches the next step.
+#[derive(Default)]
+struct Progress {
+    last: f64,
+    done: i64,
+    n: u32,
+}
+
+impl Progress {
+    fn next(&mut self, done: i64) -> f64 {
+        if done != self.done {
+            self.done = done;
+            self.n = 0;
+        }
+        self.n += 1;
+        let frac = 1.0 - 1.0 / f64::from(self.n + 1);
+        let mut p = done as f64 + frac * 0.999;
+        if p <= self.last {
+            p = self.last + 1e-6;
+        }
+        self.last = p;
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Progress;
+
+    #[test]
+    fn progress_strictly_increases_even_when_done_goes_back() {
+        let mut p = Progress::default();
+        let mut last = -1.0;
+        for done in [0, 0, 1, 1, 1, 2, 0, 3, 3] {
+            let v = p.next(done);
+            assert!(v > last, "{v} <= {last}");
+            last = v;
+        }
+    }
+}

@@ -1,0 +1,737 @@
+//! Records and the queries over them. Writers take the transaction's connection from a
+//! [`WriteCtx`](super::WriteCtx); readers take a reader connection.
+//!
+//! Invariant: an event's `seq` is taken from its workflow row inside the same transaction that
+//! appends it, so `seq` increases strictly per workflow whichever process writes.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Result, StoreError, WriteCtx};
+
+/// Milliseconds since the Unix epoch, the store's clock unit.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// RFC 3339 UTC rendering of a store timestamp.
+pub fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+            pub fn parse(s: &str) -> Option<$name> {
+                match s { $($s => Some($name::$variant),)+ _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum! {
+    /// Status of a workflow.
+    WorkflowStatus {
+        Queued => "queued", Running => "running", Blocked => "blocked",
+        Completed => "completed", Failed => "failed", Cancelled => "cancelled",
+        Interrupted => "interrupted",
+    }
+}
+
+impl WorkflowStatus {
+    /// A status in which no step of the workflow is running or about to run.
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            WorkflowStatus::Queued | WorkflowStatus::Running | WorkflowStatus::Interrupted
+        )
+    }
+}
+
+string_enum! {
+    /// Status of a step.
+    StepStatus {
+        Pending => "pending", Running => "running", Retrying => "retrying",
+        Completed => "completed", Failed => "failed", Blocked => "blocked",
+        Skipped => "skipped", Cancelled => "cancelled",
+    }
+}
+
+impl StepStatus {
+    /// Dependents of a step in this status may start.
+    pub fn satisfies_deps(self) -> bool {
+        matches!(self, StepStatus::Completed | StepStatus::Skipped)
+    }
+}
+
+string_enum! {
+    /// Type of an event in a workflow's log.
+    EventKind {
+        WorkflowStarted => "workflow_started", StepStarted => "step_started",
+        StepProgress => "step_progress", StepRetrying => "step_retrying",
+        StepCompleted => "step_completed", StepFailed => "step_failed",
+        StepBlocked => "step_blocked", StepSkipped => "step_skipped",
+        StepCancelled => "step_cancelled",
+        WorkflowCompleted => "workflow_completed", WorkflowFailed => "workflow_failed",
+        WorkflowBlocked => "workflow_blocked", WorkflowCancelled => "workflow_cancelled",
+        WorkflowInterrupted => "workflow_interrupted", WorkflowResumed => "workflow_resumed",
+    }
+}
+
+impl EventKind {
+    /// Events after which a workflow has stopped (until it is resumed).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            EventKind::WorkflowCompleted
+                | EventKind::WorkflowFailed
+                | EventKind::WorkflowBlocked
+                | EventKind::WorkflowCancelled
+                | EventKind::WorkflowInterrupted
+        )
+    }
+}
+
+fn status_of<T>(s: String, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    parse(&s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("unknown status {s:?}").into(),
+        )
+    })
+}
+
+/// A row of `workflows`.
+#[derive(Debug, Clone)]
+pub struct WorkflowRow {
+    pub id: String,
+    pub name: Option<String>,
+    pub definition: String,
+    pub status: WorkflowStatus,
+    pub step_count: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub error: Option<String>,
+    pub owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub epoch: i64,
+    pub cancel_requested: bool,
+    pub last_activity_at: Option<i64>,
+    pub total_cost_usd: f64,
+}
+
+const WORKFLOW_COLS: &str = "id, name, definition, status, step_count, created_at, updated_at, \
+    started_at, finished_at, error, owner, lease_expires_at, epoch, cancel_requested, \
+    last_activity_at, total_cost_usd";
+
+fn workflow_row(r: &Row<'_>) -> rusqlite::Result<WorkflowRow> {
+    Ok(WorkflowRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        definition: r.get(2)?,
+        status: status_of(r.get(3)?, WorkflowStatus::parse)?,
+        step_count: r.get(4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+        started_at: r.get(7)?,
+        finished_at: r.get(8)?,
+        error: r.get(9)?,
+        owner: r.get(10)?,
+        lease_expires_at: r.get(11)?,
+        epoch: r.get(12)?,
+        cancel_requested: r.get(13)?,
+        last_activity_at: r.get(14)?,
+        total_cost_usd: r.get(15)?,
+    })
+}
+
+/// A row of `steps`: the durable state of one step of one workflow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRow {
+    pub step_id: String,
+    pub idx: i64,
+    pub status: StepStatus,
+    /// Attempts started, all time.
+    pub attempts: i64,
+    /// Failed attempts since the step was last reset; the retry budget reads this.
+    pub failures: i64,
+    /// Attempts cut short by a dead owner since the step was last reset.
+    pub crashes: i64,
+    pub session_id: Option<String>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub last_activity_at: Option<i64>,
+    /// Extra instructions for the next attempt of an agent step, from `invoke_resume`.
+    pub guidance: Option<String>,
+    /// Agent-option overrides (JSON) for the next attempts, from `invoke_resume`.
+    pub agent_overrides: Option<String>,
+    /// The next attempt starts a new agent session instead of resuming `session_id`.
+    pub fresh_session: bool,
+}
+
+impl StepRow {
+    pub fn new(step_id: &str, idx: usize) -> StepRow {
+        StepRow {
+            step_id: step_id.to_owned(),
+            idx: idx as i64,
+            status: StepStatus::Pending,
+            attempts: 0,
+            failures: 0,
+            crashes: 0,
+            session_id: None,
+            started_at: None,
+            finished_at: None,
+            output: None,
+            error: None,
+            last_activity_at: None,
+            guidance: None,
+            agent_overrides: None,
+            fresh_session: false,
+        }
+    }
+}
+
+const STEP_COLS: &str = "step_id, idx, status, attempts, failures, crashes, session_id, \
+    started_at, finished_at, output, error, last_activity_at, guidance, agent_overrides, \
+    fresh_session";
+
+fn step_row(r: &Row<'_>) -> rusqlite::Result<StepRow> {
+    Ok(StepRow {
+        step_id: r.get(0)?,
+        idx: r.get(1)?,
+        status: status_of(r.get(2)?, StepStatus::parse)?,
+        attempts: r.get(3)?,
+        failures: r.get(4)?,
+        crashes: r.get(5)?,
+        session_id: r.get(6)?,
+        started_at: r.get(7)?,
+        finished_at: r.get(8)?,
+        output: r.get(9)?,
+        error: r.get(10)?,
+        last_activity_at: r.get(11)?,
+        guidance: r.get(12)?,
+        agent_overrides: r.get(13)?,
+        fresh_session: r.get(14)?,
+    })
+}
+
+/// A row of `attempts`.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptRow {
+    pub step_id: String,
+    pub number: i64,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    /// `running`, `succeeded`, `failed`, `timed_out`, `blocked`, `cancelled`,
+    /// `interrupted` or `crashed`.
+    pub outcome: String,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+    pub stderr: Option<String>,
+    pub session_id: Option<String>,
+    pub cost_usd: Option<f64>,
+    pub num_turns: Option<i64>,
+    pub owner: Option<String>,
+}
+
+/// An event of a workflow's log.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct EventRow {
+    /// Position in the workflow's log; strictly increasing. Pass it back as `cursor`.
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i64>,
+    /// RFC 3339 UTC.
+    pub at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+// ---------------------------------------------------------------- workflows
+
+/// A workflow to insert, with its steps in definition order.
+pub struct NewWorkflow<'a> {
+    pub id: &'a str,
+    pub name: Option<&'a str>,
+    pub definition: &'a str,
+    pub step_ids: Vec<&'a str>,
+    pub owner: &'a str,
+    pub lease_expires_at: i64,
+}
+
+/// Inserts a queued workflow owned by `owner` at epoch 1.
+pub fn insert_workflow(ctx: &mut WriteCtx<'_>, w: &NewWorkflow<'_>, now: i64) -> Result<()> {
+    ctx.conn.execute(
+        "INSERT INTO workflows (id, name, definition, status, step_count, created_at, \
+         updated_at, owner, lease_expires_at, epoch) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?5, ?6, ?7, 1)",
+        params![
+            w.id,
+            w.name,
+            w.definition,
+            w.step_ids.len() as i64,
+            now,
+            w.owner,
+            w.lease_expires_at
+        ],
+    )?;
+    let mut stmt = ctx.conn.prepare_cached(
+        "INSERT INTO steps (workflow_id, step_id, idx, status) VALUES (?1, ?2, ?3, 'pending')",
+    )?;
+    for (i, s) in w.step_ids.iter().enumerate() {
+        stmt.execute(params![w.id, s, i as i64])?;
+    }
+    ctx.touched(w.id);
+    Ok(())
+}
+
+pub fn find_workflow(conn: &Connection, id: &str) -> Result<Option<WorkflowRow>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {WORKFLOW_COLS} FROM workflows WHERE id = ?1"))?;
+    Ok(stmt.query_row([id], workflow_row).optional()?)
+}
+
+/// Workflows, newest first, filtered by status.
+pub fn list_workflows(
+    conn: &Connection,
+    statuses: &[WorkflowStatus],
+    limit: i64,
+) -> Result<Vec<WorkflowRow>> {
+    let list = statuses
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql = format!(
+        "SELECT {WORKFLOW_COLS} FROM workflows WHERE status IN ({list}) \
+         ORDER BY created_at DESC LIMIT ?1"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map([limit], workflow_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Number of workflows per status.
+pub fn count_by_status(conn: &Connection) -> Result<Vec<(WorkflowStatus, i64)>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT status, count(*) FROM workflows GROUP BY status")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((status_of(r.get(0)?, WorkflowStatus::parse)?, r.get(1)?))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Fails with [`StoreError::Fenced`] unless `owner` holds the workflow at `epoch`.
+pub fn check_fence(conn: &Connection, id: &str, owner: &str, epoch: i64) -> Result<()> {
+    let mut stmt = conn.prepare_cached("SELECT owner, epoch FROM workflows WHERE id = ?1")?;
+    let row: Option<(Option<String>, i64)> = stmt
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match row {
+        Some((Some(o), e)) if o == owner && e == epoch => Ok(()),
+        _ => Err(StoreError::Fenced(id.to_owned())),
+    }
+}
+
+/// Sets a workflow's status (and error); `release` also drops its lease.
+pub fn set_workflow_status(
+    ctx: &mut WriteCtx<'_>,
+    id: &str,
+    status: WorkflowStatus,
+    error: Option<&str>,
+    release: bool,
+    now: i64,
+) -> Result<()> {
+    let finished = status.is_terminal().then_some(now);
+    let started = (status == WorkflowStatus::Running).then_some(now);
+    ctx.conn
+        .prepare_cached(
+            "UPDATE workflows SET status = ?2, error = ?3, updated_at = ?4, \
+             finished_at = ?5, started_at = coalesce(started_at, ?6), \
+             owner = CASE WHEN ?7 THEN NULL ELSE owner END, \
+             lease_expires_at = CASE WHEN ?7 THEN NULL ELSE lease_expires_at END, \
+             cancel_requested = CASE WHEN ?7 THEN 0 ELSE cancel_requested END \
+             WHERE id = ?1",
+        )?
+        .execute(params![id, status.as_str(), error, now, finished, started, release])?;
+    ctx.touched(id);
+    Ok(())
+}
+
+/// Takes the lease of a workflow for `owner`, bumping its epoch (the fencing token). Only
+/// succeeds if the epoch is still `expected_epoch`, so two adopters cannot both win.
+pub fn take_lease(
+    ctx: &mut WriteCtx<'_>,
+    id: &str,
+    owner: &str,
+    expected_epoch: i64,
+    lease_expires_at: i64,
+) -> Result<i64> {
+    let n = ctx
+        .conn
+        .prepare_cached(
+            "UPDATE workflows SET owner = ?2, epoch = epoch + 1, lease_expires_at = ?4, \
+             cancel_requested = 0 WHERE id = ?1 AND epoch = ?3",
+        )?
+        .execute(params![id, owner, expected_epoch, lease_expires_at])?;
+    if n == 0 {
+        return Err(StoreError::Fenced(id.to_owned()));
+    }
+    ctx.touched(id);
+    Ok(expected_epoch + 1)
+}
+
+/// Extends the leases `owner` holds; returns the ids it still holds.
+pub fn renew_leases(
+    ctx: &mut WriteCtx<'_>,
+    owner: &str,
+    lease_expires_at: i64,
+    now: i64,
+) -> Result<()> {
+    ctx.conn
+        .prepare_cached("UPDATE workflows SET lease_expires_at = ?2 WHERE owner = ?1")?
+        .execute(params![owner, lease_expires_at])?;
+    ctx.conn
+        .prepare_cached("UPDATE owners SET heartbeat_at = ?2 WHERE id = ?1")?
+        .execute(params![owner, now])?;
+    Ok(())
+}
+
+pub fn request_cancel(ctx: &mut WriteCtx<'_>, id: &str) -> Result<()> {
+    ctx.conn
+        .prepare_cached("UPDATE workflows SET cancel_requested = 1 WHERE id = ?1")?
+        .execute([id])?;
+    ctx.touched(id);
+    Ok(())
+}
+
+/// Workflows owned by `owner` that another process asked to cancel.
+pub fn cancel_requests(conn: &Connection, owner: &str) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id FROM workflows WHERE owner = ?1 AND cancel_requested = 1",
+    )?;
+    let rows = stmt.query_map([owner], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Workflows that should be running but whose lease is free, expired, or held by another
+/// owner (the caller decides whether that owner is alive).
+pub fn adoptable(conn: &Connection, me: &str) -> Result<Vec<(String, Option<String>, i64, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, owner, epoch, coalesce(lease_expires_at, 0) FROM workflows \
+         WHERE status IN ('queued', 'running', 'interrupted') AND coalesce(owner, '') != ?1",
+    )?;
+    let rows = stmt.query_map([me], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn add_cost(ctx: &mut WriteCtx<'_>, id: &str, cost: f64) -> Result<()> {
+    ctx.conn
+        .prepare_cached(
+            "UPDATE workflows SET total_cost_usd = total_cost_usd + ?2 WHERE id = ?1",
+        )?
+        .execute(params![id, cost])?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- steps and attempts
+
+pub fn load_steps(conn: &Connection, workflow_id: &str) -> Result<Vec<StepRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {STEP_COLS} FROM steps WHERE workflow_id = ?1 ORDER BY idx"
+    ))?;
+    let rows = stmt.query_map([workflow_id], step_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Ids of the steps of a workflow that are running or waiting to retry.
+pub fn current_steps(conn: &Connection, workflow_id: &str) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT step_id FROM steps WHERE workflow_id = ?1 \
+         AND status IN ('running', 'retrying') ORDER BY idx",
+    )?;
+    let rows = stmt.query_map([workflow_id], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Number of steps that are completed or skipped.
+pub fn done_count(conn: &Connection, workflow_id: &str) -> Result<i64> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT count(*) FROM steps WHERE workflow_id = ?1 \
+         AND status IN ('completed', 'skipped')",
+    )?;
+    Ok(stmt.query_row([workflow_id], |r| r.get(0))?)
+}
+
+/// Writes every mutable field of a step.
+pub fn save_step(ctx: &mut WriteCtx<'_>, workflow_id: &str, s: &StepRow) -> Result<()> {
+    ctx.conn
+        .prepare_cached(
+            "UPDATE steps SET status = ?3, attempts = ?4, failures = ?5, crashes = ?6, \
+             session_id = ?7, started_at = ?8, finished_at = ?9, output = ?10, error = ?11, \
+             last_activity_at = ?12, guidance = ?13, agent_overrides = ?14, fresh_session = ?15 \
+             WHERE workflow_id = ?1 AND step_id = ?2",
+        )?
+        .execute(params![
+            workflow_id,
+            s.step_id,
+            s.status.as_str(),
+            s.attempts,
+            s.failures,
+            s.crashes,
+            s.session_id,
+            s.started_at,
+            s.finished_at,
+            s.output,
+            s.error,
+            s.last_activity_at,
+            s.guidance,
+            s.agent_overrides,
+            s.fresh_session
+        ])?;
+    ctx.touched(workflow_id);
+    Ok(())
+}
+
+/// Records the session id of a running step the moment it is known.
+pub fn set_session(
+    ctx: &mut WriteCtx<'_>,
+    workflow_id: &str,
+    step_id: &str,
+    attempt: i64,
+    session_id: &str,
+) -> Result<()> {
+    ctx.conn
+        .prepare_cached(
+            "UPDATE steps SET session_id = ?3 WHERE workflow_id = ?1 AND step_id = ?2",
+        )?
+        .execute(params![workflow_id, step_id, session_id])?;
+    ctx.conn
+        .prepare_cached(
+            "UPDATE attempts SET session_id = ?4 WHERE workflow_id = ?1 AND step_id = ?2 \
+             AND number = ?3",
+        )?
+        .execute(params![workflow_id, step_id, attempt, session_id])?;
+    ctx.touched(workflow_id);
+    Ok(())
+}
+
+/// Records the last time steps of a workflow showed activity.
+pub fn set_activity(
+    ctx: &mut WriteCtx<'_>,
+    workflow_id: &str,
+    step_id: &str,
+    at: i64,
+) -> Result<()> {
+    ctx.conn
+        .prepare_cached(
+            "UPDATE steps SET last_activity_at = ?3 WHERE workflow_id = ?1 AND step_id = ?2",
+        )?
+        .execute(params![workflow_id, step_id, at])?;
+    ctx.conn
+        .prepare_cached(
+            "UPDATE workflows SET last_activity_at = max(coalesce(last_activity_at, 0), ?2) \
+             WHERE id = ?1",
+        )?
+        .execute(params![workflow_id, at])?;
+    Ok(())
+}
+
+pub fn insert_attempt(ctx: &mut WriteCtx<'_>, workflow_id: &str, a: &AttemptRow) -> Result<()> {
+    ctx.conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO attempts (workflow_id, step_id, number, started_at, \
+             finished_at, outcome, exit_code, error, stderr, session_id, cost_usd, num_turns, owner) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?
+        .execute(params![
+            workflow_id,
+            a.step_id,
+            a.number,
+            a.started_at,
+            a.finished_at,
+            a.outcome,
+            a.exit_code,
+            a.error,
+            a.stderr,
+            a.session_id,
+            a.cost_usd,
+            a.num_turns,
+            a.owner
+        ])?;
+    Ok(())
+}
+
+pub fn load_attempts(conn: &Connection, workflow_id: &str) -> Result<Vec<AttemptRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT step_id, number, started_at, finished_at, outcome, exit_code, error, stderr, \
+         session_id, cost_usd, num_turns, owner FROM attempts WHERE workflow_id = ?1 \
+         ORDER BY step_id, number",
+    )?;
+    let rows = stmt.query_map([workflow_id], |r| {
+        Ok(AttemptRow {
+            step_id: r.get(0)?,
+            number: r.get(1)?,
+            started_at: r.get(2)?,
+            finished_at: r.get(3)?,
+            outcome: r.get(4)?,
+            exit_code: r.get(5)?,
+            error: r.get(6)?,
+            stderr: r.get(7)?,
+            session_id: r.get(8)?,
+            cost_usd: r.get(9)?,
+            num_turns: r.get(10)?,
+            owner: r.get(11)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Median duration (ms) of completed steps of past workflows with this name, per step id.
+pub fn median_step_durations(
+    conn: &Connection,
+    name: &str,
+) -> Result<std::collections::BTreeMap<String, i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.step_id, s.finished_at - s.started_at FROM steps s \
+         JOIN workflows w ON w.id = s.workflow_id \
+         WHERE w.name = ?1 AND s.status = 'completed' AND s.finished_at IS NOT NULL \
+         AND s.started_at IS NOT NULL ORDER BY w.created_at DESC LIMIT 2000",
+    )?;
+    let mut by_step: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for row in stmt.query_map([name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (id, d) = row?;
+        by_step.entry(id).or_default().push(d);
+    }
+    Ok(by_step
+        .into_iter()
+        .map(|(id, mut ds)| {
+            ds.sort_unstable();
+            let m = ds[ds.len() / 2];
+            (id, m)
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------- events
+
+/// Appends an event, taking the next `seq` of the workflow. Returns the event.
+pub fn append_event(
+    ctx: &mut WriteCtx<'_>,
+    workflow_id: &str,
+    kind: EventKind,
+    step_id: Option<&str>,
+    attempt: Option<i64>,
+    data: Option<&serde_json::Value>,
+    now: i64,
+) -> Result<i64> {
+    let seq: i64 = ctx
+        .conn
+        .prepare_cached(
+            "UPDATE workflows SET next_seq = next_seq + 1, updated_at = ?2 WHERE id = ?1 \
+             RETURNING next_seq - 1",
+        )?
+        .query_row(params![workflow_id, now], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::Corrupt(format!("no workflow {workflow_id}")))?;
+    let data = data.map(|d| d.to_string());
+    ctx.conn
+        .prepare_cached(
+            "INSERT INTO events (workflow_id, seq, type, step_id, attempt, at, data) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![workflow_id, seq, kind.as_str(), step_id, attempt, now, data])?;
+    ctx.touched(workflow_id);
+    Ok(seq)
+}
+
+/// Events with `seq > after`, oldest first.
+pub fn events_after(
+    conn: &Connection,
+    workflow_id: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<EventRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, type, step_id, attempt, at, data FROM events \
+         WHERE workflow_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![workflow_id, after, limit], |r| {
+        let data: Option<String> = r.get(5)?;
+        Ok(EventRow {
+            seq: r.get(0)?,
+            kind: status_of(r.get(1)?, EventKind::parse)?,
+            step_id: r.get(2)?,
+            attempt: r.get(3)?,
+            at: rfc3339(r.get(4)?),
+            data: data.and_then(|d| serde_json::from_str(&d).ok()),
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+// ---------------------------------------------------------------- owners
+
+/// A process that may hold leases.
+#[derive(Debug, Clone)]
+pub struct OwnerRow {
+    pub id: String,
+    pub pid: i64,
+    pub host: String,
+    pub heartbeat_at: i64,
+}
+
+pub fn register_owner(ctx: &mut WriteCtx<'_>, o: &OwnerRow, now: i64) -> Result<()> {
+    ctx.conn.execute(
+        "INSERT OR REPLACE INTO owners (id, pid, host, started_at, heartbeat_at) \
+         VALUES (?1, ?2, ?3, ?4, ?4)",
+        params![o.id, o.pid, o.host, now],
+    )?;
+    Ok(())
+}
+
+pub fn find_owner(conn: &Connection, id: &str) -> Result<Option<OwnerRow>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id, pid, host, heartbeat_at FROM owners WHERE id = ?1")?;
+    Ok(stmt
+        .query_row([id], |r| {
+            Ok(OwnerRow {
+                id: r.get(0)?,
+                pid: r.get(1)?,
+                host: r.get(2)?,
+                heartbeat_at: r.get(3)?,
+            })
+        })
+        .optional()?)
+}
+
+pub fn remove_owner(ctx: &mut WriteCtx<'_>, id: &str) -> Result<()> {
+    ctx.conn.execute("DELETE FROM owners WHERE id = ?1", [id])?;
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! Schema migrations, tracked in SQLite's `user_version`. A migration is never edited once
+//! released; changes are new migrations appended to the list.
+
+use rusqlite_migration::{M, Migrations};
+
+const V1: &str = r#"
+CREATE TABLE owners (
+    id            TEXT PRIMARY KEY,
+    pid           INTEGER NOT NULL,
+    host          TEXT NOT NULL,
+    started_at    INTEGER NOT NULL,
+    heartbeat_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE workflows (
+    id               TEXT PRIMARY KEY,
+    name             TEXT,
+    definition       TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    step_count       INTEGER NOT NULL,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    started_at       INTEGER,
+    finished_at      INTEGER,
+    error            TEXT,
+    owner            TEXT,
+    lease_expires_at INTEGER,
+    epoch            INTEGER NOT NULL DEFAULT 0,
+    next_seq         INTEGER NOT NULL DEFAULT 1,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    last_activity_at INTEGER,
+    total_cost_usd   REAL NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX workflows_by_status ON workflows(status, updated_at);
+CREATE INDEX workflows_by_created ON workflows(created_at);
+CREATE INDEX workflows_by_name ON workflows(name, created_at);
+
+CREATE TABLE steps (
+    workflow_id      TEXT NOT NULL,
+    step_id          TEXT NOT NULL,
+    idx              INTEGER NOT NULL,
+    status           TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    failures         INTEGER NOT NULL DEFAULT 0,
+    crashes          INTEGER NOT NULL DEFAULT 0,
+    session_id       TEXT,
+    started_at       INTEGER,
+    finished_at      INTEGER,
+    output           TEXT,
+    error            TEXT,
+    last_activity_at INTEGER,
+    guidance         TEXT,
+    agent_overrides  TEXT,
+    fresh_session    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (workflow_id, step_id)
+) WITHOUT ROWID;
+
+CREATE TABLE attempts (
+    workflow_id  TEXT NOT NULL,
+    step_id      TEXT NOT NULL,
+    number       INTEGER NOT NULL,
+    started_at   INTEGER NOT NULL,
+    finished_at  INTEGER,
+    outcome      TEXT NOT NULL,
+    exit_code    INTEGER,
+    error        TEXT,
+    stderr       TEXT,
+    session_id   TEXT,
+    cost_usd     REAL,
+    num_turns    INTEGER,
+    owner        TEXT,
+    PRIMARY KEY (workflow_id, step_id, number)
+) WITHOUT ROWID;
+
+CREATE TABLE events (
+    workflow_id TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    type        TEXT NOT NULL,
+    step_id     TEXT,
+    attempt     INTEGER,
+    at          INTEGER NOT NULL,
+    data        TEXT,
+    PRIMARY KEY (workflow_id, seq)
+) WITHOUT ROWID;
+"#;
+
+pub(super) fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(V1)])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_are_valid() {
+        assert!(super::migrations().validate().is_ok());
+    }
+}

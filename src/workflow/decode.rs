@@ -1,0 +1,465 @@
+//! Decoding: JSON value → [`RawDefinition`], collecting every type error and unknown field.
+//!
+//! Serde's derived `Deserialize` stops at the first error; users need all of them at once,
+//! each naming its step and field. So this walks the JSON object by object, deserialises each
+//! known field on its own, and reports every unknown field with the closest known name.
+//!
+//! Invariant: decoding never fails outright. It returns the best raw definition it could
+//! build (bad fields left unset) and adds one [`Problem`] per defect; the caller rejects the
+//! definition when any problem was recorded. Unknown fields are problems, except the ones
+//! Claude Studio emits (`name`, `description`, `metadata`, `type`, `config`, `sessionId` and
+//! its loop/condition/human-step fields), so existing Studio definitions decode unchanged.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::workflow::problem::{Problem, did_you_mean};
+use crate::workflow::raw::{
+    RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawInputSpec, RawRetry, RawStep,
+    RawSuccess, RawWorkflow,
+};
+
+/// Step fields emitted by Claude Studio for features baton does not have; accepted and
+/// ignored so Studio definitions decode (an unsupported `type` is reported on its own).
+const STUDIO_STEP_FIELDS: &[&str] = &[
+    "condition",
+    "trueBranch",
+    "falseBranch",
+    "items",
+    "loopVar",
+    "maxIterations",
+    "parallelSteps",
+    "approvalRequired",
+    "interactionType",
+    "timeoutBehavior",
+    "timeoutSeconds",
+];
+
+const SECONDS: &str = "a whole number of seconds";
+const STRING: &str = "a string";
+const STRINGS: &str = "an array of strings";
+
+/// Decodes a definition in any accepted shape. Never fails; problems are appended.
+pub fn decode(value: &Value, problems: &mut Vec<Problem>) -> RawDefinition {
+    match value {
+        Value::Array(items) => RawDefinition::Steps(decode_step_list(items, problems)),
+        Value::Object(map) if is_single_step(map) => {
+            RawDefinition::Step(Box::new(decode_step(value, 0, problems)))
+        }
+        Value::Object(_) => RawDefinition::Workflow(Box::new(decode_workflow(value, problems))),
+        other => {
+            problems.push(Problem::workflow(
+                "definition",
+                format!(
+                    "expected a workflow object, an array of steps or a step object, got {}",
+                    describe(other)
+                ),
+            ));
+            RawDefinition::Steps(Vec::new())
+        }
+    }
+}
+
+/// Claude Studio's single-step shape: an action field at the top level and no `steps`.
+fn is_single_step(map: &Map<String, Value>) -> bool {
+    let has = |k: &str| map.get(k).is_some_and(|v| !v.is_null());
+    !has("steps") && !has("workflow") && ["prompt", "task", "run", "shell"].into_iter().any(has)
+}
+
+fn decode_workflow(value: &Value, problems: &mut Vec<Problem>) -> RawWorkflow {
+    let Some(mut o) = Obj::new(value, None, "", problems) else {
+        return RawWorkflow::default();
+    };
+    let mut wf = RawWorkflow {
+        schema: o.get(&["$schema"], STRING, problems),
+        name: o.get(&["name"], STRING, problems),
+        description: o.get(&["description"], STRING, problems),
+        version: o.raw(&["version"], problems).map(|(_, v)| v.clone()),
+        metadata: o.raw(&["metadata"], problems).map(|(_, v)| v.clone()),
+        ..RawWorkflow::default()
+    };
+    if let Some((_, v)) = o.raw(&["inputs"], problems) {
+        wf.inputs = decode_map(v, None, "inputs", problems, decode_input);
+    }
+    if let Some((_, v)) = o.raw(&["defaults"], problems) {
+        wf.defaults = Some(decode_defaults(v, problems));
+    }
+    if let Some((_, v)) = o.raw(&["agents"], problems) {
+        wf.agents = decode_map(v, None, "agents", problems, |v, step, field, p| {
+            decode_agent(v, step, &field, p)
+        });
+    }
+    if let Some((field, v)) = o.raw(&["steps", "workflow"], problems) {
+        let steps = match v {
+            Value::Array(items) => decode_step_list(items, problems),
+            Value::Object(_) => vec![decode_step(v, 0, problems)],
+            other => {
+                problems.push(Problem::workflow(
+                    field,
+                    format!(
+                        "expected an array of steps (or one step object), got {}",
+                        describe(other)
+                    ),
+                ));
+                Vec::new()
+            }
+        };
+        wf.steps = Some(crate::workflow::raw::RawSteps::Many(steps));
+    }
+    o.finish(&[], problems);
+    wf
+}
+
+fn decode_step_list(items: &[Value], problems: &mut Vec<Problem>) -> Vec<RawStep> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| decode_step(item, i, problems))
+        .collect()
+}
+
+/// Decodes the step at 0-based `index`; problems name it by its `id` or `step-N`.
+fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawStep {
+    let label = value
+        .get("id")
+        .and_then(Value::as_str)
+        .map_or_else(|| format!("step-{}", index + 1), str::to_owned);
+    let Some(mut o) = Obj::new(value, Some(label.clone()), "", problems) else {
+        return RawStep::default();
+    };
+    let step = Some(label.as_str());
+    let mut raw = RawStep {
+        id: o.get(&["id"], "a step id (letters, digits, `_`, `-`)", problems),
+        deps: o.get(
+            &["deps", "depends_on", "dependsOn"],
+            "a step id or an array of step ids",
+            problems,
+        ),
+        prompt: o.get(&["prompt"], STRING, problems),
+        task: o.get(&["task"], STRING, problems),
+        run: o.get(
+            &["run"],
+            "an array of strings (program, then arguments)",
+            problems,
+        ),
+        shell: o.get(&["shell"], STRING, problems),
+        cwd: o.get(&["cwd"], STRING, problems),
+        env: o
+            .get(&["env"], "an object of string values", problems)
+            .unwrap_or_default(),
+        timeout_s: o.get(&["timeout_s"], SECONDS, problems),
+        stall_timeout_s: o.get(&["stall_timeout_s"], SECONDS, problems),
+        on_stall: o.get(&["on_stall"], "\"report\" or \"restart\"", problems),
+        role: o.get(&["role"], STRING, problems),
+        agent_id: o.get(&["agentId"], STRING, problems),
+        name: o.get(&["name"], STRING, problems),
+        description: o.get(&["description"], STRING, problems),
+        metadata: o.raw(&["metadata"], problems).map(|(_, v)| v.clone()),
+        config: o.raw(&["config"], problems).map(|(_, v)| v.clone()),
+        kind: o.get(&["type"], STRING, problems),
+        session_id: o.get(&["sessionId"], STRING, problems),
+        ..RawStep::default()
+    };
+    if let Some((_, v)) = o.raw(&["retry"], problems) {
+        raw.retry = Some(decode_retry(v, step, "retry", problems));
+    }
+    if let Some((_, v)) = o.raw(&["agent"], problems) {
+        raw.agent = decode_agent_ref(v, step, "agent", problems);
+    }
+    if let Some((_, v)) = o.raw(&["success"], problems) {
+        raw.success = Some(decode_success(v, step, problems));
+    }
+    o.finish(STUDIO_STEP_FIELDS, problems);
+    raw
+}
+
+fn decode_defaults(value: &Value, problems: &mut Vec<Problem>) -> RawDefaults {
+    let Some(mut o) = Obj::new(value, None, "defaults", problems) else {
+        return RawDefaults::default();
+    };
+    let mut defaults = RawDefaults {
+        cwd: o.get(&["cwd"], STRING, problems),
+        env: o
+            .get(&["env"], "an object of string values", problems)
+            .unwrap_or_default(),
+        timeout_s: o.get(&["timeout_s"], SECONDS, problems),
+        stall_timeout_s: o.get(&["stall_timeout_s"], SECONDS, problems),
+        on_stall: o.get(&["on_stall"], "\"report\" or \"restart\"", problems),
+        ..RawDefaults::default()
+    };
+    if let Some((_, v)) = o.raw(&["retry"], problems) {
+        defaults.retry = Some(decode_retry(v, None, "defaults.retry", problems));
+    }
+    if let Some((_, v)) = o.raw(&["agent"], problems) {
+        defaults.agent = decode_agent_ref(v, None, "defaults.agent", problems);
+    }
+    o.finish(&[], problems);
+    defaults
+}
+
+fn decode_retry(
+    value: &Value,
+    step: Option<&str>,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) -> RawRetry {
+    let Some(mut o) = Obj::new(value, step.map(str::to_owned), field, problems) else {
+        return RawRetry::default();
+    };
+    let retry = RawRetry {
+        max_attempts: o.get(&["max_attempts"], "a whole number >= 1", problems),
+        initial_interval_ms: o.get(
+            &["initial_interval_ms"],
+            "a whole number of milliseconds",
+            problems,
+        ),
+        backoff_factor: o.get(&["backoff_factor"], "a number >= 1", problems),
+        max_interval_ms: o.get(
+            &["max_interval_ms"],
+            "a whole number of milliseconds",
+            problems,
+        ),
+        jitter: o.get(&["jitter"], "true or false", problems),
+        non_retryable: o.get(&["non_retryable"], STRINGS, problems),
+    };
+    o.finish(&[], problems);
+    retry
+}
+
+fn decode_agent(
+    value: &Value,
+    step: Option<&str>,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) -> RawAgent {
+    let Some(mut o) = Obj::new(value, step.map(str::to_owned), field, problems) else {
+        return RawAgent::default();
+    };
+    let agent = RawAgent {
+        model: o.get(&["model"], STRING, problems),
+        permission_mode: o.get(&["permission_mode", "permissionMode"], STRING, problems),
+        allowed_tools: o.get(&["allowed_tools", "allowedTools"], STRINGS, problems),
+        disallowed_tools: o.get(&["disallowed_tools", "disallowedTools"], STRINGS, problems),
+        max_turns: o.get(&["max_turns", "maxTurns"], "a whole number >= 1", problems),
+        append_system_prompt: o.get(
+            &["append_system_prompt", "appendSystemPrompt"],
+            STRING,
+            problems,
+        ),
+        system_prompt: o.get(&["system_prompt", "systemPrompt"], STRING, problems),
+    };
+    o.finish(&[], problems);
+    agent
+}
+
+fn decode_agent_ref(
+    value: &Value,
+    step: Option<&str>,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<RawAgentRef> {
+    match value {
+        Value::String(name) => Some(RawAgentRef::Profile(name.clone())),
+        Value::Object(_) => Some(RawAgentRef::Inline(decode_agent(
+            value, step, field, problems,
+        ))),
+        other => {
+            let message = format!(
+                "expected a profile name or an object of agent options, got {}",
+                describe(other)
+            );
+            problems.push(Problem::at(step, field, message));
+            None
+        }
+    }
+}
+
+fn decode_success(value: &Value, step: Option<&str>, problems: &mut Vec<Problem>) -> RawSuccess {
+    let Some(mut o) = Obj::new(value, step.map(str::to_owned), "success", problems) else {
+        return RawSuccess::default();
+    };
+    let success = RawSuccess {
+        contains: o.get(&["contains"], "a string or an array of strings", problems),
+        not_contains: o.get(
+            &["not_contains"],
+            "a string or an array of strings",
+            problems,
+        ),
+        regex: o.get(&["regex"], STRING, problems),
+        exit_codes: o.get(&["exit_codes"], "an array of integers", problems),
+    };
+    o.finish(&[], problems);
+    success
+}
+
+fn decode_input(
+    value: &Value,
+    _step: Option<&str>,
+    field: String,
+    problems: &mut Vec<Problem>,
+) -> RawInput {
+    match value {
+        Value::String(default) => RawInput::Default(default.clone()),
+        Value::Object(_) => {
+            let Some(mut o) = Obj::new(value, None, &field, problems) else {
+                return RawInput::Spec(RawInputSpec::default());
+            };
+            let spec = RawInputSpec {
+                description: o.get(&["description"], STRING, problems),
+                default: o.get(&["default"], STRING, problems),
+            };
+            o.finish(&[], problems);
+            RawInput::Spec(spec)
+        }
+        other => {
+            let message = format!(
+                "expected a default value (string) or {{\"description\", \"default\"}}, got {}",
+                describe(other)
+            );
+            problems.push(Problem::workflow(field, message));
+            RawInput::Spec(RawInputSpec::default())
+        }
+    }
+}
+
+/// Decodes an object whose values all have the same shape (`inputs`, `agents`).
+fn decode_map<T>(
+    value: &Value,
+    step: Option<&str>,
+    field: &str,
+    problems: &mut Vec<Problem>,
+    decode_entry: impl Fn(&Value, Option<&str>, String, &mut Vec<Problem>) -> T,
+) -> BTreeMap<String, T> {
+    let Value::Object(map) = value else {
+        problems.push(Problem::at(
+            step,
+            field,
+            format!("expected an object, got {}", describe(value)),
+        ));
+        return BTreeMap::new();
+    };
+    map.iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                decode_entry(v, step, format!("{field}.{k}"), problems),
+            )
+        })
+        .collect()
+}
+
+/// A JSON object being decoded: remembers which fields were asked for, so the rest can be
+/// reported as unknown.
+struct Obj<'a> {
+    map: &'a Map<String, Value>,
+    step: Option<String>,
+    prefix: String,
+    known: Vec<&'static str>,
+}
+
+impl<'a> Obj<'a> {
+    /// `field` is the path of this object ("" at step or workflow level).
+    fn new(
+        value: &'a Value,
+        step: Option<String>,
+        field: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Self> {
+        let Value::Object(map) = value else {
+            let name = if field.is_empty() { "step" } else { field };
+            problems.push(Problem {
+                step,
+                field: name.to_owned(),
+                message: format!("expected an object, got {}", describe(value)),
+            });
+            return None;
+        };
+        let prefix = if field.is_empty() {
+            String::new()
+        } else {
+            format!("{field}.")
+        };
+        Some(Self {
+            map,
+            step,
+            prefix,
+            known: Vec::new(),
+        })
+    }
+
+    fn problem(&self, key: &str, message: String) -> Problem {
+        Problem {
+            step: self.step.clone(),
+            field: format!("{}{key}", self.prefix),
+            message,
+        }
+    }
+
+    /// The value under the first of `names` (synonyms) that is present and not null.
+    fn raw(
+        &mut self,
+        names: &[&'static str],
+        problems: &mut Vec<Problem>,
+    ) -> Option<(&'static str, &'a Value)> {
+        self.known.extend_from_slice(names);
+        let present: Vec<&'static str> = names
+            .iter()
+            .copied()
+            .filter(|n| self.map.get(*n).is_some_and(|v| !v.is_null()))
+            .collect();
+        if let [first, second, ..] = present.as_slice() {
+            problems.push(self.problem(
+                first,
+                format!("both {first:?} and {second:?} are given; they mean the same, keep one"),
+            ));
+        }
+        present
+            .first()
+            .and_then(|n| self.map.get(*n).map(|v| (*n, v)))
+    }
+
+    /// The typed value under the first present synonym; a type mismatch is a problem saying
+    /// what was `expected`.
+    fn get<T: DeserializeOwned>(
+        &mut self,
+        names: &[&'static str],
+        expected: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<T> {
+        let (name, value) = self.raw(names, problems)?;
+        match serde_json::from_value(value.clone()) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                problems.push(self.problem(
+                    name,
+                    format!("expected {expected}, got {}", describe(value)),
+                ));
+                None
+            }
+        }
+    }
+
+    /// Reports every field that was never asked for and is not in `ignored`.
+    fn finish(self, ignored: &[&str], problems: &mut Vec<Problem>) {
+        for key in self.map.keys() {
+            if !self.known.contains(&key.as_str()) && !ignored.contains(&key.as_str()) {
+                let hint = did_you_mean(key, self.known.iter().copied());
+                problems.push(self.problem(key, format!("unknown field {key:?}{hint}")));
+            }
+        }
+    }
+}
+
+/// Short rendering of a JSON value for messages.
+pub fn describe(value: &Value) -> String {
+    let text = value.to_string();
+    match value {
+        Value::Null => "null".to_owned(),
+        _ if text.chars().count() <= 60 => text,
+        Value::String(_) => "a long string".to_owned(),
+        Value::Array(_) => "an array".to_owned(),
+        _ => "an object".to_owned(),
+    }
+}

@@ -1,0 +1,289 @@
+//! The resolved workflow: what the engine executes and the store persists.
+//!
+//! Invariant: a [`Workflow`] built by [`compile`](crate::workflow::compile) is fully resolved
+//! and valid — every default is filled in, every `cwd` is absolute, every dep and template
+//! reference names an upstream step, the graph is acyclic — and it round-trips through JSON
+//! unchanged, so another process re-reading it from the database runs exactly the same steps
+//! in the same directories.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::workflow::retry::RetryPolicy;
+use crate::workflow::template::Template;
+
+/// Stall threshold when neither the step nor the defaults set one.
+pub const DEFAULT_STALL_TIMEOUT_S: u64 = 120;
+
+/// A resolved, validated workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workflow {
+    /// Human-readable name, if the definition had one.
+    pub name: Option<String>,
+    /// Final input values: declared defaults overlaid with the invocation's inputs.
+    pub inputs: BTreeMap<String, String>,
+    /// The steps, in definition order.
+    pub steps: Vec<Step>,
+}
+
+impl Workflow {
+    /// The step with this id.
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+
+    /// Index of the step with this id in [`Workflow::steps`].
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.id == id)
+    }
+}
+
+/// One resolved step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// Unique id (`[A-Za-z0-9_-]+`).
+    pub id: String,
+    /// Ids of the steps that must complete before this one starts (no duplicates).
+    pub deps: Vec<String>,
+    /// What the step does.
+    pub action: Action,
+    /// Absolute working directory, fixed at submission so every attempt and every resume runs
+    /// in the same place (a Claude session can only be resumed from its own cwd).
+    pub cwd: PathBuf,
+    /// Variables added to the inherited environment (`defaults.env` merged with the step's).
+    pub env: BTreeMap<String, String>,
+    /// Wall-clock limit per attempt.
+    pub timeout_s: Option<u64>,
+    /// Seconds without output after which the attempt is flagged as stalled.
+    pub stall_timeout_s: u64,
+    /// What the monitor does with a stalled attempt.
+    pub on_stall: OnStall,
+    /// Retry policy (step ← defaults ← built-in, field by field).
+    pub retry: RetryPolicy,
+    /// Agent options; only meaningful for [`Action::Prompt`] (empty for other steps).
+    pub agent: AgentOptions,
+    /// Claude Studio role / agent id, as given.
+    pub role: Option<String>,
+    /// Checks deciding whether a finished attempt succeeded.
+    pub success: SuccessCheck,
+}
+
+/// What a step runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Action {
+    /// An agent run with this prompt (values inserted verbatim).
+    Prompt(Template),
+    /// A program and its arguments, no shell (values inserted verbatim).
+    Run(Vec<Template>),
+    /// A script for `sh -c` (values inserted shell-quoted).
+    Shell(Template),
+}
+
+impl Action {
+    /// Every template of the action, in order.
+    pub fn templates(&self) -> Vec<&Template> {
+        match self {
+            Self::Prompt(t) | Self::Shell(t) => vec![t],
+            Self::Run(argv) => argv.iter().collect(),
+        }
+    }
+
+    /// `prompt`, `run` or `shell`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Prompt(_) => "prompt",
+            Self::Run(_) => "run",
+            Self::Shell(_) => "shell",
+        }
+    }
+}
+
+/// What to do when an attempt stalls (alive but silent past its threshold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStall {
+    /// Flag it in status and monitor output; let it run.
+    #[default]
+    Report,
+    /// Terminate the attempt and retry it (counts against `max_attempts`).
+    Restart,
+}
+
+/// Options for the agent command of a prompt step.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct AgentOptions {
+    /// `--model`.
+    pub model: Option<String>,
+    /// `--permission-mode`.
+    pub permission_mode: Option<String>,
+    /// `--allowedTools`.
+    pub allowed_tools: Vec<String>,
+    /// `--disallowedTools`.
+    pub disallowed_tools: Vec<String>,
+    /// `--max-turns`.
+    pub max_turns: Option<u32>,
+    /// `--append-system-prompt`.
+    pub append_system_prompt: Option<String>,
+    /// `--system-prompt`.
+    pub system_prompt: Option<String>,
+}
+
+impl AgentOptions {
+    /// `self` with every option that `overrides` sets (a `Some`, a non-empty list) replaced.
+    pub fn merged(&self, overrides: &AgentOptions) -> AgentOptions {
+        fn pick<T: Clone>(base: &Option<T>, over: &Option<T>) -> Option<T> {
+            over.clone().or_else(|| base.clone())
+        }
+        fn pick_list(base: &[String], over: &[String]) -> Vec<String> {
+            if over.is_empty() {
+                base.to_vec()
+            } else {
+                over.to_vec()
+            }
+        }
+        AgentOptions {
+            model: pick(&self.model, &overrides.model),
+            permission_mode: pick(&self.permission_mode, &overrides.permission_mode),
+            allowed_tools: pick_list(&self.allowed_tools, &overrides.allowed_tools),
+            disallowed_tools: pick_list(&self.disallowed_tools, &overrides.disallowed_tools),
+            max_turns: pick(&self.max_turns, &overrides.max_turns),
+            append_system_prompt: pick(&self.append_system_prompt, &overrides.append_system_prompt),
+            system_prompt: pick(&self.system_prompt, &overrides.system_prompt),
+        }
+    }
+}
+
+/// Checks on a finished attempt. The default checks nothing but a zero exit code.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SuccessCheck {
+    /// Every one of these must occur in the output.
+    pub contains: Vec<String>,
+    /// None of these may occur in the output.
+    pub not_contains: Vec<String>,
+    /// The output must match this regex somewhere (validated at submission).
+    pub regex: Option<String>,
+    /// Exit codes that mean success; empty means `[0]`.
+    pub exit_codes: Vec<i32>,
+}
+
+impl SuccessCheck {
+    /// `None` when `output` passes every check, else `Some(reason)` naming each failed one.
+    pub fn check_output(&self, output: &str) -> Option<String> {
+        let mut failures = Vec::new();
+        for needle in &self.contains {
+            if !output.contains(needle.as_str()) {
+                failures.push(format!("output does not contain {needle:?}"));
+            }
+        }
+        for needle in &self.not_contains {
+            if output.contains(needle.as_str()) {
+                failures.push(format!("output contains {needle:?}"));
+            }
+        }
+        if let Some(pattern) = &self.regex {
+            match regex::Regex::new(pattern) {
+                Ok(re) if re.is_match(output) => {}
+                Ok(_) => failures.push(format!("output does not match regex {pattern:?}")),
+                Err(e) => failures.push(format!("invalid success regex {pattern:?}: {e}")),
+            }
+        }
+        if failures.is_empty() {
+            None
+        } else {
+            Some(failures.join("; "))
+        }
+    }
+
+    /// True when `code` counts as success.
+    pub fn exit_ok(&self, code: i32) -> bool {
+        if self.exit_codes.is_empty() {
+            code == 0
+        } else {
+            self.exit_codes.contains(&code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_overrides_win_where_set() {
+        let base = AgentOptions {
+            model: Some("sonnet".into()),
+            permission_mode: Some("plan".into()),
+            allowed_tools: vec!["Read".into()],
+            max_turns: Some(5),
+            ..AgentOptions::default()
+        };
+        let over = AgentOptions {
+            model: Some("opus".into()),
+            allowed_tools: vec![],
+            disallowed_tools: vec!["Bash".into()],
+            ..AgentOptions::default()
+        };
+        let merged = base.merged(&over);
+        assert_eq!(merged.model.as_deref(), Some("opus"));
+        assert_eq!(
+            merged.permission_mode.as_deref(),
+            Some("plan"),
+            "unset override keeps the base"
+        );
+        assert_eq!(
+            merged.allowed_tools,
+            ["Read"],
+            "empty override list keeps the base"
+        );
+        assert_eq!(merged.disallowed_tools, ["Bash"]);
+        assert_eq!(merged.max_turns, Some(5));
+    }
+
+    #[test]
+    fn success_check_reports_every_failed_condition() {
+        let check = SuccessCheck {
+            contains: vec!["PASS".into(), "done".into()],
+            not_contains: vec!["FAIL".into()],
+            regex: Some(r"^\d+ tests".into()),
+            exit_codes: vec![],
+        };
+        assert_eq!(check.check_output("12 tests PASS done"), None);
+        let reason = check.check_output("FAIL: 3 tests").unwrap();
+        assert!(reason.contains(r#"does not contain "PASS""#), "{reason}");
+        assert!(reason.contains(r#"does not contain "done""#), "{reason}");
+        assert!(reason.contains(r#"contains "FAIL""#), "{reason}");
+        assert!(reason.contains("does not match regex"), "{reason}");
+        assert_eq!(SuccessCheck::default().check_output("anything"), None);
+    }
+
+    #[test]
+    fn exit_codes_default_to_zero_only() {
+        let default = SuccessCheck::default();
+        assert!(default.exit_ok(0));
+        assert!(!default.exit_ok(1));
+        let custom = SuccessCheck {
+            exit_codes: vec![0, 1],
+            ..SuccessCheck::default()
+        };
+        assert!(custom.exit_ok(1));
+        assert!(!custom.exit_ok(2));
+    }
+
+    #[test]
+    fn action_serialises_externally_tagged() {
+        let action = Action::Run(vec![
+            Template::parse("echo").unwrap(),
+            Template::parse("{a.output}").unwrap(),
+        ]);
+        let json = serde_json::to_value(&action).unwrap();
+        assert_eq!(json, serde_json::json!({"run": ["echo", "{a.output}"]}));
+        assert_eq!(serde_json::from_value::<Action>(json).unwrap(), action);
+        let stall: OnStall = serde_json::from_str("\"restart\"").unwrap();
+        assert_eq!(stall, OnStall::Restart);
+    }
+}

@@ -1,0 +1,97 @@
+//! The workflow model: parsing, validation, resolution, DAG helpers, templates and retry
+//! policy for `baton` workflow definitions.
+//!
+//! Invariant: this module is pure — no filesystem, environment, clock or randomness — and a
+//! definition is either compiled into a fully resolved, valid [`Workflow`] or rejected with
+//! *every* [`Problem`] found, each naming its step and field. Nothing half-valid escapes.
+//!
+//! # Layout
+//! - `raw.rs`: the input shapes users write (baton's and Claude Studio's) and their JSON Schema.
+//! - `decode.rs`: JSON → raw shapes, collecting type errors and unknown fields.
+//! - `resolve.rs`: defaults, agent profiles, `cwd`s, templates, per-field checks.
+//! - `validate.rs`: ids, deps, cycles, template references.
+//! - `dag.rs`: topological order, ancestors, descendants, cycles.
+//! - `definition.rs`: the resolved [`Workflow`] the engine runs and the store keeps.
+//! - `template.rs`: `{step.output}` templates and shell quoting; `shell_lint.rs`: where a
+//!   reference may sit in a shell script.
+//! - `retry.rs`: [`RetryPolicy`] arithmetic.
+//! - `problem.rs`: [`Problem`], [`Problems`] and "did you mean" suggestions.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+mod dag;
+mod decode;
+mod definition;
+mod problem;
+mod raw;
+mod resolve;
+mod retry;
+mod shell_lint;
+mod template;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use dag::{ancestors, descendants, topo_order};
+pub use definition::{
+    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, OnStall, Step, SuccessCheck, Workflow,
+};
+pub use problem::{Problem, Problems};
+pub use raw::{
+    RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawInputSpec, RawRetry, RawStep,
+    RawSteps, RawSuccess, RawWorkflow, StringOrList,
+};
+pub use retry::RetryPolicy;
+pub use template::{Quoting, Reference, Segment, Template, shell_quote};
+
+/// Result of compiling a definition: the workflow, or every problem with it.
+pub type Result<T, E = Problems> = std::result::Result<T, E>;
+
+/// Parses, validates and resolves a definition in one call.
+///
+/// `inputs` are the invocation's input values; they fill declared inputs and may add
+/// undeclared ones. `base_dir` is the absolute directory relative `cwd`s are resolved against
+/// (lexically: joined and `.`/`..` normalised, never touching the filesystem).
+pub fn compile(
+    definition: &serde_json::Value,
+    inputs: &BTreeMap<String, String>,
+    base_dir: &Path,
+) -> Result<Workflow> {
+    let mut problems = Vec::new();
+    let raw = decode::decode(definition, &mut problems);
+    let resolved = resolve::resolve(&raw, inputs, base_dir, &mut problems);
+    validate::validate(
+        &resolved.workflow.steps,
+        &resolved.action_fields,
+        &resolved.declared_inputs,
+        &mut problems,
+    );
+    if problems.is_empty() {
+        Ok(resolved.workflow)
+    } else {
+        Err(Problems(problems))
+    }
+}
+
+/// Decodes a definition into its raw form without resolving it, reporting type errors and
+/// unknown fields (e.g. for an editor or a `lint` command).
+pub fn parse_raw(definition: &serde_json::Value) -> Result<RawDefinition> {
+    let mut problems = Vec::new();
+    let raw = decode::decode(definition, &mut problems);
+    if problems.is_empty() {
+        Ok(raw)
+    } else {
+        Err(Problems(problems))
+    }
+}
+
+/// The JSON Schema of a workflow definition (what `baton schema` prints).
+pub fn workflow_schema() -> serde_json::Value {
+    let mut schema = schemars::schema_for!(RawDefinition).to_value();
+    if let Some(object) = schema.as_object_mut() {
+        object.insert("title".into(), "baton workflow definition".into());
+    }
+    schema
+}

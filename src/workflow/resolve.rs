@@ -1,0 +1,579 @@
+//! Resolution: raw definition + invocation inputs + submission directory → [`Workflow`].
+//!
+//! Fills every default (step ← `defaults` ← built-in, field by field), merges agent options
+//! (`defaults.agent` ← profile ← inline), resolves `cwd`s lexically against the submission
+//! directory, parses templates, and checks everything that concerns one step or one field.
+//! Graph-wide checks (ids, deps, cycles, references) are in `validate.rs`.
+//!
+//! Invariant: resolution is a pure function of its arguments (no filesystem, environment or
+//! clock) and always yields one [`Step`] per raw step, in order, so graph validation can run
+//! on a definition that also has field problems and report everything at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+
+use crate::workflow::definition::{
+    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, OnStall, Step, SuccessCheck, Workflow,
+};
+use crate::workflow::problem::{Problem, did_you_mean, is_valid_id};
+use crate::workflow::raw::{
+    RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawRetry, RawStep, RawSteps,
+    RawSuccess,
+};
+use crate::workflow::retry::{RetryPolicy, retry_problems};
+use crate::workflow::shell_lint::check_placement;
+use crate::workflow::template::Template;
+
+/// A resolved workflow plus what graph validation needs to phrase its problems.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The workflow (meaningful only when no problem was recorded).
+    pub workflow: Workflow,
+    /// Per step, the field its action was written in (`prompt`, `task`, `run`, `shell`).
+    pub action_fields: Vec<&'static str>,
+    /// Input names templates may reference: declared ones plus invocation ones.
+    pub declared_inputs: BTreeSet<String>,
+}
+
+/// Workflow-wide settings every step starts from.
+struct Base<'a> {
+    base_dir: &'a Path,
+    defaults: RawDefaults,
+    cwd: PathBuf,
+    retry: RetryPolicy,
+    agent: AgentOptions,
+    profiles: BTreeMap<String, AgentOptions>,
+}
+
+/// Resolves `raw`; problems are appended.
+pub fn resolve(
+    raw: &RawDefinition,
+    invocation: &BTreeMap<String, String>,
+    base_dir: &Path,
+    problems: &mut Vec<Problem>,
+) -> Resolved {
+    let (wf, steps) = match raw {
+        RawDefinition::Workflow(wf) => {
+            let steps = match &wf.steps {
+                Some(RawSteps::Many(steps)) => steps.clone(),
+                Some(RawSteps::One(step)) => vec![(**step).clone()],
+                None => Vec::new(),
+            };
+            (Some(&**wf), steps)
+        }
+        RawDefinition::Steps(steps) => (None, steps.clone()),
+        RawDefinition::Step(step) => (None, vec![(**step).clone()]),
+    };
+    if !base_dir.is_absolute() {
+        problems.push(Problem::workflow(
+            "cwd",
+            format!("the submission directory {base_dir:?} is not absolute"),
+        ));
+    }
+    let (inputs, declared_inputs) = resolve_inputs(wf.map(|w| &w.inputs), invocation, problems);
+    let profiles: BTreeMap<String, AgentOptions> = wf
+        .map(|w| &w.agents)
+        .into_iter()
+        .flatten()
+        .map(|(name, a)| {
+            (
+                name.clone(),
+                agent_options(a, None, &format!("agents.{name}"), problems),
+            )
+        })
+        .collect();
+    let defaults = wf.and_then(|w| w.defaults.clone()).unwrap_or_default();
+    let mut base = Base {
+        base_dir,
+        cwd: resolve_cwd(
+            defaults.cwd.as_deref(),
+            base_dir,
+            None,
+            "defaults.cwd",
+            problems,
+        ),
+        retry: RetryPolicy::default(),
+        agent: AgentOptions::default(),
+        profiles,
+        defaults,
+    };
+    if let Some(retry) = &base.defaults.retry {
+        push_retry_problems(retry, None, "defaults.retry", problems);
+        base.retry = base.retry.overlaid(retry);
+    }
+    check_positive(
+        base.defaults.timeout_s,
+        None,
+        "defaults.timeout_s",
+        problems,
+    );
+    check_positive(
+        base.defaults.stall_timeout_s,
+        None,
+        "defaults.stall_timeout_s",
+        problems,
+    );
+    check_env(&base.defaults.env, None, "defaults.env", problems);
+    base.agent = match &base.defaults.agent {
+        None => AgentOptions::default(),
+        Some(agent) => agent_from_ref(
+            agent,
+            &base.profiles,
+            &AgentOptions::default(),
+            None,
+            "defaults.agent",
+            problems,
+        ),
+    };
+
+    let mut action_fields = Vec::with_capacity(steps.len());
+    let resolved_steps = steps
+        .iter()
+        .enumerate()
+        .map(|(i, raw_step)| {
+            let (step, field) = resolve_step(raw_step, i, &base, problems);
+            action_fields.push(field);
+            step
+        })
+        .collect();
+    let workflow = Workflow {
+        name: wf.and_then(|w| w.name.clone()),
+        inputs,
+        steps: resolved_steps,
+    };
+    Resolved {
+        workflow,
+        action_fields,
+        declared_inputs,
+    }
+}
+
+/// Final input values, and the names templates may reference.
+fn resolve_inputs(
+    declared: Option<&BTreeMap<String, RawInput>>,
+    invocation: &BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+) -> (BTreeMap<String, String>, BTreeSet<String>) {
+    let mut values = BTreeMap::new();
+    for (name, input) in declared.into_iter().flatten() {
+        if !is_valid_id(name) {
+            problems.push(Problem::workflow(
+                format!("inputs.{name}"),
+                "input names may contain only letters, digits, `_` and `-` (they are referenced as {inputs.NAME})",
+            ));
+        }
+        let default = match input {
+            RawInput::Default(value) => Some(value),
+            RawInput::Spec(spec) => spec.default.as_ref(),
+        };
+        match (invocation.get(name), default) {
+            (Some(value), _) | (None, Some(value)) => {
+                values.insert(name.clone(), value.clone());
+            }
+            (None, None) => problems.push(Problem::workflow(
+                format!("inputs.{name}"),
+                format!("input {name:?} is required (it has no default) but was not provided"),
+            )),
+        }
+    }
+    values.extend(invocation.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let names = declared
+        .into_iter()
+        .flat_map(|d| d.keys())
+        .chain(invocation.keys())
+        .cloned()
+        .collect();
+    (values, names)
+}
+
+fn resolve_step(
+    raw: &RawStep,
+    index: usize,
+    base: &Base<'_>,
+    problems: &mut Vec<Problem>,
+) -> (Step, &'static str) {
+    let id = raw
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("step-{}", index + 1));
+    let at = Some(id.as_str());
+    if let Some(kind) = raw.kind.as_deref().filter(|k| *k != "task") {
+        problems.push(Problem::step(
+            &id,
+            "type",
+            format!("Claude Studio step type {kind:?} is not supported; baton runs task steps (prompt, run or shell)"),
+        ));
+    }
+    let (action, field) = resolve_action(raw, &id, problems);
+    let mut deps: Vec<String> = raw.deps.as_ref().map(|d| d.to_vec()).unwrap_or_default();
+    let mut seen = BTreeSet::new();
+    deps.retain(|d| seen.insert(d.clone()));
+
+    let cwd = match &raw.cwd {
+        Some(cwd) => resolve_cwd(Some(cwd), base.base_dir, at, "cwd", problems),
+        None => base.cwd.clone(),
+    };
+    check_env(&raw.env, at, "env", problems);
+    let mut env = base.defaults.env.clone();
+    env.extend(raw.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    check_positive(raw.timeout_s, at, "timeout_s", problems);
+    check_positive(raw.stall_timeout_s, at, "stall_timeout_s", problems);
+
+    let mut retry = base.retry.clone();
+    if let Some(overrides) = &raw.retry {
+        push_retry_problems(overrides, at, "retry", problems);
+        retry = retry.overlaid(overrides);
+    }
+
+    let agent = if matches!(action, Action::Prompt(_)) {
+        let mut options = base.agent.clone();
+        match &raw.agent {
+            Some(profile @ RawAgentRef::Profile(_)) => {
+                options = agent_from_ref(profile, &base.profiles, &options, at, "agent", problems);
+            }
+            _ => {
+                // Studio: a role/agentId names a profile when one exists, and is fine otherwise.
+                if let Some(profile) = raw
+                    .agent_id
+                    .as_ref()
+                    .or(raw.role.as_ref())
+                    .and_then(|r| base.profiles.get(r))
+                {
+                    options = options.merged(profile);
+                }
+            }
+        }
+        if let Some(inline @ RawAgentRef::Inline(_)) = &raw.agent {
+            options = agent_from_ref(inline, &base.profiles, &options, at, "agent", problems);
+        }
+        options
+    } else {
+        if raw.agent.is_some() {
+            problems.push(Problem::step(
+                &id,
+                "agent",
+                format!("agent options apply only to prompt steps; this is a {field} step"),
+            ));
+        }
+        AgentOptions::default()
+    };
+
+    let step = Step {
+        deps,
+        action,
+        cwd,
+        env,
+        timeout_s: raw.timeout_s.or(base.defaults.timeout_s),
+        stall_timeout_s: raw
+            .stall_timeout_s
+            .or(base.defaults.stall_timeout_s)
+            .unwrap_or(DEFAULT_STALL_TIMEOUT_S),
+        on_stall: raw
+            .on_stall
+            .or(base.defaults.on_stall)
+            .unwrap_or(OnStall::Report),
+        retry,
+        agent,
+        role: raw.agent_id.clone().or_else(|| raw.role.clone()),
+        success: resolve_success(raw.success.as_ref(), &id, problems),
+        id,
+    };
+    (step, field)
+}
+
+/// The step's action and the field it was written in. Exactly one of prompt/task/run/shell.
+fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Action, &'static str) {
+    let given: Vec<&'static str> = [
+        ("prompt", raw.prompt.is_some()),
+        ("task", raw.task.is_some()),
+        ("run", raw.run.is_some()),
+        ("shell", raw.shell.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, present)| present.then_some(name))
+    .collect();
+    let placeholder = (Action::Prompt(Template::default()), "prompt");
+    let field = match given.as_slice() {
+        [field] => *field,
+        [] => {
+            // A wrongly typed action field was already reported by the decoder.
+            let already = problems.iter().any(|p| {
+                p.step.as_deref() == Some(id)
+                    && ["prompt", "task", "run", "shell"].contains(&p.field.as_str())
+            });
+            if !already {
+                problems.push(Problem::step(
+                    id,
+                    "prompt",
+                    "a step needs one of prompt (or task), run or shell",
+                ));
+            }
+            return placeholder;
+        }
+        [first, rest @ ..] => {
+            let others = rest
+                .iter()
+                .map(|f| format!("{f:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            problems.push(Problem::step(
+                id,
+                rest[0],
+                format!("a step has exactly one of prompt (or task), run or shell; this one has {first:?} and {others}"),
+            ));
+            return placeholder;
+        }
+    };
+    let parse = |field: String, src: &str, problems: &mut Vec<Problem>| match Template::parse(src) {
+        Ok(t) => t,
+        Err(e) => {
+            problems.push(Problem::step(id, field, e));
+            Template::default()
+        }
+    };
+    let action = match (field, &raw.prompt, &raw.task, &raw.run, &raw.shell) {
+        ("run", _, _, Some(argv), _) => {
+            if argv.is_empty() {
+                problems.push(Problem::step(
+                    id,
+                    "run",
+                    "is empty; give the program and its arguments",
+                ));
+            } else if argv[0].trim().is_empty() {
+                problems.push(Problem::step(id, "run[0]", "the program name is empty"));
+            }
+            Action::Run(
+                argv.iter()
+                    .enumerate()
+                    .map(|(i, a)| parse(format!("run[{i}]"), a, problems))
+                    .collect(),
+            )
+        }
+        ("shell", _, _, _, Some(script)) => {
+            let template = parse("shell".into(), script, problems);
+            if script.trim().is_empty() {
+                problems.push(Problem::step(id, "shell", "the script is empty"));
+            } else if let Err(e) = check_placement(&template) {
+                problems.push(Problem::step(id, "shell", e));
+            }
+            Action::Shell(template)
+        }
+        (_, prompt, task, _, _) => {
+            let text = prompt.as_deref().or(task.as_deref()).unwrap_or_default();
+            if text.trim().is_empty() {
+                problems.push(Problem::step(id, field, "the prompt is empty"));
+            }
+            Action::Prompt(parse(field.into(), text, problems))
+        }
+    };
+    (action, field)
+}
+
+fn resolve_success(
+    raw: Option<&RawSuccess>,
+    id: &str,
+    problems: &mut Vec<Problem>,
+) -> SuccessCheck {
+    let Some(raw) = raw else {
+        return SuccessCheck::default();
+    };
+    if let Some(pattern) = &raw.regex
+        && let Err(e) = regex::Regex::new(pattern)
+    {
+        problems.push(Problem::step(
+            id,
+            "success.regex",
+            format!("invalid regex: {e}"),
+        ));
+    }
+    SuccessCheck {
+        contains: raw
+            .contains
+            .as_ref()
+            .map(|c| c.to_vec())
+            .unwrap_or_default(),
+        not_contains: raw
+            .not_contains
+            .as_ref()
+            .map(|c| c.to_vec())
+            .unwrap_or_default(),
+        regex: raw.regex.clone(),
+        exit_codes: raw.exit_codes.clone().unwrap_or_default(),
+    }
+}
+
+/// Agent options selected by `agent` (a profile name or inline options) on top of `base`.
+fn agent_from_ref(
+    agent: &RawAgentRef,
+    profiles: &BTreeMap<String, AgentOptions>,
+    base: &AgentOptions,
+    step: Option<&str>,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) -> AgentOptions {
+    match agent {
+        RawAgentRef::Inline(inline) => base.merged(&agent_options(inline, step, field, problems)),
+        RawAgentRef::Profile(name) => match profiles.get(name) {
+            Some(profile) => base.merged(profile),
+            None => {
+                let hint = did_you_mean(name, profiles.keys().map(String::as_str));
+                let known = if profiles.is_empty() {
+                    "no profiles are defined under \"agents\"".to_owned()
+                } else {
+                    format!(
+                        "defined: {}",
+                        profiles
+                            .keys()
+                            .map(|k| format!("{k:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                problems.push(Problem::at(
+                    step,
+                    field,
+                    format!("unknown agent profile {name:?}{hint}; {known}"),
+                ));
+                base.clone()
+            }
+        },
+    }
+}
+
+fn agent_options(
+    raw: &RawAgent,
+    step: Option<&str>,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) -> AgentOptions {
+    if raw.max_turns == Some(0) {
+        problems.push(Problem::at(
+            step,
+            format!("{field}.max_turns"),
+            "must be at least 1",
+        ));
+    }
+    AgentOptions {
+        model: raw.model.clone(),
+        permission_mode: raw.permission_mode.clone(),
+        allowed_tools: raw.allowed_tools.clone().unwrap_or_default(),
+        disallowed_tools: raw.disallowed_tools.clone().unwrap_or_default(),
+        max_turns: raw.max_turns,
+        append_system_prompt: raw.append_system_prompt.clone(),
+        system_prompt: raw.system_prompt.clone(),
+    }
+}
+
+fn push_retry_problems(
+    raw: &RawRetry,
+    step: Option<&str>,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) {
+    for (name, message) in retry_problems(raw) {
+        problems.push(Problem::at(step, format!("{field}.{name}"), message));
+    }
+}
+
+fn check_positive(
+    value: Option<u64>,
+    step: Option<&str>,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) {
+    if value == Some(0) {
+        problems.push(Problem::at(
+            step,
+            field,
+            "must be at least 1 second (omit it for no limit)",
+        ));
+    }
+}
+
+fn check_env(
+    env: &BTreeMap<String, String>,
+    step: Option<&str>,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) {
+    for (key, value) in env {
+        if key.is_empty() || key.contains(['=', '\0']) {
+            problems.push(Problem::at(
+                step,
+                format!("{field}.{key}"),
+                "is not a valid variable name",
+            ));
+        } else if value.contains('\0') {
+            problems.push(Problem::at(
+                step,
+                format!("{field}.{key}"),
+                "the value contains a NUL byte",
+            ));
+        }
+    }
+}
+
+/// `value` (if any) joined onto `base_dir` and normalised lexically; `base_dir` when `None`.
+fn resolve_cwd(
+    value: Option<&str>,
+    base_dir: &Path,
+    step: Option<&str>,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) -> PathBuf {
+    match value {
+        None => normalise(base_dir),
+        Some(v) if v.trim().is_empty() => {
+            problems.push(Problem::at(
+                step,
+                field,
+                "is empty (omit it to use the default)",
+            ));
+            normalise(base_dir)
+        }
+        Some(v) if v.starts_with('~') => {
+            problems.push(Problem::at(
+                step,
+                field,
+                format!("{v:?}: `~` is not expanded; write an absolute path"),
+            ));
+            normalise(base_dir)
+        }
+        Some(v) => normalise(&base_dir.join(v)),
+    }
+}
+
+/// Removes `.` and resolves `..` without touching the filesystem (`/..` stays `/`).
+pub fn normalise(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Prefix(_) | Component::RootDir | Component::Normal(_) => out.push(component),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if out.file_name().is_some() {
+                    out.pop();
+                } else if !out.has_root() {
+                    out.push("..");
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalise_is_lexical() {
+        assert_eq!(normalise(Path::new("/a/./b/../c/")), PathBuf::from("/a/c"));
+        assert_eq!(normalise(Path::new("/a/../../..")), PathBuf::from("/"));
+        assert_eq!(
+            normalise(Path::new("/repo/x/../../etc")),
+            PathBuf::from("/etc")
+        );
+        assert_eq!(normalise(Path::new("a/../../b")), PathBuf::from("../b"));
+    }
+}

@@ -1,0 +1,168 @@
+//! Graph-wide validation: step ids, deps, cycles and template references.
+//!
+//! Invariant: a workflow that passes has at least one step, unique well-formed ids, deps
+//! that name other existing steps, no cycle, and templates that only read steps upstream of
+//! their own step (so a value is always available when the step starts) and declared
+//! inputs. Every violation is reported, not just the first, each naming step and field.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::workflow::dag::{ancestors, cycles};
+use crate::workflow::definition::{Action, Step};
+use crate::workflow::problem::{Problem, did_you_mean, is_valid_id};
+use crate::workflow::template::{Reference, Template};
+
+/// Step ids that would make template references ambiguous.
+const RESERVED_IDS: &[&str] = &["inputs"];
+
+/// Checks the graph of `steps`; `action_fields[i]` is the field step `i`'s action was
+/// written in. Problems are appended.
+pub fn validate(
+    steps: &[Step],
+    action_fields: &[&'static str],
+    declared_inputs: &BTreeSet<String>,
+    problems: &mut Vec<Problem>,
+) {
+    if steps.is_empty() {
+        problems.push(Problem::workflow(
+            "steps",
+            "the workflow has no steps; add at least one with prompt, run or shell",
+        ));
+        return;
+    }
+    check_ids(steps, problems);
+    let ids: BTreeSet<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+    for step in steps {
+        for dep in &step.deps {
+            if *dep == step.id {
+                problems.push(Problem::step(
+                    &step.id,
+                    "deps",
+                    "a step cannot depend on itself",
+                ));
+            } else if !ids.contains(dep.as_str()) {
+                let hint = did_you_mean(dep, ids.iter().copied().filter(|id| *id != step.id));
+                problems.push(Problem::step(
+                    &step.id,
+                    "deps",
+                    format!("unknown step {dep:?}{hint}"),
+                ));
+            }
+        }
+    }
+    for cycle in cycles(steps) {
+        let path: Vec<&str> = cycle.iter().map(|&i| steps[i].id.as_str()).collect();
+        problems.push(Problem::step(
+            path[0],
+            "deps",
+            format!(
+                "dependency cycle: {} (each step depends on the next); remove one of these deps",
+                path.join(" -> ")
+            ),
+        ));
+    }
+    for (i, step) in steps.iter().enumerate() {
+        let field = action_fields.get(i).copied().unwrap_or("prompt");
+        check_references(
+            step,
+            &ancestors(steps, i),
+            &ids,
+            field,
+            declared_inputs,
+            problems,
+        );
+    }
+}
+
+fn check_ids(steps: &[Step], problems: &mut Vec<Problem>) {
+    let mut first_use: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, step) in steps.iter().enumerate() {
+        let id = step.id.as_str();
+        if !is_valid_id(id) {
+            problems.push(Problem::step(
+                id,
+                "id",
+                "a step id may contain only letters, digits, `_` and `-`",
+            ));
+        } else if RESERVED_IDS.contains(&id) {
+            problems.push(Problem::step(
+                id,
+                "id",
+                format!("{id:?} is reserved ({{inputs.NAME}} reads inputs)"),
+            ));
+        }
+        match first_use.get(id) {
+            Some(first) => problems.push(Problem::step(
+                id,
+                "id",
+                format!(
+                    "duplicate step id {id:?} (steps {} and {} both use it)",
+                    first + 1,
+                    i + 1
+                ),
+            )),
+            None => {
+                first_use.insert(id, i);
+            }
+        }
+    }
+}
+
+/// The step's templates with the field name each was written in.
+fn templates<'a>(step: &'a Step, action_field: &str) -> Vec<(String, &'a Template)> {
+    match &step.action {
+        Action::Prompt(t) | Action::Shell(t) => vec![(action_field.to_owned(), t)],
+        Action::Run(argv) => argv
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("run[{i}]"), t))
+            .collect(),
+    }
+}
+
+fn check_references(
+    step: &Step,
+    upstream: &BTreeSet<String>,
+    ids: &BTreeSet<&str>,
+    action_field: &'static str,
+    declared_inputs: &BTreeSet<String>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut reported = BTreeSet::new();
+    for (field, template) in templates(step, action_field) {
+        for reference in template.references() {
+            let message = match reference {
+                Reference::Input(name) if !declared_inputs.contains(name) => {
+                    let hint = did_you_mean(name, declared_inputs.iter().map(String::as_str));
+                    format!(
+                        "{reference}: unknown input {name:?}{hint}; declare it under \"inputs\" or pass it when invoking"
+                    )
+                }
+                Reference::Input(_) => continue,
+                _ => {
+                    let Some(target) = reference.step() else {
+                        continue;
+                    };
+                    if target == step.id {
+                        format!(
+                            "{reference} refers to this step itself; a step cannot read its own result"
+                        )
+                    } else if !ids.contains(target) {
+                        let hint = did_you_mean(target, ids.iter().copied());
+                        format!("{reference} refers to unknown step {target:?}{hint}")
+                    } else if !upstream.contains(target) {
+                        format!(
+                            "{reference} refers to step {target:?}, which is not upstream of this step; \
+                             add {target:?} to deps"
+                        )
+                    } else {
+                        continue;
+                    }
+                }
+            };
+            if reported.insert((field.clone(), message.clone())) {
+                problems.push(Problem::step(&step.id, field.clone(), message));
+            }
+        }
+    }
+}
