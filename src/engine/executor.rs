@@ -24,6 +24,8 @@ pub struct ExecConfig {
     pub output_cap: usize,
     pub kill_grace: Duration,
     pub owner_id: String,
+    /// Complete every attempt at once without a process (engine benchmarks).
+    pub noop: bool,
 }
 
 /// What an attempt runs, after templating.
@@ -79,6 +81,12 @@ pub async fn execute(
     signals: mpsc::UnboundedSender<Signal>,
 ) -> Outcome {
     let started = Instant::now();
+    if cfg.noop {
+        return Outcome::Succeeded {
+            output: String::new(),
+            detail: AttemptDetail::default(),
+        };
+    }
     let mut env = spec.env.clone();
     env.insert(OWNER_ENV.into(), cfg.owner_id.clone());
     env.insert("BATON_THREAD_ID".into(), spec.workflow_id.to_string());

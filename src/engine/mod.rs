@@ -80,6 +80,9 @@ pub struct EngineConfig {
     pub base_dir: PathBuf,
     /// Take over workflows of dead processes (servers do; a one-off `baton run` does not).
     pub adopt_orphans: bool,
+    /// Attempts succeed at once without running anything: measures the engine's own
+    /// overhead (scheduling and durable commits) in benchmarks.
+    pub noop_executor: bool,
 }
 
 impl Default for EngineConfig {
@@ -93,6 +96,7 @@ impl Default for EngineConfig {
             max_crashes: 3,
             base_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
             adopt_orphans: true,
+            noop_executor: false,
         }
     }
 }
@@ -132,6 +136,7 @@ impl Engine {
             output_cap: cfg.output_cap,
             kill_grace: cfg.kill_grace,
             owner_id: owner.clone(),
+            noop: cfg.noop_executor,
         };
         let sh = Arc::new(Shared {
             permits: Arc::new(Semaphore::new(cfg.max_concurrent_steps.max(1))),

@@ -7,8 +7,9 @@
 //! Invariant: decoding never fails outright. It returns the best raw definition it could
 //! build (bad fields left unset) and adds one [`Problem`] per defect; the caller rejects the
 //! definition when any problem was recorded. Unknown fields are problems, except the ones
-//! Claude Studio emits (`name`, `description`, `metadata`, `type`, `config`, `sessionId` and
-//! its loop/condition/human-step fields), so existing Studio definitions decode unchanged.
+//! Claude Studio emits (`name`, `description`, `metadata`, `type`, `config`, `sessionId`, and
+//! on its unsupported step types their loop/condition/human fields), so existing Studio
+//! definitions decode unchanged and an unsupported step type is reported once, precisely.
 
 use std::collections::BTreeMap;
 
@@ -18,11 +19,11 @@ use serde_json::{Map, Value};
 use crate::workflow::problem::{Problem, did_you_mean};
 use crate::workflow::raw::{
     RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawInputSpec, RawRetry, RawStep,
-    RawSuccess, RawWorkflow,
+    RawSteps, RawSuccess, RawWorkflow,
 };
 
-/// Step fields emitted by Claude Studio for features baton does not have; accepted and
-/// ignored so Studio definitions decode (an unsupported `type` is reported on its own).
+/// Step fields Claude Studio emits for step types baton does not have (`loop`,
+/// `conditional`, `parallel`, `human`); ignored on such steps, whose `type` is reported.
 const STUDIO_STEP_FIELDS: &[&str] = &[
     "condition",
     "trueBranch",
@@ -37,6 +38,7 @@ const STUDIO_STEP_FIELDS: &[&str] = &[
     "timeoutSeconds",
 ];
 
+const DEPS: &str = "a step id or an array of step ids";
 const SECONDS: &str = "a whole number of seconds";
 const STRING: &str = "a string";
 const STRINGS: &str = "an array of strings";
@@ -73,43 +75,49 @@ fn decode_workflow(value: &Value, problems: &mut Vec<Problem>) -> RawWorkflow {
         return RawWorkflow::default();
     };
     let mut wf = RawWorkflow {
-        schema: o.get(&["$schema"], STRING, problems),
-        name: o.get(&["name"], STRING, problems),
-        description: o.get(&["description"], STRING, problems),
-        version: o.raw(&["version"], problems).map(|(_, v)| v.clone()),
-        metadata: o.raw(&["metadata"], problems).map(|(_, v)| v.clone()),
+        schema: o.get("$schema", STRING, problems),
+        name: o.get("name", STRING, problems),
+        description: o.get("description", STRING, problems),
+        version: o.raw("version").cloned(),
+        metadata: o.raw("metadata").cloned(),
         ..RawWorkflow::default()
     };
-    if let Some((_, v)) = o.raw(&["inputs"], problems) {
+    if let Some(v) = o.raw("inputs") {
         wf.inputs = decode_map(v, None, "inputs", problems, decode_input);
     }
-    if let Some((_, v)) = o.raw(&["defaults"], problems) {
+    if let Some(v) = o.raw("defaults") {
         wf.defaults = Some(decode_defaults(v, problems));
     }
-    if let Some((_, v)) = o.raw(&["agents"], problems) {
+    if let Some(v) = o.raw("agents") {
         wf.agents = decode_map(v, None, "agents", problems, |v, step, field, p| {
             decode_agent(v, step, &field, p)
         });
     }
-    if let Some((field, v)) = o.raw(&["steps", "workflow"], problems) {
-        let steps = match v {
-            Value::Array(items) => decode_step_list(items, problems),
-            Value::Object(_) => vec![decode_step(v, 0, problems)],
-            other => {
-                problems.push(Problem::workflow(
-                    field,
-                    format!(
-                        "expected an array of steps (or one step object), got {}",
-                        describe(other)
-                    ),
-                ));
-                Vec::new()
-            }
-        };
-        wf.steps = Some(crate::workflow::raw::RawSteps::Many(steps));
+    o.one_of(&["steps", "workflow"], problems);
+    if let Some(v) = o.raw("steps") {
+        wf.steps = Some(decode_steps_field(v, "steps", problems));
+    }
+    if let Some(v) = o.raw("workflow") {
+        wf.workflow = Some(decode_steps_field(v, "workflow", problems));
     }
     o.finish(&[], problems);
     wf
+}
+
+/// `steps` (or Studio's `workflow`): an array of steps, or one step object.
+fn decode_steps_field(value: &Value, field: &str, problems: &mut Vec<Problem>) -> RawSteps {
+    match value {
+        Value::Array(items) => RawSteps::Many(decode_step_list(items, problems)),
+        Value::Object(_) => RawSteps::One(Box::new(decode_step(value, 0, problems))),
+        other => {
+            let message = format!(
+                "expected an array of steps (or one step object), got {}",
+                describe(other)
+            );
+            problems.push(Problem::workflow(field, message));
+            RawSteps::Many(Vec::new())
+        }
+    }
 }
 
 fn decode_step_list(items: &[Value], problems: &mut Vec<Problem>) -> Vec<RawStep> {
@@ -130,48 +138,57 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
         return RawStep::default();
     };
     let step = Some(label.as_str());
+    o.one_of(&["deps", "depends_on", "dependsOn"], problems);
     let mut raw = RawStep {
-        id: o.get(&["id"], "a step id (letters, digits, `_`, `-`)", problems),
-        deps: o.get(
-            &["deps", "depends_on", "dependsOn"],
-            "a step id or an array of step ids",
-            problems,
-        ),
-        prompt: o.get(&["prompt"], STRING, problems),
-        task: o.get(&["task"], STRING, problems),
+        id: o.get("id", "a step id (letters, digits, `_`, `-`)", problems),
+        deps: o.get("deps", DEPS, problems),
+        depends_on: o.get("depends_on", DEPS, problems),
+        depends_on_camel: o.get("dependsOn", DEPS, problems),
+        prompt: o.get("prompt", STRING, problems),
+        task: o.get("task", STRING, problems),
         run: o.get(
-            &["run"],
+            "run",
             "an array of strings (program, then arguments)",
             problems,
         ),
-        shell: o.get(&["shell"], STRING, problems),
-        cwd: o.get(&["cwd"], STRING, problems),
+        shell: o.get("shell", STRING, problems),
+        cwd: o.get("cwd", STRING, problems),
         env: o
-            .get(&["env"], "an object of string values", problems)
+            .get("env", "an object of string values", problems)
             .unwrap_or_default(),
-        timeout_s: o.get(&["timeout_s"], SECONDS, problems),
-        stall_timeout_s: o.get(&["stall_timeout_s"], SECONDS, problems),
-        on_stall: o.get(&["on_stall"], "\"report\" or \"restart\"", problems),
-        role: o.get(&["role"], STRING, problems),
-        agent_id: o.get(&["agentId"], STRING, problems),
-        name: o.get(&["name"], STRING, problems),
-        description: o.get(&["description"], STRING, problems),
-        metadata: o.raw(&["metadata"], problems).map(|(_, v)| v.clone()),
-        config: o.raw(&["config"], problems).map(|(_, v)| v.clone()),
-        kind: o.get(&["type"], STRING, problems),
-        session_id: o.get(&["sessionId"], STRING, problems),
+        timeout_s: o.get("timeout_s", SECONDS, problems),
+        stall_timeout_s: o.get("stall_timeout_s", SECONDS, problems),
+        on_stall: o.get("on_stall", "\"report\" or \"restart\"", problems),
+        role: o.get("role", STRING, problems),
+        agent_id: o.get("agentId", STRING, problems),
+        name: o.get("name", STRING, problems),
+        description: o.get("description", STRING, problems),
+        metadata: o.raw("metadata").cloned(),
+        config: o.raw("config").cloned(),
+        kind: o.get("type", STRING, problems),
+        session_id: o.get("sessionId", STRING, problems),
         ..RawStep::default()
     };
-    if let Some((_, v)) = o.raw(&["retry"], problems) {
+    if let Some(v) = o.raw("retry") {
         raw.retry = Some(decode_retry(v, step, "retry", problems));
     }
-    if let Some((_, v)) = o.raw(&["agent"], problems) {
+    if let Some(v) = o.raw("agent") {
         raw.agent = decode_agent_ref(v, step, "agent", problems);
     }
-    if let Some((_, v)) = o.raw(&["success"], problems) {
+    if let Some(v) = o.raw("success") {
         raw.success = Some(decode_success(v, step, problems));
     }
-    o.finish(STUDIO_STEP_FIELDS, problems);
+    // Studio's loop/condition/human fields only come with those step types, which are
+    // reported as unsupported; on a task step they are just unknown fields.
+    let unsupported_type = raw.kind.as_deref().is_some_and(|k| k != "task");
+    o.finish(
+        if unsupported_type {
+            STUDIO_STEP_FIELDS
+        } else {
+            &[]
+        },
+        problems,
+    );
     raw
 }
 
@@ -180,19 +197,19 @@ fn decode_defaults(value: &Value, problems: &mut Vec<Problem>) -> RawDefaults {
         return RawDefaults::default();
     };
     let mut defaults = RawDefaults {
-        cwd: o.get(&["cwd"], STRING, problems),
+        cwd: o.get("cwd", STRING, problems),
         env: o
-            .get(&["env"], "an object of string values", problems)
+            .get("env", "an object of string values", problems)
             .unwrap_or_default(),
-        timeout_s: o.get(&["timeout_s"], SECONDS, problems),
-        stall_timeout_s: o.get(&["stall_timeout_s"], SECONDS, problems),
-        on_stall: o.get(&["on_stall"], "\"report\" or \"restart\"", problems),
+        timeout_s: o.get("timeout_s", SECONDS, problems),
+        stall_timeout_s: o.get("stall_timeout_s", SECONDS, problems),
+        on_stall: o.get("on_stall", "\"report\" or \"restart\"", problems),
         ..RawDefaults::default()
     };
-    if let Some((_, v)) = o.raw(&["retry"], problems) {
+    if let Some(v) = o.raw("retry") {
         defaults.retry = Some(decode_retry(v, None, "defaults.retry", problems));
     }
-    if let Some((_, v)) = o.raw(&["agent"], problems) {
+    if let Some(v) = o.raw("agent") {
         defaults.agent = decode_agent_ref(v, None, "defaults.agent", problems);
     }
     o.finish(&[], problems);
@@ -209,20 +226,20 @@ fn decode_retry(
         return RawRetry::default();
     };
     let retry = RawRetry {
-        max_attempts: o.get(&["max_attempts"], "a whole number >= 1", problems),
+        max_attempts: o.get("max_attempts", "a whole number >= 1", problems),
         initial_interval_ms: o.get(
-            &["initial_interval_ms"],
+            "initial_interval_ms",
             "a whole number of milliseconds",
             problems,
         ),
-        backoff_factor: o.get(&["backoff_factor"], "a number >= 1", problems),
+        backoff_factor: o.get("backoff_factor", "a number >= 1", problems),
         max_interval_ms: o.get(
-            &["max_interval_ms"],
+            "max_interval_ms",
             "a whole number of milliseconds",
             problems,
         ),
-        jitter: o.get(&["jitter"], "true or false", problems),
-        non_retryable: o.get(&["non_retryable"], STRINGS, problems),
+        jitter: o.get("jitter", "true or false", problems),
+        non_retryable: o.get("non_retryable", STRINGS, problems),
     };
     o.finish(&[], problems);
     retry
@@ -238,17 +255,13 @@ fn decode_agent(
         return RawAgent::default();
     };
     let agent = RawAgent {
-        model: o.get(&["model"], STRING, problems),
-        permission_mode: o.get(&["permission_mode", "permissionMode"], STRING, problems),
-        allowed_tools: o.get(&["allowed_tools", "allowedTools"], STRINGS, problems),
-        disallowed_tools: o.get(&["disallowed_tools", "disallowedTools"], STRINGS, problems),
-        max_turns: o.get(&["max_turns", "maxTurns"], "a whole number >= 1", problems),
-        append_system_prompt: o.get(
-            &["append_system_prompt", "appendSystemPrompt"],
-            STRING,
-            problems,
-        ),
-        system_prompt: o.get(&["system_prompt", "systemPrompt"], STRING, problems),
+        model: o.get("model", STRING, problems),
+        permission_mode: o.get("permission_mode", STRING, problems),
+        allowed_tools: o.get("allowed_tools", STRINGS, problems),
+        disallowed_tools: o.get("disallowed_tools", STRINGS, problems),
+        max_turns: o.get("max_turns", "a whole number >= 1", problems),
+        append_system_prompt: o.get("append_system_prompt", STRING, problems),
+        system_prompt: o.get("system_prompt", STRING, problems),
     };
     o.finish(&[], problems);
     agent
@@ -281,14 +294,10 @@ fn decode_success(value: &Value, step: Option<&str>, problems: &mut Vec<Problem>
         return RawSuccess::default();
     };
     let success = RawSuccess {
-        contains: o.get(&["contains"], "a string or an array of strings", problems),
-        not_contains: o.get(
-            &["not_contains"],
-            "a string or an array of strings",
-            problems,
-        ),
-        regex: o.get(&["regex"], STRING, problems),
-        exit_codes: o.get(&["exit_codes"], "an array of integers", problems),
+        contains: o.get("contains", "a string or an array of strings", problems),
+        not_contains: o.get("not_contains", "a string or an array of strings", problems),
+        regex: o.get("regex", STRING, problems),
+        exit_codes: o.get("exit_codes", "an array of integers", problems),
     };
     o.finish(&[], problems);
     success
@@ -307,8 +316,8 @@ fn decode_input(
                 return RawInput::Spec(RawInputSpec::default());
             };
             let spec = RawInputSpec {
-                description: o.get(&["description"], STRING, problems),
-                default: o.get(&["default"], STRING, problems),
+                description: o.get("description", STRING, problems),
+                default: o.get("default", STRING, problems),
             };
             o.finish(&[], problems);
             RawInput::Spec(spec)
@@ -397,45 +406,40 @@ impl<'a> Obj<'a> {
         }
     }
 
-    /// The value under the first of `names` (synonyms) that is present and not null.
-    fn raw(
-        &mut self,
-        names: &[&'static str],
-        problems: &mut Vec<Problem>,
-    ) -> Option<(&'static str, &'a Value)> {
-        self.known.extend_from_slice(names);
-        let present: Vec<&'static str> = names
+    /// The value of field `name`, unless absent or null (Studio emits nulls for unset fields).
+    fn raw(&mut self, name: &'static str) -> Option<&'a Value> {
+        self.known.push(name);
+        self.map.get(name).filter(|v| !v.is_null())
+    }
+
+    /// Reports when more than one of the synonyms `names` is given.
+    fn one_of(&self, names: &[&str], problems: &mut Vec<Problem>) {
+        let given: Vec<&str> = names
             .iter()
             .copied()
             .filter(|n| self.map.get(*n).is_some_and(|v| !v.is_null()))
             .collect();
-        if let [first, second, ..] = present.as_slice() {
-            problems.push(self.problem(
-                first,
-                format!("both {first:?} and {second:?} are given; they mean the same, keep one"),
-            ));
+        if let [first, second, ..] = given.as_slice() {
+            let message =
+                format!("both {first:?} and {second:?} are given; they mean the same, keep one");
+            problems.push(self.problem(second, message));
         }
-        present
-            .first()
-            .and_then(|n| self.map.get(*n).map(|v| (*n, v)))
     }
 
-    /// The typed value under the first present synonym; a type mismatch is a problem saying
-    /// what was `expected`.
+    /// The typed value of field `name`; a type mismatch is a problem saying what was
+    /// `expected`.
     fn get<T: DeserializeOwned>(
         &mut self,
-        names: &[&'static str],
+        name: &'static str,
         expected: &str,
         problems: &mut Vec<Problem>,
     ) -> Option<T> {
-        let (name, value) = self.raw(names, problems)?;
+        let value = self.raw(name)?;
         match serde_json::from_value(value.clone()) {
             Ok(v) => Some(v),
             Err(_) => {
-                problems.push(self.problem(
-                    name,
-                    format!("expected {expected}, got {}", describe(value)),
-                ));
+                let message = format!("expected {expected}, got {}", describe(value));
+                problems.push(self.problem(name, message));
                 None
             }
         }

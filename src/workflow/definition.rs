@@ -106,6 +106,7 @@ impl Action {
 /// What to do when an attempt stalls (alive but silent past its threshold).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum OnStall {
     /// Flag it in status and monitor output; let it run.
     #[default]

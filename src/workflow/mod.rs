@@ -16,6 +16,7 @@
 //!   reference may sit in a shell script.
 //! - `retry.rs`: [`RetryPolicy`] arithmetic.
 //! - `problem.rs`: [`Problem`], [`Problems`] and "did you mean" suggestions.
+//! - `compile_tests.rs`: end-to-end tests of [`compile`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,7 +33,7 @@ mod template;
 mod validate;
 
 #[cfg(test)]
-mod tests;
+mod compile_tests;
 
 pub use dag::{ancestors, descendants, topo_order};
 pub use definition::{
@@ -94,4 +95,89 @@ pub fn workflow_schema() -> serde_json::Value {
         object.insert("title".into(), "baton workflow definition".into());
     }
     schema
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn design_example() -> serde_json::Value {
+        json!({
+          "name": "auth-feature",
+          "defaults": { "cwd": "/path/to/repo", "timeout_s": 1800,
+                        "retry": { "max_attempts": 3 }, "agent": { "model": "sonnet" } },
+          "steps": [
+            { "id": "plan",  "prompt": "Plan the change for {inputs.ticket}",
+              "agent": { "permission_mode": "plan" } },
+            { "id": "build", "deps": ["plan"], "prompt": "Implement this plan:\n{plan.output}",
+              "agent": { "permission_mode": "acceptEdits", "allowed_tools": ["Edit", "Bash(cargo:*)"] } },
+            { "id": "test",  "deps": ["build"], "run": ["cargo", "test", "--quiet"],
+              "retry": { "max_attempts": 2 } },
+            { "id": "notes", "deps": ["test"], "shell": "printf %s {test.output} | tail -n 5" }
+          ]
+        })
+    }
+
+    #[test]
+    fn parse_raw_reports_decoding_problems_only() {
+        assert!(
+            parse_raw(&design_example()).is_ok(),
+            "undeclared inputs are a compile-time matter"
+        );
+        let ps = parse_raw(&json!({"steps": [{"prompt": 1}]})).unwrap_err();
+        assert_eq!(ps.len(), 1, "{ps}");
+    }
+
+    #[test]
+    fn schema_describes_the_raw_shapes() {
+        let schema = workflow_schema();
+        assert_eq!(schema["title"], "baton workflow definition");
+        let text = schema.to_string();
+        for needle in [
+            "anyOf",
+            "depends_on",
+            "max_attempts",
+            "stall_timeout_s",
+            "allowed_tools",
+            "Claude Studio",
+        ] {
+            assert!(text.contains(needle), "schema lacks {needle}");
+        }
+        let step = &schema["$defs"]["RawStep"];
+        assert_eq!(step["additionalProperties"], false);
+        assert!(
+            step["properties"]["shell"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("shell-quoted")
+        );
+    }
+
+    #[test]
+    fn serde_derive_and_decoder_agree_on_valid_definitions() {
+        let mut def = design_example();
+        def["agents"] = json!({"p": {"model": "m", "system_prompt": "s"}});
+        def["steps"][0]["success"] = json!({"contains": "x", "not_contains": ["y"]});
+        def["steps"][1]["role"] = json!("p");
+        let rename = |step: &mut serde_json::Value, to: &str| {
+            let deps = step.as_object_mut().and_then(|o| o.remove("deps")).unwrap();
+            step[to] = deps;
+        };
+        rename(&mut def["steps"][2], "depends_on");
+        rename(&mut def["steps"][3], "dependsOn");
+        let studio_file = json!({"name": "n", "version": "1", "metadata": {},
+            "workflow": [{"id": "a", "task": "t", "type": "task"}]});
+        let single = json!({"task": "t", "role": "r", "sessionId": "s"});
+        for value in [
+            def,
+            studio_file,
+            single,
+            json!([{"task": "t", "agentId": "x"}]),
+        ] {
+            let derived: RawDefinition = serde_json::from_value(value.clone()).unwrap();
+            assert_eq!(derived, parse_raw(&value).unwrap(), "{value}");
+        }
+    }
 }

@@ -64,7 +64,8 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Every problem found in a definition, in the order they were found (definition order).
+/// Every problem found in a definition: decoding problems first, then per-step ones, then
+/// graph-wide ones, each group in definition order.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, thiserror::Error)]
 pub struct Problems(pub Vec<Problem>);
 

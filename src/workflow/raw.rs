@@ -55,10 +55,19 @@ pub struct RawWorkflow {
     /// Named agent option profiles, selected by a step's `agent` (a name), `role` or `agentId`.
     #[serde(default)]
     pub agents: BTreeMap<String, RawAgent>,
-    /// The steps, in order (or a single step object). Claude Studio's `workflow` is accepted
-    /// as a synonym.
-    #[serde(default, alias = "workflow")]
+    /// The steps, in order (or a single step object).
+    #[serde(default)]
     pub steps: Option<RawSteps>,
+    /// Claude Studio's name for `steps` (give one or the other).
+    #[serde(default)]
+    pub workflow: Option<RawSteps>,
+}
+
+impl RawWorkflow {
+    /// `steps`, or Studio's `workflow`.
+    pub fn step_list(&self) -> Option<&RawSteps> {
+        self.steps.as_ref().or(self.workflow.as_ref())
+    }
 }
 
 /// An array of steps, or one step.
@@ -154,22 +163,22 @@ pub struct RawAgent {
     #[serde(default)]
     pub model: Option<String>,
     /// `--permission-mode`, e.g. `plan`, `acceptEdits`, `bypassPermissions`.
-    #[serde(default, alias = "permissionMode")]
+    #[serde(default)]
     pub permission_mode: Option<String>,
     /// `--allowedTools`, e.g. `["Edit", "Bash(cargo:*)"]`.
-    #[serde(default, alias = "allowedTools")]
+    #[serde(default)]
     pub allowed_tools: Option<Vec<String>>,
     /// `--disallowedTools`.
-    #[serde(default, alias = "disallowedTools")]
+    #[serde(default)]
     pub disallowed_tools: Option<Vec<String>>,
     /// `--max-turns`.
-    #[serde(default, alias = "maxTurns")]
+    #[serde(default)]
     pub max_turns: Option<u32>,
     /// `--append-system-prompt`: text added to the agent's default system prompt.
-    #[serde(default, alias = "appendSystemPrompt")]
+    #[serde(default)]
     pub append_system_prompt: Option<String>,
     /// `--system-prompt`: replaces the agent's default system prompt.
-    #[serde(default, alias = "systemPrompt")]
+    #[serde(default)]
     pub system_prompt: Option<String>,
 }
 
@@ -209,9 +218,15 @@ pub struct RawStep {
     /// (N = 1-based position).
     #[serde(default)]
     pub id: Option<String>,
-    /// Ids of the steps that must complete first (`depends_on` / `dependsOn` also accepted).
-    #[serde(default, alias = "depends_on", alias = "dependsOn")]
+    /// Ids of the steps that must complete first (one id or an array).
+    #[serde(default)]
     pub deps: Option<StringOrList>,
+    /// Synonym of `deps` (give only one of `deps`, `depends_on`, `dependsOn`).
+    #[serde(default)]
+    pub depends_on: Option<StringOrList>,
+    /// Synonym of `deps` (give only one of `deps`, `depends_on`, `dependsOn`).
+    #[serde(default, rename = "dependsOn")]
+    pub depends_on_camel: Option<StringOrList>,
     /// Agent step: the prompt (a template).
     #[serde(default)]
     pub prompt: Option<String>,
@@ -274,6 +289,16 @@ pub struct RawStep {
     /// Claude Studio session id to resume; ignored (baton tracks sessions itself).
     #[serde(default, rename = "sessionId")]
     pub session_id: Option<String>,
+}
+
+impl RawStep {
+    /// `deps`, or whichever synonym was given.
+    pub fn dep_list(&self) -> Option<&StringOrList> {
+        self.deps
+            .as_ref()
+            .or(self.depends_on.as_ref())
+            .or(self.depends_on_camel.as_ref())
+    }
 }
 
 /// A string, or an array of strings.

@@ -54,7 +54,7 @@ pub fn resolve(
 ) -> Resolved {
     let (wf, steps) = match raw {
         RawDefinition::Workflow(wf) => {
-            let steps = match &wf.steps {
+            let steps = match wf.step_list() {
                 Some(RawSteps::Many(steps)) => steps.clone(),
                 Some(RawSteps::One(step)) => vec![(**step).clone()],
                 None => Vec::new(),
@@ -205,7 +205,7 @@ fn resolve_step(
         ));
     }
     let (action, field) = resolve_action(raw, &id, problems);
-    let mut deps: Vec<String> = raw.deps.as_ref().map(|d| d.to_vec()).unwrap_or_default();
+    let mut deps: Vec<String> = raw.dep_list().map(|d| d.to_vec()).unwrap_or_default();
     let mut seen = BTreeSet::new();
     deps.retain(|d| seen.insert(d.clone()));
 

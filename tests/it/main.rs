@@ -1,0 +1,5 @@
+//! Integration tests: the real binary over stdio JSON-RPC, real SQLite files, real processes.
+
+mod util;
+
+mod tools;

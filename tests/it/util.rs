@@ -1,0 +1,308 @@
+//! Test harness: the real `baton` binary driven over stdio JSON-RPC, the way a host does,
+//! with a real SQLite file in a per-test temp dir.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_baton");
+
+/// Longest wait for anything in a test; generous because CI machines are slow.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Which MCP protocol flavour a session speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// 2025-11-25: initialize handshake.
+    V2025,
+    /// 2026-07-28: no handshake; `_meta` on every request.
+    V2026,
+}
+
+/// A temp dir with a database path; keeps the dir alive.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("baton.db")
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    /// Starts `baton serve` on this sandbox's database.
+    pub fn server(&self) -> Server {
+        Server::spawn(self, &[], Protocol::V2025)
+    }
+    pub fn server_with(&self, env: &[(&str, &str)], protocol: Protocol) -> Server {
+        Server::spawn(self, env, protocol)
+    }
+    /// Runs a `baton` subcommand to completion on this sandbox's database.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .env("BATON_DB", self.db())
+            .env("RUST_LOG", "warn")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+/// A running `baton serve` with a line reader.
+pub struct Server {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<Value>,
+    next_id: i64,
+    protocol: Protocol,
+    /// Notifications received so far, in order.
+    pub notifications: Vec<Value>,
+}
+
+impl Server {
+    fn spawn(sb: &Sandbox, env: &[(&str, &str)], protocol: Protocol) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .env("BATON_DB", sb.db())
+            .env("RUST_LOG", "warn")
+            .env("BATON_KILL_GRACE_S", "1")
+            .current_dir(sb.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout carried a non-JSON line {line:?}: {e}"));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = Server {
+            stdin: child.stdin.take(),
+            child,
+            lines: rx,
+            next_id: 1,
+            protocol,
+            notifications: Vec::new(),
+        };
+        if protocol == Protocol::V2025 {
+            let r = s.request(
+                "initialize",
+                json!({"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "baton-tests", "version": "0"}}),
+            );
+            assert_eq!(r["result"]["protocolVersion"], "2025-11-25", "{r}");
+            s.notify("notifications/initialized", json!({}));
+        }
+        s
+    }
+
+    fn meta(&self) -> Value {
+        json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+               "io.modelcontextprotocol/clientCapabilities": {},
+               "io.modelcontextprotocol/clientInfo": {"name": "baton-tests", "version": "0"}})
+    }
+
+    pub fn send_raw(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    pub fn notify(&mut self, method: &str, params: Value) {
+        let line = json!({"jsonrpc": "2.0", "method": method, "params": params}).to_string();
+        self.send_raw(&line);
+    }
+
+    /// Sends a request and returns its id without waiting.
+    pub fn send(&mut self, method: &str, mut params: Value, progress_token: Option<&str>) -> i64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        if self.protocol == Protocol::V2026 || progress_token.is_some() {
+            let mut meta = if self.protocol == Protocol::V2026 {
+                self.meta()
+            } else {
+                json!({})
+            };
+            if let Some(t) = progress_token {
+                meta["progressToken"] = json!(t);
+            }
+            params["_meta"] = meta;
+        }
+        let line = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        self.send_raw(&line.to_string());
+        id
+    }
+
+    /// Waits for the response to `id`, collecting notifications meanwhile.
+    pub fn wait_response(&mut self, id: i64) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) if v.get("id") == Some(&json!(id)) => return v,
+                Ok(v) if v.get("method").is_some() && v.get("id").is_none() => {
+                    self.notifications.push(v)
+                }
+                Ok(other) => panic!("unexpected message while waiting for {id}: {other}"),
+                Err(RecvTimeoutError::Timeout) => panic!("no response to request {id}"),
+                Err(RecvTimeoutError::Disconnected) => panic!("server closed stdout before answering {id}"),
+            }
+        }
+    }
+
+    pub fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.send(method, params, None);
+        self.wait_response(id)
+    }
+
+    /// Calls a tool and returns the whole JSON-RPC response.
+    pub fn call_raw(&mut self, tool: &str, args: Value, progress_token: Option<&str>) -> Value {
+        let id = self.send(
+            "tools/call",
+            json!({"name": tool, "arguments": args}),
+            progress_token,
+        );
+        self.wait_response(id)
+    }
+
+    /// Calls a tool that must succeed; returns its structured content.
+    pub fn call(&mut self, tool: &str, args: Value) -> Value {
+        let r = self.call_raw(tool, args, None);
+        let result = &r["result"];
+        assert_eq!(result["isError"], json!(false), "{tool} failed: {r}");
+        // The text content carries the same JSON as the structured content.
+        let text = result["content"][0]["text"].as_str().unwrap();
+        let parsed: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(parsed, result["structuredContent"]);
+        result["structuredContent"].clone()
+    }
+
+    /// Calls a tool that must refuse; returns its error text.
+    pub fn call_err(&mut self, tool: &str, args: Value) -> String {
+        let r = self.call_raw(tool, args, None);
+        assert_eq!(r["result"]["isError"], json!(true), "{tool} should fail: {r}");
+        r["result"]["content"][0]["text"].as_str().unwrap().to_owned()
+    }
+
+    pub fn start(&mut self, workflow: Value) -> String {
+        let r = self.call("invoke_async", json!({ "workflow": workflow }));
+        r["thread_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Follows a workflow with invoke_stream until it stops; returns the final stream result.
+    pub fn wait_done(&mut self, thread_id: &str) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        let mut cursor = 0;
+        loop {
+            let r = self.call(
+                "invoke_stream",
+                json!({"thread_id": thread_id, "cursor": cursor, "wait_s": 20}),
+            );
+            if r["done"] == json!(true) {
+                return r;
+            }
+            cursor = r["next_cursor"].as_i64().unwrap();
+            assert!(Instant::now() < deadline, "workflow {thread_id} did not finish");
+        }
+    }
+
+    pub fn status(&mut self, thread_id: &str) -> Value {
+        self.call("invoke_status", json!({ "thread_id": thread_id }))
+    }
+
+    /// Waits until a file exists (a step's side effect), by polling the file system.
+    pub fn wait_for_file(path: &Path) {
+        let deadline = Instant::now() + PATIENCE;
+        while !path.exists() {
+            assert!(Instant::now() < deadline, "{} never appeared", path.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Closes stdin and waits for the process to exit; returns its status.
+    pub fn close(mut self) -> std::process::ExitStatus {
+        self.stdin.take();
+        wait_exit(&mut self.child)
+    }
+
+    /// SIGKILLs the server.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "process did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
+            state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pred` holds, polling; for conditions outside the process (files, pids).
+pub fn eventually(what: &str, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The structured status's step entry.
+pub fn step<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id} in {status}"))
+}
