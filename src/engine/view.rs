@@ -421,3 +421,21 @@ impl Engine {
         Ok(self.store().read(move |c| store::done_count(c, &id)).await?)
     }
 }
+
+impl Engine {
+    /// Steps completed or skipped by events up to `cursor` (an estimate when a resume reset
+    /// steps in between), for progress reporting of a replay that starts at `cursor`.
+    pub async fn done_at(&self, thread_id: &str, cursor: i64) -> Result<i64> {
+        let id = thread_id.to_owned();
+        Ok(self
+            .store()
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT count(*) FROM events WHERE workflow_id = ?1 AND seq <= ?2 \
+                     AND type IN ('step_completed', 'step_skipped')",
+                )?;
+                Ok(stmt.query_row(rusqlite::params![id, cursor], |r| r.get(0))?)
+            })
+            .await?)
+    }
+}

@@ -20,7 +20,7 @@ use crate::engine::{
     EngineError, MonitorFilter, MonitorView, ResumeMode, ResumeRequest, SubmitRequest,
     WorkflowView, describe_event,
 };
-use crate::store::{EventRow, WorkflowStatus};
+use crate::store::{EventKind, EventRow, WorkflowStatus};
 use crate::workflow::AgentOptions;
 
 /// Default and longest wait of `invoke_stream`, seconds.
@@ -259,6 +259,15 @@ workflow stops or `wait_s` passes. Each event is also sent as a progress notific
         let mut cursor = args.cursor.unwrap_or(0).max(0);
         let mut out: Vec<EventRow> = Vec::new();
         let mut progress = Progress::default();
+        // Steps done as of the cursor; each completion event replayed adds one.
+        let mut done_steps = if cursor == 0 {
+            0
+        } else {
+            self.engine
+                .done_at(&args.thread_id, cursor)
+                .await
+                .map_err(refusal)?
+        };
         loop {
             let now = tokio::time::Instant::now();
             let keepalive_at = deadline.min(now + KEEPALIVE);
@@ -268,37 +277,24 @@ workflow stops or `wait_s` passes. Each event is also sent as a progress notific
                 () = ctx.ct.cancelled() => return Err("cancelled by the client".into()),
             };
             let (status, total, events) = page;
-            let done_steps = if events.is_empty() && token.is_none() {
-                0
-            } else {
-                self.engine
-                    .done_steps(&args.thread_id)
-                    .await
-                    .map_err(refusal)?
-            };
             if let Some(token) = &token {
+                let send = |p: f64, msg: String| {
+                    ctx.peer.notify_progress(
+                        ProgressNotificationParam::new(token.clone(), p)
+                            .with_total(total as f64)
+                            .with_message(msg),
+                    )
+                };
                 if events.is_empty() && !status.is_terminal() {
-                    let p = progress.next(done_steps);
-                    let msg = format!("waiting: workflow {status}");
-                    let _ = ctx
-                        .peer
-                        .notify_progress(
-                            ProgressNotificationParam::new(token.clone(), p)
-                                .with_total(total as f64)
-                                .with_message(msg),
-                        )
-                        .await;
+                    let p = progress.next(done_steps, total, false);
+                    let _ = send(p, format!("waiting: workflow {status}")).await;
                 }
                 for e in &events {
-                    let p = progress.next(done_steps);
-                    let _ = ctx
-                        .peer
-                        .notify_progress(
-                            ProgressNotificationParam::new(token.clone(), p)
-                                .with_total(total as f64)
-                                .with_message(describe_event(e)),
-                        )
-                        .await;
+                    if matches!(e.kind, EventKind::StepCompleted | EventKind::StepSkipped) {
+                        done_steps += 1;
+                    }
+                    let p = progress.next(done_steps, total, e.kind == EventKind::WorkflowCompleted);
+                    let _ = send(p, describe_event(e)).await;
                 }
             }
             let fetched = events.len() as i64;
@@ -403,26 +399,34 @@ workflow can be resumed later with invoke_resume.",
     }
 }
 
-/// Progress values of one `invoke_stream` call: strictly increasing, `done` whole steps
-/// plus a fraction that grows with each notification and never reaches the next step.
+/// Progress values of one `invoke_stream` call: strictly increasing and never above the
+/// step count. Between two completions the value creeps towards the next whole step; the
+/// workflow's completion reports exactly the step count.
 #[derive(Default)]
 struct Progress {
     last: f64,
-    done: i64,
+    base: f64,
     n: u32,
 }
 
 impl Progress {
-    fn next(&mut self, done: i64) -> f64 {
-        if done != self.done {
-            self.done = done;
+    fn next(&mut self, done: i64, total: i64, finished: bool) -> f64 {
+        let total = total.max(1) as f64;
+        let base = (done as f64).clamp(0.0, total - 1.0);
+        if finished && self.last < total {
+            self.last = total;
+            return total;
+        }
+        if base > self.base {
+            self.base = base;
             self.n = 0;
         }
         self.n += 1;
         let frac = 1.0 - 1.0 / f64::from(self.n + 1);
-        let mut p = done as f64 + frac * 0.999;
+        let mut p = self.base + frac;
         if p <= self.last {
-            p = self.last + 1e-6;
+            // Completions went backwards (a resume reset steps): creep towards the cap.
+            p = self.last + (total - self.last) / 2.0;
         }
         self.last = p;
         p
@@ -434,13 +438,15 @@ mod tests {
     use super::Progress;
 
     #[test]
-    fn progress_strictly_increases_even_when_done_goes_back() {
+    fn progress_strictly_increases_and_stays_within_total() {
         let mut p = Progress::default();
         let mut last = -1.0;
-        for done in [0, 0, 1, 1, 1, 2, 0, 3, 3] {
-            let v = p.next(done);
+        for done in [0, 0, 1, 1, 1, 2, 0, 3, 3, 4, 4, 4] {
+            let v = p.next(done, 4, false);
             assert!(v > last, "{v} <= {last}");
+            assert!(v < 4.0, "{v} reached the total before the workflow finished");
             last = v;
         }
+        assert_eq!(p.next(4, 4, true), 4.0);
     }
 }
