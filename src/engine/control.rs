@@ -41,7 +41,17 @@ pub struct Submitted {
 }
 
 /// How `invoke_resume` treats the steps that stopped the workflow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ResumeMode {
     /// Run the failed, blocked or cancelled steps again.
@@ -235,7 +245,15 @@ impl Engine {
                 .store
                 .write(move |ctx| store::request_cancel(ctx, &id))
                 .await?;
-            let deadline = tokio::time::Instant::now() + self.sh.cfg.lease * 2;
+            // The owner looks for cancel requests every third of its own lease.
+            let owner = row.owner.clone().unwrap_or_default();
+            let owner_lease = self
+                .sh
+                .store
+                .read(move |c| Ok(store::find_owner(c, &owner)?.map(|o| o.lease_ms)))
+                .await?
+                .map_or(Duration::ZERO, |ms| Duration::from_millis(ms.max(0) as u64));
+            let deadline = tokio::time::Instant::now() + self.sh.cfg.lease.max(owner_lease) * 2;
             let mut changes = self.sh.store.subscribe();
             while tokio::time::Instant::now() < deadline {
                 let r = self.row(thread_id).await?;
@@ -266,7 +284,15 @@ impl Engine {
                     }
                 }
                 store::set_workflow_status(ctx, &id, WorkflowStatus::Cancelled, None, true, now)?;
-                store::append_event(ctx, &id, EventKind::WorkflowCancelled, None, None, None, now)?;
+                store::append_event(
+                    ctx,
+                    &id,
+                    EventKind::WorkflowCancelled,
+                    None,
+                    None,
+                    None,
+                    now,
+                )?;
                 Ok(())
             })
             .await?;
@@ -498,7 +524,11 @@ pub(super) async fn load_for_driver(
     let def: Workflow = serde_json::from_str(&row.definition)
         .map_err(|e| StoreError::Corrupt(format!("stored definition of {}: {e}", row.id)))?;
     if def.steps.len() != steps.len() {
-        return Err(StoreError::Corrupt(format!("steps of {} do not match its definition", row.id)).into());
+        return Err(StoreError::Corrupt(format!(
+            "steps of {} do not match its definition",
+            row.id
+        ))
+        .into());
     }
     Ok((Arc::new(def), row.status, steps))
 }

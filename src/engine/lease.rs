@@ -31,6 +31,7 @@ pub(super) async fn register(sh: &Arc<Shared>) -> Result<()> {
         pid: i64::from(std::process::id()),
         host: sh.host.clone(),
         heartbeat_at: 0,
+        lease_ms: lease_ms(sh),
     };
     sh.store
         .write(move |ctx| store::register_owner(ctx, &row, now_ms()))
@@ -110,7 +111,8 @@ fn owner_alive(c: &rusqlite::Connection, sh: &Shared, owner: &str, now: i64) -> 
     let Ok(Some(o)) = store::find_owner(c, owner) else {
         return false;
     };
-    if o.heartbeat_at + lease_ms(sh) < now {
+    // Judged by the owner's own lease: it renews every third of it.
+    if o.heartbeat_at + o.lease_ms < now {
         return false;
     }
     if o.host == sh.host {

@@ -312,8 +312,9 @@ pub fn insert_workflow(ctx: &mut WriteCtx<'_>, w: &NewWorkflow<'_>, now: i64) ->
 }
 
 pub fn find_workflow(conn: &Connection, id: &str) -> Result<Option<WorkflowRow>> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {WORKFLOW_COLS} FROM workflows WHERE id = ?1"))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {WORKFLOW_COLS} FROM workflows WHERE id = ?1"
+    ))?;
     Ok(stmt.query_row([id], workflow_row).optional()?)
 }
 
@@ -339,8 +340,7 @@ pub fn list_workflows(
 
 /// Number of workflows per status.
 pub fn count_by_status(conn: &Connection) -> Result<Vec<(WorkflowStatus, i64)>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT status, count(*) FROM workflows GROUP BY status")?;
+    let mut stmt = conn.prepare_cached("SELECT status, count(*) FROM workflows GROUP BY status")?;
     let rows = stmt.query_map([], |r| {
         Ok((status_of(r.get(0)?, WorkflowStatus::parse)?, r.get(1)?))
     })?;
@@ -379,7 +379,15 @@ pub fn set_workflow_status(
              cancel_requested = CASE WHEN ?7 THEN 0 ELSE cancel_requested END \
              WHERE id = ?1",
         )?
-        .execute(params![id, status.as_str(), error, now, finished, started, release])?;
+        .execute(params![
+            id,
+            status.as_str(),
+            error,
+            now,
+            finished,
+            started,
+            release
+        ])?;
     ctx.touched(id);
     Ok(())
 }
@@ -433,9 +441,8 @@ pub fn request_cancel(ctx: &mut WriteCtx<'_>, id: &str) -> Result<()> {
 
 /// Workflows owned by `owner` that another process asked to cancel.
 pub fn cancel_requests(conn: &Connection, owner: &str) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id FROM workflows WHERE owner = ?1 AND cancel_requested = 1",
-    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT id FROM workflows WHERE owner = ?1 AND cancel_requested = 1")?;
     let rows = stmt.query_map([owner], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -453,9 +460,7 @@ pub fn adoptable(conn: &Connection, me: &str) -> Result<Vec<(String, Option<Stri
 
 pub fn add_cost(ctx: &mut WriteCtx<'_>, id: &str, cost: f64) -> Result<()> {
     ctx.conn
-        .prepare_cached(
-            "UPDATE workflows SET total_cost_usd = total_cost_usd + ?2 WHERE id = ?1",
-        )?
+        .prepare_cached("UPDATE workflows SET total_cost_usd = total_cost_usd + ?2 WHERE id = ?1")?
         .execute(params![id, cost])?;
     Ok(())
 }
@@ -528,9 +533,7 @@ pub fn set_session(
     session_id: &str,
 ) -> Result<()> {
     ctx.conn
-        .prepare_cached(
-            "UPDATE steps SET session_id = ?3 WHERE workflow_id = ?1 AND step_id = ?2",
-        )?
+        .prepare_cached("UPDATE steps SET session_id = ?3 WHERE workflow_id = ?1 AND step_id = ?2")?
         .execute(params![workflow_id, step_id, session_id])?;
     ctx.conn
         .prepare_cached(
@@ -625,7 +628,9 @@ pub fn median_step_durations(
          AND s.started_at IS NOT NULL ORDER BY w.created_at DESC LIMIT 2000",
     )?;
     let mut by_step: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
-    for row in stmt.query_map([name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+    for row in stmt.query_map([name], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })? {
         let (id, d) = row?;
         by_step.entry(id).or_default().push(d);
     }
@@ -666,7 +671,15 @@ pub fn append_event(
             "INSERT INTO events (workflow_id, seq, type, step_id, attempt, at, data) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
-        .execute(params![workflow_id, seq, kind.as_str(), step_id, attempt, now, data])?;
+        .execute(params![
+            workflow_id,
+            seq,
+            kind.as_str(),
+            step_id,
+            attempt,
+            now,
+            data
+        ])?;
     ctx.touched(workflow_id);
     Ok(seq)
 }
@@ -705,20 +718,22 @@ pub struct OwnerRow {
     pub pid: i64,
     pub host: String,
     pub heartbeat_at: i64,
+    /// The owner's lease length: its heartbeat is stale once older than this.
+    pub lease_ms: i64,
 }
 
 pub fn register_owner(ctx: &mut WriteCtx<'_>, o: &OwnerRow, now: i64) -> Result<()> {
     ctx.conn.execute(
-        "INSERT OR REPLACE INTO owners (id, pid, host, started_at, heartbeat_at) \
-         VALUES (?1, ?2, ?3, ?4, ?4)",
-        params![o.id, o.pid, o.host, now],
+        "INSERT OR REPLACE INTO owners (id, pid, host, started_at, heartbeat_at, lease_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+        params![o.id, o.pid, o.host, now, o.lease_ms],
     )?;
     Ok(())
 }
 
 pub fn find_owner(conn: &Connection, id: &str) -> Result<Option<OwnerRow>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT id, pid, host, heartbeat_at FROM owners WHERE id = ?1")?;
+    let mut stmt = conn
+        .prepare_cached("SELECT id, pid, host, heartbeat_at, lease_ms FROM owners WHERE id = ?1")?;
     Ok(stmt
         .query_row([id], |r| {
             Ok(OwnerRow {
@@ -726,6 +741,7 @@ pub fn find_owner(conn: &Connection, id: &str) -> Result<Option<OwnerRow>> {
                 pid: r.get(1)?,
                 host: r.get(2)?,
                 heartbeat_at: r.get(3)?,
+                lease_ms: r.get(4)?,
             })
         })
         .optional()?)

@@ -84,8 +84,12 @@ CREATE TABLE events (
 ) WITHOUT ROWID;
 "#;
 
+/// Each owner records its own lease length, so processes configured with different leases
+/// judge each other's heartbeats by the owner's lease, not their own.
+const V2: &str = "ALTER TABLE owners ADD COLUMN lease_ms INTEGER NOT NULL DEFAULT 15000;";
+
 pub(super) fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1)])
+    Migrations::new(vec![M::up(V1), M::up(V2)])
 }
 
 #[cfg(test)]
