@@ -2,4 +2,6 @@
 
 mod util;
 
+mod cancel;
+mod resume;
 mod tools;

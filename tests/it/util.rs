@@ -168,7 +168,9 @@ impl Server {
                 }
                 Ok(other) => panic!("unexpected message while waiting for {id}: {other}"),
                 Err(RecvTimeoutError::Timeout) => panic!("no response to request {id}"),
-                Err(RecvTimeoutError::Disconnected) => panic!("server closed stdout before answering {id}"),
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("server closed stdout before answering {id}")
+                }
             }
         }
     }
@@ -203,8 +205,15 @@ impl Server {
     /// Calls a tool that must refuse; returns its error text.
     pub fn call_err(&mut self, tool: &str, args: Value) -> String {
         let r = self.call_raw(tool, args, None);
-        assert_eq!(r["result"]["isError"], json!(true), "{tool} should fail: {r}");
-        r["result"]["content"][0]["text"].as_str().unwrap().to_owned()
+        assert_eq!(
+            r["result"]["isError"],
+            json!(true),
+            "{tool} should fail: {r}"
+        );
+        r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     pub fn start(&mut self, workflow: Value) -> String {
@@ -225,7 +234,10 @@ impl Server {
                 return r;
             }
             cursor = r["next_cursor"].as_i64().unwrap();
-            assert!(Instant::now() < deadline, "workflow {thread_id} did not finish");
+            assert!(
+                Instant::now() < deadline,
+                "workflow {thread_id} did not finish"
+            );
         }
     }
 
@@ -237,7 +249,11 @@ impl Server {
     pub fn wait_for_file(path: &Path) {
         let deadline = Instant::now() + PATIENCE;
         while !path.exists() {
-            assert!(Instant::now() < deadline, "{} never appeared", path.display());
+            assert!(
+                Instant::now() < deadline,
+                "{} never appeared",
+                path.display()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -281,7 +297,10 @@ pub fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next());
             state != Some("Z")
         }
         Err(_) => false,
@@ -305,4 +324,103 @@ pub fn step<'a>(status: &'a Value, id: &str) -> &'a Value {
         .iter()
         .find(|s| s["id"] == id)
         .unwrap_or_else(|| panic!("no step {id} in {status}"))
+}
+
+impl Server {
+    /// Follows a workflow from `cursor` with short `invoke_stream` calls (`wait_s` each) until
+    /// it stops; returns every event received, in order, and the last result.
+    pub fn stream_pages(
+        &mut self,
+        thread_id: &str,
+        mut cursor: i64,
+        wait_s: f64,
+    ) -> (Vec<Value>, Value) {
+        let deadline = Instant::now() + PATIENCE;
+        let mut events = Vec::new();
+        loop {
+            let r = self.call(
+                "invoke_stream",
+                json!({"thread_id": thread_id, "cursor": cursor, "wait_s": wait_s}),
+            );
+            events.extend(r["events"].as_array().unwrap().iter().cloned());
+            cursor = r["next_cursor"].as_i64().unwrap();
+            if r["done"] == json!(true) {
+                return (events, r);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "workflow {thread_id} did not finish"
+            );
+        }
+    }
+
+    /// Starts a workflow under a chosen thread id; returns the tool's structured result.
+    pub fn start_as(&mut self, thread_id: &str, workflow: Value) -> Value {
+        self.call(
+            "invoke_async",
+            json!({"workflow": workflow, "thread_id": thread_id}),
+        )
+    }
+
+    /// A JSON-RPC request whose response must be an error; returns the error object.
+    pub fn request_err(&mut self, method: &str, params: Value) -> Value {
+        let r = self.request(method, params);
+        assert!(
+            r.get("error").is_some(),
+            "{method} should be a JSON-RPC error: {r}"
+        );
+        r["error"].clone()
+    }
+
+    /// Sends a SIGTERM-free stop: closes stdin and returns at once (the server shuts down).
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+}
+
+impl Sandbox {
+    /// Writes `content` to a file in the sandbox and returns its path.
+    pub fn write(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+
+    /// Lines of a file in the sandbox (0 if it does not exist): counts step executions.
+    pub fn lines(&self, name: &str) -> usize {
+        std::fs::read_to_string(self.path(name))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    /// A pid a step wrote to a file, once the file is complete.
+    pub fn pid_in(&self, name: &str) -> i32 {
+        let p = self.path(name);
+        let mut pid = None;
+        eventually(&format!("a pid in {name}"), || {
+            pid = std::fs::read_to_string(&p)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            pid.is_some()
+        });
+        pid.unwrap()
+    }
+}
+
+/// The `type`s of a list of events, in order.
+pub fn kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Outcomes of a step's attempts, in order.
+pub fn outcomes(status: &Value, step_id: &str) -> Vec<String> {
+    step(status, step_id)["attempt_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap().to_owned())
+        .collect()
 }
