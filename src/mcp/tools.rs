@@ -8,8 +8,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rmcp::{
-    Json, RoleServer, handler::server::wrapper::Parameters, model::ProgressNotificationParam,
-    service::RequestContext, tool, tool_router,
+    ErrorData as McpError, Json, RoleServer,
+    handler::server::wrapper::Parameters,
+    model::{CallToolResponse, CallToolResult, ContentBlock, ProgressNotificationParam},
+    service::RequestContext,
+    tool, tool_router,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -154,9 +157,16 @@ fn refusal(e: EngineError) -> String {
         EngineError::Invalid(p) => format!(
             "The workflow was rejected and nothing was started. Fix these problems and call invoke_async again:\n{p}"
         ),
-        EngineError::Store(s) => format!("baton's database failed: {s}. Nothing was changed; try again."),
+        EngineError::Store(s) => {
+            format!("baton's database failed: {s}. Nothing was changed; try again.")
+        }
         other => other.to_string(),
     }
+}
+
+/// A tool result with `isError: true` carrying `message`.
+fn refused(message: String) -> CallToolResponse {
+    CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(message)]))
 }
 
 fn input_string(v: Value) -> String {
@@ -176,18 +186,30 @@ Completed steps are checkpointed, so the workflow survives crashes and restarts.
 long or multi-stage work you want to keep running while you do other things. Follow progress \
 with invoke_stream, check with invoke_status. The workflow is validated first: if it is invalid, \
 every problem is listed and nothing runs.",
-        annotations(title = "Start workflow", read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = true)
+        annotations(
+            title = "Start workflow",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = true
+        )
     )]
     async fn invoke_async(
         &self,
         Parameters(args): Parameters<InvokeAsyncArgs>,
-    ) -> Result<Json<InvokeAsyncResult>, String> {
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        self.session.attach(&ctx.peer);
         let definition = match args.workflow {
             // Some clients send the definition as a JSON string.
-            Some(Value::String(s)) => Some(
-                serde_json::from_str(&s)
-                    .map_err(|e| format!("`workflow` is a string but not valid JSON: {e}"))?,
-            ),
+            Some(Value::String(s)) => match serde_json::from_str(&s) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    return Ok(refused(format!(
+                        "`workflow` is a string but not valid JSON: {e}"
+                    )));
+                }
+            },
             other => other,
         };
         let req = SubmitRequest {
@@ -200,7 +222,18 @@ every problem is listed and nothing runs.",
                 .collect(),
             thread_id: args.thread_id,
         };
-        let s = self.engine.submit(req).await.map_err(refusal)?;
+        let s = match self.engine.submit(req).await {
+            Ok(s) => s,
+            Err(e) => return Ok(refused(refusal(e))),
+        };
+        self.session.watch_workflow(&s.thread_id, 0);
+        if ctx
+            .client_capabilities()
+            .is_some_and(|c| c.supports_tasks())
+        {
+            let task = super::tasks::created(&self.engine, &s.thread_id).await?;
+            return Ok(CallToolResponse::Task(task));
+        }
         let next = if s.created {
             format!(
                 "Started. Call invoke_stream with thread_id {:?} to follow it, or invoke_status to check on it.",
@@ -209,14 +242,17 @@ every problem is listed and nothing runs.",
         } else {
             "A workflow with this thread_id already exists; nothing new was started. Check it with invoke_status.".to_owned()
         };
-        Ok(Json(InvokeAsyncResult {
+        let result = InvokeAsyncResult {
             thread_id: s.thread_id,
             status: s.status,
             step_count: s.step_count,
             estimated_duration_s: s.estimated_duration_s,
             created: s.created,
             next,
-        }))
+        };
+        Ok(CallToolResponse::Complete(CallToolResult::structured(
+            serde_json::to_value(result).unwrap_or_default(),
+        )))
     }
 
     #[tool(
@@ -224,7 +260,11 @@ every problem is listed and nothing runs.",
 the steps running now, and for every step its status, attempts (with errors and exit codes), \
 Claude session id, timestamps, duration, output preview and error. Use it to check on a \
 workflow or to read step outputs after it finished.",
-        annotations(title = "Workflow status", read_only_hint = true, open_world_hint = false)
+        annotations(
+            title = "Workflow status",
+            read_only_hint = true,
+            open_world_hint = false
+        )
     )]
     async fn invoke_status(
         &self,
@@ -243,7 +283,11 @@ workflow or to read step outputs after it finished.",
 progress, retrying, completed, failed, blocked, …) and keeps waiting for new ones until the \
 workflow stops or `wait_s` passes. Each event is also sent as a progress notification. If \
 `done` is false, call again with `cursor` = `next_cursor` to continue without missing anything.",
-        annotations(title = "Follow workflow", read_only_hint = true, open_world_hint = false)
+        annotations(
+            title = "Follow workflow",
+            read_only_hint = true,
+            open_world_hint = false
+        )
     )]
     async fn invoke_stream(
         &self,
@@ -256,6 +300,9 @@ workflow stops or `wait_s` passes. Each event is also sent as a progress notific
             .clamp(0.0, STREAM_WAIT_MAX_S);
         let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
         let token = ctx.meta.get_progress_token();
+        // 2026-07-28 clients ask for log messages per request.
+        #[allow(deprecated)]
+        let log_min = ctx.meta.log_level();
         let mut cursor = args.cursor.unwrap_or(0).max(0);
         let mut out: Vec<EventRow> = Vec::new();
         let mut progress = Progress::default();
@@ -293,8 +340,26 @@ workflow stops or `wait_s` passes. Each event is also sent as a progress notific
                     if matches!(e.kind, EventKind::StepCompleted | EventKind::StepSkipped) {
                         done_steps += 1;
                     }
-                    let p = progress.next(done_steps, total, e.kind == EventKind::WorkflowCompleted);
+                    let p =
+                        progress.next(done_steps, total, e.kind == EventKind::WorkflowCompleted);
                     let _ = send(p, describe_event(e)).await;
+                }
+            }
+            #[allow(deprecated)]
+            if let Some(min) = log_min {
+                for e in &events {
+                    let level = super::session::event_level(e.kind);
+                    if super::session::passes(level, min) {
+                        let data = serde_json::json!({ "thread_id": args.thread_id,
+                            "message": describe_event(e), "event": e });
+                        let _ = ctx
+                            .peer
+                            .notify_logging_message(
+                                rmcp::model::LoggingMessageNotificationParam::new(level, data)
+                                    .with_logger("baton"),
+                            )
+                            .await;
+                    }
                 }
             }
             let fetched = events.len() as i64;
@@ -324,7 +389,13 @@ interrupted. By default only the stopped steps run again (completed steps are ne
 `mode: skip` skips the stopped steps instead of retrying them. For agent steps, `prompt` adds \
 guidance to the resumed Claude session and `agent` overrides options such as permission_mode. \
 Returns at once; follow with invoke_stream.",
-        annotations(title = "Resume workflow", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = true)
+        annotations(
+            title = "Resume workflow",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
     )]
     async fn invoke_resume(
         &self,
@@ -354,7 +425,11 @@ Returns at once; follow with invoke_stream.",
 health flags: `stalled` (a running step has been silent longer than its stall threshold), \
 `orphaned` (its server process died and no process has taken it over yet), `overdue`. Also \
 counts workflows by status. By default lists active and blocked workflows, newest first.",
-        annotations(title = "Monitor workflows", read_only_hint = true, open_world_hint = false)
+        annotations(
+            title = "Monitor workflows",
+            read_only_hint = true,
+            open_world_hint = false
+        )
     )]
     async fn workflow_monitor(
         &self,
@@ -375,17 +450,19 @@ counts workflows by status. By default lists active and blocked workflows, newes
         description = "Cancel a workflow: its running steps are stopped (their whole process \
 groups are terminated) and it is marked cancelled. Completed steps keep their results and the \
 workflow can be resumed later with invoke_resume.",
-        annotations(title = "Cancel workflow", read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "Cancel workflow",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     async fn invoke_cancel(
         &self,
         Parameters(args): Parameters<ThreadArgs>,
     ) -> Result<Json<ControlResult>, String> {
-        let status = self
-            .engine
-            .cancel(&args.thread_id)
-            .await
-            .map_err(refusal)?;
+        let status = self.engine.cancel(&args.thread_id).await.map_err(refusal)?;
         let next = if status == WorkflowStatus::Cancelled {
             "Cancelled. Resume it later with invoke_resume if needed.".to_owned()
         } else {
@@ -444,7 +521,10 @@ mod tests {
         for done in [0, 0, 1, 1, 1, 2, 0, 3, 3, 4, 4, 4] {
             let v = p.next(done, 4, false);
             assert!(v > last, "{v} <= {last}");
-            assert!(v < 4.0, "{v} reached the total before the workflow finished");
+            assert!(
+                v < 4.0,
+                "{v} reached the total before the workflow finished"
+            );
             last = v;
         }
         assert_eq!(p.next(4, 4, true), 4.0);

@@ -1,0 +1,255 @@
+//! Per-session push state: resource subscriptions (`resources/subscribe` on 2025-11-25,
+//! `subscriptions/listen` on 2026-07-28) and workflow events forwarded as log messages
+//! (`notifications/message`) once the client opted in with `logging/setLevel`.
+//!
+//! Invariant: the store stays the source of truth — the watcher only learns *that* a
+//! workflow changed (from in-process commits at once, from other processes by polling) and
+//! re-reads it; a lagged or missed wake-up costs latency, never an update.
+#![allow(deprecated)] // logging and resources/subscribe are deprecated in 2026-07-28
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::{
+    Peer, RoleServer,
+    model::{LoggingLevel, LoggingMessageNotificationParam, ResourceUpdatedNotificationParam},
+    service::SubscriptionSink,
+};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, describe_event};
+use crate::store::EventKind;
+
+/// URI prefix of workflow resources.
+pub const WORKFLOW_URI: &str = "baton://workflows/";
+
+/// Interval of the poll that notices changes made by other processes.
+const POLL: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct State {
+    peer: Option<Peer<RoleServer>>,
+    /// Thread ids the client subscribed to with `resources/subscribe`.
+    subscribed: BTreeSet<String>,
+    sinks: Vec<SubscriptionSink>,
+    log_level: Option<LoggingLevel>,
+    /// Workflows this session started or resumed, with the last event forwarded.
+    watched: BTreeMap<String, i64>,
+    /// Last `updated_at` seen per thread id, for the cross-process poll.
+    seen: BTreeMap<String, String>,
+    started: bool,
+}
+
+/// Push state of one MCP session; cheap to clone.
+#[derive(Clone)]
+pub struct Session {
+    engine: Engine,
+    state: Arc<Mutex<State>>,
+    stop: CancellationToken,
+}
+
+fn rank(l: LoggingLevel) -> u8 {
+    match l {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
+    }
+}
+
+/// Log level of a workflow event.
+pub fn event_level(kind: EventKind) -> LoggingLevel {
+    match kind {
+        EventKind::StepFailed | EventKind::WorkflowFailed => LoggingLevel::Error,
+        EventKind::StepRetrying
+        | EventKind::StepBlocked
+        | EventKind::WorkflowBlocked
+        | EventKind::WorkflowInterrupted => LoggingLevel::Warning,
+        EventKind::StepProgress => LoggingLevel::Debug,
+        _ => LoggingLevel::Info,
+    }
+}
+
+/// Whether a message at `level` passes a client's chosen `min` level.
+pub fn passes(level: LoggingLevel, min: LoggingLevel) -> bool {
+    rank(level) >= rank(min)
+}
+
+impl Session {
+    pub fn new(engine: Engine) -> Session {
+        Session {
+            engine,
+            state: Arc::new(Mutex::new(State::default())),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Ends the watcher (the session is over).
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> Option<R> {
+        self.state.lock().ok().map(|mut s| f(&mut s))
+    }
+
+    /// Remembers the peer and starts the watcher on first use.
+    pub fn attach(&self, peer: &Peer<RoleServer>) {
+        self.with(|s| {
+            if s.peer.is_none() {
+                s.peer = Some(peer.clone());
+            }
+        });
+        self.ensure_watching();
+    }
+
+    /// Starts the watcher unless it runs already.
+    pub fn ensure_watching(&self) {
+        let start = self
+            .with(|s| !std::mem::replace(&mut s.started, true))
+            .unwrap_or(false);
+        if start {
+            let me = self.clone();
+            tokio::spawn(async move { me.watch().await });
+        }
+    }
+
+    pub fn subscribe(&self, thread_id: &str) {
+        self.with(|s| s.subscribed.insert(thread_id.to_owned()));
+    }
+
+    pub fn unsubscribe(&self, thread_id: &str) {
+        self.with(|s| s.subscribed.remove(thread_id));
+    }
+
+    pub fn add_sink(&self, sink: SubscriptionSink) {
+        self.with(|s| s.sinks.push(sink));
+    }
+
+    pub fn remove_sink(&self, id: &rmcp::model::RequestId) {
+        self.with(|s| s.sinks.retain(|k| k.id() != id));
+    }
+
+    pub fn set_log_level(&self, level: LoggingLevel) {
+        self.with(|s| s.log_level = Some(level));
+    }
+
+    /// Forwards this workflow's events from `cursor` on as log messages.
+    pub fn watch_workflow(&self, thread_id: &str, cursor: i64) {
+        self.with(|s| {
+            s.watched.entry(thread_id.to_owned()).or_insert(cursor);
+        });
+    }
+
+    async fn watch(self) {
+        let mut changes = self.engine.store().subscribe();
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let changed: Vec<String> = tokio::select! {
+                () = self.stop.cancelled() => return,
+                r = changes.recv() => match r {
+                    Ok(id) => vec![id.to_string()],
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.interesting(),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                _ = poll.tick() => self.interesting(),
+            };
+            for id in changed {
+                self.push(&id).await;
+            }
+        }
+    }
+
+    /// Every thread id some subscription or log forward is interested in.
+    fn interesting(&self) -> Vec<String> {
+        self.with(|s| {
+            let mut ids: BTreeSet<String> = s.subscribed.clone();
+            ids.extend(s.watched.keys().cloned());
+            for sink in &s.sinks {
+                for uri in sink.accepted().resource_subscriptions.iter().flatten() {
+                    if let Some(id) = uri.strip_prefix(WORKFLOW_URI) {
+                        ids.insert(id.to_owned());
+                    }
+                }
+            }
+            ids.into_iter().collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// Sends what this session wants to know about a change of `id`.
+    async fn push(&self, id: &str) {
+        let uri = format!("{WORKFLOW_URI}{id}");
+        let Some((peer, subscribed, sinks, level, cursor)) = self.with(|s| {
+            let sinks: Vec<SubscriptionSink> = s
+                .sinks
+                .iter()
+                .filter(|k| {
+                    k.accepted()
+                        .resource_subscriptions
+                        .iter()
+                        .flatten()
+                        .any(|u| *u == uri)
+                })
+                .cloned()
+                .collect();
+            (
+                s.peer.clone(),
+                s.subscribed.contains(id),
+                sinks,
+                s.log_level,
+                s.watched.get(id).copied(),
+            )
+        }) else {
+            return;
+        };
+        let wants_resource = subscribed || !sinks.is_empty();
+        if wants_resource {
+            // Only notify when the workflow really changed since the last push.
+            let Ok(view) = self.engine.status(id, 0).await else {
+                return;
+            };
+            let fresh = self
+                .with(|s| s.seen.insert(id.to_owned(), view.updated_at.clone()))
+                .flatten()
+                .is_none_or(|old| old != view.updated_at);
+            if fresh {
+                if subscribed && let Some(peer) = &peer {
+                    let _ = peer
+                        .notify_resource_updated(ResourceUpdatedNotificationParam::new(uri.clone()))
+                        .await;
+                }
+                for sink in &sinks {
+                    let _ = sink.notify_resource_updated(uri.clone()).await;
+                }
+            }
+        }
+        if let (Some(peer), Some(min), Some(cursor)) = (peer, level, cursor) {
+            let Ok((_, _, events)) = self.engine.events(id, cursor, 200).await else {
+                return;
+            };
+            for e in &events {
+                let level = event_level(e.kind);
+                if passes(level, min) {
+                    let data = json!({ "thread_id": id, "message": describe_event(e), "event": e });
+                    let _ = peer
+                        .notify_logging_message(
+                            LoggingMessageNotificationParam::new(level, data).with_logger("baton"),
+                        )
+                        .await;
+                }
+            }
+            if let Some(last) = events.last() {
+                let seq = last.seq;
+                self.with(|s| s.watched.insert(id.to_owned(), seq));
+            }
+        }
+    }
+}
