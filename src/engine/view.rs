@@ -30,16 +30,22 @@ pub struct AttemptView {
     pub outcome: String,
     pub started_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub finished_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "i64")]
     pub exit_code: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub session_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "f64")]
     pub cost_usd: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "i64")]
     pub num_turns: Option<i64>,
 }
 
@@ -51,21 +57,28 @@ pub struct StepView {
     /// Attempts started so far.
     pub attempts: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub session_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub started_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub finished_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "i64")]
     pub duration_ms: Option<i64>,
     /// The step's output (a preview if long: see `output_truncated`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub output: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub output_truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub last_activity_at: Option<String>,
     pub attempt_history: Vec<AttemptView>,
 }
@@ -75,6 +88,7 @@ pub struct StepView {
 pub struct WorkflowView {
     pub thread_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub name: Option<String>,
     pub status: WorkflowStatus,
     pub progress: Progress,
@@ -83,13 +97,16 @@ pub struct WorkflowView {
     pub created_at: String,
     pub updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub finished_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub error: Option<String>,
     /// Sum of agent costs over all attempts.
     pub total_cost_usd: f64,
     /// Owner id of the process running it, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub owner: Option<String>,
     pub inputs: BTreeMap<String, String>,
     pub steps: Vec<StepView>,
@@ -108,6 +125,7 @@ pub struct MonitorFilter {
 pub struct MonitoredWorkflow {
     pub thread_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub name: Option<String>,
     pub status: WorkflowStatus,
     pub progress: Progress,
@@ -117,6 +135,7 @@ pub struct MonitoredWorkflow {
     /// Seconds since the last sign of life (output line, step boundary or lease renewal).
     pub heartbeat_age_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub owner: Option<String>,
     /// `stalled` (a running step silent longer than its stall threshold), `orphaned` (its
     /// owner is gone and no process adopted it yet), `overdue` (running much longer than its
@@ -166,17 +185,20 @@ impl Engine {
             .map_err(|e| StoreError::Corrupt(format!("stored definition: {e}")))?;
         let mut by_step: BTreeMap<&str, Vec<AttemptView>> = BTreeMap::new();
         for a in &attempts {
-            by_step.entry(a.step_id.as_str()).or_default().push(AttemptView {
-                number: a.number,
-                outcome: a.outcome.clone(),
-                started_at: rfc3339(a.started_at),
-                finished_at: opt_ts(a.finished_at),
-                exit_code: a.exit_code,
-                error: a.error.clone(),
-                session_id: a.session_id.clone(),
-                cost_usd: a.cost_usd,
-                num_turns: a.num_turns,
-            });
+            by_step
+                .entry(a.step_id.as_str())
+                .or_default()
+                .push(AttemptView {
+                    number: a.number,
+                    outcome: a.outcome.clone(),
+                    started_at: rfc3339(a.started_at),
+                    finished_at: opt_ts(a.finished_at),
+                    exit_code: a.exit_code,
+                    error: a.error.clone(),
+                    session_id: a.session_id.clone(),
+                    cost_usd: a.cost_usd,
+                    num_turns: a.num_turns,
+                });
         }
         let done = steps.iter().filter(|s| s.status.satisfies_deps()).count() as i64;
         let current = steps
@@ -266,8 +288,17 @@ impl Engine {
                 WorkflowStatus::Interrupted,
             ],
         };
-        let limit = if filter.limit <= 0 { 50 } else { filter.limit.min(1000) };
-        type Item = (WorkflowRow, Vec<String>, i64, Vec<(String, i64, Option<i64>)>);
+        let limit = if filter.limit <= 0 {
+            50
+        } else {
+            filter.limit.min(1000)
+        };
+        type Item = (
+            WorkflowRow,
+            Vec<String>,
+            i64,
+            Vec<(String, i64, Option<i64>)>,
+        );
         let (rows, counts) = self
             .store()
             .read(move |c| {
@@ -294,7 +325,9 @@ impl Engine {
         for (row, current, done, running) in rows {
             let mut flags = Vec::new();
             let alive_owner = lease::is_owned_by_live(&self.sh, row.owner.clone()).await?;
-            if matches!(row.status, WorkflowStatus::Running | WorkflowStatus::Queued) && !alive_owner {
+            if matches!(row.status, WorkflowStatus::Running | WorkflowStatus::Queued)
+                && !alive_owner
+            {
                 flags.push("orphaned".to_owned());
             }
             if !running.is_empty()
@@ -362,7 +395,10 @@ pub fn describe_event(e: &EventRow) -> String {
             "{step}: completed in {:.1}s",
             data("duration_ms").and_then(|v| v.as_f64()).unwrap_or(0.0) / 1000.0
         ),
-        K::StepFailed => format!("{step}: failed: {}", crate::engine::outcome::tail(&text("error"), 300)),
+        K::StepFailed => format!(
+            "{step}: failed: {}",
+            crate::engine::outcome::tail(&text("error"), 300)
+        ),
         K::StepBlocked => format!("{step}: blocked: {}", text("reason")),
         K::StepSkipped => format!("{step}: skipped"),
         K::StepCancelled => format!("{step}: cancelled"),
@@ -370,7 +406,9 @@ pub fn describe_event(e: &EventRow) -> String {
         K::WorkflowFailed => format!("workflow failed: {}", text("error")),
         K::WorkflowBlocked => format!("workflow blocked: {}", text("error")),
         K::WorkflowCancelled => "workflow cancelled".to_owned(),
-        K::WorkflowInterrupted => "workflow interrupted (server stopped); it resumes in the next baton process".to_owned(),
+        K::WorkflowInterrupted => {
+            "workflow interrupted (server stopped); it resumes in the next baton process".to_owned()
+        }
         K::WorkflowResumed => match data("by").and_then(|v| v.as_str()) {
             Some("adoption") => "workflow resumed after its previous server died".to_owned(),
             _ => "workflow resumed".to_owned(),
@@ -418,7 +456,10 @@ impl Engine {
     /// Number of completed or skipped steps of a workflow.
     pub async fn done_steps(&self, thread_id: &str) -> Result<i64> {
         let id = thread_id.to_owned();
-        Ok(self.store().read(move |c| store::done_count(c, &id)).await?)
+        Ok(self
+            .store()
+            .read(move |c| store::done_count(c, &id))
+            .await?)
     }
 }
 

@@ -42,9 +42,11 @@ pub struct InvokeAsyncArgs {
     /// Reference earlier results with `{step_id.output}` and inputs with `{inputs.NAME}`.
     /// Run `baton schema` for the full format. Give this or `file`.
     #[serde(default)]
+    #[schemars(with = "serde_json::Map<String, Value>")]
     pub workflow: Option<Value>,
     /// Path of a JSON workflow file (relative to the server's working directory).
     #[serde(default)]
+    #[schemars(with = "String")]
     pub file: Option<String>,
     /// Values for `{inputs.NAME}` placeholders.
     #[serde(default)]
@@ -52,6 +54,7 @@ pub struct InvokeAsyncArgs {
     /// Idempotency key. Calling again with the same thread_id returns the existing workflow
     /// instead of starting a second one. Omit to get a fresh id.
     #[serde(default)]
+    #[schemars(with = "String")]
     pub thread_id: Option<String>,
 }
 
@@ -81,6 +84,7 @@ pub struct InvokeStatusArgs {
     pub thread_id: String,
     /// Characters of each step's output to include (default 2000; 0 for none).
     #[serde(default)]
+    #[schemars(with = "usize")]
     pub output_chars: Option<usize>,
 }
 
@@ -91,10 +95,12 @@ pub struct InvokeStreamArgs {
     /// Return events after this one: pass the previous call's `next_cursor`. Omit or 0 for
     /// the whole history.
     #[serde(default)]
+    #[schemars(with = "i64")]
     pub cursor: Option<i64>,
     /// Seconds to wait for the workflow to finish before returning what happened so far
     /// (default 60, at most 1500).
     #[serde(default)]
+    #[schemars(with = "f64")]
     pub wait_s: Option<f64>,
 }
 
@@ -116,6 +122,7 @@ pub struct InvokeResumeArgs {
     /// Re-run this step and everything downstream of it, even if they completed. Omit to
     /// continue from the checkpoint (only the failed, blocked or cancelled steps run again).
     #[serde(default)]
+    #[schemars(with = "String")]
     pub from_step: Option<String>,
     /// `retry` (default) runs the stopped steps again; `skip` marks them skipped and lets
     /// their dependents run (a skipped step's output is empty).
@@ -124,10 +131,12 @@ pub struct InvokeResumeArgs {
     /// Guidance for a retried agent step: sent into its resumed Claude session, e.g. "the
     /// tests need a running database; start it first".
     #[serde(default)]
+    #[schemars(with = "String")]
     pub prompt: Option<String>,
     /// Agent-option overrides for the retried agent steps, e.g.
     /// `{"permission_mode": "acceptEdits"}` to answer a permission block.
     #[serde(default)]
+    #[schemars(with = "AgentOptions")]
     pub agent: Option<AgentOptions>,
 }
 
@@ -142,12 +151,14 @@ pub struct ControlResult {
 pub struct WorkflowMonitorArgs {
     /// Only workflows in this status.
     #[serde(default)]
+    #[schemars(with = "WorkflowStatus")]
     pub status: Option<WorkflowStatus>,
     /// Include completed, failed and cancelled workflows (default: only active and blocked).
     #[serde(default)]
     pub include_finished: bool,
     /// Most workflows to list, newest first (default 50).
     #[serde(default)]
+    #[schemars(with = "i64")]
     pub limit: Option<i64>,
 }
 

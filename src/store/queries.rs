@@ -265,12 +265,16 @@ pub struct EventRow {
     #[serde(rename = "type")]
     pub kind: EventKind,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub step_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "i64")]
     pub attempt: Option<i64>,
     /// RFC 3339 UTC.
     pub at: String,
+    /// Details of the event (error, duration, message, …), when it has any.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub data: Option<serde_json::Value>,
 }
 

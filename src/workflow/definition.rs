@@ -115,22 +115,29 @@ pub enum OnStall {
     Restart,
 }
 
-/// Options for the agent command of a prompt step.
+/// Options for the agent command of a prompt step. Every field is optional.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default)]
 pub struct AgentOptions {
-    /// `--model`.
+    /// Model alias or name (`--model`), e.g. `sonnet`, `opus`.
+    #[schemars(with = "String")]
     pub model: Option<String>,
-    /// `--permission-mode`.
+    /// Permission mode (`--permission-mode`): `default`, `acceptEdits`, `plan` or
+    /// `bypassPermissions`.
+    #[schemars(with = "String")]
     pub permission_mode: Option<String>,
-    /// `--allowedTools`.
+    /// Tools the agent may use without asking (`--allowedTools`), e.g. `Edit`, `Bash(cargo:*)`.
     pub allowed_tools: Vec<String>,
-    /// `--disallowedTools`.
+    /// Tools the agent may not use (`--disallowedTools`).
     pub disallowed_tools: Vec<String>,
-    /// `--max-turns`.
+    /// Most agentic turns (`--max-turns`).
+    #[schemars(with = "u32")]
     pub max_turns: Option<u32>,
-    /// `--append-system-prompt`.
+    /// Text appended to the default system prompt (`--append-system-prompt`).
+    #[schemars(with = "String")]
     pub append_system_prompt: Option<String>,
-    /// `--system-prompt`.
+    /// Replacement system prompt (`--system-prompt`).
+    #[schemars(with = "String")]
     pub system_prompt: Option<String>,
 }
 
