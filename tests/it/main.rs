@@ -2,6 +2,9 @@
 
 mod util;
 
+mod agent;
 mod cancel;
+mod mcp_native;
+mod recovery;
 mod resume;
 mod tools;
