@@ -54,6 +54,8 @@ pub fn cli_args(prompt: &str, o: &AgentOptions, resume: Option<&str>) -> Vec<Str
 /// What the stream said so far.
 #[derive(Debug, Default)]
 pub struct StreamState {
+    /// From the `init` line only: a `result` without one (a failed `--resume`, bad flags)
+    /// may carry a fresh id that names no conversation.
     pub session_id: Option<String>,
     /// The final `result` line.
     pub result: Option<Value>,
@@ -94,15 +96,7 @@ pub fn line_sink(
                     send(SignalKind::Progress(msg));
                 }
             }
-            Some("result") => {
-                if st.session_id.is_none()
-                    && let Some(id) = v.get("session_id").and_then(Value::as_str)
-                {
-                    st.session_id = Some(id.to_owned());
-                    send(SignalKind::Session(id.to_owned()));
-                }
-                st.result = Some(v);
-            }
+            Some("result") => st.result = Some(v),
             _ => {}
         }
     })
@@ -119,9 +113,16 @@ fn tool_uses(v: &Value) -> Vec<String> {
         .map(|c| {
             let name = c.get("name").and_then(Value::as_str).unwrap_or("tool");
             let input = c.get("input");
-            let summary = ["command", "file_path", "pattern", "path", "url", "description"]
-                .iter()
-                .find_map(|k| input.and_then(|i| i.get(*k)).and_then(Value::as_str));
+            let summary = [
+                "command",
+                "file_path",
+                "pattern",
+                "path",
+                "url",
+                "description",
+            ]
+            .iter()
+            .find_map(|k| input.and_then(|i| i.get(*k)).and_then(Value::as_str));
             match summary {
                 Some(s) => {
                     let s = s.lines().next().unwrap_or_default();
@@ -168,12 +169,30 @@ pub fn outcome(
         }
         _ => {}
     }
+    let errors = result
+        .as_ref()
+        .and_then(|v| v.get("errors"))
+        .and_then(Value::as_array)
+        .map(|e| {
+            e.iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| x.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .filter(|s| !s.is_empty());
+    // A run that never started (no `init` line) because its `--resume` id names no
+    // conversation: the next attempt must start a new session, or every retry fails the same
+    // way. The CLI says so on stderr (and, since 2.1.x, in the result's `errors`).
+    if detail.session_id.is_none() {
+        let said = format!("{stderr_tail}\n{}", errors.as_deref().unwrap_or_default());
+        detail.session_unusable = said.to_lowercase().contains("no conversation found");
+    }
     let Some(result) = result else {
         // Errors before the run starts (unknown --resume id, bad flags): stderr, exit 1.
-        let lower = stderr_tail.to_lowercase();
-        if lower.contains("no conversation found") || lower.contains("session") {
-            detail.session_unusable = lower.contains("no conversation found");
-        }
         let status = match r.ending {
             Ending::Exited(c) => format!("agent exited with status {c} before producing a result"),
             Ending::Signalled(s) => format!("agent killed by signal {s} before producing a result"),
@@ -190,8 +209,14 @@ pub fn outcome(
             detail,
         };
     };
-    let is_error = result.get("is_error").and_then(Value::as_bool).unwrap_or(false);
-    let text = result.get("result").and_then(Value::as_str).map(str::to_owned);
+    let is_error = result
+        .get("is_error")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let text = result
+        .get("result")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let denials = result
         .get("permission_denials")
         .filter(|d| d.as_array().is_some_and(|a| !a.is_empty()))
@@ -215,16 +240,6 @@ pub fn outcome(
     }
     let exit_ok = matches!(r.ending, Ending::Exited(0));
     if is_error || !exit_ok {
-        let errors = result
-            .get("errors")
-            .and_then(Value::as_array)
-            .map(|e| {
-                e.iter()
-                    .map(|x| x.as_str().map(str::to_owned).unwrap_or_else(|| x.to_string()))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-            .filter(|s| !s.is_empty());
         let subtype = result.get("subtype").and_then(Value::as_str).unwrap_or("");
         let error = text
             .filter(|t| !t.is_empty())
@@ -262,7 +277,10 @@ mod tests {
         let a = cli_args("do it", &o, Some("abc"));
         assert_eq!(&a[..2], ["-p", "do it"]);
         assert!(a.windows(2).any(|w| w == ["--resume", "abc"]));
-        assert_eq!(&a[a.len() - 3..], ["--allowedTools", "Edit", "Bash(cargo:*)"]);
+        assert_eq!(
+            &a[a.len() - 3..],
+            ["--allowedTools", "Edit", "Bash(cargo:*)"]
+        );
     }
 
     #[test]
@@ -284,14 +302,22 @@ mod tests {
             stdout: String::new(),
             stderr: stderr.into(),
         };
-        outcome(&r, &state, &SuccessCheck::default(), Duration::from_millis(5))
+        outcome(
+            &r,
+            &state,
+            &SuccessCheck::default(),
+            Duration::from_millis(5),
+        )
     }
 
     #[test]
     fn is_error_with_success_subtype_is_a_failure() {
         let o = finished(
-            &[serde_json::json!({"type":"result","subtype":"success","is_error":true,
-                "result":"Invalid API key","session_id":"s1"})],
+            &[
+                serde_json::json!({"type":"system","subtype":"init","session_id":"s1"}),
+                serde_json::json!({"type":"result","subtype":"success","is_error":true,
+                "result":"Invalid API key","session_id":"s1"}),
+            ],
             1,
             "",
         );
@@ -302,13 +328,58 @@ mod tests {
     #[test]
     fn permission_denials_block_the_step() {
         let o = finished(
-            &[serde_json::json!({"type":"result","subtype":"success","is_error":false,
+            &[
+                serde_json::json!({"type":"result","subtype":"success","is_error":false,
                 "result":"done","session_id":"s1",
-                "permission_denials":[{"tool_name":"Bash","tool_use_id":"t","tool_input":{}}]})],
+                "permission_denials":[{"tool_name":"Bash","tool_use_id":"t","tool_input":{}}]}),
+            ],
             0,
             "",
         );
         assert!(matches!(o, Outcome::Blocked { ref reason, .. } if reason.contains("Bash")));
+    }
+
+    #[test]
+    fn unknown_resume_id_in_result_errors_marks_session_unusable() {
+        // 2.1.x prints an error result (no init line) besides the stderr message.
+        let msg = "No conversation found with session ID: 0000";
+        let o = finished(
+            &[
+                serde_json::json!({"type":"result","subtype":"error_during_execution",
+                "is_error":true,"session_id":"0000","errors":[msg],"total_cost_usd":0}),
+            ],
+            1,
+            msg,
+        );
+        assert!(matches!(o, Outcome::Failed { ref error, .. } if error == msg));
+        assert!(o.detail().session_unusable);
+    }
+
+    #[test]
+    fn session_comes_only_from_the_init_line() {
+        // A bad --resume value yields a result with a fresh id that names no conversation.
+        let o = finished(
+            &[
+                serde_json::json!({"type":"result","subtype":"error_during_execution",
+                "is_error":true,"session_id":"fresh","errors":["--resume requires a valid session ID"]}),
+            ],
+            1,
+            "",
+        );
+        assert_eq!(o.detail().session_id, None);
+        assert!(!o.detail().session_unusable);
+        let o = finished(
+            &[
+                serde_json::json!({"type":"system","subtype":"init","session_id":"s1"}),
+                serde_json::json!({"type":"result","subtype":"success","is_error":false,
+                    "result":"ok","session_id":"s1","total_cost_usd":0.5,"num_turns":2}),
+            ],
+            0,
+            "",
+        );
+        assert_eq!(o.detail().session_id.as_deref(), Some("s1"));
+        assert_eq!(o.detail().cost_usd, Some(0.5));
+        assert!(matches!(o, Outcome::Succeeded { ref output, .. } if output == "ok"));
     }
 
     #[test]

@@ -99,7 +99,11 @@ pub async fn execute(
                 return fatal("`run` has no program to execute".into(), started);
             }
         },
-        Prepared::Shell(script) => ("sh".to_owned(), vec!["-c".to_owned(), script.clone()], false),
+        Prepared::Shell(script) => (
+            "sh".to_owned(),
+            vec!["-c".to_owned(), script.clone()],
+            false,
+        ),
         Prepared::Agent {
             prompt,
             options,
@@ -162,14 +166,14 @@ fn fatal(error: String, started: Instant) -> Outcome {
 
 fn spawn_failure(program: &str, e: std::io::Error, started: Instant) -> Outcome {
     let class = match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-            FailureClass::Fatal
-        }
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => FailureClass::Fatal,
         _ => FailureClass::Retryable,
     };
     Outcome::Failed {
         class,
-        error: format!("cannot start {program:?}: {e} (invalid configuration: check the program name, PATH and cwd)"),
+        error: format!(
+            "cannot start {program:?}: {e} (invalid configuration: check the program name, PATH and cwd)"
+        ),
         detail: AttemptDetail {
             duration_ms: Some(started.elapsed().as_millis() as i64),
             ..Default::default()
