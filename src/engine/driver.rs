@@ -52,7 +52,6 @@ struct Batch {
     attempts: Vec<AttemptRow>,
     events: Vec<(EventKind, Option<String>, Option<i64>, Option<Value>)>,
     status: Option<(WorkflowStatus, Option<String>, bool)>,
-    cost: f64,
 }
 
 impl Batch {
@@ -79,19 +78,40 @@ impl Batch {
             store::save_step(ctx, id, s)?;
         }
         for a in &self.attempts {
-            store::insert_attempt(ctx, id, a)?;
-        }
-        if self.cost > 0.0 {
-            store::add_cost(ctx, id, self.cost)?;
+            let a = charged(ctx.conn, id, a)?;
+            store::insert_attempt(ctx, id, &a)?;
+            if let Some(cost) = a.cost_usd.filter(|c| *c > 0.0) {
+                store::add_cost(ctx, id, cost)?;
+            }
         }
         if let Some((status, error, release)) = &self.status {
             store::set_workflow_status(ctx, id, *status, error.as_deref(), *release, now)?;
         }
         for (kind, step, attempt, data) in &self.events {
-            store::append_event(ctx, id, *kind, step.as_deref(), *attempt, data.as_ref(), now)?;
+            store::append_event(
+                ctx,
+                id,
+                *kind,
+                step.as_deref(),
+                *attempt,
+                data.as_ref(),
+                now,
+            )?;
         }
         Ok(())
     }
+}
+
+/// The agent CLI reports a session's cumulative cost (a resumed session includes what it cost
+/// before), so an attempt is charged the difference to what the earlier attempts of the same
+/// session were charged; the workflow total is the sum of the charges.
+fn charged(conn: &rusqlite::Connection, id: &str, a: &AttemptRow) -> store::Result<AttemptRow> {
+    let mut a = a.clone();
+    if let (Some(reported), Some(session)) = (a.cost_usd, a.session_id.as_deref()) {
+        let before = store::session_cost(conn, id, session, &a.step_id, a.number)?;
+        a.cost_usd = Some(((reported - before).max(0.0) * 1e10).round() / 1e10);
+    }
+    Ok(a)
 }
 
 pub(super) struct Driver {
@@ -215,7 +235,10 @@ impl Driver {
             self.apply_outcome(&mut batch, idx, attempt, outcome);
         }
         let started = self.start_ready(&mut batch);
-        if started.is_empty() && self.running.is_empty() && self.retry_at.is_empty() && !self.starved
+        if started.is_empty()
+            && self.running.is_empty()
+            && self.retry_at.is_empty()
+            && !self.starved
         {
             self.finish(&mut batch);
         }
@@ -267,7 +290,6 @@ impl Driver {
             row.session_id = Some(sid.clone());
         }
         row.fresh_session = detail.session_unusable;
-        batch.cost += detail.cost_usd.unwrap_or(0.0);
         let sid = row.step_id.clone();
         match outcome {
             Outcome::Succeeded { output, .. } => {
@@ -343,11 +365,21 @@ impl Driver {
                 );
             }
             Outcome::Stopped { .. } => {
-                att.outcome = if cancelled { "cancelled" } else { "interrupted" }.into();
+                att.outcome = if cancelled {
+                    "cancelled"
+                } else {
+                    "interrupted"
+                }
+                .into();
                 if cancelled {
                     row.status = StepStatus::Cancelled;
                     row.finished_at = Some(now);
-                    batch.event(EventKind::StepCancelled, Some(&sid), Some(number), Value::Null);
+                    batch.event(
+                        EventKind::StepCancelled,
+                        Some(&sid),
+                        Some(number),
+                        Value::Null,
+                    );
                 } else {
                     row.status = StepStatus::Pending;
                 }
@@ -451,9 +483,9 @@ impl Driver {
                     .and_then(|s| s.output.as_deref())
                     .map(|o| o.trim_end().to_owned())
                     .unwrap_or_default(),
-                Reference::StepStatus(id) => {
-                    get(id).map(|s| s.status.as_str().to_owned()).unwrap_or_default()
-                }
+                Reference::StepStatus(id) => get(id)
+                    .map(|s| s.status.as_str().to_owned())
+                    .unwrap_or_default(),
                 Reference::StepSession(id) => get(id)
                     .and_then(|s| s.session_id.clone())
                     .unwrap_or_default(),
@@ -518,7 +550,11 @@ impl Driver {
         let count = |st: StepStatus| self.steps.iter().filter(|s| s.status == st).count();
         let all_done = self.steps.iter().all(|s| s.status.satisfies_deps());
         let (status, kind, error) = if all_done {
-            (WorkflowStatus::Completed, EventKind::WorkflowCompleted, None)
+            (
+                WorkflowStatus::Completed,
+                EventKind::WorkflowCompleted,
+                None,
+            )
         } else if count(StepStatus::Failed) > 0 {
             let failed: Vec<String> = self
                 .steps
@@ -542,7 +578,13 @@ impl Driver {
                 .steps
                 .iter()
                 .filter(|s| s.status == StepStatus::Blocked)
-                .map(|s| format!("step {} is blocked: {}", s.step_id, s.error.as_deref().unwrap_or("")))
+                .map(|s| {
+                    format!(
+                        "step {} is blocked: {}",
+                        s.step_id,
+                        s.error.as_deref().unwrap_or("")
+                    )
+                })
                 .collect();
             (
                 WorkflowStatus::Blocked,
@@ -558,7 +600,11 @@ impl Driver {
         };
         self.status = status;
         batch.status = Some((status, error.clone(), true));
-        let done = self.steps.iter().filter(|s| s.status.satisfies_deps()).count();
+        let done = self
+            .steps
+            .iter()
+            .filter(|s| s.status.satisfies_deps())
+            .count();
         batch.event(
             kind,
             None,
@@ -683,7 +729,10 @@ impl Driver {
             }
         }
         let reason = self.reason();
-        if matches!(reason, StopReason::Fenced | StopReason::StoreFailed | StopReason::None) {
+        if matches!(
+            reason,
+            StopReason::Fenced | StopReason::StoreFailed | StopReason::None
+        ) {
             return;
         }
         let mut batch = Batch::default();

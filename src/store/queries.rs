@@ -469,6 +469,25 @@ pub fn add_cost(ctx: &mut WriteCtx<'_>, id: &str, cost: f64) -> Result<()> {
     Ok(())
 }
 
+/// What the attempts of an agent session were charged so far, other than attempt `number`
+/// of `step_id`.
+pub fn session_cost(
+    conn: &Connection,
+    workflow_id: &str,
+    session_id: &str,
+    step_id: &str,
+    number: i64,
+) -> Result<f64> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT coalesce(sum(cost_usd), 0) FROM attempts WHERE workflow_id = ?1 \
+             AND session_id = ?2 AND NOT (step_id = ?3 AND number = ?4)",
+        )?
+        .query_row(params![workflow_id, session_id, step_id, number], |r| {
+            r.get(0)
+        })?)
+}
+
 // ---------------------------------------------------------------- steps and attempts
 
 pub fn load_steps(conn: &Connection, workflow_id: &str) -> Result<Vec<StepRow>> {
