@@ -33,10 +33,20 @@ pub struct GlobalArgs {
     #[arg(long, env = "BATON_DB", global = true)]
     pub db: Option<PathBuf>,
     /// Agent CLI command for prompt steps (split like a shell would: "claude" or "node cli.js").
-    #[arg(long, env = "BATON_AGENT_COMMAND", global = true, default_value = "claude")]
+    #[arg(
+        long,
+        env = "BATON_AGENT_COMMAND",
+        global = true,
+        default_value = "claude"
+    )]
     pub agent_command: String,
     /// Steps that may run at once in this process, over all workflows.
-    #[arg(long, env = "BATON_MAX_CONCURRENT_STEPS", global = true, default_value_t = 32)]
+    #[arg(
+        long,
+        env = "BATON_MAX_CONCURRENT_STEPS",
+        global = true,
+        default_value_t = 32
+    )]
     pub max_concurrent_steps: usize,
     /// `full` survives power loss (one fsync per commit); `normal` survives process crashes.
     #[arg(long, env = "BATON_DURABILITY", global = true, value_enum, default_value_t = Durability::Full)]
@@ -107,6 +117,10 @@ pub enum Command {
     },
     /// Print the JSON Schema of workflow definitions.
     Schema,
+    /// Internal: started by every baton process that runs steps; kills the processes it
+    /// started once it exits, even by `kill -9`.
+    #[command(name = "__reap", hide = true)]
+    Reap { owner: String },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -170,10 +184,23 @@ impl GlobalArgs {
             ..self.engine_config()?
         };
         let engine = Engine::start(store, cfg).await?;
+        match std::env::current_exe() {
+            Ok(exe) => {
+                if let Err(e) = engine::spawn_reaper(&exe, engine.owner_id()) {
+                    tracing::warn!(error = %e, "cannot start the reaper; background children of steps may outlive a killed baton");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot find baton's own executable to start the reaper")
+            }
+        }
         if adopt {
             let adopted = engine.recover().await?;
             if !adopted.is_empty() {
-                tracing::info!(count = adopted.len(), "resumed workflows left by stopped processes");
+                tracing::info!(
+                    count = adopted.len(),
+                    "resumed workflows left by stopped processes"
+                );
             }
         }
         Ok(engine)
@@ -185,6 +212,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let g = &cli.global;
     match cli.command {
         Command::Serve => Err(CliError::Other("serve is handled by main".into())),
+        Command::Reap { owner } => {
+            let killed =
+                tokio::task::spawn_blocking(move || engine::reap_after_parent_exits(&owner))
+                    .await
+                    .unwrap_or(0);
+            if killed > 0 {
+                tracing::info!(killed, "killed processes left by an exited baton");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema => {
             println!("{}", pretty(&crate::workflow::workflow_schema()));
             Ok(ExitCode::SUCCESS)
@@ -305,7 +342,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 );
             }
             if view.workflows.is_empty() {
-                eprintln!("no workflows{}", if all { "" } else { " active (use --all)" });
+                eprintln!(
+                    "no workflows{}",
+                    if all { "" } else { " active (use --all)" }
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -351,7 +391,8 @@ async fn follow(
         if let Some(last) = events.last() {
             cursor = last.seq;
         }
-        let stopped = events.iter().any(|e| e.kind.is_terminal()) || (events.is_empty() && status.is_terminal());
+        let stopped = events.iter().any(|e| e.kind.is_terminal())
+            || (events.is_empty() && status.is_terminal());
         if stopped {
             let status = engine.status(thread_id, 0).await?.status;
             if status.is_terminal() || status == WorkflowStatus::Interrupted {

@@ -22,10 +22,10 @@ mod process;
 mod view;
 
 pub use control::{ResumeMode, ResumeRequest, SubmitRequest, Submitted};
+pub use process::{reap_after_parent_exits, spawn_reaper};
 pub use view::{
+    AttemptView, MonitorFilter, MonitorView, MonitoredWorkflow, Progress, StepView, WorkflowView,
     describe_event,
-    AttemptView, MonitorFilter, MonitorView, MonitoredWorkflow, Progress, StepView,
-    WorkflowView,
 };
 
 use std::collections::HashMap;
@@ -51,7 +51,9 @@ pub enum EngineError {
     Invalid(Problems),
     #[error("{0}")]
     BadRequest(String),
-    #[error("unknown thread_id {0:?}: no workflow with this id exists in this store (list them with workflow_monitor)")]
+    #[error(
+        "unknown thread_id {0:?}: no workflow with this id exists in this store (list them with workflow_monitor)"
+    )]
     NotFound(String),
     /// The request is valid but not in the workflow's current state.
     #[error("{0}")]
@@ -195,14 +197,17 @@ impl Engine {
     /// releases leases so the next process resumes at once.
     pub async fn shutdown(&self) {
         self.sh.shutdown.cancel();
-        let handles: Vec<(CancellationToken, Arc<Mutex<StopReason>>, watch::Receiver<bool>)> =
-            match self.sh.runs.lock() {
-                Ok(r) => r
-                    .values()
-                    .map(|h| (h.stop.clone(), h.reason.clone(), h.done.clone()))
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
+        let handles: Vec<(
+            CancellationToken,
+            Arc<Mutex<StopReason>>,
+            watch::Receiver<bool>,
+        )> = match self.sh.runs.lock() {
+            Ok(r) => r
+                .values()
+                .map(|h| (h.stop.clone(), h.reason.clone(), h.done.clone()))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         for (stop, reason, _) in &handles {
             if let Ok(mut r) = reason.lock()
                 && *r == StopReason::None

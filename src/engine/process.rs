@@ -4,12 +4,15 @@
 //! own process group with stdin closed and `PR_SET_PDEATHSIG`; stop and timeout send SIGTERM to
 //! the whole group and SIGKILL after a grace period; when the main process exits, whatever it
 //! left behind in its group is killed. Every child carries `BATON_OWNER` in its environment so
-//! a process adopting a dead owner's work can find and kill leftovers (see [`kill_leftovers`]).
+//! a process adopting a dead owner's work can find and kill leftovers (see [`kill_leftovers`]),
+//! and so the reaper this process starts ([`spawn_reaper`]) kills them the moment it dies,
+//! even by `kill -9`, which `PR_SET_PDEATHSIG` alone only does for an attempt's main process.
 //! Output is capped while it is read, so a step printing gigabytes cannot grow memory.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -226,9 +229,43 @@ async fn read_capped(
     }
     let mut text = String::from_utf8_lossy(&kept).into_owned();
     if dropped > 0 {
-        text.push_str(&format!("\n[baton: output truncated, {dropped} more bytes dropped]"));
+        text.push_str(&format!(
+            "\n[baton: output truncated, {dropped} more bytes dropped]"
+        ));
     }
     text
+}
+
+/// Write end of the reaper's stdin, held open for the whole life of this process.
+static REAPER: OnceLock<std::process::ChildStdin> = OnceLock::new();
+
+/// Starts the reaper: `exe __reap OWNER`, a copy of this program whose stdin is a pipe only
+/// this process holds. When this process exits — however it exits, `kill -9` included — the
+/// pipe closes and the reaper kills whatever was started on behalf of `owner` (see
+/// [`kill_leftovers`]). `PR_SET_PDEATHSIG` only reaches an attempt's main process; the reaper
+/// also reaches the background children it left in its group. Call once per process.
+pub fn spawn_reaper(exe: &Path, owner: &str) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new(exe)
+        .args(["__reap", owner])
+        .env_remove(OWNER_ENV)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Its own group: a Ctrl-C or a signal to the server's group must not take it along.
+        .process_group(0)
+        .spawn()?;
+    if let Some(stdin) = child.stdin.take() {
+        let _ = REAPER.set(stdin);
+    }
+    Ok(())
+}
+
+/// The reaper's body: waits until its parent is gone (stdin reaches EOF), then kills the
+/// parent's leftovers. Returns how many processes it killed.
+pub fn reap_after_parent_exits(owner: &str) -> usize {
+    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    kill_leftovers(owner)
 }
 
 /// Kills every process on this machine that was started on behalf of `owner` (found by the
@@ -255,10 +292,7 @@ pub fn kill_leftovers(owner: &str) -> usize {
         let Ok(env) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        if env
-            .split(|b| *b == 0)
-            .any(|var| var == needle.as_bytes())
-        {
+        if env.split(|b| *b == 0).any(|var| var == needle.as_bytes()) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             killed += 1;
         }
@@ -288,7 +322,11 @@ mod tests {
         let r = run(&s, &CancellationToken::new(), None).await.unwrap();
         assert_eq!(r.ending, Ending::Exited(0));
         assert!(r.stdout.starts_with(&"a".repeat(1024)));
-        assert!(r.stdout.contains("98976 more bytes dropped"), "{}", r.stdout);
+        assert!(
+            r.stdout.contains("98976 more bytes dropped"),
+            "{}",
+            r.stdout
+        );
     }
 
     #[tokio::test]
@@ -298,7 +336,9 @@ mod tests {
         let sink: LineSink = Box::new(move |l| {
             let _ = tx.send(l.to_owned());
         });
-        run(&s, &CancellationToken::new(), Some(sink)).await.unwrap();
+        run(&s, &CancellationToken::new(), Some(sink))
+            .await
+            .unwrap();
         let lines: Vec<String> = rx.try_iter().collect();
         assert_eq!(lines, ["one", "two", "three"]);
     }
