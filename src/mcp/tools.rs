@@ -197,6 +197,9 @@ Completed steps are checkpointed, so the workflow survives crashes and restarts.
 long or multi-stage work you want to keep running while you do other things. Follow progress \
 with invoke_stream, check with invoke_status. The workflow is validated first: if it is invalid, \
 every problem is listed and nothing runs.",
+        // Returns CallToolResponse (a result or, for task-aware clients, a task), so the
+        // schema of the result is named here; the macro only infers it from Json<T>.
+        output_schema = rmcp::handler::server::tool::schema_for_output::<InvokeAsyncResult>(),
         annotations(
             title = "Start workflow",
             read_only_hint = false,
