@@ -195,7 +195,7 @@ impl Engine {
     }
 
     /// Critical path of median step durations of past runs with the same name.
-    async fn estimate(&self, wf: &Workflow) -> Option<f64> {
+    pub(super) async fn estimate(&self, wf: &Workflow) -> Option<f64> {
         let name = wf.name.clone()?;
         let medians = self
             .sh

@@ -160,6 +160,12 @@ fn preview(output: &str, max_chars: usize) -> (String, bool) {
     (head, true)
 }
 
+/// A workflow is overdue when it has run more than twice as long as its past runs took, and
+/// at least ten seconds longer (so short workflows do not flap).
+pub fn is_overdue(elapsed_ms: i64, estimate_ms: i64) -> bool {
+    elapsed_ms > 2 * estimate_ms && elapsed_ms - estimate_ms > 10_000
+}
+
 fn opt_ts(ms: Option<i64>) -> Option<String> {
     ms.map(rfc3339)
 }
@@ -321,6 +327,7 @@ impl Engine {
             })
             .await?;
         let now = now_ms();
+        let mut estimates: BTreeMap<String, Option<f64>> = BTreeMap::new();
         let mut workflows = Vec::with_capacity(rows.len());
         for (row, current, done, running) in rows {
             let mut flags = Vec::new();
@@ -330,8 +337,29 @@ impl Engine {
             {
                 flags.push("orphaned".to_owned());
             }
+            let def = serde_json::from_str::<Workflow>(&row.definition).ok();
+            if let (Some(def), Some(started)) = (&def, row.started_at)
+                && row.status == WorkflowStatus::Running
+            {
+                let estimate = match &def.name {
+                    Some(name) => match estimates.get(name) {
+                        Some(e) => *e,
+                        None => {
+                            let e = self.estimate(def).await;
+                            estimates.insert(name.clone(), e);
+                            e
+                        }
+                    },
+                    None => None,
+                };
+                if let Some(est) = estimate
+                    && is_overdue(now - started, (est * 1000.0) as i64)
+                {
+                    flags.push("overdue".to_owned());
+                }
+            }
             if !running.is_empty()
-                && let Ok(def) = serde_json::from_str::<Workflow>(&row.definition)
+                && let Some(def) = &def
             {
                 let stalled = running.iter().any(|(id, started, activity)| {
                     let last = activity.unwrap_or(*started).max(*started);
@@ -478,5 +506,19 @@ impl Engine {
                 Ok(stmt.query_row(rusqlite::params![id, cursor], |r| r.get(0))?)
             })
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_overdue;
+
+    #[test]
+    fn overdue_needs_twice_the_history_and_ten_seconds_more() {
+        assert!(!is_overdue(1_500, 1_000));
+        assert!(!is_overdue(9_000, 1_000), "short workflows do not flap");
+        assert!(is_overdue(12_000, 1_000));
+        assert!(!is_overdue(100_000, 60_000));
+        assert!(is_overdue(130_000, 60_000));
     }
 }
