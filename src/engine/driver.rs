@@ -5,7 +5,7 @@
 //! one durable commit per step boundary. Every commit is fenced by the workflow's lease epoch,
 //! so a driver that lost its lease cannot overwrite the new owner's work.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use super::outcome::{FailureClass, Outcome, tail};
 use crate::store::{
     self, AttemptRow, EventKind, StepRow, StepStatus, StoreError, WorkflowStatus, now_ms,
 };
-use crate::workflow::{Action, AgentOptions, Quoting, Reference, Workflow};
+use crate::workflow::{Action, AgentOptions, OnStall, Quoting, Reference, Workflow};
 
 /// Why a driver stopped before its workflow finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -133,6 +133,12 @@ pub(super) struct Driver {
     sig_rx: mpsc::UnboundedReceiver<Signal>,
     last_progress: HashMap<usize, Instant>,
     last_activity: HashMap<usize, Instant>,
+    /// Last output of each running attempt (unthrottled), for `on_stall: restart`.
+    last_output: HashMap<usize, Instant>,
+    /// Stop handles of running attempts.
+    attempt_stops: HashMap<usize, CancellationToken>,
+    /// Attempts stopped because they stalled; their stop counts as a retryable failure.
+    stalled: HashSet<usize>,
 }
 
 impl Driver {
@@ -171,6 +177,9 @@ impl Driver {
             sig_rx,
             last_progress: HashMap::new(),
             last_activity: HashMap::new(),
+            last_output: HashMap::new(),
+            attempt_stops: HashMap::new(),
+            stalled: HashSet::new(),
         }
     }
 
@@ -202,6 +211,7 @@ impl Driver {
                 return;
             }
             let next_retry = self.retry_at.values().min().copied();
+            let next_stall = self.next_stall_check();
             let sem = self.sh.permits.clone();
             tokio::select! {
                 biased;
@@ -218,6 +228,7 @@ impl Driver {
                 () = sleep_until(next_retry) => {
                     if !self.advance(Vec::new()).await { break; }
                 }
+                () = sleep_until(next_stall) => self.restart_stalled(),
                 Ok(p) = sem.acquire_owned(), if self.starved => {
                     self.spare = Some(p);
                     if !self.advance(Vec::new()).await { break; }
@@ -251,6 +262,8 @@ impl Driver {
         for (spec, permit) in started {
             let sh = self.sh.clone();
             let stop = self.stop.child_token();
+            self.attempt_stops.insert(spec.step_idx, stop.clone());
+            self.last_output.insert(spec.step_idx, Instant::now());
             let tx = self.sig_tx.clone();
             self.running.spawn(async move {
                 let _permit = permit;
@@ -264,6 +277,19 @@ impl Driver {
     fn apply_outcome(&mut self, batch: &mut Batch, idx: usize, number: i64, outcome: Outcome) {
         let Some(step) = self.def.steps.get(idx) else {
             return;
+        };
+        self.attempt_stops.remove(&idx);
+        self.last_output.remove(&idx);
+        let outcome = match outcome {
+            Outcome::Stopped { detail } if self.stalled.remove(&idx) => Outcome::Failed {
+                class: FailureClass::Retryable,
+                error: format!(
+                    "stalled: no output for {}s, so the attempt was restarted (on_stall: restart)",
+                    step.stall_timeout_s
+                ),
+                detail,
+            },
+            other => other,
         };
         let outcome = outcome.classify(&step.retry);
         let now = now_ms();
@@ -613,6 +639,38 @@ impl Driver {
         );
     }
 
+    /// When the next running `on_stall: restart` attempt would count as stalled.
+    fn next_stall_check(&self) -> Option<Instant> {
+        self.last_output
+            .iter()
+            .filter(|(idx, _)| !self.stalled.contains(idx))
+            .filter_map(|(&idx, &last)| {
+                let step = self.def.steps.get(idx)?;
+                (step.on_stall == OnStall::Restart)
+                    .then(|| last + Duration::from_secs(step.stall_timeout_s))
+            })
+            .min()
+    }
+
+    /// Stops every `on_stall: restart` attempt that has been silent past its threshold.
+    fn restart_stalled(&mut self) {
+        let now = Instant::now();
+        for (&idx, &last) in &self.last_output {
+            let Some(step) = self.def.steps.get(idx) else {
+                continue;
+            };
+            let limit = Duration::from_secs(step.stall_timeout_s);
+            if step.on_stall == OnStall::Restart
+                && now.duration_since(last) >= limit
+                && self.stalled.insert(idx)
+                && let Some(stop) = self.attempt_stops.get(&idx)
+            {
+                tracing::warn!(thread_id = %self.id, step = %step.id, "attempt stalled; restarting it");
+                stop.cancel();
+            }
+        }
+    }
+
     async fn on_signal(&mut self, sig: Signal) -> bool {
         let Some(row) = self.steps.get_mut(sig.step_idx) else {
             return true;
@@ -638,6 +696,7 @@ impl Driver {
             }
             SignalKind::Activity => {
                 let now = Instant::now();
+                self.last_output.insert(sig.step_idx, now);
                 let last = self.last_activity.get(&sig.step_idx).copied();
                 if last.is_some_and(|l| now - l < ACTIVITY_EVERY) {
                     return true;

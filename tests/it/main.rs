@@ -8,3 +8,4 @@ mod mcp_native;
 mod recovery;
 mod resume;
 mod tools;
+mod stall;
