@@ -4,8 +4,10 @@ mod util;
 
 mod agent;
 mod cancel;
+mod cli;
 mod mcp_native;
+mod protocol;
 mod recovery;
 mod resume;
-mod tools;
 mod stall;
+mod tools;

@@ -424,3 +424,19 @@ pub fn outcomes(status: &Value, step_id: &str) -> Vec<String> {
         .map(|a| a["outcome"].as_str().unwrap().to_owned())
         .collect()
 }
+
+impl Server {
+    /// The next message that is not a notification (e.g. an error answering a line that had
+    /// no usable id), collecting notifications meanwhile.
+    pub fn next_response(&mut self) -> Value {
+        loop {
+            match self.lines.recv_timeout(PATIENCE) {
+                Ok(v) if v.get("method").is_some() && v.get("id").is_none() => {
+                    self.notifications.push(v)
+                }
+                Ok(v) => return v,
+                Err(e) => panic!("no message from the server: {e}"),
+            }
+        }
+    }
+}
