@@ -216,14 +216,16 @@ impl Driver {
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break,
+                // Before results: an attempt's signals are all queued by the time it ends, and
+                // once its result is applied they would be dropped (first tool use, session).
+                Some(sig) = self.sig_rx.recv() => {
+                    if !self.on_signal(sig).await { break; }
+                }
                 Some(joined) = self.running.join_next() => {
                     let mut done = Vec::new();
                     if let Ok(r) = joined { done.push(r); }
                     while let Some(Ok(r)) = self.running.try_join_next() { done.push(r); }
                     if !self.advance(done).await { break; }
-                }
-                Some(sig) = self.sig_rx.recv() => {
-                    if !self.on_signal(sig).await { break; }
                 }
                 () = sleep_until(next_retry) => {
                     if !self.advance(Vec::new()).await { break; }

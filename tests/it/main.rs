@@ -5,6 +5,7 @@ mod util;
 mod agent;
 mod cancel;
 mod cli;
+mod claude_e2e;
 mod mcp_native;
 mod protocol;
 mod recovery;
