@@ -51,7 +51,10 @@ fn run_exits_zero_on_completion_and_prints_one_line_per_event() {
     for (line, e) in lines.iter().zip(&events) {
         assert!(line.starts_with(e["at"].as_str().unwrap()), "{line} vs {e}");
     }
-    assert!(lines.last().unwrap().ends_with("workflow completed"), "{out}");
+    assert!(
+        lines.last().unwrap().ends_with("workflow completed"),
+        "{out}"
+    );
     assert!(out.contains("b: completed"), "{out}");
     assert_eq!(sb.lines("b.txt"), 1);
 }
@@ -67,7 +70,10 @@ fn run_exits_nonzero_when_the_workflow_does_not_complete() {
     let o = sb.cli(&["run", "fail.json"]);
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     let out = stdout(&o);
-    assert!(out.lines().last().unwrap().contains("workflow failed"), "{out}");
+    assert!(
+        out.lines().last().unwrap().contains("workflow failed"),
+        "{out}"
+    );
     assert!(out.contains("exit status 4"), "{out}");
     // Resuming with skip completes it, and `baton run` semantics hold for resume too.
     let id = thread_id(&o);
@@ -85,7 +91,10 @@ fn run_exits_nonzero_when_the_workflow_does_not_complete() {
 #[test]
 fn run_refuses_an_invalid_file_and_stores_nothing() {
     let sb = Sandbox::new();
-    sb.write("bad.json", r#"{"steps": [{"id": "a", "deps": ["zz"], "run": ["true"]}]}"#);
+    sb.write(
+        "bad.json",
+        r#"{"steps": [{"id": "a", "deps": ["zz"], "run": ["true"]}]}"#,
+    );
     let o = sb.cli(&["run", "bad.json", "--thread-id", "t1"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("zz"), "{}", stderr(&o));
@@ -98,19 +107,29 @@ fn run_refuses_an_invalid_file_and_stores_nothing() {
 #[test]
 fn run_with_an_existing_thread_id_attaches_instead_of_rerunning() {
     let sb = Sandbox::new();
-    sb.write("wf.json", r#"{"steps": [{"id": "a", "shell": "echo x >> a.txt"}]}"#);
+    sb.write(
+        "wf.json",
+        r#"{"steps": [{"id": "a", "shell": "echo x >> a.txt"}]}"#,
+    );
     let first = sb.cli(&["run", "wf.json", "--thread-id", "same"]);
     assert!(first.status.success(), "{first:?}");
     let second = sb.cli(&["run", "wf.json", "--thread-id", "same"]);
     assert!(second.status.success(), "{second:?}");
-    assert_eq!(stdout(&first), stdout(&second), "the second run replays the same events");
+    assert_eq!(
+        stdout(&first),
+        stdout(&second),
+        "the second run replays the same events"
+    );
     assert_eq!(sb.lines("a.txt"), 1);
 }
 
 #[test]
 fn validate_accepts_good_files_and_lists_every_problem_of_bad_ones() {
     let sb = Sandbox::new();
-    sb.write("ok.json", r#"{"steps": [{"id": "a", "run": ["true"]}, {"id": "b", "deps": ["a"], "run": ["true"]}]}"#);
+    sb.write(
+        "ok.json",
+        r#"{"steps": [{"id": "a", "run": ["true"]}, {"id": "b", "deps": ["a"], "run": ["true"]}]}"#,
+    );
     let o = sb.cli(&["validate", "ok.json"]);
     assert!(o.status.success(), "{o:?}");
     assert!(stdout(&o).contains("ok (2 steps)"), "{}", stdout(&o));

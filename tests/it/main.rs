@@ -1,14 +1,18 @@
 //! Integration tests: the real binary over stdio JSON-RPC, real SQLite files, real processes.
 
+// Helpers outside #[test] functions may fail loudly too: a failed helper is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod util;
 
 mod agent;
 mod cancel;
-mod cli;
 mod claude_e2e;
+mod cli;
 mod mcp_native;
 mod protocol;
 mod recovery;
 mod resume;
 mod stall;
+mod steps;
 mod tools;

@@ -35,7 +35,12 @@ fn malformed_json_rpc_never_stops_the_server() {
     }
     // Lines that are not JSON at all are dropped by the SDK's transport (no -32700 reply);
     // what matters is that the session survives them.
-    for line in ["{not json", "[1, 2", r#"{"jsonrpc": "2.0", "id": 77"#, "\u{0}\u{1}"] {
+    for line in [
+        "{not json",
+        "[1, 2",
+        r#"{"jsonrpc": "2.0", "id": 77"#,
+        "\u{0}\u{1}",
+    ] {
         s.send_raw(line);
         still_serves(&mut s);
     }
@@ -49,7 +54,10 @@ fn invalid_requests_get_errors_and_the_server_keeps_serving() {
     assert_eq!(e["code"], -32601, "{e}");
     let e = s.request_err("tools/call", json!({"arguments": {}}));
     assert!(e["code"].as_i64().is_some(), "{e}");
-    let r = s.request("tools/call", json!({"name": "no_such_tool", "arguments": {}}));
+    let r = s.request(
+        "tools/call",
+        json!({"name": "no_such_tool", "arguments": {}}),
+    );
     assert!(
         r.get("error").is_some() || r["result"]["isError"] == true,
         "unknown tool: {r}"
@@ -57,17 +65,43 @@ fn invalid_requests_get_errors_and_the_server_keeps_serving() {
     // Wrong types and missing arguments: under MCP 2025-11-25 input validation errors are
     // tool execution errors (isError) a model can correct, naming what is wrong.
     for (tool, args, says) in [
-        ("invoke_status", json!({"thread_id": 5}), "expected a string"),
+        (
+            "invoke_status",
+            json!({"thread_id": 5}),
+            "expected a string",
+        ),
         ("invoke_status", json!({}), "thread_id"),
-        ("invoke_stream", json!({"thread_id": "x", "cursor": "three"}), "three"),
-        ("invoke_stream", json!({"thread_id": "x", "wait_s": [1]}), "sequence"),
-        ("invoke_resume", json!({"thread_id": "x", "mode": "sideways"}), "sideways"),
+        (
+            "invoke_stream",
+            json!({"thread_id": "x", "cursor": "three"}),
+            "three",
+        ),
+        (
+            "invoke_stream",
+            json!({"thread_id": "x", "wait_s": [1]}),
+            "sequence",
+        ),
+        (
+            "invoke_resume",
+            json!({"thread_id": "x", "mode": "sideways"}),
+            "sideways",
+        ),
         ("workflow_monitor", json!({"limit": "ten"}), "ten"),
-        ("workflow_monitor", json!({"status": "sleeping"}), "sleeping"),
-        ("invoke_async", json!({"inputs": "x", "workflow": {"steps": []}}), "map"),
+        (
+            "workflow_monitor",
+            json!({"status": "sleeping"}),
+            "sleeping",
+        ),
+        (
+            "invoke_async",
+            json!({"inputs": "x", "workflow": {"steps": []}}),
+            "map",
+        ),
     ] {
         let r = s.call_raw(tool, args.clone(), None);
-        let text = r["result"]["content"][0]["text"].as_str().unwrap_or_default();
+        let text = r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default();
         let refused = r.get("error").is_some() || r["result"]["isError"] == true;
         assert!(refused, "{tool} {args}: {r}");
         assert!(

@@ -98,8 +98,10 @@ fn stdin_eof_interrupts_running_steps_and_the_next_server_resumes_at_once() {
     let mut s = sb.server();
     let id = s.start(waits_for_go());
     let (b, bg) = (sb.pid_in("b.pid"), sb.pid_in("bg.pid"));
+    let server = s.pid();
     let status = s.close();
     assert!(status.success(), "server exit status {status}");
+    assert!(!alive(server));
     assert!(
         !alive(b) && !alive(bg),
         "shutdown stops the step's process group"
@@ -147,4 +149,56 @@ fn workflow_interrupted_with_a_step_waiting_to_retry_resumes_it() {
     let mut s2 = sb.server();
     assert_eq!(s2.wait_done(&id)["status"], "completed");
     assert_eq!(sb.lines("r.txt"), 2);
+}
+
+#[test]
+fn step_that_keeps_killing_its_server_is_failed_after_the_crash_cap() {
+    let sb = Sandbox::new();
+    let wf = json!({"steps": [
+        {"id": "doom", "shell": "echo x >> runs; echo $$ > doom.pid; sleep 30"},
+        {"id": "after", "deps": ["doom"], "shell": "echo x >> after"}
+    ]});
+    let mut s = sb.server();
+    let id = s.start(wf);
+    // Four crashes: three are re-run, the fourth passes the cap of 3.
+    for round in 1..=4 {
+        sb.pid_in("doom.pid");
+        std::fs::remove_file(sb.path("doom.pid")).unwrap();
+        assert_eq!(sb.lines("runs"), round);
+        s.kill9();
+        s = sb.server();
+    }
+    let done = s.wait_done(&id);
+    assert_eq!(done["status"], "failed");
+    let st = s.status(&id);
+    assert_eq!(
+        outcomes(&st, "doom"),
+        ["crashed", "crashed", "crashed", "crashed"]
+    );
+    assert!(
+        step(&st, "doom")["error"]
+            .as_str()
+            .unwrap()
+            .contains("crash"),
+        "{st}"
+    );
+    assert_eq!((sb.lines("runs"), sb.lines("after")), (4, 0));
+}
+
+#[test]
+fn orphaned_workflow_is_flagged_until_a_server_adopts_it() {
+    let sb = Sandbox::new();
+    let mut s = sb.server();
+    let id = s.start(waits_for_go());
+    sb.pid_in("b.pid");
+    s.kill9();
+    // `baton list` never adopts: it reports the orphan.
+    let o = sb.cli(&["list"]);
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.contains(&id) && out.contains("orphaned"), "{out}");
+    sb.write("go", "");
+    let mut s2 = sb.server();
+    let m = s2.call("workflow_monitor", json!({"include_finished": true}));
+    assert_eq!(m["workflows"][0]["flags"], json!([]), "{m}");
+    assert_eq!(s2.wait_done(&id)["status"], "completed");
 }

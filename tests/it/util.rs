@@ -371,11 +371,6 @@ impl Server {
         );
         r["error"].clone()
     }
-
-    /// Sends a SIGTERM-free stop: closes stdin and returns at once (the server shuts down).
-    pub fn close_stdin(&mut self) {
-        self.stdin.take();
-    }
 }
 
 impl Sandbox {
