@@ -45,12 +45,15 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Shortest interval between two activity writes of one step.
 const ACTIVITY_EVERY: Duration = Duration::from_secs(5);
 
+/// An event to append: kind, step, attempt number and data.
+type PendingEvent = (EventKind, Option<String>, Option<i64>, Option<Value>);
+
 /// Changes to commit in one transaction.
 #[derive(Default, Clone)]
 struct Batch {
     steps: Vec<StepRow>,
     attempts: Vec<AttemptRow>,
-    events: Vec<(EventKind, Option<String>, Option<i64>, Option<Value>)>,
+    events: Vec<PendingEvent>,
     status: Option<(WorkflowStatus, Option<String>, bool)>,
 }
 
@@ -142,6 +145,10 @@ pub(super) struct Driver {
 }
 
 impl Driver {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the driver's whole starting state, passed once by spawn_driver"
+    )]
     pub(super) fn new(
         sh: Arc<Shared>,
         id: Arc<str>,

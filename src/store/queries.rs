@@ -451,9 +451,12 @@ pub fn cancel_requests(conn: &Connection, owner: &str) -> Result<Vec<String>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// A workflow that may need adopting: id, owner, epoch, lease expiry (ms).
+pub type AdoptableRow = (String, Option<String>, i64, i64);
+
 /// Workflows that should be running but whose lease is free, expired, or held by another
 /// owner (the caller decides whether that owner is alive).
-pub fn adoptable(conn: &Connection, me: &str) -> Result<Vec<(String, Option<String>, i64, i64)>> {
+pub fn adoptable(conn: &Connection, me: &str) -> Result<Vec<AdoptableRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, owner, epoch, coalesce(lease_expires_at, 0) FROM workflows \
          WHERE status IN ('queued', 'running', 'interrupted') AND coalesce(owner, '') != ?1",
