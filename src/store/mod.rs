@@ -20,6 +20,7 @@ use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -93,6 +94,8 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     changes: broadcast::Sender<Arc<str>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Transactions committed by the writer thread (benchmarks count commits per step).
+    commits: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -124,9 +127,11 @@ impl Store {
         let (tx, rx) = mpsc::channel::<Job>();
         let (changes, _) = broadcast::channel(4096);
         let changes_tx = changes.clone();
+        let commits = Arc::new(AtomicU64::new(0));
+        let commits_tx = commits.clone();
         let thread = std::thread::Builder::new()
             .name("baton-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, changes_tx))
+            .spawn(move || writer_loop(conn, rx, changes_tx, commits_tx))
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -135,12 +140,19 @@ impl Store {
                 readers: Mutex::new(Vec::new()),
                 changes,
                 writer_thread: Mutex::new(Some(thread)),
+                commits,
             }),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Number of transactions committed so far by this handle's writer thread. Several
+    /// writes share one commit when they queue up while a commit is in flight.
+    pub fn commit_count(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
     }
 
     /// Subscribes to the ids of workflows changed by each commit.
@@ -217,7 +229,12 @@ impl Store {
         if let Ok(mut w) = self.inner.writer.lock() {
             w.take();
         }
-        let handle = self.inner.writer_thread.lock().ok().and_then(|mut t| t.take());
+        let handle = self
+            .inner
+            .writer_thread
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take());
         if let Some(h) = handle {
             let _ = h.join();
         }
@@ -248,7 +265,12 @@ fn open_conn(path: &Path, durability: Durability) -> Result<Connection> {
     Ok(conn)
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, changes: broadcast::Sender<Arc<str>>) {
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    changes: broadcast::Sender<Arc<str>>,
+    commits: Arc<AtomicU64>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -298,6 +320,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, changes: broadcast::Se
             reply(commit.clone());
         }
         if commit.is_ok() {
+            commits.fetch_add(1, Ordering::Relaxed);
             for id in changed {
                 let _ = changes.send(Arc::from(id));
             }
