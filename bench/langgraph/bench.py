@@ -1,0 +1,215 @@
+"""LangGraph + SqliteSaver baseline for baton's benchmarks (issue 6).
+
+A chain of N no-op nodes checkpointed by SqliteSaver on a file database in WAL mode with
+synchronous=FULL, invoked with durability="sync" (every checkpoint committed before the next
+node runs) — the closest LangGraph equivalent of baton's one durable commit per step
+boundary. Measures sequential and 100-concurrent runs, commits per workflow and database
+bytes per workflow, plus a raw-commit calibration from Python's sqlite3 in the same run.
+
+    python bench.py --dir DIR --json OUT.json
+    python bench.py --compare langgraph.json baton.json
+"""
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypedDict
+
+from importlib.metadata import version
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import END, START, StateGraph
+
+
+class State(TypedDict):
+    n: int
+
+
+def noop(state: State) -> dict:
+    return {"n": state["n"] + 1}
+
+
+def build(saver: SqliteSaver, steps: int):
+    g = StateGraph(State)
+    for i in range(steps):
+        g.add_node(f"s{i}", noop)
+    g.add_edge(START, "s0")
+    for i in range(steps - 1):
+        g.add_edge(f"s{i}", f"s{i + 1}")
+    g.add_edge(f"s{steps - 1}", END)
+    return g.compile(checkpointer=saver)
+
+
+class Counted:
+    """A SqliteSaver on a WAL + synchronous=FULL file, counting COMMIT statements."""
+
+    def __init__(self, path: str):
+        self.commits = 0
+        self.conn = sqlite3.connect(path, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.set_trace_callback(self._trace)
+        self.saver = SqliteSaver(self.conn)
+        self.saver.setup()
+
+    def _trace(self, sql: str) -> None:
+        if sql.lstrip().upper().startswith("COMMIT"):
+            self.commits += 1
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    i = max(1, min(len(xs), int(-(-p * len(xs) // 1)))) - 1
+    return xs[i]
+
+
+def db_bytes(path: str) -> int:
+    c = sqlite3.connect(path)
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    c.close()
+    wal = path + "-wal"
+    return os.path.getsize(path) + (os.path.getsize(wal) if os.path.exists(wal) else 0)
+
+
+def raw_commit(dirname: str) -> float:
+    path = os.path.join(dirname, "calib.db")
+    c = sqlite3.connect(path, isolation_level=None)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("PRAGMA synchronous=FULL")
+    c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+    body = "x" * 200
+    xs = []
+    for i in range(320):
+        t = time.perf_counter()
+        c.execute("INSERT INTO t (body) VALUES (?)", (body,))
+        if i >= 20:
+            xs.append((time.perf_counter() - t) * 1000)
+    c.close()
+    return statistics.median(xs)
+
+
+def invoke(app, durability: str) -> float:
+    t = time.perf_counter()
+    out = app.invoke({"n": 0}, {"configurable": {"thread_id": str(uuid.uuid4())}},
+                     durability=durability)
+    assert out["n"] > 0
+    return (time.perf_counter() - t) * 1000
+
+
+def run(dirname: str) -> dict:
+    res = {"langgraph_version": version("langgraph"),
+           "checkpoint_sqlite_version": version("langgraph-checkpoint-sqlite")}
+    res["raw_commit_p50_ms"] = raw_commit(dirname)
+
+    path = os.path.join(dirname, "lg-10.db")
+    db = Counted(path)
+    app = build(db.saver, 10)
+    for _ in range(5):
+        invoke(app, "sync")
+    base = db_bytes(path)
+    c0 = db.commits
+    seq = [invoke(app, "sync") for _ in range(60)]
+    n_seq = 60
+    res["commits_per_wf"] = (db.commits - c0) / n_seq
+    res["seq_ms_per_wf_p50"] = statistics.median(seq)
+    res["seq_ms_per_wf_p95"] = pct(seq, 0.95)
+    res["seq_ms_per_step"] = res["seq_ms_per_wf_p50"] / 10
+    t = time.perf_counter()
+    for _ in range(30):
+        invoke(app, "sync")
+    res["seq_wf_per_s"] = 30 / (time.perf_counter() - t)
+
+    lat = []
+    wall = 0.0
+    rounds = 3
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        for _ in range(rounds):
+            t = time.perf_counter()
+            lat.extend(pool.map(lambda _: invoke(app, "sync"), range(100)))
+            wall += time.perf_counter() - t
+    res["conc100_wf_per_s"] = 100 * rounds / wall
+    res["conc100_p50_ms"] = statistics.median(lat)
+    res["conc100_p95_ms"] = pct(lat, 0.95)
+    done = 5 + n_seq + 30 + 100 * rounds
+    res["bytes_per_wf"] = (db_bytes(path) - base) / (done - 5)
+
+    # Growth with workflow length (superlinear in LangGraph: each checkpoint stores the
+    # channel versions of the whole graph).
+    path50 = os.path.join(dirname, "lg-50.db")
+    db50 = Counted(path50)
+    app50 = build(db50.saver, 50)
+    invoke(app50, "sync")
+    base50 = db_bytes(path50)
+    for _ in range(40):
+        invoke(app50, "sync")
+    res["bytes_per_wf_50"] = (db_bytes(path50) - base50) / 40
+    return res
+
+
+def show(r: dict) -> None:
+    print(f"LangGraph {r['langgraph_version']} + langgraph-checkpoint-sqlite "
+          f"{r['checkpoint_sqlite_version']} (WAL, synchronous=FULL, durability=sync)")
+    print(f"  raw commit (python sqlite3) p50     {r['raw_commit_p50_ms']:.3f} ms")
+    print(f"  10-node workflow, sequential         p50 {r['seq_ms_per_wf_p50']:.2f} ms / "
+          f"p95 {r['seq_ms_per_wf_p95']:.2f} ms")
+    print(f"  per step                             {r['seq_ms_per_step']:.3f} ms = "
+          f"{r['seq_ms_per_step'] / r['raw_commit_p50_ms']:.1f}x raw commit")
+    print(f"  commits per workflow                 {r['commits_per_wf']:.1f}")
+    print(f"  sequential throughput                {r['seq_wf_per_s']:.0f} wf/s")
+    print(f"  100 concurrent (threads)             {r['conc100_wf_per_s']:.0f} wf/s, latency "
+          f"p50 {r['conc100_p50_ms']:.0f} / p95 {r['conc100_p95_ms']:.0f} ms")
+    print(f"  DB bytes per 10-node workflow        {r['bytes_per_wf']:.0f} B")
+    print(f"  DB bytes per 50-node workflow        {r['bytes_per_wf_50']:.0f} B")
+
+
+def compare(lg: dict, bt: dict) -> None:
+    rows = [
+        ("ms per 10-step workflow (p50)", lg["seq_ms_per_wf_p50"], bt["baton_seq_ms_per_wf"]),
+        ("ms per step", lg["seq_ms_per_step"], bt["baton_seq_ms_per_step"]),
+        ("commits per workflow", lg["commits_per_wf"], bt["baton_commits_per_wf"]),
+        ("sequential wf/s", lg["seq_wf_per_s"], bt["baton_seq_wf_per_s"]),
+        ("100 concurrent wf/s", lg["conc100_wf_per_s"], bt["baton_conc100_wf_per_s"]),
+        ("100 concurrent p95 ms", lg["conc100_p95_ms"], bt["baton_conc100_p95_ms"]),
+        ("DB bytes per 10-step workflow", lg["bytes_per_wf"], bt["baton_bytes_per_wf"]),
+    ]
+    print("\n| same run | LangGraph + SqliteSaver | baton | LangGraph / baton |")
+    print("|---|---|---|---|")
+    for name, a, b in rows:
+        print(f"| {name} | {a:.3f} | {b:.3f} | {a / b:.2f}x |")
+    print(f"| raw commit p50 ms (python / rust) | {lg['raw_commit_p50_ms']:.3f} | "
+          f"{bt['raw_commit_p50_ms']:.3f} | |")
+    ratio = lg["seq_ms_per_step"] / bt["baton_seq_ms_per_step"]
+    verdict = "met" if ratio >= 5 else "MISSED"
+    print(f"\nT1 (b): baton per step is {ratio:.1f}x lower than LangGraph "
+          f"(target >= 5x): {verdict}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir")
+    ap.add_argument("--json")
+    ap.add_argument("--compare", nargs=2, metavar=("LANGGRAPH_JSON", "BATON_JSON"))
+    a = ap.parse_args()
+    if a.compare:
+        with open(a.compare[0]) as f:
+            lg = json.load(f)
+        with open(a.compare[1]) as f:
+            bt = json.load(f)
+        compare(lg, bt)
+        return
+    if not a.dir:
+        sys.exit("--dir is required")
+    r = run(a.dir)
+    show(r)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(r, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
