@@ -120,8 +120,7 @@ impl Store {
             .open(path)
             .map_err(|e| open_err(e.to_string()))?;
         let mut conn = open_conn(path, durability).map_err(|e| open_err(e.to_string()))?;
-        schema::migrations()
-            .to_latest(&mut conn)
+        schema::migrate(&mut conn)
             .map_err(|e| open_err(format!("{e} (is this a baton database?)")))?;
 
         let (tx, rx) = mpsc::channel::<Job>();

@@ -1,6 +1,7 @@
 //! Schema migrations, tracked in SQLite's `user_version`. A migration is never edited once
 //! released; changes are new migrations appended to the list.
 
+use rusqlite::{Connection, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
 
 const V1: &str = r#"
@@ -90,6 +91,28 @@ const V2: &str = "ALTER TABLE owners ADD COLUMN lease_ms INTEGER NOT NULL DEFAUL
 
 pub(super) fn migrations() -> Migrations<'static> {
     Migrations::new(vec![M::up(V1), M::up(V2)])
+}
+
+/// Brings the schema up to date. Several servers may open a new database at the same moment:
+/// the migration library reads the version outside its transaction, so all of them may try
+/// the same migration; the losers fail on "table already exists" (or a stale snapshot) once
+/// the winner has committed. A failure is therefore only an error if the schema is still
+/// behind afterwards.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), rusqlite_migration::Error> {
+    conn.set_transaction_behavior(TransactionBehavior::Immediate);
+    let migrations = migrations();
+    let mut result = migrations.to_latest(conn);
+    for _ in 0..3 {
+        let Err(e) = &result else { break };
+        if migrations.pending_migrations(conn) == Ok(0) {
+            tracing::debug!(error = %e, "another process migrated the database first");
+            result = Ok(());
+            break;
+        }
+        result = migrations.to_latest(conn);
+    }
+    conn.set_transaction_behavior(TransactionBehavior::Deferred);
+    result
 }
 
 #[cfg(test)]
