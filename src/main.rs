@@ -19,7 +19,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("baton: cannot start the async runtime: {e}");
@@ -36,6 +39,9 @@ fn main() -> ExitCode {
             _ => cli::run(cli).await.map_err(anyhow_cli),
         }
     });
+    // Dropping the runtime would wait for the blocking read on stdin, which cannot be
+    // cancelled: after SIGTERM the server would hang until its client closed the pipe.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(250));
     match result {
         Ok(code) => code,
         Err(e) => {
