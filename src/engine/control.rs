@@ -323,6 +323,19 @@ impl Engine {
                 ids.join(", ")
             )));
         }
+        // A driver that has just ended the workflow (its terminal state is committed) may not
+        // have deregistered yet; let it, rather than refusing the resume.
+        let finishing = self
+            .sh
+            .runs
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&req.thread_id).map(|h| h.done.clone()));
+        if let Some(mut done) = finishing
+            && row.status.is_terminal()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(5), done.wait_for(|d| *d)).await;
+        }
         let running_here = self
             .sh
             .runs

@@ -142,6 +142,7 @@ def main():
             "resume": resume, "session_id": session_id, "outcome": outcome,
             "options": {k: v for k, v in opts.items() if k not in ("prompt", "verbose")},
             "env": {k: os.environ.get(k) for k in ("BATON_THREAD_ID", "BATON_STEP_ID", "BATON_ATTEMPT")},
+            "stdin": stdin_target(),
         }
         with open(log_path, "a") as f:
             f.write(json.dumps(entry) + "\n")
@@ -297,6 +298,14 @@ def usage(inp, out):
     return {"input_tokens": inp, "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0, "output_tokens": out,
             "server_tool_use": {"web_search_requests": 0}, "service_tier": "standard"}
+
+
+def stdin_target():
+    """What fd 0 is: "/dev/null", "closed", or a path such as "pipe:[123]"."""
+    try:
+        return os.readlink("/proc/self/fd/0")
+    except OSError:
+        return "closed"
 
 
 def save(path, session):

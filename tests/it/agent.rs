@@ -160,6 +160,11 @@ fn chained_agent_steps_pass_output_and_record_sessions_and_costs() {
         ]
     );
     assert_eq!(plan["cwd"], json!(fa.work), "cwd is set on the process");
+    assert!(
+        matches!(plan["stdin"].as_str(), Some("/dev/null" | "closed")),
+        "stdin is not null: {}",
+        plan["stdin"]
+    );
     // The session of each step (and of its attempt) is the one the CLI announced.
     for (step_id, inv) in [("plan", plan), ("build", build)] {
         let st = step(&status, step_id);
@@ -495,5 +500,29 @@ fn unresumable_session_is_replaced_by_a_fresh_one() {
             .unwrap()
             .contains("No conversation found"),
         "{st}"
+    );
+}
+
+#[test]
+fn error_subtypes_fail_with_the_text_of_errors() {
+    let fa = FakeAgent::new();
+    let mut s = fa.server();
+    let id = s.start(fa.workflow(json!([
+        {"id": "loop", "prompt": "Go [[max-turns]]", "agent": {"max_turns": 2},
+         "retry": {"max_attempts": 1}},
+        {"id": "login", "prompt": "Go [[not-logged-in]]", "retry": {"max_attempts": 1}}
+    ])));
+    let done = s.wait_done(&id);
+    assert_eq!(done["status"], "failed", "{done}");
+    let status = s.status(&id);
+    // error_max_turns carries `errors` and no `result`.
+    assert_eq!(
+        step(&status, "loop")["error"],
+        "Reached maximum number of turns (2)"
+    );
+    // A missing login is `subtype: success` with `is_error: true`: still a failure.
+    assert_eq!(
+        step(&status, "login")["error"],
+        "Not logged in · Please run /login"
     );
 }
