@@ -119,6 +119,7 @@ impl Store {
             .mode(0o600)
             .open(path)
             .map_err(|e| open_err(e.to_string()))?;
+        refuse_foreign(path).map_err(open_err)?;
         let mut conn = open_conn(path, durability).map_err(|e| open_err(e.to_string()))?;
         schema::migrate(&mut conn)
             .map_err(|e| open_err(format!("{e} (is this a baton database?)")))?;
@@ -238,6 +239,30 @@ impl Store {
             let _ = h.join();
         }
     }
+}
+
+/// Refuses, before anything is written, a file that is not a baton database: opening would
+/// switch it to WAL and add baton's tables to another program's data.
+fn refuse_foreign(path: &Path) -> std::result::Result<(), String> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| e.to_string())?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| format!("database error: {e}"))?;
+    let mut stmt = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .map_err(|e| format!("database error: {e}"))?;
+    let tables: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| format!("database error: {e}"))?;
+    if version == 0 && !tables.is_empty() {
+        return Err(format!(
+            "it is an SQLite database of another program (tables: {}); baton leaves it untouched, pass another --db",
+            tables.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 fn open_conn(path: &Path, durability: Durability) -> Result<Connection> {
