@@ -44,6 +44,8 @@ const STDERR_KEPT: usize = 64 * 1024;
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Shortest interval between two activity writes of one step.
 const ACTIVITY_EVERY: Duration = Duration::from_secs(5);
+/// Longest wait between two tries of a commit the store refused.
+const COMMIT_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// An event to append: kind, step, attempt number and data.
 type PendingEvent = (EventKind, Option<String>, Option<i64>, Option<Value>);
@@ -755,10 +757,13 @@ impl Driver {
         }
     }
 
-    /// Commits a batch, retrying transient store errors. Returns false if the driver must stop.
+    /// Commits a batch. Store errors (a full disk, an I/O error) are retried with capped
+    /// backoff until the commit succeeds, the lease is lost or the driver is stopped: giving up
+    /// would leave the workflow owned by this live process with nobody driving it. Returns
+    /// false if the driver must stop.
     async fn commit(&mut self, batch: Batch) -> bool {
         let mut delay = Duration::from_millis(100);
-        for _ in 0..6 {
+        loop {
             let (id, owner, epoch) = (self.id.clone(), self.sh.owner.clone(), self.epoch);
             let b = batch.clone();
             match self
@@ -776,8 +781,11 @@ impl Driver {
                 }
                 Err(e) => {
                     tracing::error!(thread_id = %self.id, error = %e, "cannot commit; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    tokio::select! {
+                        () = self.stop.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(COMMIT_RETRY_MAX);
                 }
             }
         }
