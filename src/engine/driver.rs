@@ -138,6 +138,8 @@ pub(super) struct Driver {
     sig_rx: mpsc::UnboundedReceiver<Signal>,
     last_progress: HashMap<usize, Instant>,
     last_activity: HashMap<usize, Instant>,
+    /// The newest progress message of each step not yet written (throttled).
+    held_progress: HashMap<usize, (i64, String)>,
     /// Last output of each running attempt (unthrottled), for `on_stall: restart`.
     last_output: HashMap<usize, Instant>,
     /// Stop handles of running attempts.
@@ -187,6 +189,7 @@ impl Driver {
             last_progress: HashMap::new(),
             last_activity: HashMap::new(),
             last_output: HashMap::new(),
+            held_progress: HashMap::new(),
             attempt_stops: HashMap::new(),
             stalled: HashSet::new(),
         }
@@ -221,6 +224,7 @@ impl Driver {
             }
             let next_retry = self.retry_at.values().min().copied();
             let next_stall = self.next_stall_check();
+            let next_progress = self.next_progress_flush();
             let sem = self.sh.permits.clone();
             tokio::select! {
                 biased;
@@ -240,6 +244,9 @@ impl Driver {
                     if !self.advance(Vec::new()).await { break; }
                 }
                 () = sleep_until(next_stall) => self.restart_stalled(),
+                () = sleep_until(next_progress) => {
+                    if !self.flush_progress().await { break; }
+                }
                 Ok(p) = sem.acquire_owned(), if self.starved => {
                     self.spare = Some(p);
                     if !self.advance(Vec::new()).await { break; }
@@ -343,7 +350,7 @@ impl Driver {
                     Some(&sid),
                     Some(number),
                     json!({ "duration_ms": duration, "output_preview": preview,
-                            "cost_usd": detail.cost_usd }),
+                            "session_cost_usd": detail.cost_usd }),
                 );
             }
             Outcome::Failed { class, error, .. } => {
@@ -724,22 +731,68 @@ impl Driver {
                 self.check_write(res)
             }
             SignalKind::Progress(message) => {
-                let now = Instant::now();
+                // Throttled, keeping the latest: a message arriving too soon waits for the end
+                // of the interval and replaces any message already waiting.
+                self.held_progress
+                    .insert(sig.step_idx, (sig.attempt, message));
                 let last = self.last_progress.get(&sig.step_idx).copied();
-                if last.is_some_and(|l| now - l < PROGRESS_EVERY) {
+                if last.is_some_and(|l| Instant::now() - l < PROGRESS_EVERY) {
                     return true;
                 }
-                self.last_progress.insert(sig.step_idx, now);
-                let mut batch = Batch::default();
-                batch.event(
-                    EventKind::StepProgress,
-                    Some(&step_id),
-                    Some(sig.attempt),
-                    json!({ "message": message }),
-                );
-                self.commit(batch).await
+                self.flush_progress().await
             }
         }
+    }
+
+    /// When the earliest held progress message may be written.
+    fn next_progress_flush(&self) -> Option<Instant> {
+        self.held_progress
+            .keys()
+            .map(|idx| {
+                self.last_progress
+                    .get(idx)
+                    .map_or_else(Instant::now, |l| *l + PROGRESS_EVERY)
+            })
+            .min()
+    }
+
+    /// Writes the held progress messages whose throttle interval has passed.
+    async fn flush_progress(&mut self) -> bool {
+        let now = Instant::now();
+        let due: Vec<usize> = self
+            .held_progress
+            .keys()
+            .copied()
+            .filter(|idx| {
+                self.last_progress
+                    .get(idx)
+                    .is_none_or(|l| now - *l >= PROGRESS_EVERY)
+            })
+            .collect();
+        let mut batch = Batch::default();
+        for idx in due {
+            let Some((attempt, message)) = self.held_progress.remove(&idx) else {
+                continue;
+            };
+            let Some(row) = self.steps.get(idx) else {
+                continue;
+            };
+            if row.attempts != attempt || row.status != StepStatus::Running {
+                continue;
+            }
+            self.last_progress.insert(idx, now);
+            let step_id = row.step_id.clone();
+            batch.event(
+                EventKind::StepProgress,
+                Some(&step_id),
+                Some(attempt),
+                json!({ "message": message }),
+            );
+        }
+        if batch.is_empty() {
+            return true;
+        }
+        self.commit(batch).await
     }
 
     fn check_write(&mut self, res: store::Result<()>) -> bool {

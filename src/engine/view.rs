@@ -34,6 +34,9 @@ pub struct AttemptView {
     pub finished_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "i64")]
+    pub duration_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "i64")]
     pub exit_code: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "String")]
@@ -199,6 +202,7 @@ impl Engine {
                     outcome: a.outcome.clone(),
                     started_at: rfc3339(a.started_at),
                     finished_at: opt_ts(a.finished_at),
+                    duration_ms: a.finished_at.map(|f| f - a.started_at),
                     exit_code: a.exit_code,
                     error: a.error.clone(),
                     session_id: a.session_id.clone(),
