@@ -68,6 +68,15 @@ async fn connect(
     protocol: Protocol,
     tasks: bool,
 ) -> (Session, mpsc::UnboundedReceiver<Value>) {
+    connect_with(sb, protocol, tasks, &[]).await
+}
+
+async fn connect_with(
+    sb: &Sandbox,
+    protocol: Protocol,
+    tasks: bool,
+    env: &[(&str, String)],
+) -> (Session, mpsc::UnboundedReceiver<Value>) {
     let db = sb.db();
     let dir = sb.dir.path().to_owned();
     let cmd = tokio::process::Command::new(BIN).configure(|c| {
@@ -75,6 +84,9 @@ async fn connect(
             .env("BATON_DB", &db)
             .env("RUST_LOG", "warn")
             .current_dir(&dir);
+        for (k, v) in env {
+            c.env(k, v);
+        }
     });
     let transport = TokioChildProcess::new(cmd).unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -361,5 +373,52 @@ async fn workflow_events_become_log_messages_after_set_level() {
             break;
         }
     }
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn blocked_workflow_asks_for_input_and_tasks_update_resumes_it() {
+    let sb = Sandbox::new();
+    let home = sb.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let fake = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake_agent/claude.py");
+    let env = [
+        ("BATON_AGENT_COMMAND", format!("python3 {fake}")),
+        ("HOME", home.display().to_string()),
+    ];
+    let (client, _rx) = connect_with(&sb, Protocol::V2026, true, &env).await;
+    let id = start_task(
+        &client,
+        json!({"steps": [{"id": "build", "prompt": "Build it [[deny:Bash]]"}]}),
+    )
+    .await;
+    let blocked = settle(&client, &id).await;
+    let TaskPayload::InputRequired { input_requests } = &blocked.payload else {
+        panic!("expected input_required, got {blocked:?}");
+    };
+    let question = serde_json::to_value(&input_requests["resume"]).unwrap();
+    assert_eq!(question["method"], "elicitation/create", "{question}");
+    assert!(
+        question["params"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Bash"),
+        "{question}"
+    );
+    let answer = json!({"action": "accept",
+        "content": {"mode": "retry", "permission_mode": "bypassPermissions"}});
+    client
+        .update_task(UpdateTaskParams::new(
+            id.clone(),
+            [("resume".to_owned(), answer)].into_iter().collect(),
+        ))
+        .await
+        .unwrap();
+    let done = settle(&client, &id).await;
+    let TaskPayload::Completed { result } = &done.payload else {
+        panic!("expected completed, got {done:?}");
+    };
+    assert_eq!(result["isError"], json!(false), "{result:?}");
+    assert_eq!(result["structuredContent"]["status"], "completed");
     client.cancel().await.unwrap();
 }
