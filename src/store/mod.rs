@@ -246,6 +246,10 @@ impl Store {
 fn refuse_foreign(path: &Path) -> std::result::Result<(), String> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| e.to_string())?;
+    // Both reads in one snapshot: another baton may be migrating this file right now, and
+    // its commit falling between them would look like a foreign database.
+    conn.execute_batch("BEGIN")
+        .map_err(|e| format!("database error: {e}"))?;
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| format!("database error: {e}"))?;
