@@ -100,3 +100,19 @@ fn server_with_a_shorter_lease_never_takes_over_a_live_owner_s_workflow() {
     let m = other.call("workflow_monitor", json!({"include_finished": true}));
     assert_eq!(m["workflows"][0]["flags"], json!([]));
 }
+
+#[test]
+fn cancel_kills_a_step_that_ignores_sigterm_after_the_grace_period() {
+    let sb = Sandbox::new();
+    let mut s = sb.server();
+    let id = s.start(json!({"steps": [
+        {"id": "stubborn", "shell": "trap '' TERM; echo $$ > main.pid; sleep 30 & echo $! > bg.pid; wait; sleep 30"}
+    ]}));
+    let (main, bg) = (sb.pid_in("main.pid"), sb.pid_in("bg.pid"));
+    let r = s.call("invoke_cancel", json!({"thread_id": id}));
+    assert_eq!(r["status"], "cancelled");
+    eventually("SIGKILL after the grace period", || {
+        !alive(main) && !alive(bg)
+    });
+    assert_eq!(outcomes(&s.status(&id), "stubborn"), ["cancelled"]);
+}

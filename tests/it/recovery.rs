@@ -202,3 +202,47 @@ fn orphaned_workflow_is_flagged_until_a_server_adopts_it() {
     assert_eq!(m["workflows"][0]["flags"], json!([]), "{m}");
     assert_eq!(s2.wait_done(&id)["status"], "completed");
 }
+
+fn signal(pid: i32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[test]
+fn frozen_owner_is_replaced_and_cannot_overwrite_the_new_owner_s_work() {
+    let sb = Sandbox::new();
+    let mut s1 = sb.server_with(&lease_env(), Protocol::V2025);
+    let mut s2 = sb.server_with(&lease_env(), Protocol::V2025);
+    let id = s1.start(waits_for_go());
+    let b = sb.pid_in("b.pid");
+    let owner1 = s1.status(&id)["owner"].clone();
+    signal(s1.pid(), "-STOP");
+    // s2 sees the heartbeat go stale, kills the frozen owner's step and takes over.
+    eventually("s2 to adopt the workflow", || {
+        let st = s2.status(&id);
+        st["owner"].is_string() && st["owner"] != owner1
+    });
+    eventually("the frozen owner's step to be killed", || !alive(b));
+    sb.write("go", "");
+    assert_eq!(s2.wait_done(&id)["status"], "completed");
+    // The old owner wakes up; whatever it tries to write is fenced off.
+    signal(s1.pid(), "-CONT");
+    s1.status(&id);
+    s1.close();
+    let st = s2.status(&id);
+    assert_eq!(st["status"], "completed", "{st}");
+    assert_eq!(step(&st, "c")["output"], "AB");
+    assert_eq!(outcomes(&st, "b"), ["crashed", "succeeded"]);
+    let (events, _) = s2.stream_pages(&id, 0, 0.0);
+    let k = kinds(&events);
+    assert_eq!(
+        k.last().map(String::as_str),
+        Some("workflow_completed"),
+        "{k:?}"
+    );
+    assert_eq!((sb.lines("a.txt"), sb.lines("c.txt")), (1, 1));
+}
