@@ -58,15 +58,40 @@ pub(super) async fn tick_loop(sh: Arc<Shared>) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
+    let mut cancel_poll = tokio::time::interval(CANCEL_POLL.min(every));
+    cancel_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = sh.shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
-        if let Err(e) = tick(&sh).await {
-            tracing::warn!(error = %e, "lease tick failed");
+            _ = interval.tick() => {
+                if let Err(e) = tick(&sh).await {
+                    tracing::warn!(error = %e, "lease tick failed");
+                }
+            }
+            _ = cancel_poll.tick(), if !sh.runs.lock().map(|r| r.is_empty()).unwrap_or(true) => {
+                if let Err(e) = honour_cancels(&sh).await {
+                    tracing::warn!(error = %e, "cancel poll failed");
+                }
+            }
         }
     }
+}
+
+/// How often a process with running workflows checks for cancel requests from other
+/// processes (a cheap indexed read), so a cross-process cancel takes effect within it.
+const CANCEL_POLL: Duration = Duration::from_millis(250);
+
+/// Stops the local drivers of workflows another process asked to cancel.
+async fn honour_cancels(sh: &Arc<Shared>) -> Result<()> {
+    let owner = sh.owner.clone();
+    let cancels = sh
+        .store
+        .read(move |c| store::cancel_requests(c, &owner))
+        .await?;
+    for id in cancels {
+        sh.stop_driver(&id, StopReason::Cancel);
+    }
+    Ok(())
 }
 
 async fn tick(sh: &Arc<Shared>) -> Result<()> {
