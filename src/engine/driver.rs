@@ -277,6 +277,9 @@ impl Driver {
         if !self.commit(batch).await {
             return false;
         }
+        if !started.is_empty() && self.sh.lease_in_doubt() && !self.still_owner().await {
+            return false;
+        }
         for (spec, permit) in started {
             let sh = self.sh.clone();
             let stop = self.stop.child_token();
@@ -805,6 +808,33 @@ impl Driver {
             }
             Err(e) => {
                 tracing::warn!(thread_id = %self.id, error = %e, "progress write failed");
+                true
+            }
+        }
+    }
+
+    /// Checks in the store that this process still holds the workflow's lease. Starting a
+    /// process is a side effect no commit can fence: a process that was frozen past its lease
+    /// between a commit and the start of the attempt it recorded must not start it, because
+    /// another process may have adopted the workflow and re-run that step meanwhile.
+    async fn still_owner(&mut self) -> bool {
+        let (id, owner, epoch) = (self.id.clone(), self.sh.owner.clone(), self.epoch);
+        match self
+            .sh
+            .store
+            .read(move |c| store::check_fence(c, &id, &owner, epoch))
+            .await
+        {
+            Ok(()) => true,
+            Err(StoreError::Fenced(_)) => {
+                tracing::warn!(thread_id = %self.id, "lease lost before starting steps; stopping this workflow here");
+                self.set_reason(StopReason::Fenced);
+                self.stop.cancel();
+                false
+            }
+            // Unknown: the commit just made went through, so start them.
+            Err(e) => {
+                tracing::warn!(thread_id = %self.id, error = %e, "cannot check the lease");
                 true
             }
         }

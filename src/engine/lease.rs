@@ -96,10 +96,13 @@ async fn honour_cancels(sh: &Arc<Shared>) -> Result<()> {
 
 async fn tick(sh: &Arc<Shared>) -> Result<()> {
     let owner = sh.owner.clone();
-    let expires = now_ms() + lease_ms(sh);
+    let now = now_ms();
+    let expires = now + lease_ms(sh);
     sh.store
-        .write(move |ctx| store::renew_leases(ctx, &owner, expires, now_ms()))
+        .write(move |ctx| store::renew_leases(ctx, &owner, expires, now))
         .await?;
+    sh.renewed_at
+        .store(now, std::sync::atomic::Ordering::Relaxed);
     let owner = sh.owner.clone();
     let (held, cancels) = sh
         .store

@@ -30,6 +30,7 @@ pub use view::{
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -119,6 +120,18 @@ pub(crate) struct Shared {
     runs: Mutex<HashMap<String, RunHandle>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// When this process last renewed its leases (store clock, ms): its own view of how long
+    /// it may still act as owner without looking at the store.
+    renewed_at: AtomicI64,
+}
+
+impl Shared {
+    /// Whether this process's leases may have expired, e.g. because it was frozen or starved
+    /// for longer than a lease: another process may have adopted its workflows meanwhile.
+    fn lease_in_doubt(&self) -> bool {
+        let lease = self.cfg.lease.as_millis() as i64;
+        crate::store::now_ms() >= self.renewed_at.load(Ordering::Relaxed) + lease * 2 / 3
+    }
 }
 
 /// Handle to the engine; cheap to clone.
@@ -150,6 +163,7 @@ impl Engine {
             runs: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            renewed_at: AtomicI64::new(crate::store::now_ms()),
         });
         lease::register(&sh).await?;
         let ticker = sh.clone();
