@@ -9,6 +9,7 @@ mod agent;
 mod cancel;
 mod claude_e2e;
 mod cli;
+mod faults;
 mod mcp_native;
 mod protocol;
 mod recovery;
