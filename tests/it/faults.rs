@@ -458,7 +458,7 @@ fn random_kills_lose_no_workflow_and_rerun_only_inflight_steps() {
         let (events, _) = s.stream_pages(t, 0, 0.0);
         let resumed: Vec<i64> = events
             .iter()
-            .filter(|e| e["type"] == "workflow_resumed")
+            .filter(|e| e["type"] == "workflow_resumed" && e["data"]["by"] == "adoption")
             .map(event_ms)
             .collect();
         for (_, at) in &faults {
@@ -589,10 +589,9 @@ fn servers_sharing_a_database_never_run_a_workflow_twice_at_once() {
             "s1" => frozen_at,
             _ => continue,
         };
-        if let Some(e) = events
-            .iter()
-            .find(|e| e["type"] == "workflow_resumed" && event_ms(e) >= from)
-        {
+        if let Some(e) = events.iter().find(|e| {
+            e["type"] == "workflow_resumed" && e["data"]["by"] == "adoption" && event_ms(e) >= from
+        }) {
             adopt_ms.push(event_ms(e) - from);
             if from == killed_at {
                 after_kill.push(event_ms(e) - from);
