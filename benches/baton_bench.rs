@@ -109,6 +109,11 @@ fn p50_95(s: &Samples) -> String {
 // ---------------------------------------------------------------- main
 
 fn main() {
+    // `cargo test --all-targets` runs this binary without `--bench`: nothing to measure then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("baton_bench: skipped (run it with `cargo bench --bench baton_bench`)");
+        return;
+    }
     let wanted: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -582,7 +587,7 @@ async fn growth(r: &mut Report) {
         per_step.push(per_wf / steps as f64);
         let conn = rusqlite::Connection::open(&db).unwrap();
         let q = |sql: &str| -> f64 { conn.query_row(sql, [], |x| x.get::<_, f64>(0)).unwrap() };
-        let def_len = q("SELECT avg(length(definition)) FROM workflows");
+        let def_len = q("SELECT avg(length(body)) FROM definitions");
         let events = q("SELECT count(*) * 1.0 / (SELECT count(*) FROM workflows) FROM events");
         let ev_data = q(
             "SELECT coalesce(sum(length(data)), 0) * 1.0 / (SELECT count(*) FROM workflows) FROM events",

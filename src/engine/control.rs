@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::driver::NewRecord;
 use super::{Engine, EngineError, Result, Shared, driver::StopReason, lease};
 use crate::store::{
-    self, AttemptRow, EventKind, NewWorkflow, StepRow, StepStatus, StoreError, WorkflowStatus,
-    now_ms,
+    self, AttemptRow, EventKind, StepRow, StepStatus, StoreError, WorkflowStatus, now_ms,
 };
 use crate::workflow::{self, AgentOptions, Workflow};
 
@@ -137,42 +137,53 @@ impl Engine {
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let definition = serde_json::to_string(&wf)
             .map_err(|e| EngineError::BadRequest(format!("cannot store workflow: {e}")))?;
-        let estimate = self.estimate(&wf).await;
-        let owner = self.sh.owner.clone();
-        let lease_until = now_ms() + self.sh.cfg.lease.as_millis() as i64;
-        let step_ids: Vec<String> = wf.steps.iter().map(|s| s.id.clone()).collect();
-        let name = wf.name.clone();
-        let id2 = id.clone();
-        let inserted = self
-            .sh
-            .store
-            .write(move |ctx| {
-                if store::find_workflow(ctx.conn, &id2)?.is_some() {
-                    return Ok(false);
-                }
-                let new = NewWorkflow {
-                    id: &id2,
-                    name: name.as_deref(),
-                    definition: &definition,
-                    step_ids: step_ids.iter().map(String::as_str).collect(),
-                    owner: &owner,
-                    lease_expires_at: lease_until,
+        let estimate = if wf.name.is_some() {
+            self.estimate(&wf).await
+        } else {
+            None
+        };
+        let record = NewRecord {
+            name: wf.name.clone(),
+            definition,
+            step_ids: wf.steps.iter().map(|s| s.id.clone()).collect(),
+            lease_expires_at: now_ms() + self.sh.cfg.lease.as_millis() as i64,
+        };
+        let step_count = wf.steps.len();
+        // The driver's first commit stores the workflow and starts its first steps.
+        let (reply, stored) = tokio::sync::oneshot::channel();
+        self.sh.spawn_driver_with(
+            &id,
+            1,
+            super::DriverInit::New {
+                def: Arc::new(wf),
+                record,
+                reply,
+            },
+        );
+        match stored.await {
+            Ok(Ok(())) => {}
+            Ok(Err(StoreError::Conflict(_))) => {
+                return self
+                    .existing(&id)
+                    .await?
+                    .ok_or_else(|| EngineError::NotFound(id.clone()));
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            // No driver ran: this process is shutting down, or the same id is being started
+            // right now by another call.
+            Err(_) => {
+                return match self.existing(&id).await? {
+                    Some(existing) => Ok(existing),
+                    None => Err(EngineError::Conflict(format!(
+                        "workflow {id} could not be started (this baton process is shutting down, or the same thread_id is being started concurrently); try again"
+                    ))),
                 };
-                store::insert_workflow(ctx, &new, now_ms())?;
-                Ok(true)
-            })
-            .await?;
-        if !inserted {
-            return self
-                .existing(&id)
-                .await?
-                .ok_or_else(|| EngineError::NotFound(id.clone()));
+            }
         }
-        self.sh.spawn_driver(&id, 1);
         Ok(Submitted {
             thread_id: id,
             status: WorkflowStatus::Queued,
-            step_count: wf.steps.len(),
+            step_count,
             created: true,
             estimated_duration_s: estimate,
         })
@@ -196,32 +207,13 @@ impl Engine {
 
     /// Critical path of median step durations of past runs with the same name.
     pub(super) async fn estimate(&self, wf: &Workflow) -> Option<f64> {
-        let name = wf.name.clone()?;
-        let medians = self
-            .sh
+        let wf = wf.clone();
+        self.sh
             .store
-            .read(move |c| store::median_step_durations(c, &name))
+            .read(move |c| Ok(estimate_in(c, &wf)))
             .await
-            .ok()?;
-        if medians.is_empty() {
-            return None;
-        }
-        let mut finish: BTreeMap<&str, i64> = BTreeMap::new();
-        for i in workflow::topo_order(&wf.steps) {
-            let s = &wf.steps[i];
-            let start = s
-                .deps
-                .iter()
-                .filter_map(|d| finish.get(d.as_str()))
-                .max()
-                .copied()
-                .unwrap_or(0);
-            finish.insert(&s.id, start + medians.get(&s.id).copied().unwrap_or(0));
-        }
-        finish
-            .values()
-            .max()
-            .map(|ms| (*ms as f64 / 1000.0 * 10.0).round() / 10.0)
+            .ok()
+            .flatten()
     }
 
     /// Cancels a workflow: stops running attempts (whole process groups) and marks it
@@ -312,7 +304,13 @@ impl Engine {
     /// downstream of it.
     pub async fn resume(&self, req: ResumeRequest) -> Result<WorkflowStatus> {
         let row = self.row(&req.thread_id).await?;
-        let def: Workflow = serde_json::from_str(&row.definition)
+        let id = req.thread_id.clone();
+        let definition = self
+            .sh
+            .store
+            .read(move |c| store::load_definition(c, &id))
+            .await?;
+        let def: Workflow = serde_json::from_str(&definition)
             .map_err(|e| StoreError::Corrupt(format!("stored definition: {e}")))?;
         if let Some(from) = &req.from_step
             && def.step(from).is_none()
@@ -436,6 +434,32 @@ impl Engine {
     }
 }
 
+/// Expected duration (seconds) of `wf`: the critical path through its DAG of each step's
+/// median duration in recent completed runs of workflows with the same name.
+pub(super) fn estimate_in(c: &rusqlite::Connection, wf: &Workflow) -> Option<f64> {
+    let name = wf.name.as_deref()?;
+    let medians = store::median_step_durations(c, name).ok()?;
+    if medians.is_empty() {
+        return None;
+    }
+    let mut finish: BTreeMap<&str, i64> = BTreeMap::new();
+    for i in workflow::topo_order(&wf.steps) {
+        let s = &wf.steps[i];
+        let start = s
+            .deps
+            .iter()
+            .filter_map(|d| finish.get(d.as_str()))
+            .max()
+            .copied()
+            .unwrap_or(0);
+        finish.insert(&s.id, start + medians.get(&s.id).copied().unwrap_or(0));
+    }
+    finish
+        .values()
+        .max()
+        .map(|ms| (*ms as f64 / 1000.0 * 10.0).round() / 10.0)
+}
+
 /// Puts a step back to pending with a fresh retry budget.
 fn reset_step(s: &mut StepRow, keep_session: bool) {
     s.status = StepStatus::Pending;
@@ -526,15 +550,19 @@ pub(super) async fn load_for_driver(
     id: &str,
 ) -> Result<(Arc<Workflow>, WorkflowStatus, Vec<StepRow>)> {
     let id = id.to_owned();
-    let (row, steps) = sh
+    let (row, steps, definition) = sh
         .store
         .read(move |c| {
             let row = store::find_workflow(c, &id)?
                 .ok_or_else(|| StoreError::Corrupt(format!("workflow {id} vanished")))?;
-            Ok((row, store::load_steps(c, &id)?))
+            Ok((
+                row,
+                store::load_steps(c, &id)?,
+                store::load_definition(c, &id)?,
+            ))
         })
         .await?;
-    let def: Workflow = serde_json::from_str(&row.definition)
+    let def: Workflow = serde_json::from_str(&definition)
         .map_err(|e| StoreError::Corrupt(format!("stored definition of {}: {e}", row.id)))?;
     if def.steps.len() != steps.len() {
         return Err(StoreError::Corrupt(format!(

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,8 @@ struct Batch {
     attempts: Vec<AttemptRow>,
     events: Vec<PendingEvent>,
     status: Option<(WorkflowStatus, Option<String>, bool)>,
+    /// Insert the workflow itself first (the first commit of a new workflow).
+    insert: Option<NewRecord>,
 }
 
 impl Batch {
@@ -78,7 +80,14 @@ impl Batch {
         epoch: i64,
     ) -> store::Result<()> {
         let now = now_ms();
-        store::check_fence(ctx.conn, id, owner, epoch)?;
+        if let Some(new) = &self.insert {
+            if store::find_workflow(ctx.conn, id)?.is_some() {
+                return Err(StoreError::Conflict(format!("workflow {id} exists")));
+            }
+            store::insert_workflow(ctx, &new.as_new(id, owner), now)?;
+        }
+        let first_seq =
+            store::fenced_reserve(ctx, id, owner, epoch, self.events.len() as i64, now)?;
         for s in &self.steps {
             store::save_step(ctx, id, s)?;
         }
@@ -92,18 +101,31 @@ impl Batch {
         if let Some((status, error, release)) = &self.status {
             store::set_workflow_status(ctx, id, *status, error.as_deref(), *release, now)?;
         }
-        for (kind, step, attempt, data) in &self.events {
-            store::append_event(
-                ctx,
-                id,
-                *kind,
-                step.as_deref(),
-                *attempt,
-                data.as_ref(),
-                now,
-            )?;
-        }
+        store::insert_events(ctx, id, first_seq, &self.events, now)?;
         Ok(())
+    }
+}
+
+/// A workflow not yet in the store: its driver's first commit inserts it together with the
+/// start of its first steps.
+#[derive(Clone)]
+pub(super) struct NewRecord {
+    pub name: Option<String>,
+    pub definition: String,
+    pub step_ids: Vec<String>,
+    pub lease_expires_at: i64,
+}
+
+impl NewRecord {
+    fn as_new<'a>(&'a self, id: &'a str, owner: &'a str) -> store::NewWorkflow<'a> {
+        store::NewWorkflow {
+            id,
+            name: self.name.as_deref(),
+            definition: &self.definition,
+            step_ids: self.step_ids.iter().map(String::as_str).collect(),
+            owner,
+            lease_expires_at: self.lease_expires_at,
+        }
     }
 }
 
@@ -138,6 +160,8 @@ pub(super) struct Driver {
     sig_rx: mpsc::UnboundedReceiver<Signal>,
     last_progress: HashMap<usize, Instant>,
     last_activity: HashMap<usize, Instant>,
+    /// A new workflow's record and the submitter waiting for its first commit.
+    new_record: Option<(NewRecord, oneshot::Sender<store::Result<()>>)>,
     /// The newest progress message of each step not yet written (throttled).
     held_progress: HashMap<usize, (i64, String)>,
     /// Last output of each running attempt (unthrottled), for `on_stall: restart`.
@@ -190,9 +214,20 @@ impl Driver {
             last_activity: HashMap::new(),
             last_output: HashMap::new(),
             held_progress: HashMap::new(),
+            new_record: None,
             attempt_stops: HashMap::new(),
             stalled: HashSet::new(),
         }
+    }
+
+    /// Makes the first commit insert the workflow and report to `reply`.
+    pub(super) fn with_new_record(
+        mut self,
+        record: NewRecord,
+        reply: oneshot::Sender<store::Result<()>>,
+    ) -> Driver {
+        self.new_record = Some((record, reply));
+        self
     }
 
     fn reason(&self) -> StopReason {
@@ -259,6 +294,9 @@ impl Driver {
     /// Applies finished attempts, starts what became ready and, when nothing is left, ends
     /// the workflow — all in one commit. Returns false if the driver must stop.
     async fn advance(&mut self, done: Vec<(usize, i64, Outcome)>) -> bool {
+        if let Some((record, reply)) = self.new_record.take() {
+            return self.first_commit(record, reply).await;
+        }
         let mut batch = Batch::default();
         for (idx, attempt, outcome) in done {
             self.apply_outcome(&mut batch, idx, attempt, outcome);
@@ -280,6 +318,12 @@ impl Driver {
         if !started.is_empty() && self.sh.lease_in_doubt() && !self.still_owner().await {
             return false;
         }
+        self.spawn_attempts(started);
+        true
+    }
+
+    /// Runs attempts whose start has been committed.
+    fn spawn_attempts(&mut self, started: Vec<(AttemptSpec, OwnedSemaphorePermit)>) {
         for (spec, permit) in started {
             let sh = self.sh.clone();
             let stop = self.stop.child_token();
@@ -292,6 +336,31 @@ impl Driver {
                 (spec.step_idx, spec.number, out)
             });
         }
+    }
+
+    /// The first commit of a new workflow: inserts it and starts its first steps, once. Its
+    /// result goes to the submitter; on failure nothing was stored and the driver ends.
+    async fn first_commit(
+        &mut self,
+        record: NewRecord,
+        reply: oneshot::Sender<store::Result<()>>,
+    ) -> bool {
+        let mut batch = Batch::default();
+        let started = self.start_ready(&mut batch);
+        batch.insert = Some(record);
+        let (id, owner, epoch) = (self.id.clone(), self.sh.owner.clone(), self.epoch);
+        let res = self
+            .sh
+            .store
+            .write(move |ctx| batch.apply(ctx, &id, &owner, epoch))
+            .await;
+        let ok = res.is_ok();
+        let _ = reply.send(res);
+        if !ok {
+            self.set_reason(StopReason::StoreFailed);
+            return false;
+        }
+        self.spawn_attempts(started);
         true
     }
 

@@ -135,7 +135,7 @@ async fn tick(sh: &Arc<Shared>) -> Result<()> {
 }
 
 /// Whether `owner` (another process) is still alive.
-fn owner_alive(c: &rusqlite::Connection, sh: &Shared, owner: &str, now: i64) -> bool {
+pub(super) fn owner_alive(c: &rusqlite::Connection, sh: &Shared, owner: &str, now: i64) -> bool {
     let Ok(Some(o)) = store::find_owner(c, owner) else {
         return false;
     };

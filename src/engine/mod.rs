@@ -38,8 +38,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::store::{Store, StoreError};
-use crate::workflow::Problems;
+use crate::store::{Store, StoreError, WorkflowStatus};
+use crate::workflow::{Problems, Workflow};
 use driver::StopReason;
 use executor::ExecConfig;
 
@@ -102,6 +102,19 @@ impl Default for EngineConfig {
             noop_executor: false,
         }
     }
+}
+
+/// How a driver gets its workflow.
+enum DriverInit {
+    /// Read it from the store (adoption, resume).
+    Load,
+    /// A workflow just compiled: the driver's first commit inserts it; `reply` gets the
+    /// outcome of that commit.
+    New {
+        def: Arc<Workflow>,
+        record: driver::NewRecord,
+        reply: tokio::sync::oneshot::Sender<crate::store::Result<()>>,
+    },
 }
 
 struct RunHandle {
@@ -242,6 +255,11 @@ impl Engine {
 impl Shared {
     /// Starts driving a workflow this process has just taken the lease of.
     fn spawn_driver(self: &Arc<Self>, id: &str, epoch: i64) {
+        self.spawn_driver_with(id, epoch, DriverInit::Load);
+    }
+
+    /// Starts a driver: of a stored workflow, or of a new one whose first commit stores it.
+    fn spawn_driver_with(self: &Arc<Self>, id: &str, epoch: i64, init: DriverInit) {
         if self.shutdown.is_cancelled() {
             return;
         }
@@ -267,9 +285,23 @@ impl Shared {
         let sh = self.clone();
         let id: Arc<str> = Arc::from(id);
         self.tracker.spawn(async move {
-            match control::load_for_driver(&sh, &id).await {
-                Ok((def, status, steps)) => {
-                    driver::Driver::new(
+            let loaded = match init {
+                DriverInit::Load => control::load_for_driver(&sh, &id)
+                    .await
+                    .map(|(def, status, steps)| (def, status, steps, None)),
+                DriverInit::New { def, record, reply } => {
+                    let steps = def
+                        .steps
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| crate::store::StepRow::new(&s.id, i))
+                        .collect();
+                    Ok((def, WorkflowStatus::Queued, steps, Some((record, reply))))
+                }
+            };
+            match loaded {
+                Ok((def, status, steps, new)) => {
+                    let mut driver = driver::Driver::new(
                         sh.clone(),
                         id.clone(),
                         epoch,
@@ -278,9 +310,11 @@ impl Shared {
                         steps,
                         stop,
                         reason,
-                    )
-                    .run()
-                    .await;
+                    );
+                    if let Some((record, reply)) = new {
+                        driver = driver.with_new_record(record, reply);
+                    }
+                    driver.run().await;
                 }
                 Err(e) => tracing::error!(thread_id = %id, error = %e, "cannot load workflow"),
             }

@@ -176,6 +176,9 @@ async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>, grace: 
     }
 }
 
+/// Read size once a stream is producing output.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// Reads a stream to its end, keeping at most `cap` bytes and handing complete lines to
 /// `on_line`. Bytes past the cap are counted and reported in a trailing marker.
 async fn read_capped(
@@ -187,9 +190,14 @@ async fn read_capped(
     let mut dropped: u64 = 0;
     let mut line: Vec<u8> = Vec::new();
     let mut line_cut = false;
-    let mut buf = vec![0u8; 64 * 1024];
+    // Empty until the stream first has data, so a silent step holds (almost) no buffer.
+    let mut buf: Vec<u8> = Vec::new();
     loop {
-        let n = match stream.read(&mut buf).await {
+        buf.clear();
+        if buf.capacity() > 0 && buf.capacity() < READ_CHUNK {
+            buf.reserve(READ_CHUNK);
+        }
+        let n = match stream.read_buf(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };

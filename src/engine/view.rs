@@ -9,9 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Engine, EngineError, Result, lease};
-use crate::store::{
-    self, EventRow, StepStatus, StoreError, WorkflowRow, WorkflowStatus, now_ms, rfc3339,
-};
+use crate::store::{self, EventRow, StepStatus, StoreError, WorkflowStatus, now_ms, rfc3339};
 use crate::workflow::Workflow;
 
 /// Completed (or skipped) steps out of all steps.
@@ -185,12 +183,13 @@ impl Engine {
                 };
                 let steps = store::load_steps(c, &id)?;
                 let attempts = store::load_attempts(c, &id)?;
-                Ok(Some((row, steps, attempts)))
+                let definition = store::load_definition(c, &id)?;
+                Ok(Some((row, steps, attempts, definition)))
             })
             .await?;
-        let (row, steps, attempts) =
+        let (row, steps, attempts, definition) =
             found.ok_or_else(|| EngineError::NotFound(thread_id.to_owned()))?;
-        let def: Workflow = serde_json::from_str(&row.definition)
+        let def: Workflow = serde_json::from_str(&definition)
             .map_err(|e| StoreError::Corrupt(format!("stored definition: {e}")))?;
         let mut by_step: BTreeMap<&str, Vec<AttemptView>> = BTreeMap::new();
         for a in &attempts {
@@ -286,115 +285,110 @@ impl Engine {
         found.ok_or_else(|| EngineError::NotFound(thread_id.to_owned()))
     }
 
-    /// Active workflows (and finished ones on request) with liveness flags.
+    /// Active workflows (and finished ones on request) with liveness flags. Everything is
+    /// read in one pass on one reader connection: one steps query per listed workflow, the
+    /// definition only where a step runs, and each distinct owner checked once.
     pub async fn monitor(&self, filter: MonitorFilter) -> Result<MonitorView> {
-        let statuses: Vec<WorkflowStatus> = match filter.status {
-            Some(s) => vec![s],
-            None if filter.include_finished => WorkflowStatus::ALL.to_vec(),
-            None => vec![
+        let statuses: Option<Vec<WorkflowStatus>> = match filter.status {
+            Some(s) => Some(vec![s]),
+            None if filter.include_finished => None,
+            None => Some(vec![
                 WorkflowStatus::Queued,
                 WorkflowStatus::Running,
                 WorkflowStatus::Blocked,
                 WorkflowStatus::Interrupted,
-            ],
+            ]),
         };
         let limit = if filter.limit <= 0 {
             50
         } else {
             filter.limit.min(1000)
         };
-        type Item = (
-            WorkflowRow,
-            Vec<String>,
-            i64,
-            Vec<(String, i64, Option<i64>)>,
-        );
-        let (rows, counts) = self
+        let sh = self.sh.clone();
+        let (workflows, counts) = self
             .store()
             .read(move |c| {
-                let rows = store::list_workflows(c, &statuses, limit)?;
-                let mut out: Vec<Item> = Vec::with_capacity(rows.len());
-                for r in rows {
-                    let current = store::current_steps(c, &r.id)?;
-                    let done = store::done_count(c, &r.id)?;
-                    // Running steps with their stall threshold context: id, started, activity.
-                    let mut stmt = c.prepare_cached(
-                        "SELECT step_id, coalesce(started_at, 0), last_activity_at FROM steps \
-                         WHERE workflow_id = ?1 AND status = 'running'",
-                    )?;
-                    let running = stmt
-                        .query_map([&r.id], |x| Ok((x.get(0)?, x.get(1)?, x.get(2)?)))?
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
-                    out.push((r, current, done, running));
+                let now = now_ms();
+                let rows = store::list_workflows(c, statuses.as_deref(), limit)?;
+                let mut owners: BTreeMap<String, bool> = BTreeMap::new();
+                let mut estimates: BTreeMap<String, Option<f64>> = BTreeMap::new();
+                let mut out = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let steps = store::load_steps(c, &row.id)?;
+                    let mut flags = Vec::new();
+                    let active =
+                        matches!(row.status, WorkflowStatus::Running | WorkflowStatus::Queued);
+                    if active {
+                        let alive = match &row.owner {
+                            None => false,
+                            Some(o) => *owners
+                                .entry(o.clone())
+                                .or_insert_with(|| lease::owner_alive(c, &sh, o, now)),
+                        };
+                        if !alive {
+                            flags.push("orphaned".to_owned());
+                        }
+                    }
+                    let running: Vec<&store::StepRow> = steps
+                        .iter()
+                        .filter(|s| s.status == StepStatus::Running)
+                        .collect();
+                    if row.status == WorkflowStatus::Running {
+                        let def: Option<Workflow> = store::load_definition(c, &row.id)
+                            .ok()
+                            .and_then(|d| serde_json::from_str(&d).ok());
+                        if let Some(def) = &def {
+                            let stalled = running.iter().any(|s| {
+                                let started = s.started_at.unwrap_or(now);
+                                let last = s.last_activity_at.unwrap_or(started).max(started);
+                                def.step(&s.step_id)
+                                    .is_some_and(|d| now - last > (d.stall_timeout_s as i64) * 1000)
+                            });
+                            if stalled {
+                                flags.push("stalled".to_owned());
+                            }
+                            if let (Some(name), Some(started)) = (&def.name, row.started_at) {
+                                let est = *estimates
+                                    .entry(name.clone())
+                                    .or_insert_with(|| super::control::estimate_in(c, def));
+                                if est
+                                    .is_some_and(|e| is_overdue(now - started, (e * 1000.0) as i64))
+                                {
+                                    flags.push("overdue".to_owned());
+                                }
+                            }
+                        }
+                    }
+                    let done = steps.iter().filter(|s| s.status.satisfies_deps()).count() as i64;
+                    let current = steps
+                        .iter()
+                        .filter(|s| matches!(s.status, StepStatus::Running | StepStatus::Retrying))
+                        .map(|s| s.step_id.clone())
+                        .collect();
+                    let last_activity = [Some(row.updated_at), row.last_activity_at]
+                        .into_iter()
+                        .flatten()
+                        .max()
+                        .unwrap_or(row.created_at);
+                    out.push(MonitoredWorkflow {
+                        thread_id: row.id,
+                        name: row.name,
+                        status: row.status,
+                        progress: Progress {
+                            done,
+                            total: row.step_count,
+                        },
+                        current_steps: current,
+                        started_at: rfc3339(row.started_at.unwrap_or(row.created_at)),
+                        last_activity_at: rfc3339(last_activity),
+                        heartbeat_age_s: ((now - last_activity).max(0) as f64) / 1000.0,
+                        owner: row.owner,
+                        flags,
+                    });
                 }
                 Ok((out, store::count_by_status(c)?))
             })
             .await?;
-        let now = now_ms();
-        let mut estimates: BTreeMap<String, Option<f64>> = BTreeMap::new();
-        let mut workflows = Vec::with_capacity(rows.len());
-        for (row, current, done, running) in rows {
-            let mut flags = Vec::new();
-            let alive_owner = lease::is_owned_by_live(&self.sh, row.owner.clone()).await?;
-            if matches!(row.status, WorkflowStatus::Running | WorkflowStatus::Queued)
-                && !alive_owner
-            {
-                flags.push("orphaned".to_owned());
-            }
-            let def = serde_json::from_str::<Workflow>(&row.definition).ok();
-            if let (Some(def), Some(started)) = (&def, row.started_at)
-                && row.status == WorkflowStatus::Running
-            {
-                let estimate = match &def.name {
-                    Some(name) => match estimates.get(name) {
-                        Some(e) => *e,
-                        None => {
-                            let e = self.estimate(def).await;
-                            estimates.insert(name.clone(), e);
-                            e
-                        }
-                    },
-                    None => None,
-                };
-                if let Some(est) = estimate
-                    && is_overdue(now - started, (est * 1000.0) as i64)
-                {
-                    flags.push("overdue".to_owned());
-                }
-            }
-            if !running.is_empty()
-                && let Some(def) = &def
-            {
-                let stalled = running.iter().any(|(id, started, activity)| {
-                    let last = activity.unwrap_or(*started).max(*started);
-                    def.step(id)
-                        .is_some_and(|s| now - last > (s.stall_timeout_s as i64) * 1000)
-                });
-                if stalled {
-                    flags.push("stalled".to_owned());
-                }
-            }
-            let last_activity = [Some(row.updated_at), row.last_activity_at]
-                .into_iter()
-                .flatten()
-                .max()
-                .unwrap_or(row.created_at);
-            workflows.push(MonitoredWorkflow {
-                thread_id: row.id,
-                name: row.name,
-                status: row.status,
-                progress: Progress {
-                    done,
-                    total: row.step_count,
-                },
-                current_steps: current,
-                started_at: rfc3339(row.started_at.unwrap_or(row.created_at)),
-                last_activity_at: rfc3339(last_activity),
-                heartbeat_age_s: ((now - last_activity).max(0) as f64) / 1000.0,
-                owner: row.owner,
-                flags,
-            });
-        }
         Ok(MonitorView {
             workflows,
             counts: counts

@@ -16,7 +16,6 @@ mod schema;
 
 pub use queries::*;
 
-use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -63,14 +62,15 @@ pub enum Durability {
 /// The context a write runs in: the open transaction and the set of workflows it touched.
 pub struct WriteCtx<'c> {
     pub conn: &'c Connection,
-    changed: BTreeSet<String>,
+    /// Ids touched by the writes of the current transaction (few; a list beats a set).
+    changed: Vec<String>,
 }
 
 impl WriteCtx<'_> {
     /// Records that `workflow_id` changed, so subscribers are woken after the commit.
     pub fn touched(&mut self, workflow_id: &str) {
-        if !self.changed.contains(workflow_id) {
-            self.changed.insert(workflow_id.to_owned());
+        if !self.changed.iter().any(|c| c == workflow_id) {
+            self.changed.push(workflow_id.to_owned());
         }
     }
 }
@@ -293,6 +293,11 @@ fn open_conn(path: &Path, durability: Durability) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Runs a statement without parameters through the statement cache.
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 fn writer_loop(
     conn: Connection,
     rx: mpsc::Receiver<Job>,
@@ -307,7 +312,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = exec_cached(&conn, "BEGIN IMMEDIATE") {
             let msg = e.to_string();
             tracing::error!(error = %msg, "cannot begin a write transaction");
             for job in batch {
@@ -317,28 +322,42 @@ fn writer_loop(
         }
         let mut ctx = WriteCtx {
             conn: &conn,
-            changed: BTreeSet::new(),
+            changed: Vec::new(),
         };
         let mut replies = Vec::with_capacity(batch.len());
+        // A lone write needs no savepoint: if it fails, the whole transaction is rolled back.
+        let alone = batch.len() == 1;
+        let mut failed_alone = false;
         for job in batch {
-            let before = ctx.changed.clone();
-            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            let mark = ctx.changed.len();
+            if !alone && let Err(e) = exec_cached(&conn, "SAVEPOINT job") {
                 replies.push(fail_reply(job, &e.to_string()));
                 continue;
             }
             let (ok, reply) = job(Some(&mut ctx));
-            let end = if ok {
-                "RELEASE job"
+            if !ok {
+                ctx.changed.truncate(mark);
+            }
+            if alone {
+                failed_alone = !ok;
             } else {
-                ctx.changed = before;
-                "ROLLBACK TO job; RELEASE job"
-            };
-            if let Err(e) = conn.execute_batch(end) {
-                tracing::error!(error = %e, "savepoint handling failed");
+                let end = if ok {
+                    exec_cached(&conn, "RELEASE job")
+                } else {
+                    exec_cached(&conn, "ROLLBACK TO job")
+                        .and_then(|()| exec_cached(&conn, "RELEASE job"))
+                };
+                if let Err(e) = end {
+                    tracing::error!(error = %e, "savepoint handling failed");
+                }
             }
             replies.push(reply);
         }
-        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        let commit = if failed_alone {
+            exec_cached(&conn, "ROLLBACK").map_err(|e| e.to_string())
+        } else {
+            exec_cached(&conn, "COMMIT").map_err(|e| e.to_string())
+        };
         if let Err(e) = &commit {
             tracing::error!(error = %e, "commit failed; rolling back the batch");
             let _ = conn.execute_batch("ROLLBACK");
@@ -347,7 +366,7 @@ fn writer_loop(
         for reply in replies {
             reply(commit.clone());
         }
-        if commit.is_ok() {
+        if commit.is_ok() && !failed_alone {
             commits.fetch_add(1, Ordering::Relaxed);
             for id in changed {
                 let _ = changes.send(Arc::from(id));

@@ -125,7 +125,6 @@ fn status_of<T>(s: String, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> 
 pub struct WorkflowRow {
     pub id: String,
     pub name: Option<String>,
-    pub definition: String,
     pub status: WorkflowStatus,
     pub step_count: i64,
     pub created_at: i64,
@@ -141,7 +140,7 @@ pub struct WorkflowRow {
     pub total_cost_usd: f64,
 }
 
-const WORKFLOW_COLS: &str = "id, name, definition, status, step_count, created_at, updated_at, \
+const WORKFLOW_COLS: &str = "id, name, status, step_count, created_at, updated_at, \
     started_at, finished_at, error, owner, lease_expires_at, epoch, cancel_requested, \
     last_activity_at, total_cost_usd";
 
@@ -149,20 +148,19 @@ fn workflow_row(r: &Row<'_>) -> rusqlite::Result<WorkflowRow> {
     Ok(WorkflowRow {
         id: r.get(0)?,
         name: r.get(1)?,
-        definition: r.get(2)?,
-        status: status_of(r.get(3)?, WorkflowStatus::parse)?,
-        step_count: r.get(4)?,
-        created_at: r.get(5)?,
-        updated_at: r.get(6)?,
-        started_at: r.get(7)?,
-        finished_at: r.get(8)?,
-        error: r.get(9)?,
-        owner: r.get(10)?,
-        lease_expires_at: r.get(11)?,
-        epoch: r.get(12)?,
-        cancel_requested: r.get(13)?,
-        last_activity_at: r.get(14)?,
-        total_cost_usd: r.get(15)?,
+        status: status_of(r.get(2)?, WorkflowStatus::parse)?,
+        step_count: r.get(3)?,
+        created_at: r.get(4)?,
+        updated_at: r.get(5)?,
+        started_at: r.get(6)?,
+        finished_at: r.get(7)?,
+        error: r.get(8)?,
+        owner: r.get(9)?,
+        lease_expires_at: r.get(10)?,
+        epoch: r.get(11)?,
+        cancel_requested: r.get(12)?,
+        last_activity_at: r.get(13)?,
+        total_cost_usd: r.get(14)?,
     })
 }
 
@@ -292,19 +290,22 @@ pub struct NewWorkflow<'a> {
 
 /// Inserts a queued workflow owned by `owner` at epoch 1.
 pub fn insert_workflow(ctx: &mut WriteCtx<'_>, w: &NewWorkflow<'_>, now: i64) -> Result<()> {
-    ctx.conn.execute(
-        "INSERT INTO workflows (id, name, definition, status, step_count, created_at, \
-         updated_at, owner, lease_expires_at, epoch) VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?5, ?6, ?7, 1)",
-        params![
+    ctx.conn
+        .prepare_cached(
+            "INSERT INTO workflows (id, name, status, step_count, created_at, updated_at, \
+             owner, lease_expires_at, epoch) VALUES (?1, ?2, 'queued', ?3, ?4, ?4, ?5, ?6, 1)",
+        )?
+        .execute(params![
             w.id,
             w.name,
-            w.definition,
             w.step_ids.len() as i64,
             now,
             w.owner,
             w.lease_expires_at
-        ],
-    )?;
+        ])?;
+    ctx.conn
+        .prepare_cached("INSERT INTO definitions (workflow_id, body) VALUES (?1, ?2)")?
+        .execute(params![w.id, w.definition])?;
     let mut stmt = ctx.conn.prepare_cached(
         "INSERT INTO steps (workflow_id, step_id, idx, status) VALUES (?1, ?2, ?3, 'pending')",
     )?;
@@ -322,21 +323,34 @@ pub fn find_workflow(conn: &Connection, id: &str) -> Result<Option<WorkflowRow>>
     Ok(stmt.query_row([id], workflow_row).optional()?)
 }
 
-/// Workflows, newest first, filtered by status.
+/// The compiled definition (JSON) of a workflow.
+pub fn load_definition(conn: &Connection, id: &str) -> Result<String> {
+    let mut stmt = conn.prepare_cached("SELECT body FROM definitions WHERE workflow_id = ?1")?;
+    stmt.query_row([id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::Corrupt(format!("workflow {id} has no stored definition")))
+}
+
+/// Workflows, newest first, filtered by status (`None`: every status).
 pub fn list_workflows(
     conn: &Connection,
-    statuses: &[WorkflowStatus],
+    statuses: Option<&[WorkflowStatus]>,
     limit: i64,
 ) -> Result<Vec<WorkflowRow>> {
-    let list = statuses
-        .iter()
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect::<Vec<_>>()
-        .join(",");
-    let sql = format!(
-        "SELECT {WORKFLOW_COLS} FROM workflows WHERE status IN ({list}) \
-         ORDER BY created_at DESC LIMIT ?1"
-    );
+    // Without a filter, walk the creation index and stop at `limit` rows.
+    let filter = match statuses {
+        Some(statuses) => {
+            let list = statuses
+                .iter()
+                .map(|s| format!("'{}'", s.as_str()))
+                .collect::<Vec<_>>()
+                .join(",");
+            format!("WHERE status IN ({list})")
+        }
+        None => String::new(),
+    };
+    let sql =
+        format!("SELECT {WORKFLOW_COLS} FROM workflows {filter} ORDER BY created_at DESC LIMIT ?1");
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map([limit], workflow_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -642,16 +656,19 @@ pub fn load_attempts(conn: &Connection, workflow_id: &str) -> Result<Vec<Attempt
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Median duration (ms) of completed steps of past workflows with this name, per step id.
+/// Median duration (ms) of completed steps in the last 20 completed workflows with this
+/// name, per step id.
 pub fn median_step_durations(
     conn: &Connection,
     name: &str,
 ) -> Result<std::collections::BTreeMap<String, i64>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT s.step_id, s.finished_at - s.started_at FROM steps s \
-         JOIN workflows w ON w.id = s.workflow_id \
-         WHERE w.name = ?1 AND s.status = 'completed' AND s.finished_at IS NOT NULL \
-         AND s.started_at IS NOT NULL ORDER BY w.created_at DESC LIMIT 2000",
+        "SELECT s.step_id, s.finished_at - s.started_at FROM \
+         (SELECT id FROM workflows WHERE name = ?1 AND status = 'completed' \
+          ORDER BY created_at DESC LIMIT 20) w \
+         JOIN steps s ON s.workflow_id = w.id \
+         WHERE s.status = 'completed' AND s.finished_at IS NOT NULL \
+         AND s.started_at IS NOT NULL",
     )?;
     let mut by_step: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
     for row in stmt.query_map([name], |r| {
@@ -708,6 +725,60 @@ pub fn append_event(
         ])?;
     ctx.touched(workflow_id);
     Ok(seq)
+}
+
+/// Fenced start of a write by a workflow's owner: checks that `owner` holds the workflow at
+/// `epoch` and reserves `n` consecutive event `seq`s, in one statement on the workflow row.
+/// Returns the first reserved `seq`.
+pub fn fenced_reserve(
+    ctx: &mut WriteCtx<'_>,
+    id: &str,
+    owner: &str,
+    epoch: i64,
+    n: i64,
+    now: i64,
+) -> Result<i64> {
+    let first: Option<i64> = ctx
+        .conn
+        .prepare_cached(
+            "UPDATE workflows SET next_seq = next_seq + ?4, updated_at = ?5 \
+             WHERE id = ?1 AND owner = ?2 AND epoch = ?3 RETURNING next_seq - ?4",
+        )?
+        .query_row(params![id, owner, epoch, n, now], |r| r.get(0))
+        .optional()?;
+    ctx.touched(id);
+    first.ok_or_else(|| StoreError::Fenced(id.to_owned()))
+}
+
+/// Inserts events at consecutive `seq`s from `first` (reserved with [`fenced_reserve`]).
+pub fn insert_events(
+    ctx: &mut WriteCtx<'_>,
+    workflow_id: &str,
+    first: i64,
+    events: &[(
+        EventKind,
+        Option<String>,
+        Option<i64>,
+        Option<serde_json::Value>,
+    )],
+    now: i64,
+) -> Result<()> {
+    let mut stmt = ctx.conn.prepare_cached(
+        "INSERT INTO events (workflow_id, seq, type, step_id, attempt, at, data) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for (i, (kind, step, attempt, data)) in events.iter().enumerate() {
+        stmt.execute(params![
+            workflow_id,
+            first + i as i64,
+            kind.as_str(),
+            step,
+            attempt,
+            now,
+            data.as_ref().map(|d| d.to_string())
+        ])?;
+    }
+    Ok(())
 }
 
 /// Events with `seq > after`, oldest first.

@@ -5,18 +5,20 @@ use rusqlite::{Connection, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
 
 const V1: &str = r#"
+-- Processes that may hold leases. Each records its own lease length, so processes
+-- configured with different leases judge each other's heartbeats by the owner's lease.
 CREATE TABLE owners (
     id            TEXT PRIMARY KEY,
     pid           INTEGER NOT NULL,
     host          TEXT NOT NULL,
     started_at    INTEGER NOT NULL,
-    heartbeat_at  INTEGER NOT NULL
+    heartbeat_at  INTEGER NOT NULL,
+    lease_ms      INTEGER NOT NULL DEFAULT 15000
 ) WITHOUT ROWID;
 
 CREATE TABLE workflows (
     id               TEXT PRIMARY KEY,
     name             TEXT,
-    definition       TEXT NOT NULL,
     status           TEXT NOT NULL,
     step_count       INTEGER NOT NULL,
     created_at       INTEGER NOT NULL,
@@ -32,9 +34,20 @@ CREATE TABLE workflows (
     last_activity_at INTEGER,
     total_cost_usd   REAL NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
-CREATE INDEX workflows_by_status ON workflows(status, updated_at);
+-- Hot columns only: every step boundary rewrites this row, so the definition (written once)
+-- lives in its own table, and no index covers a column that changes per event.
+CREATE INDEX workflows_by_status ON workflows(status, created_at);
 CREATE INDEX workflows_by_created ON workflows(created_at);
 CREATE INDEX workflows_by_name ON workflows(name, created_at);
+-- Lease renewal, lost-lease checks and cancel polling look workflows up by owner; only
+-- running workflows have one, so the partial index stays small.
+CREATE INDEX workflows_by_owner ON workflows(owner) WHERE owner IS NOT NULL;
+
+-- The compiled definition of each workflow (JSON), written once at submission.
+CREATE TABLE definitions (
+    workflow_id TEXT PRIMARY KEY,
+    body        TEXT NOT NULL
+) WITHOUT ROWID;
 
 CREATE TABLE steps (
     workflow_id      TEXT NOT NULL,
@@ -85,16 +98,8 @@ CREATE TABLE events (
 ) WITHOUT ROWID;
 "#;
 
-/// Each owner records its own lease length, so processes configured with different leases
-/// judge each other's heartbeats by the owner's lease, not their own.
-const V2: &str = "ALTER TABLE owners ADD COLUMN lease_ms INTEGER NOT NULL DEFAULT 15000;";
-
-/// Lease renewal, lost-lease checks and cancel polling all look workflows up by owner; only
-/// running workflows have one, so the partial index stays small.
-const V3: &str = "CREATE INDEX workflows_by_owner ON workflows(owner) WHERE owner IS NOT NULL;";
-
 pub(super) fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
+    Migrations::new(vec![M::up(V1)])
 }
 
 /// Brings the schema up to date. Several servers may open a new database at the same moment:

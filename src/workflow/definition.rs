@@ -22,8 +22,10 @@ pub const DEFAULT_STALL_TIMEOUT_S: u64 = 120;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workflow {
     /// Human-readable name, if the definition had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Final input values: declared defaults overlaid with the invocation's inputs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: BTreeMap<String, String>,
     /// The steps, in definition order.
     pub steps: Vec<Step>,
@@ -41,12 +43,14 @@ impl Workflow {
     }
 }
 
-/// One resolved step.
+/// One resolved step. Fields at their defaults are left out of the stored JSON (and filled
+/// back in when it is read), which keeps a stored workflow close to what its author wrote.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     /// Unique id (`[A-Za-z0-9_-]+`).
     pub id: String,
     /// Ids of the steps that must complete before this one starts (no duplicates).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deps: Vec<String>,
     /// What the step does.
     pub action: Action,
@@ -54,21 +58,44 @@ pub struct Step {
     /// in the same place (a Claude session can only be resumed from its own cwd).
     pub cwd: PathBuf,
     /// Variables added to the inherited environment (`defaults.env` merged with the step's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// Wall-clock limit per attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u64>,
     /// Seconds without output after which the attempt is flagged as stalled.
+    #[serde(
+        default = "default_stall_timeout_s",
+        skip_serializing_if = "is_default_stall_timeout"
+    )]
     pub stall_timeout_s: u64,
     /// What the monitor does with a stalled attempt.
+    #[serde(default, skip_serializing_if = "is_default")]
     pub on_stall: OnStall,
     /// Retry policy (step ← defaults ← built-in, field by field).
+    #[serde(default, skip_serializing_if = "is_default")]
     pub retry: RetryPolicy,
     /// Agent options; only meaningful for [`Action::Prompt`] (empty for other steps).
+    #[serde(default, skip_serializing_if = "is_default")]
     pub agent: AgentOptions,
     /// Claude Studio role / agent id, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     /// Checks deciding whether a finished attempt succeeded.
+    #[serde(default, skip_serializing_if = "is_default")]
     pub success: SuccessCheck,
+}
+
+fn default_stall_timeout_s() -> u64 {
+    DEFAULT_STALL_TIMEOUT_S
+}
+
+fn is_default_stall_timeout(v: &u64) -> bool {
+    *v == DEFAULT_STALL_TIMEOUT_S
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// What a step runs.
