@@ -48,7 +48,7 @@ const ACTIVITY_EVERY: Duration = Duration::from_secs(5);
 const COMMIT_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// An event to append: kind, step, attempt number and data.
-type PendingEvent = (EventKind, Option<String>, Option<i64>, Option<Value>);
+type PendingEvent = store::NewEvent;
 
 /// Changes to commit in one transaction.
 #[derive(Default, Clone)]

@@ -750,17 +750,20 @@ pub fn fenced_reserve(
     first.ok_or_else(|| StoreError::Fenced(id.to_owned()))
 }
 
+/// An event to append: type, step, attempt, data.
+pub type NewEvent = (
+    EventKind,
+    Option<String>,
+    Option<i64>,
+    Option<serde_json::Value>,
+);
+
 /// Inserts events at consecutive `seq`s from `first` (reserved with [`fenced_reserve`]).
 pub fn insert_events(
     ctx: &mut WriteCtx<'_>,
     workflow_id: &str,
     first: i64,
-    events: &[(
-        EventKind,
-        Option<String>,
-        Option<i64>,
-        Option<serde_json::Value>,
-    )],
+    events: &[NewEvent],
     now: i64,
 ) -> Result<()> {
     let mut stmt = ctx.conn.prepare_cached(
