@@ -195,13 +195,20 @@ impl GlobalArgs {
             }
         }
         if adopt {
-            let adopted = engine.recover().await?;
-            if !adopted.is_empty() {
-                tracing::info!(
-                    count = adopted.len(),
-                    "resumed workflows left by stopped processes"
-                );
-            }
+            // Serve at once; workflows left by stopped processes are taken over meanwhile.
+            let recovering = engine.clone();
+            tokio::spawn(async move {
+                match recovering.recover().await {
+                    Ok(adopted) if !adopted.is_empty() => tracing::info!(
+                        count = adopted.len(),
+                        "resumed workflows left by stopped processes"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "recovery at start-up failed; the periodic scan retries")
+                    }
+                }
+            });
         }
         Ok(engine)
     }

@@ -510,10 +510,7 @@ pub(super) async fn adopt(
                     ..Default::default()
                 };
                 // Keep the attempt's original start time if it was recorded.
-                let started = store::load_attempts(ctx.conn, &id)?
-                    .into_iter()
-                    .find(|a| a.step_id == s.step_id && a.number == s.attempts)
-                    .map(|a| a.started_at);
+                let started = store::attempt_started_at(ctx.conn, &id, &s.step_id, s.attempts)?;
                 store::insert_attempt(
                     ctx,
                     &id,

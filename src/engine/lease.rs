@@ -196,22 +196,33 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<String>> {
                 .collect::<Vec<_>>())
         })
         .await?;
-    let mut adopted = Vec::new();
+    // Leftovers of each dead owner first, so no old attempt runs beside its re-run.
     let mut swept: Vec<String> = Vec::new();
-    for (id, prev, epoch) in candidates {
-        if let Some(p) = &prev
-            && !swept.contains(p)
-        {
-            let p2 = p.clone();
-            let n = tokio::task::spawn_blocking(move || super::process::kill_leftovers(&p2))
-                .await
-                .unwrap_or(0);
-            if n > 0 {
-                tracing::info!(owner = %p, killed = n, "killed processes left by a dead owner");
-            }
-            swept.push(p.clone());
+    for p in candidates.iter().filter_map(|(_, prev, _)| prev.as_ref()) {
+        if swept.contains(p) {
+            continue;
         }
-        match control::adopt(sh, &id, prev.as_deref(), epoch).await {
+        let p2 = p.clone();
+        let n = tokio::task::spawn_blocking(move || super::process::kill_leftovers(&p2))
+            .await
+            .unwrap_or(0);
+        if n > 0 {
+            tracing::info!(owner = %p, killed = n, "killed processes left by a dead owner");
+        }
+        swept.push(p.clone());
+    }
+    // All adoptions at once: queued together, they share the writer's commits.
+    let results = futures::future::join_all(candidates.into_iter().map(|(id, prev, epoch)| {
+        let sh = sh.clone();
+        async move {
+            let r = control::adopt(&sh, &id, prev.as_deref(), epoch).await;
+            (id, prev, r)
+        }
+    }))
+    .await;
+    let mut adopted = Vec::new();
+    for (id, prev, r) in results {
+        match r {
             Ok(new_epoch) => {
                 tracing::info!(thread_id = %id, previous_owner = ?prev, "adopted workflow");
                 sh.spawn_driver(&id, new_epoch);

@@ -631,6 +631,21 @@ pub fn insert_attempt(ctx: &mut WriteCtx<'_>, workflow_id: &str, a: &AttemptRow)
     Ok(())
 }
 
+/// When attempt `number` of a step started, if it was recorded.
+pub fn attempt_started_at(
+    conn: &Connection,
+    workflow_id: &str,
+    step_id: &str,
+    number: i64,
+) -> Result<Option<i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT started_at FROM attempts WHERE workflow_id = ?1 AND step_id = ?2 AND number = ?3",
+    )?;
+    Ok(stmt
+        .query_row(params![workflow_id, step_id, number], |r| r.get(0))
+        .optional()?)
+}
+
 pub fn load_attempts(conn: &Connection, workflow_id: &str) -> Result<Vec<AttemptRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT step_id, number, started_at, finished_at, outcome, exit_code, error, stderr, \
