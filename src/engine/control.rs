@@ -481,7 +481,7 @@ pub(super) async fn adopt(
     id: &str,
     prev: Option<&str>,
     epoch: i64,
-) -> Result<i64> {
+) -> Result<(i64, Loaded)> {
     let me = sh.owner.clone();
     let lease_until = now_ms() + sh.cfg.lease.as_millis() as i64;
     let max_crashes = sh.cfg.max_crashes;
@@ -536,37 +536,32 @@ pub(super) async fn adopt(
             }
             let data = json!({ "by": "adoption", "previous_owner": prev, "rerun_steps": crashed });
             store::append_event(ctx, &id, EventKind::WorkflowResumed, None, None, Some(&data), now)?;
-            Ok(new_epoch)
+            // What the new driver needs, read in the same transaction.
+            Ok((new_epoch, load(ctx.conn, &id)?))
         })
         .await?)
 }
 
-/// Loads what a driver needs: definition, status and step rows.
-pub(super) async fn load_for_driver(
-    sh: &Arc<Shared>,
-    id: &str,
-) -> Result<(Arc<Workflow>, WorkflowStatus, Vec<StepRow>)> {
-    let id = id.to_owned();
-    let (row, steps, definition) = sh
-        .store
-        .read(move |c| {
-            let row = store::find_workflow(c, &id)?
-                .ok_or_else(|| StoreError::Corrupt(format!("workflow {id} vanished")))?;
-            Ok((
-                row,
-                store::load_steps(c, &id)?,
-                store::load_definition(c, &id)?,
-            ))
-        })
-        .await?;
+/// A workflow as a driver starts from: definition, status, step rows.
+pub(super) type Loaded = (Arc<Workflow>, WorkflowStatus, Vec<StepRow>);
+
+fn load(c: &rusqlite::Connection, id: &str) -> store::Result<Loaded> {
+    let row = store::find_workflow(c, id)?
+        .ok_or_else(|| StoreError::Corrupt(format!("workflow {id} vanished")))?;
+    let steps = store::load_steps(c, id)?;
+    let definition = store::load_definition(c, id)?;
     let def: Workflow = serde_json::from_str(&definition)
-        .map_err(|e| StoreError::Corrupt(format!("stored definition of {}: {e}", row.id)))?;
+        .map_err(|e| StoreError::Corrupt(format!("stored definition of {id}: {e}")))?;
     if def.steps.len() != steps.len() {
         return Err(StoreError::Corrupt(format!(
-            "steps of {} do not match its definition",
-            row.id
-        ))
-        .into());
+            "steps of {id} do not match its definition"
+        )));
     }
     Ok((Arc::new(def), row.status, steps))
+}
+
+/// Loads what a driver needs: definition, status and step rows.
+pub(super) async fn load_for_driver(sh: &Arc<Shared>, id: &str) -> Result<Loaded> {
+    let id = id.to_owned();
+    Ok(sh.store.read(move |c| load(c, &id)).await?)
 }

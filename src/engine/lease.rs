@@ -223,9 +223,9 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<String>> {
     let mut adopted = Vec::new();
     for (id, prev, r) in results {
         match r {
-            Ok(new_epoch) => {
+            Ok((new_epoch, loaded)) => {
                 tracing::info!(thread_id = %id, previous_owner = ?prev, "adopted workflow");
-                sh.spawn_driver(&id, new_epoch);
+                sh.spawn_driver_with(&id, new_epoch, super::DriverInit::Loaded(loaded));
                 adopted.push(id);
             }
             Err(super::EngineError::Store(store::StoreError::Fenced(_))) => {}

@@ -106,8 +106,10 @@ impl Default for EngineConfig {
 
 /// How a driver gets its workflow.
 enum DriverInit {
-    /// Read it from the store (adoption, resume).
+    /// Read it from the store (resume).
     Load,
+    /// Already read (adoption reads it in the transaction that takes the lease).
+    Loaded(control::Loaded),
     /// A workflow just compiled: the driver's first commit inserts it; `reply` gets the
     /// outcome of that commit.
     New {
@@ -289,6 +291,7 @@ impl Shared {
                 DriverInit::Load => control::load_for_driver(&sh, &id)
                     .await
                     .map(|(def, status, steps)| (def, status, steps, None)),
+                DriverInit::Loaded((def, status, steps)) => Ok((def, status, steps, None)),
                 DriverInit::New { def, record, reply } => {
                     let steps = def
                         .steps
