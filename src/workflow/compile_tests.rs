@@ -37,7 +37,8 @@ fn assert_problem(ps: &Problems, step: Option<&str>, field: &str, needle: &str) 
     );
 }
 
-fn design_example() -> Value {
+/// The example workflow of the design document.
+pub(super) fn design_example() -> Value {
     json!({
       "name": "auth-feature",
       "inputs": { "ticket": { "description": "ticket id" } },

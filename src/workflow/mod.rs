@@ -101,24 +101,8 @@ pub fn workflow_schema() -> serde_json::Value {
 mod tests {
     use serde_json::json;
 
+    use super::compile_tests::design_example;
     use super::*;
-
-    fn design_example() -> serde_json::Value {
-        json!({
-          "name": "auth-feature",
-          "defaults": { "cwd": "/path/to/repo", "timeout_s": 1800,
-                        "retry": { "max_attempts": 3 }, "agent": { "model": "sonnet" } },
-          "steps": [
-            { "id": "plan",  "prompt": "Plan the change for {inputs.ticket}",
-              "agent": { "permission_mode": "plan" } },
-            { "id": "build", "deps": ["plan"], "prompt": "Implement this plan:\n{plan.output}",
-              "agent": { "permission_mode": "acceptEdits", "allowed_tools": ["Edit", "Bash(cargo:*)"] } },
-            { "id": "test",  "deps": ["build"], "run": ["cargo", "test", "--quiet"],
-              "retry": { "max_attempts": 2 } },
-            { "id": "notes", "deps": ["test"], "shell": "printf %s {test.output} | tail -n 5" }
-          ]
-        })
-    }
 
     #[test]
     fn parse_raw_reports_decoding_problems_only() {
