@@ -10,7 +10,9 @@ use std::time::Duration;
 use rmcp::{
     ErrorData as McpError, Json, RoleServer,
     handler::server::wrapper::Parameters,
-    model::{CallToolResponse, CallToolResult, ContentBlock, ProgressNotificationParam},
+    model::{
+        CallToolResponse, CallToolResult, ContentBlock, ProgressNotificationParam, ProtocolVersion,
+    },
     service::RequestContext,
     tool, tool_router,
 };
@@ -63,9 +65,10 @@ pub struct InvokeAsyncResult {
     /// Use this id with invoke_status, invoke_stream, invoke_resume and invoke_cancel.
     pub thread_id: String,
     pub status: WorkflowStatus,
-    pub step_count: usize,
+    pub step_count: i64,
     /// Expected wall time from past runs of a workflow with the same name.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "f64")]
     pub estimated_duration_s: Option<f64>,
     /// False if this thread_id already existed; nothing new was started.
     pub created: bool,
@@ -241,9 +244,16 @@ every problem is listed and nothing runs.",
             Err(e) => return Ok(refused(refusal(e))),
         };
         self.session.watch_workflow(&s.thread_id, 0);
-        if ctx
-            .client_capabilities()
-            .is_some_and(|c| c.supports_tasks())
+        // Server-directed tasks (SEP-2663) belong to 2026-07-28 requests that declare the
+        // extension; a 2025-11-25 session gets the plain result even if its `initialize`
+        // listed the extension (hosts such as the MCP Inspector read it that way).
+        let modern = ctx
+            .protocol_version()
+            .is_some_and(|v| v >= ProtocolVersion::V_2026_07_28);
+        if modern
+            && ctx
+                .client_capabilities()
+                .is_some_and(|c| c.supports_tasks())
         {
             let task = super::tasks::created(&self.engine, &s.thread_id).await?;
             return Ok(CallToolResponse::Task(task));
@@ -259,7 +269,7 @@ every problem is listed and nothing runs.",
         let result = InvokeAsyncResult {
             thread_id: s.thread_id,
             status: s.status,
-            step_count: s.step_count,
+            step_count: s.step_count as i64,
             estimated_duration_s: s.estimated_duration_s,
             created: s.created,
             next,

@@ -140,6 +140,12 @@ async fn start_task(client: &Session, workflow: Value) -> String {
             assert_eq!(t.task.status, TaskStatus::Working);
             t.task.task_id
         }
+        // On 2025-11-25 the tool answers with the plain result; its thread id is still a
+        // task id that tasks/get serves.
+        CallToolResponse::Complete(r) => r.structured_content.unwrap()["thread_id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
         other => panic!("expected a task, got {other:?}"),
     }
 }
@@ -244,6 +250,25 @@ async fn unknown_task_and_update_of_unblocked_task_are_refused() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not waiting for input"), "{err}");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn legacy_session_gets_the_plain_result_even_when_it_declares_tasks() {
+    let sb = Sandbox::new();
+    let (client, _rx) = connect(&sb, Protocol::V2025, true).await;
+    let r = client
+        .call_tool_once(
+            CallToolRequestParams::new("invoke_async").with_arguments(args(
+                json!({"workflow": {"steps": [{"id": "a", "run": ["true"]}]}}),
+            )),
+        )
+        .await
+        .unwrap();
+    let CallToolResponse::Complete(r) = r else {
+        panic!("expected the plain result, got {r:?}");
+    };
+    assert!(r.structured_content.unwrap()["thread_id"].is_string());
     client.cancel().await.unwrap();
 }
 
