@@ -103,55 +103,59 @@ pub async fn run(
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let cap = spec.output_cap;
-    let out_task = tokio::spawn(async move {
-        match stdout {
-            Some(s) => read_capped(s, cap, on_line).await,
-            None => String::new(),
-        }
+    // Both pipes are read by this same task, beside the wait: no extra tasks per attempt.
+    let mut readers = std::pin::pin!(async move {
+        let out = async {
+            match stdout {
+                Some(s) => read_capped(s, cap, on_line).await,
+                None => String::new(),
+            }
+        };
+        let err = async {
+            match stderr {
+                Some(s) => read_capped(s, cap, None).await,
+                None => String::new(),
+            }
+        };
+        tokio::join!(out, err)
     });
-    let err_task = tokio::spawn(async move {
-        match stderr {
-            Some(s) => read_capped(s, cap, None).await,
-            None => String::new(),
-        }
-    });
-
-    let timeout = async {
+    let mut timeout = std::pin::pin!(async {
         match spec.timeout {
             Some(t) => tokio::time::sleep(t).await,
             None => std::future::pending().await,
         }
-    };
-    let ending = tokio::select! {
-        status = child.wait() => exit_ending(status?),
-        () = timeout => {
-            terminate(&mut child, pgid, spec.kill_grace).await;
-            Ending::TimedOut
-        }
-        () = stop.cancelled() => {
-            terminate(&mut child, pgid, spec.kill_grace).await;
-            Ending::Stopped
+    });
+    let mut output: Option<(String, String)> = None;
+    let ending = loop {
+        tokio::select! {
+            o = &mut readers, if output.is_none() => output = Some(o),
+            status = child.wait() => break exit_ending(status?),
+            () = &mut timeout => {
+                terminate(&mut child, pgid, spec.kill_grace).await;
+                break Ending::TimedOut;
+            }
+            () = stop.cancelled() => {
+                terminate(&mut child, pgid, spec.kill_grace).await;
+                break Ending::Stopped;
+            }
         }
     };
     // Whatever the main process left running in its group goes with it.
     if let Some(pg) = pgid {
         let _ = killpg(pg, Signal::SIGKILL);
     }
-    let stdout = join_reader(out_task).await;
-    let stderr = join_reader(err_task).await;
+    let (stdout, stderr) = match output {
+        Some(o) => o,
+        // A process that escaped the group could hold a pipe open forever; don't wait for it.
+        None => tokio::time::timeout(Duration::from_secs(2), readers)
+            .await
+            .unwrap_or_default(),
+    };
     Ok(ProcessResult {
         ending,
         stdout,
         stderr,
     })
-}
-
-async fn join_reader(task: tokio::task::JoinHandle<String>) -> String {
-    // A process that escaped the group could hold the pipe open forever; don't wait for it.
-    match tokio::time::timeout(Duration::from_secs(2), task).await {
-        Ok(Ok(s)) => s,
-        _ => String::new(),
-    }
 }
 
 fn exit_ending(status: std::process::ExitStatus) -> Ending {
