@@ -242,7 +242,8 @@ impl Driver {
         }
     }
 
-    /// Runs the workflow until it finishes or the driver is stopped.
+    /// Runs the workflow until it finishes or the driver is stopped. The work done at each
+    /// wake-up is boxed, so an idle driver holds only its wait, not the largest step of it.
     pub(super) async fn run(mut self) {
         // Steps found waiting for a retry (after adoption) are due at once.
         for (i, s) in self.steps.iter().enumerate() {
@@ -250,8 +251,8 @@ impl Driver {
                 self.retry_at.insert(i, Instant::now());
             }
         }
-        if !self.advance(Vec::new()).await {
-            return self.finish_stopped().await;
+        if !Box::pin(self.advance(Vec::new())).await {
+            return Box::pin(self.finish_stopped()).await;
         }
         loop {
             if self.status.is_terminal() {
@@ -267,28 +268,28 @@ impl Driver {
                 // Before results: an attempt's signals are all queued by the time it ends, and
                 // once its result is applied they would be dropped (first tool use, session).
                 Some(sig) = self.sig_rx.recv() => {
-                    if !self.on_signal(sig).await { break; }
+                    if !Box::pin(self.on_signal(sig)).await { break; }
                 }
                 Some(joined) = self.running.join_next() => {
                     let mut done = Vec::new();
                     if let Ok(r) = joined { done.push(r); }
                     while let Some(Ok(r)) = self.running.try_join_next() { done.push(r); }
-                    if !self.advance(done).await { break; }
+                    if !Box::pin(self.advance(done)).await { break; }
                 }
                 () = sleep_until(next_retry) => {
-                    if !self.advance(Vec::new()).await { break; }
+                    if !Box::pin(self.advance(Vec::new())).await { break; }
                 }
                 () = sleep_until(next_stall) => self.restart_stalled(),
                 () = sleep_until(next_progress) => {
-                    if !self.flush_progress().await { break; }
+                    if !Box::pin(self.flush_progress()).await { break; }
                 }
                 Ok(p) = sem.acquire_owned(), if self.starved => {
                     self.spare = Some(p);
-                    if !self.advance(Vec::new()).await { break; }
+                    if !Box::pin(self.advance(Vec::new())).await { break; }
                 }
             }
         }
-        self.finish_stopped().await;
+        Box::pin(self.finish_stopped()).await;
     }
 
     /// Applies finished attempts, starts what became ready and, when nothing is left, ends

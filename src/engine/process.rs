@@ -99,6 +99,8 @@ pub async fn run(
         });
     }
     let mut child = cmd.spawn()?;
+    // The command's arguments and environment are not needed while the process runs.
+    drop(cmd);
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
