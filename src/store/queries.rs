@@ -515,16 +515,6 @@ pub fn load_steps(conn: &Connection, workflow_id: &str) -> Result<Vec<StepRow>> 
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Ids of the steps of a workflow that are running or waiting to retry.
-pub fn current_steps(conn: &Connection, workflow_id: &str) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT step_id FROM steps WHERE workflow_id = ?1 \
-         AND status IN ('running', 'retrying') ORDER BY idx",
-    )?;
-    let rows = stmt.query_map([workflow_id], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
 /// Number of steps that are completed or skipped.
 pub fn done_count(conn: &Connection, workflow_id: &str) -> Result<i64> {
     let mut stmt = conn.prepare_cached(
