@@ -209,3 +209,46 @@ fn progress_notifications_rise_monotonically_and_name_what_happened() {
         }
     }
 }
+
+#[test]
+fn waiting_stream_sends_keepalive_progress_and_returns_at_wait_s() {
+    let sb = Sandbox::new();
+    let mut s = sb.server();
+    let gate = sb.path("gate");
+    let id = s.start(json!({"steps": [{"id": "slow", "shell": format!(
+        "i=0; while [ ! -e {} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+        gate.display())}]}));
+    // Nothing happens for 11 s: the call must keep the client's timeout alive (a progress
+    // notification at least every 15 s) and return when wait_s runs out, resumable.
+    let r = s.call_raw(
+        "invoke_stream",
+        json!({"thread_id": id, "wait_s": 11}),
+        Some("k"),
+    );
+    let r = &r["result"]["structuredContent"];
+    assert_eq!(r["done"], json!(false), "{r}");
+    assert_eq!(r["status"], "running");
+    let progress: Vec<&serde_json::Value> = s
+        .notifications
+        .iter()
+        .filter(|n| n["method"] == "notifications/progress" && n["params"]["progressToken"] == "k")
+        .collect();
+    assert!(
+        progress.iter().any(|n| n["params"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("waiting")),
+        "no keepalive among {progress:?}"
+    );
+    let values: Vec<f64> = progress
+        .iter()
+        .map(|n| n["params"]["progress"].as_f64().unwrap())
+        .collect();
+    assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
+    sb.write("gate", "");
+    let done = s.call(
+        "invoke_stream",
+        json!({"thread_id": id, "cursor": r["next_cursor"], "wait_s": 30}),
+    );
+    assert_eq!(done["status"], "completed");
+}
