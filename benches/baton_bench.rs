@@ -770,34 +770,31 @@ fn poll_until(what: &str, limit: Duration, mut pred: impl FnMut() -> bool) -> Du
     t.elapsed()
 }
 
-fn count_status(db: &Path, status: &str) -> i64 {
+/// A `count(*)` query on a database another process is writing, or 0 if it cannot be read.
+fn count(db: &Path, sql: &str, params: impl rusqlite::Params) -> i64 {
     let Ok(conn) =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
     else {
         return 0;
     };
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    conn.query_row(
+    conn.query_row(sql, params, |x| x.get(0)).unwrap_or(0)
+}
+
+fn count_status(db: &Path, status: &str) -> i64 {
+    count(
+        db,
         "SELECT count(*) FROM workflows WHERE status = ?1",
         [status],
-        |x| x.get(0),
     )
-    .unwrap_or(0)
 }
 
 fn count_running(db: &Path) -> i64 {
-    let Ok(conn) =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-    else {
-        return 0;
-    };
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    conn.query_row(
+    count(
+        db,
         "SELECT count(*) FROM steps WHERE status = 'running'",
         [],
-        |x| x.get(0),
     )
-    .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------- targets 4 and 5a
