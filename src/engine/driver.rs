@@ -418,13 +418,15 @@ impl Driver {
                 let duration = now - row.started_at.unwrap_or(now);
                 let preview: String = output.trim_end().chars().take(200).collect();
                 row.output = Some(output);
-                batch.event(
-                    EventKind::StepCompleted,
-                    Some(&sid),
-                    Some(number),
-                    json!({ "duration_ms": duration, "output_preview": preview,
-                            "session_cost_usd": detail.cost_usd }),
-                );
+                // Only what is there: empty previews and absent costs are left out.
+                let mut data = json!({ "duration_ms": duration });
+                if !preview.is_empty() {
+                    data["output_preview"] = json!(preview);
+                }
+                if let Some(cost) = detail.cost_usd {
+                    data["session_cost_usd"] = json!(cost);
+                }
+                batch.event(EventKind::StepCompleted, Some(&sid), Some(number), data);
             }
             Outcome::Failed { class, error, .. } => {
                 att.outcome = if class == FailureClass::TimedOut {
@@ -726,7 +728,10 @@ impl Driver {
             kind,
             None,
             None,
-            json!({ "error": error, "done": done, "total": self.steps.len() }),
+            match &error {
+                Some(e) => json!({ "error": e, "done": done, "total": self.steps.len() }),
+                None => json!({ "done": done, "total": self.steps.len() }),
+            },
         );
     }
 

@@ -498,7 +498,7 @@ impl Engine {
             .store()
             .read(move |c| {
                 let mut stmt = c.prepare_cached(
-                    "SELECT count(*) FROM events WHERE workflow_id = ?1 AND seq <= ?2 \
+                    "SELECT count(*) FROM events WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) AND seq <= ?2 \
                      AND type IN ('step_completed', 'step_skipped')",
                 )?;
                 Ok(stmt.query_row(rusqlite::params![id, cursor], |r| r.get(0))?)

@@ -304,10 +304,10 @@ pub fn insert_workflow(ctx: &mut WriteCtx<'_>, w: &NewWorkflow<'_>, now: i64) ->
             w.lease_expires_at
         ])?;
     ctx.conn
-        .prepare_cached("INSERT INTO definitions (workflow_id, body) VALUES (?1, ?2)")?
+        .prepare_cached("INSERT INTO definitions (wid, body) VALUES ((SELECT wid FROM workflows WHERE id = ?1), ?2)")?
         .execute(params![w.id, w.definition])?;
     let mut stmt = ctx.conn.prepare_cached(
-        "INSERT INTO steps (workflow_id, step_id, idx, status) VALUES (?1, ?2, ?3, 'pending')",
+        "INSERT INTO steps (wid, step_id, idx, status) VALUES ((SELECT wid FROM workflows WHERE id = ?1), ?2, ?3, 'pending')",
     )?;
     for (i, s) in w.step_ids.iter().enumerate() {
         stmt.execute(params![w.id, s, i as i64])?;
@@ -325,7 +325,9 @@ pub fn find_workflow(conn: &Connection, id: &str) -> Result<Option<WorkflowRow>>
 
 /// The compiled definition (JSON) of a workflow.
 pub fn load_definition(conn: &Connection, id: &str) -> Result<String> {
-    let mut stmt = conn.prepare_cached("SELECT body FROM definitions WHERE workflow_id = ?1")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT body FROM definitions WHERE wid = (SELECT wid FROM workflows WHERE id = ?1)",
+    )?;
     stmt.query_row([id], |r| r.get(0))
         .optional()?
         .ok_or_else(|| StoreError::Corrupt(format!("workflow {id} has no stored definition")))
@@ -497,7 +499,7 @@ pub fn session_cost(
 ) -> Result<f64> {
     Ok(conn
         .prepare_cached(
-            "SELECT coalesce(sum(cost_usd), 0) FROM attempts WHERE workflow_id = ?1 \
+            "SELECT coalesce(sum(cost_usd), 0) FROM attempts WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) \
              AND session_id = ?2 AND NOT (step_id = ?3 AND number = ?4)",
         )?
         .query_row(params![workflow_id, session_id, step_id, number], |r| {
@@ -509,7 +511,7 @@ pub fn session_cost(
 
 pub fn load_steps(conn: &Connection, workflow_id: &str) -> Result<Vec<StepRow>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {STEP_COLS} FROM steps WHERE workflow_id = ?1 ORDER BY idx"
+        "SELECT {STEP_COLS} FROM steps WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) ORDER BY idx"
     ))?;
     let rows = stmt.query_map([workflow_id], step_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -518,7 +520,7 @@ pub fn load_steps(conn: &Connection, workflow_id: &str) -> Result<Vec<StepRow>> 
 /// Number of steps that are completed or skipped.
 pub fn done_count(conn: &Connection, workflow_id: &str) -> Result<i64> {
     let mut stmt = conn.prepare_cached(
-        "SELECT count(*) FROM steps WHERE workflow_id = ?1 \
+        "SELECT count(*) FROM steps WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) \
          AND status IN ('completed', 'skipped')",
     )?;
     Ok(stmt.query_row([workflow_id], |r| r.get(0))?)
@@ -531,7 +533,7 @@ pub fn save_step(ctx: &mut WriteCtx<'_>, workflow_id: &str, s: &StepRow) -> Resu
             "UPDATE steps SET status = ?3, attempts = ?4, failures = ?5, crashes = ?6, \
              session_id = ?7, started_at = ?8, finished_at = ?9, output = ?10, error = ?11, \
              last_activity_at = ?12, guidance = ?13, agent_overrides = ?14, fresh_session = ?15 \
-             WHERE workflow_id = ?1 AND step_id = ?2",
+             WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) AND step_id = ?2",
         )?
         .execute(params![
             workflow_id,
@@ -563,11 +565,11 @@ pub fn set_session(
     session_id: &str,
 ) -> Result<()> {
     ctx.conn
-        .prepare_cached("UPDATE steps SET session_id = ?3 WHERE workflow_id = ?1 AND step_id = ?2")?
+        .prepare_cached("UPDATE steps SET session_id = ?3 WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) AND step_id = ?2")?
         .execute(params![workflow_id, step_id, session_id])?;
     ctx.conn
         .prepare_cached(
-            "UPDATE attempts SET session_id = ?4 WHERE workflow_id = ?1 AND step_id = ?2 \
+            "UPDATE attempts SET session_id = ?4 WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) AND step_id = ?2 \
              AND number = ?3",
         )?
         .execute(params![workflow_id, step_id, attempt, session_id])?;
@@ -584,7 +586,7 @@ pub fn set_activity(
 ) -> Result<()> {
     ctx.conn
         .prepare_cached(
-            "UPDATE steps SET last_activity_at = ?3 WHERE workflow_id = ?1 AND step_id = ?2",
+            "UPDATE steps SET last_activity_at = ?3 WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) AND step_id = ?2",
         )?
         .execute(params![workflow_id, step_id, at])?;
     ctx.conn
@@ -599,9 +601,9 @@ pub fn set_activity(
 pub fn insert_attempt(ctx: &mut WriteCtx<'_>, workflow_id: &str, a: &AttemptRow) -> Result<()> {
     ctx.conn
         .prepare_cached(
-            "INSERT OR REPLACE INTO attempts (workflow_id, step_id, number, started_at, \
+            "INSERT OR REPLACE INTO attempts (wid, step_id, number, started_at, \
              finished_at, outcome, exit_code, error, stderr, session_id, cost_usd, num_turns, owner) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             VALUES ((SELECT wid FROM workflows WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?
         .execute(params![
             workflow_id,
@@ -629,7 +631,7 @@ pub fn attempt_started_at(
     number: i64,
 ) -> Result<Option<i64>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT started_at FROM attempts WHERE workflow_id = ?1 AND step_id = ?2 AND number = ?3",
+        "SELECT started_at FROM attempts WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) AND step_id = ?2 AND number = ?3",
     )?;
     Ok(stmt
         .query_row(params![workflow_id, step_id, number], |r| r.get(0))
@@ -639,7 +641,7 @@ pub fn attempt_started_at(
 pub fn load_attempts(conn: &Connection, workflow_id: &str) -> Result<Vec<AttemptRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT step_id, number, started_at, finished_at, outcome, exit_code, error, stderr, \
-         session_id, cost_usd, num_turns, owner FROM attempts WHERE workflow_id = ?1 \
+         session_id, cost_usd, num_turns, owner FROM attempts WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) \
          ORDER BY step_id, number",
     )?;
     let rows = stmt.query_map([workflow_id], |r| {
@@ -669,9 +671,9 @@ pub fn median_step_durations(
 ) -> Result<std::collections::BTreeMap<String, i64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT s.step_id, s.finished_at - s.started_at FROM \
-         (SELECT id FROM workflows WHERE name = ?1 AND status = 'completed' \
+         (SELECT wid FROM workflows WHERE name = ?1 AND status = 'completed' \
           ORDER BY created_at DESC LIMIT 20) w \
-         JOIN steps s ON s.workflow_id = w.id \
+         JOIN steps s ON s.wid = w.wid \
          WHERE s.status = 'completed' AND s.finished_at IS NOT NULL \
          AND s.started_at IS NOT NULL",
     )?;
@@ -716,8 +718,8 @@ pub fn append_event(
     let data = data.map(|d| d.to_string());
     ctx.conn
         .prepare_cached(
-            "INSERT INTO events (workflow_id, seq, type, step_id, attempt, at, data) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO events (wid, seq, type, step_id, attempt, at, data) \
+             VALUES ((SELECT wid FROM workflows WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
         .execute(params![
             workflow_id,
@@ -772,8 +774,8 @@ pub fn insert_events(
     now: i64,
 ) -> Result<()> {
     let mut stmt = ctx.conn.prepare_cached(
-        "INSERT INTO events (workflow_id, seq, type, step_id, attempt, at, data) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO events (wid, seq, type, step_id, attempt, at, data) \
+         VALUES ((SELECT wid FROM workflows WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for (i, (kind, step, attempt, data)) in events.iter().enumerate() {
         stmt.execute(params![
@@ -798,7 +800,7 @@ pub fn events_after(
 ) -> Result<Vec<EventRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, type, step_id, attempt, at, data FROM events \
-         WHERE workflow_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+         WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![workflow_id, after, limit], |r| {
         let data: Option<String> = r.get(5)?;

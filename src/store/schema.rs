@@ -16,8 +16,11 @@ CREATE TABLE owners (
     lease_ms      INTEGER NOT NULL DEFAULT 15000
 ) WITHOUT ROWID;
 
+-- `wid` keys the rows of the other tables (8 bytes instead of the 36-character thread id);
+-- `id` is the thread id clients use.
 CREATE TABLE workflows (
-    id               TEXT PRIMARY KEY,
+    wid              INTEGER PRIMARY KEY,
+    id               TEXT NOT NULL UNIQUE,
     name             TEXT,
     status           TEXT NOT NULL,
     step_count       INTEGER NOT NULL,
@@ -33,7 +36,7 @@ CREATE TABLE workflows (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     last_activity_at INTEGER,
     total_cost_usd   REAL NOT NULL DEFAULT 0
-) WITHOUT ROWID;
+);
 -- Hot columns only: every step boundary rewrites this row, so the definition (written once)
 -- lives in its own table, and no index covers a column that changes per event.
 CREATE INDEX workflows_by_status ON workflows(status, created_at);
@@ -45,12 +48,12 @@ CREATE INDEX workflows_by_owner ON workflows(owner) WHERE owner IS NOT NULL;
 
 -- The compiled definition of each workflow (JSON), written once at submission.
 CREATE TABLE definitions (
-    workflow_id TEXT PRIMARY KEY,
-    body        TEXT NOT NULL
-) WITHOUT ROWID;
+    wid  INTEGER PRIMARY KEY,
+    body TEXT NOT NULL
+);
 
 CREATE TABLE steps (
-    workflow_id      TEXT NOT NULL,
+    wid              INTEGER NOT NULL,
     step_id          TEXT NOT NULL,
     idx              INTEGER NOT NULL,
     status           TEXT NOT NULL,
@@ -66,11 +69,11 @@ CREATE TABLE steps (
     guidance         TEXT,
     agent_overrides  TEXT,
     fresh_session    INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (workflow_id, step_id)
+    PRIMARY KEY (wid, step_id)
 ) WITHOUT ROWID;
 
 CREATE TABLE attempts (
-    workflow_id  TEXT NOT NULL,
+    wid          INTEGER NOT NULL,
     step_id      TEXT NOT NULL,
     number       INTEGER NOT NULL,
     started_at   INTEGER NOT NULL,
@@ -83,18 +86,18 @@ CREATE TABLE attempts (
     cost_usd     REAL,
     num_turns    INTEGER,
     owner        TEXT,
-    PRIMARY KEY (workflow_id, step_id, number)
+    PRIMARY KEY (wid, step_id, number)
 ) WITHOUT ROWID;
 
 CREATE TABLE events (
-    workflow_id TEXT NOT NULL,
+    wid         INTEGER NOT NULL,
     seq         INTEGER NOT NULL,
     type        TEXT NOT NULL,
     step_id     TEXT,
     attempt     INTEGER,
     at          INTEGER NOT NULL,
     data        TEXT,
-    PRIMARY KEY (workflow_id, seq)
+    PRIMARY KEY (wid, seq)
 ) WITHOUT ROWID;
 "#;
 

@@ -123,8 +123,8 @@ fn attempts(db: &Path) -> Vec<Attempt> {
         .unwrap();
     let mut stmt = c
         .prepare(
-            "SELECT workflow_id, step_id, number, started_at, finished_at, outcome, owner \
-             FROM attempts ORDER BY workflow_id, step_id, number",
+            "SELECT w.id, a.step_id, a.number, a.started_at, a.finished_at, a.outcome, a.owner \
+             FROM attempts a JOIN workflows w ON w.wid = a.wid ORDER BY w.id, a.step_id, a.number",
         )
         .unwrap();
     stmt.query_map([], |r| {
