@@ -1066,7 +1066,7 @@ fn memory(r: &mut Report) {
         Some(per <= 10.0 * 1024.0),
     );
     r.row(
-        "   the same over idle (includes the warm-up's growth)",
+        "   over idle, per workflow of the 2,000 started (half finished)",
         format!("{:.1} KB", busy.saturating_sub(idle) as f64 / 1000.0 / 2.0),
         "",
         None,
