@@ -361,6 +361,8 @@ impl Driver {
             self.set_reason(StopReason::StoreFailed);
             return false;
         }
+        // Let the submitter answer its caller before this thread forks the first steps.
+        tokio::task::yield_now().await;
         self.spawn_attempts(started);
         true
     }
