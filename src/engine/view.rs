@@ -499,9 +499,15 @@ impl Engine {
             .read(move |c| {
                 let mut stmt = c.prepare_cached(
                     "SELECT count(*) FROM events WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) AND seq <= ?2 \
-                     AND type IN ('step_completed', 'step_skipped')",
+                     AND type IN (?3, ?4)",
                 )?;
-                Ok(stmt.query_row(rusqlite::params![id, cursor], |r| r.get(0))?)
+                let (completed, skipped) = (
+                    crate::store::EventKind::StepCompleted.code(),
+                    crate::store::EventKind::StepSkipped.code(),
+                );
+                Ok(stmt.query_row(rusqlite::params![id, cursor, completed, skipped], |r| {
+                    r.get(0)
+                })?)
             })
             .await?)
     }

@@ -37,6 +37,13 @@ macro_rules! string_enum {
             pub fn parse(s: &str) -> Option<$name> {
                 match s { $($s => Some($name::$variant),)+ _ => None }
             }
+            /// Stable numeric code: the position in the declaration (append new variants only).
+            pub fn code(self) -> i64 {
+                Self::ALL.iter().position(|k| *k == self).unwrap_or(0) as i64
+            }
+            pub fn from_code(code: i64) -> Option<$name> {
+                usize::try_from(code).ok().and_then(|i| Self::ALL.get(i).copied())
+            }
         }
 
         impl std::fmt::Display for $name {
@@ -83,7 +90,8 @@ impl StepStatus {
 }
 
 string_enum! {
-    /// Type of an event in a workflow's log.
+    /// Type of an event in a workflow's log. Stored by [`EventKind::code`]: new kinds are
+    /// appended, never inserted or reordered.
     EventKind {
         WorkflowStarted => "workflow_started", StepStarted => "step_started",
         StepProgress => "step_progress", StepRetrying => "step_retrying",
@@ -724,7 +732,7 @@ pub fn append_event(
         .execute(params![
             workflow_id,
             seq,
-            kind.as_str(),
+            kind.code(),
             step_id,
             attempt,
             now,
@@ -781,7 +789,7 @@ pub fn insert_events(
         stmt.execute(params![
             workflow_id,
             first + i as i64,
-            kind.as_str(),
+            kind.code(),
             step,
             attempt,
             now,
@@ -806,7 +814,16 @@ pub fn events_after(
         let data: Option<String> = r.get(5)?;
         Ok(EventRow {
             seq: r.get(0)?,
-            kind: status_of(r.get(1)?, EventKind::parse)?,
+            kind: {
+                let code: i64 = r.get(1)?;
+                EventKind::from_code(code).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        1,
+                        rusqlite::types::Type::Integer,
+                        format!("unknown event type {code}").into(),
+                    )
+                })?
+            },
             step_id: r.get(2)?,
             attempt: r.get(3)?,
             at: rfc3339(r.get(4)?),

@@ -92,7 +92,7 @@ CREATE TABLE attempts (
 CREATE TABLE events (
     wid         INTEGER NOT NULL,
     seq         INTEGER NOT NULL,
-    type        TEXT NOT NULL,
+    type        INTEGER NOT NULL, -- EventKind::code
     step_id     TEXT,
     attempt     INTEGER,
     at          INTEGER NOT NULL,

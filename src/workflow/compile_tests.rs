@@ -101,10 +101,14 @@ fn compiled_workflow_round_trips_through_json() {
     def["steps"][2]["retry"]["backoff_factor"] = json!(1.5);
     def["steps"][3]["env"] = json!({"A": "1"});
     def["steps"][3]["on_stall"] = json!("restart");
+    def["steps"][1]["cwd"] = json!("elsewhere");
     let wf = compile_at(def, &[("ticket", "T")], "/base").unwrap();
     let text = serde_json::to_string(&wf).unwrap();
     let back: Workflow = serde_json::from_str(&text).unwrap();
     assert_eq!(back, wf);
+    // The shared directory is stored once; only the step elsewhere names its own.
+    assert_eq!(text.matches("/path/to/repo").count(), 1, "{text}");
+    assert!(text.contains("/base/elsewhere"), "{text}");
 }
 
 #[test]

@@ -18,8 +18,10 @@ use crate::workflow::template::Template;
 /// Stall threshold when neither the step nor the defaults set one.
 pub const DEFAULT_STALL_TIMEOUT_S: u64 = 120;
 
-/// A resolved, validated workflow.
+/// A resolved, validated workflow. Stored with the working directory most steps share written
+/// once (see [`StoredWorkflow`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "StoredWorkflow", from = "StoredWorkflow")]
 pub struct Workflow {
     /// Human-readable name, if the definition had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,6 +58,7 @@ pub struct Step {
     pub action: Action,
     /// Absolute working directory, fixed at submission so every attempt and every resume runs
     /// in the same place (a Claude session can only be resumed from its own cwd).
+    #[serde(default, skip_serializing_if = "is_empty_path")]
     pub cwd: PathBuf,
     /// Variables added to the inherited environment (`defaults.env` merged with the step's).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -84,6 +87,65 @@ pub struct Step {
     /// Checks deciding whether a finished attempt succeeded.
     #[serde(default, skip_serializing_if = "is_default")]
     pub success: SuccessCheck,
+}
+
+/// The stored form of a [`Workflow`]: `cwd` holds the directory of the first step, and steps
+/// in that directory leave theirs out.
+#[derive(Serialize, Deserialize)]
+struct StoredWorkflow {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    inputs: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "is_empty_path")]
+    cwd: PathBuf,
+    steps: Vec<Step>,
+}
+
+impl From<Workflow> for StoredWorkflow {
+    fn from(wf: Workflow) -> StoredWorkflow {
+        let cwd = wf.steps.first().map(|s| s.cwd.clone()).unwrap_or_default();
+        let steps = wf
+            .steps
+            .into_iter()
+            .map(|mut s| {
+                if s.cwd == cwd {
+                    s.cwd = PathBuf::new();
+                }
+                s
+            })
+            .collect();
+        StoredWorkflow {
+            name: wf.name,
+            inputs: wf.inputs,
+            cwd,
+            steps,
+        }
+    }
+}
+
+impl From<StoredWorkflow> for Workflow {
+    fn from(stored: StoredWorkflow) -> Workflow {
+        let steps = stored
+            .steps
+            .into_iter()
+            .map(|mut s| {
+                if s.cwd.as_os_str().is_empty() {
+                    s.cwd = stored.cwd.clone();
+                }
+                s
+            })
+            .collect();
+        Workflow {
+            name: stored.name,
+            inputs: stored.inputs,
+            steps,
+        }
+    }
+}
+
+fn is_empty_path(p: &std::path::Path) -> bool {
+    p.as_os_str().is_empty()
 }
 
 fn default_stall_timeout_s() -> u64 {
