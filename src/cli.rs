@@ -1,21 +1,26 @@
-//! The terminal front-end: `baton serve`, `run`, `status`, `list`, `resume`, `cancel`,
-//! `watch`, `validate`, `schema`.
+//! The terminal front-end: arguments of `baton serve`, `run`, `status`, `list`, `resume`,
+//! `cancel`, `watch`, `validate`, `schema`, and one function per terminal command.
 //!
 //! Invariant: this module only translates between a terminal and the engine; every state
-//! change goes through the same engine calls the MCP tools use.
+//! change goes through the same engine calls the MCP tools use. `main` owns the lifecycle:
+//! it opens the engine once, runs the command, and shuts the engine down once.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
+use crate::api::{Event, ThreadId, WorkflowStatus};
 use crate::engine::{
     self, Engine, EngineConfig, EngineError, MonitorFilter, ResumeMode, ResumeRequest,
-    SubmitRequest, describe_event,
+    SubmitRequest,
 };
-use crate::store::{Durability, Store, StoreError, WorkflowStatus};
+use crate::store::{Durability, Store, StoreError};
 
 /// Durable, resumable multi-step workflows for AI coding agents, over MCP stdio.
 #[derive(Debug, Parser)]
@@ -147,6 +152,49 @@ pub enum CliError {
     Other(String),
 }
 
+/// How a command uses the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineUse {
+    /// Not at all (`validate`, `schema`, the reaper).
+    None,
+    /// The MCP server: runs and adopts workflows.
+    Serve,
+    /// A terminal command: runs only what it starts.
+    Client,
+}
+
+impl Command {
+    pub fn engine_use(&self) -> EngineUse {
+        match self {
+            Command::Reap { .. } | Command::Schema | Command::Validate { .. } => EngineUse::None,
+            Command::Serve => EngineUse::Serve,
+            _ => EngineUse::Client,
+        }
+    }
+}
+
+/// The process's stop signal, owned by `main`: SIGTERM or SIGINT fire it; `by_user` says it
+/// was Ctrl-C (SIGINT), which `baton run` takes as "cancel this workflow".
+#[derive(Clone, Default)]
+pub struct Stop {
+    pub token: CancellationToken,
+    ctrl_c: Arc<AtomicBool>,
+}
+
+impl Stop {
+    /// Fires the stop; `ctrl_c` when it came from the terminal's Ctrl-C.
+    pub fn fire(&self, ctrl_c: bool) {
+        if ctrl_c {
+            self.ctrl_c.store(true, Ordering::Relaxed);
+        }
+        self.token.cancel();
+    }
+
+    pub fn by_user(&self) -> bool {
+        self.ctrl_c.load(Ordering::Relaxed)
+    }
+}
+
 impl GlobalArgs {
     /// The database path: --db, BATON_DB, or the platform data dir.
     pub fn db_path(&self) -> Result<PathBuf, CliError> {
@@ -214,156 +262,168 @@ impl GlobalArgs {
     }
 }
 
-/// Runs a terminal command (everything but `serve`).
-pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    let g = &cli.global;
-    match cli.command {
-        Command::Serve => Err(CliError::Other("serve is handled by main".into())),
-        Command::Reap { owner } => {
-            let killed =
-                tokio::task::spawn_blocking(move || engine::reap_after_parent_exits(&owner))
-                    .await
-                    .unwrap_or(0);
-            if killed > 0 {
-                tracing::info!(killed, "killed processes left by an exited baton");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+/// Runs a command that needs no engine.
+pub async fn run_offline(command: Command) -> Result<ExitCode, CliError> {
+    match command {
+        Command::Reap { owner } => reap(owner).await,
         Command::Schema => {
             println!("{}", pretty(&crate::workflow::workflow_schema()));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { file, inputs } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| CliError::Other(format!("cannot read {}: {e}", file.display())))?;
-            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                CliError::Other(format!("{} is not valid JSON: {e}", file.display()))
-            })?;
-            let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-            let inputs: BTreeMap<String, String> = inputs.into_iter().collect();
-            match crate::workflow::compile(&value, &inputs, &base) {
-                Ok(wf) => {
-                    println!("{}: ok ({} steps)", file.display(), wf.steps.len());
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(problems) => {
-                    eprintln!("{}: {} problem(s)", file.display(), problems.0.len());
-                    for p in &problems.0 {
-                        eprintln!("  {p}");
-                    }
-                    Ok(ExitCode::from(2))
-                }
-            }
-        }
+        Command::Validate { file, inputs } => validate(&file, inputs),
+        other => Err(CliError::Other(format!("{other:?} needs the engine"))),
+    }
+}
+
+/// Runs a terminal command over an open engine.
+pub async fn run(command: Command, engine: &Engine, stop: &Stop) -> Result<ExitCode, CliError> {
+    match command {
         Command::Run {
             file,
             inputs,
             thread_id,
-        } => {
-            let engine = g.open_engine(false).await?;
-            let submitted = engine
-                .submit(SubmitRequest {
-                    file: Some(file),
-                    inputs: inputs.into_iter().collect(),
-                    thread_id,
-                    ..Default::default()
-                })
-                .await;
-            let submitted = match submitted {
-                Ok(s) => s,
-                Err(e) => {
-                    engine.shutdown().await;
-                    return Err(e.into());
-                }
-            };
-            eprintln!("thread_id {}", submitted.thread_id);
-            let code = follow(&engine, &submitted.thread_id, 0, true).await;
-            engine.shutdown().await;
-            code
-        }
+        } => run_file(engine, stop, file, inputs, thread_id).await,
         Command::Resume {
             thread_id,
             from_step,
             mode,
             prompt,
-        } => {
-            let engine = g.open_engine(false).await?;
-            let (_, _, events) = engine.events(&thread_id, 0, i64::MAX).await?;
-            let cursor = events.last().map(|e| e.seq).unwrap_or(0);
-            let req = ResumeRequest {
-                thread_id: thread_id.clone(),
-                from_step,
-                mode: match mode {
-                    CliResumeMode::Retry => ResumeMode::Retry,
-                    CliResumeMode::Skip => ResumeMode::Skip,
-                },
-                prompt,
-                agent: None,
-            };
-            if let Err(e) = engine.resume(req).await {
-                engine.shutdown().await;
-                return Err(e.into());
-            }
-            let code = follow(&engine, &thread_id, cursor, true).await;
-            engine.shutdown().await;
-            code
-        }
+        } => resume(engine, stop, thread_id.into(), from_step, mode, prompt).await,
         Command::Watch { thread_id, cursor } => {
-            let engine = g.open_engine(false).await?;
-            let code = follow(&engine, &thread_id, cursor, false).await;
-            engine.shutdown().await;
-            code
+            follow(engine, stop, &thread_id.into(), cursor, false).await
         }
         Command::Status { thread_id } => {
-            let engine = g.open_engine(false).await?;
-            let view = engine.status(&thread_id, 4000).await;
-            engine.shutdown().await;
-            println!("{}", pretty(&view?));
+            let view = engine.status(&thread_id.into(), 4000).await?;
+            println!("{}", pretty(&view));
             Ok(ExitCode::SUCCESS)
         }
-        Command::List { all, limit } => {
-            let engine = g.open_engine(false).await?;
-            let view = engine
-                .monitor(MonitorFilter {
-                    status: None,
-                    include_finished: all,
-                    limit,
-                })
-                .await;
-            engine.shutdown().await;
-            let view = view?;
-            for w in &view.workflows {
-                println!(
-                    "{}  {:<11} {}/{}  {}  {}{}",
-                    w.thread_id,
-                    w.status.as_str(),
-                    w.progress.done,
-                    w.progress.total,
-                    w.started_at,
-                    w.name.as_deref().unwrap_or("-"),
-                    if w.flags.is_empty() {
-                        String::new()
-                    } else {
-                        format!("  [{}]", w.flags.join(", "))
-                    }
-                );
-            }
-            if view.workflows.is_empty() {
-                eprintln!(
-                    "no workflows{}",
-                    if all { "" } else { " active (use --all)" }
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::List { all, limit } => list(engine, all, limit).await,
         Command::Cancel { thread_id } => {
-            let engine = g.open_engine(false).await?;
-            let r = engine.cancel(&thread_id).await;
-            engine.shutdown().await;
-            println!("{thread_id}: {}", r?);
+            let status = engine.cancel(&ThreadId::from(thread_id.as_str())).await?;
+            println!("{thread_id}: {status}");
             Ok(ExitCode::SUCCESS)
+        }
+        other => Err(CliError::Other(format!(
+            "{other:?} is not a terminal command"
+        ))),
+    }
+}
+
+async fn reap(owner: String) -> Result<ExitCode, CliError> {
+    let killed = tokio::task::spawn_blocking(move || engine::reap_after_parent_exits(&owner))
+        .await
+        .unwrap_or(0);
+    if killed > 0 {
+        tracing::info!(killed, "killed processes left by an exited baton");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate(file: &std::path::Path, inputs: Vec<(String, String)>) -> Result<ExitCode, CliError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Other(format!("cannot read {}: {e}", file.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| CliError::Other(format!("{} is not valid JSON: {e}", file.display())))?;
+    let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let inputs: BTreeMap<String, String> = inputs.into_iter().collect();
+    match crate::workflow::compile(&value, &inputs, &base) {
+        Ok(wf) => {
+            println!("{}: ok ({} steps)", file.display(), wf.steps.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(problems) => {
+            eprintln!("{}: {} problem(s)", file.display(), problems.0.len());
+            for p in &problems.0 {
+                eprintln!("  {p}");
+            }
+            Ok(ExitCode::from(2))
         }
     }
+}
+
+async fn run_file(
+    engine: &Engine,
+    stop: &Stop,
+    file: PathBuf,
+    inputs: Vec<(String, String)>,
+    thread_id: Option<String>,
+) -> Result<ExitCode, CliError> {
+    let submitted = engine
+        .submit(SubmitRequest {
+            file: Some(file),
+            inputs: inputs.into_iter().collect(),
+            thread_id,
+            ..Default::default()
+        })
+        .await?;
+    eprintln!("thread_id {}", submitted.thread_id);
+    follow(engine, stop, &submitted.thread_id, 0, true).await
+}
+
+async fn resume(
+    engine: &Engine,
+    stop: &Stop,
+    thread_id: ThreadId,
+    from_step: Option<String>,
+    mode: CliResumeMode,
+    prompt: Option<String>,
+) -> Result<ExitCode, CliError> {
+    // Follow from the current end of the log: only what the resume does is printed.
+    let mut cursor = 0;
+    loop {
+        let page = engine.events(&thread_id, cursor, 10_000).await?;
+        if let Some(last) = page.events.last() {
+            cursor = last.seq;
+        }
+        if page.caught_up {
+            break;
+        }
+    }
+    let req = ResumeRequest {
+        thread_id: thread_id.clone(),
+        from_step,
+        mode: match mode {
+            CliResumeMode::Retry => ResumeMode::Retry,
+            CliResumeMode::Skip => ResumeMode::Skip,
+        },
+        prompt,
+        agent: None,
+    };
+    engine.resume(req).await?;
+    follow(engine, stop, &thread_id, cursor, true).await
+}
+
+async fn list(engine: &Engine, all: bool, limit: i64) -> Result<ExitCode, CliError> {
+    let view = engine
+        .monitor(MonitorFilter {
+            status: None,
+            include_finished: all,
+            limit,
+        })
+        .await?;
+    for w in &view.workflows {
+        println!(
+            "{}  {:<11} {}/{}  {}  {}{}",
+            w.thread_id,
+            w.status.as_str(),
+            w.progress.done,
+            w.progress.total,
+            w.started_at,
+            w.name.as_deref().unwrap_or("-"),
+            if w.flags.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", w.flags.join(", "))
+            }
+        );
+    }
+    if view.workflows.is_empty() {
+        eprintln!(
+            "no workflows{}",
+            if all { "" } else { " active (use --all)" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn pretty<T: serde::Serialize>(v: &T) -> String {
@@ -374,57 +434,60 @@ fn pretty<T: serde::Serialize>(v: &T) -> String {
 /// cancels the workflow (it stays resumable) instead of just detaching.
 async fn follow(
     engine: &Engine,
-    thread_id: &str,
-    mut cursor: i64,
+    stop: &Stop,
+    thread_id: &ThreadId,
+    cursor: i64,
     cancel_on_ctrl_c: bool,
 ) -> Result<ExitCode, CliError> {
-    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut follow = engine.follow(thread_id, cursor);
     loop {
         let until = tokio::time::Instant::now() + Duration::from_secs(3600);
-        let waited = tokio::select! {
-            r = engine.wait_events(thread_id, cursor, 1000, until) => r?,
-            _ = &mut ctrl_c => {
-                if cancel_on_ctrl_c {
+        let page = tokio::select! {
+            r = follow.next(1000, until) => r?,
+            () = stop.token.cancelled() => {
+                if cancel_on_ctrl_c && stop.by_user() {
                     eprintln!("cancelling {thread_id} (resume it with: baton resume {thread_id})");
                     engine.cancel(thread_id).await?;
-                    let (_, _, events) = engine.events(thread_id, cursor, i64::MAX).await?;
-                    print_events(&events);
+                    let page = engine.events(thread_id, follow.cursor(), i64::MAX).await?;
+                    print_events(&page.events);
                 }
                 return Ok(ExitCode::from(130));
             }
         };
-        let (status, _, events) = waited;
-        print_events(&events);
-        if let Some(last) = events.last() {
-            cursor = last.seq;
-        }
-        let stopped = events.iter().any(|e| e.kind.is_terminal())
-            || (events.is_empty() && status.is_terminal());
-        if stopped {
-            let status = engine.status(thread_id, 0).await?.status;
-            if status.is_terminal() || status == WorkflowStatus::Interrupted {
-                return Ok(if status == WorkflowStatus::Completed {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                });
-            }
+        print_events(&page.events);
+        if page.done() {
+            return Ok(if page.status == WorkflowStatus::Completed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
     }
 }
 
-fn print_events(events: &[crate::store::EventRow]) {
+fn print_events(events: &[Event]) {
     for e in events {
-        println!("{}  {}", e.at, describe_event(e));
+        println!("{}  {}", e.at, e.describe());
     }
 }
 
-/// The error as a short message for the terminal.
+/// The error as a short message for the terminal, naming the command to run next.
 pub fn report(e: &CliError) -> String {
     match e {
-        CliError::Engine(engine::EngineError::Invalid(p)) => {
-            format!("invalid workflow:\n{}", p)
-        }
+        CliError::Engine(EngineError::Invalid(p)) => format!("invalid workflow:\n{p}"),
+        CliError::Engine(EngineError::NotFound { thread_id }) => format!(
+            "unknown thread_id {thread_id:?}: no workflow with this id exists in this store (list them with: baton list --all)"
+        ),
+        CliError::Engine(EngineError::UnknownStep { step, known }) => format!(
+            "--from-step {step:?} is not a step of this workflow; its steps are: {}",
+            known.join(", ")
+        ),
+        CliError::Engine(EngineError::Busy { thread_id, status }) => format!(
+            "workflow {thread_id} is {status} right now; wait for it to stop or run: baton cancel {thread_id}"
+        ),
+        CliError::Engine(EngineError::AlreadyCompleted { thread_id }) => format!(
+            "workflow {thread_id} already completed; pass --from-step to re-run a step and everything downstream of it"
+        ),
         other => other.to_string(),
     }
 }

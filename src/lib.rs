@@ -2,20 +2,25 @@
 //! MCP hosts over stdio.
 //!
 //! A workflow is a DAG of steps — headless Claude Code runs, commands and shell scripts — wired
-//! by dependencies and `{step.output}` templates. Every step boundary is committed to SQLite
+//! by dependencies and `{step.output}` templates. Every step boundary is committed to the store
 //! before anything depends on it, so completed work survives failures, `kill -9`, reboots and
 //! host restarts; an interrupted workflow resumes from its last completed step.
 //!
 //! # Layout
+//! - [`api`]: the vocabulary every front-end shares — thread ids, statuses, events, views.
 //! - [`workflow`]: the pure model — parsing, validation, DAG, templates, retry policy. No I/O.
-//! - [`store`]: the SQLite database — schema, migrations, queries, event log, group commit.
-//! - [`engine`]: scheduler, executors, retries, leases, recovery, status and monitor views.
-//! - [`mcp`]: the MCP server — tools, progress notifications.
+//! - [`store`]: the source of truth behind one interface (SQLite backend): every transaction
+//!   and every query.
+//! - [`engine`]: the pure scheduler and the drivers around it, executors, leases, recovery,
+//!   the one event stream, status and monitor views.
+//! - [`mcp`]: the MCP front-end — tools, progress notifications, resources, tasks.
 //! - [`cli`]: the terminal front-end (`baton run`, `status`, `list`, …).
 //!
-//! The MCP server and the CLI are thin front-ends over the same engine; the store is the
-//! source of truth for both, and several processes may share one database file.
+//! Front-ends are thin over the same engine; `main` owns the process lifecycle (signals,
+//! shutdown) and runs them. Several processes may share one database.
+//! `docs/architecture.md` has the path of a workflow through these layers.
 
+pub mod api;
 pub mod cli;
 pub mod engine;
 pub mod mcp;

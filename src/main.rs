@@ -1,11 +1,12 @@
-//! `baton`: argument parsing, tracing setup, then the MCP server or a terminal command.
+//! `baton`: argument parsing, tracing setup, the process lifecycle (signals, one engine,
+//! one shutdown), then the MCP server or a terminal command.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use baton::cli::{self, Cli, Command};
+use baton::cli::{self, Cli, EngineUse, Stop};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -29,16 +30,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result: anyhow::Result<ExitCode> = runtime.block_on(async move {
-        match cli.command {
-            Command::Serve => {
-                let engine = cli.global.open_engine(true).await.map_err(anyhow_cli)?;
-                baton::mcp::serve_stdio(engine).await?;
-                Ok(ExitCode::SUCCESS)
-            }
-            _ => cli::run(cli).await.map_err(anyhow_cli),
-        }
-    });
+    let result = runtime.block_on(run(cli));
     // Dropping the runtime would wait for the blocking read on stdin, which cannot be
     // cancelled: after SIGTERM the server would hang until its client closed the pipe.
     runtime.shutdown_timeout(std::time::Duration::from_millis(250));
@@ -51,6 +43,47 @@ fn main() -> ExitCode {
     }
 }
 
-fn anyhow_cli(e: cli::CliError) -> anyhow::Error {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let adopt = match cli.command.engine_use() {
+        EngineUse::None => return cli::run_offline(cli.command).await.map_err(report),
+        EngineUse::Serve => true,
+        EngineUse::Client => false,
+    };
+    let stop = Stop::default();
+    watch_signals(stop.clone())?;
+    let engine = cli.global.open_engine(adopt).await.map_err(report)?;
+    let result = match cli.command.engine_use() {
+        EngineUse::Serve => baton::mcp::serve_stdio(engine.clone(), stop.token.clone())
+            .await
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
+        _ => cli::run(cli.command, &engine, &stop).await.map_err(report),
+    };
+    engine.shutdown().await;
+    engine.store().close();
+    result
+}
+
+/// SIGTERM and SIGINT fire `stop`; the front-end running decides what each means.
+fn watch_signals(stop: Stop) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: shutting down");
+                stop.fire(false);
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: shutting down");
+                stop.fire(true);
+            }
+        }
+    });
+    Ok(())
+}
+
+fn report(e: cli::CliError) -> anyhow::Error {
     anyhow::anyhow!(cli::report(&e))
 }

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::executor::{STDERR_TAIL, SignalKind};
-use super::outcome::{AttemptDetail, FailureClass, Outcome, tail};
+use super::outcome::{AttemptDetail, FailureClass, Outcome, STDERR_TAIL, SignalKind};
 use super::process::{Ending, LineSink, ProcessResult};
+use crate::api::tail;
 use crate::workflow::{AgentOptions, SuccessCheck};
 
 /// Command-line arguments for one agent attempt (after the program and its leading args).

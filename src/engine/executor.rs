@@ -5,15 +5,16 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::agent;
-use super::outcome::{AttemptDetail, FailureClass, Outcome, tail};
+use super::outcome::{AttemptDetail, FailureClass, Outcome, STDERR_TAIL, SignalKind};
 use super::process::{self, Ending, OWNER_ENV, ProcessSpec};
+use super::signals::Signals;
+use crate::api::{ThreadId, tail};
 use crate::workflow::{AgentOptions, SuccessCheck};
 
 /// Settings every attempt shares.
@@ -44,7 +45,7 @@ pub enum Prepared {
 /// One attempt of one step, ready to run.
 #[derive(Debug, Clone)]
 pub struct AttemptSpec {
-    pub workflow_id: Arc<str>,
+    pub workflow_id: ThreadId,
     pub step_idx: usize,
     pub step_id: String,
     pub number: i64,
@@ -55,22 +56,14 @@ pub struct AttemptSpec {
     pub success: SuccessCheck,
 }
 
-/// Something an attempt reports while it runs.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SignalKind {
-    /// The agent session id, known as soon as the CLI's `init` line arrives.
-    Session(String),
-    /// Any output: the attempt is alive and working.
-    Activity,
-    /// A human-readable step of progress, e.g. `Bash(cargo test)`.
-    Progress(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct Signal {
-    pub step_idx: usize,
-    pub attempt: i64,
-    pub kind: SignalKind,
+impl AttemptSpec {
+    /// The agent session this attempt continues, if any.
+    pub fn resume_session(&self) -> Option<&str> {
+        match &self.prepared {
+            Prepared::Agent { resume, .. } => resume.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// Runs one attempt to its end.
@@ -78,7 +71,7 @@ pub async fn execute(
     cfg: &ExecConfig,
     spec: &AttemptSpec,
     stop: &CancellationToken,
-    signals: mpsc::UnboundedSender<Signal>,
+    signals: Arc<Signals>,
 ) -> Outcome {
     let started = Instant::now();
     if cfg.noop {
@@ -127,13 +120,7 @@ pub async fn execute(
         kill_grace: cfg.kill_grace,
     };
     let (step_idx, attempt) = (spec.step_idx, spec.number);
-    let send = move |kind| {
-        let _ = signals.send(Signal {
-            step_idx,
-            attempt,
-            kind,
-        });
-    };
+    let send = move |kind| signals.send(step_idx, attempt, kind);
     if is_agent {
         let stream = agent::StreamState::shared();
         let sink = agent::line_sink(stream.clone(), send);
@@ -180,9 +167,6 @@ fn spawn_failure(program: &str, e: std::io::Error, started: Instant) -> Outcome 
         },
     }
 }
-
-/// Bytes of stderr quoted in an error message.
-pub const STDERR_TAIL: usize = 2000;
 
 fn command_outcome(
     r: process::ProcessResult,

@@ -1,15 +1,16 @@
-//! Ownership: this process's owner record, lease renewal, and adoption of workflows whose
-//! owner is gone.
+//! Ownership: this process's owner record, lease renewal, liveness of other owners, and the
+//! adoption of workflows whose owner is gone.
 //!
-//! Invariant: an owner is considered dead only when its heartbeat is older than a lease, or —
-//! on the same machine (same boot) — when its pid no longer exists; only then are its
+//! Invariant: an owner is considered dead only when its heartbeat is older than its lease, or
+//! — on the same machine (same boot) — when its pid no longer exists; only then are its
 //! workflows adopted, each with a compare-and-set on the epoch.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Result, Shared, control, driver::StopReason};
-use crate::store::{self, OwnerRow, now_ms};
+use super::{DriverInit, EngineError, Result, Shared, StopReason, scheduler};
+use crate::api::{ThreadId, now_ms};
+use crate::store::{Claim, OwnerRow, StoreError};
 
 /// Identifies this machine and boot, so pids are only compared within one boot.
 pub(super) fn host_key() -> String {
@@ -33,23 +34,21 @@ pub(super) async fn register(sh: &Arc<Shared>) -> Result<()> {
         heartbeat_at: 0,
         lease_ms: lease_ms(sh),
     };
-    sh.store
-        .write(move |ctx| store::register_owner(ctx, &row, now_ms()))
-        .await?;
+    sh.store.register_owner(row).await?;
     Ok(())
 }
 
 pub(super) async fn unregister(sh: &Arc<Shared>) {
-    let owner = sh.owner.clone();
-    let _ = sh
-        .store
-        .write(move |ctx| store::remove_owner(ctx, &owner))
-        .await;
+    let _ = sh.store.remove_owner(sh.owner.clone()).await;
 }
 
 fn lease_ms(sh: &Shared) -> i64 {
     sh.cfg.lease.as_millis() as i64
 }
+
+/// How often a process with running workflows checks for cancel requests from other
+/// processes (a cheap indexed read), so a cross-process cancel takes effect within it.
+const CANCEL_POLL: Duration = Duration::from_millis(250);
 
 /// Renews leases, honours cancel requests from other processes, notices lost leases and
 /// adopts orphans, every third of a lease.
@@ -68,77 +67,47 @@ pub(super) async fn tick_loop(sh: Arc<Shared>) {
                     tracing::warn!(error = %e, "lease tick failed");
                 }
             }
-            _ = cancel_poll.tick(), if !sh.runs.lock().map(|r| r.is_empty()).unwrap_or(true) => {
-                if let Err(e) = honour_cancels(&sh).await {
-                    tracing::warn!(error = %e, "cancel poll failed");
+            _ = cancel_poll.tick(), if !sh.runs().is_empty() => {
+                match sh.store.cancel_requests(sh.owner.clone()).await {
+                    Ok(ids) => honour_cancels(&sh, &ids),
+                    Err(e) => tracing::warn!(error = %e, "cancel poll failed"),
                 }
             }
         }
     }
 }
 
-/// How often a process with running workflows checks for cancel requests from other
-/// processes (a cheap indexed read), so a cross-process cancel takes effect within it.
-const CANCEL_POLL: Duration = Duration::from_millis(250);
-
 /// Stops the local drivers of workflows another process asked to cancel.
-async fn honour_cancels(sh: &Arc<Shared>) -> Result<()> {
-    let owner = sh.owner.clone();
-    let cancels = sh
-        .store
-        .read(move |c| store::cancel_requests(c, &owner))
-        .await?;
-    for id in cancels {
-        sh.stop_driver(&id, StopReason::Cancel);
+fn honour_cancels(sh: &Shared, ids: &[ThreadId]) {
+    for id in ids {
+        sh.stop_driver(id, StopReason::Cancel);
     }
-    Ok(())
 }
 
 async fn tick(sh: &Arc<Shared>) -> Result<()> {
-    let owner = sh.owner.clone();
     let now = now_ms();
-    let expires = now + lease_ms(sh);
-    sh.store
-        .write(move |ctx| store::renew_leases(ctx, &owner, expires, now))
+    let renewal = sh
+        .store
+        .renew(sh.owner.clone(), now + lease_ms(sh), now)
         .await?;
     sh.renewed_at
         .store(now, std::sync::atomic::Ordering::Relaxed);
-    let owner = sh.owner.clone();
-    let (held, cancels) = sh
-        .store
-        .read(move |c| {
-            let mut stmt = c.prepare_cached("SELECT id FROM workflows WHERE owner = ?1")?;
-            let held: Vec<String> = stmt
-                .query_map([&owner], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok((held, store::cancel_requests(c, &owner)?))
-        })
-        .await?;
-    let local: Vec<String> = sh
-        .runs
-        .lock()
-        .map(|r| r.keys().cloned().collect())
-        .unwrap_or_default();
+    let local: Vec<ThreadId> = sh.runs().keys().cloned().collect();
     for id in local {
-        if !held.contains(&id) {
+        if !renewal.held.contains(&id) {
             tracing::warn!(thread_id = %id, "lease taken by another process; stopping here");
             sh.stop_driver(&id, StopReason::Fenced);
         }
     }
-    for id in cancels {
-        sh.stop_driver(&id, StopReason::Cancel);
-    }
+    honour_cancels(sh, &renewal.cancels);
     if sh.cfg.adopt_orphans {
         adopt_orphans(sh).await?;
     }
     Ok(())
 }
 
-/// Whether `owner` (another process) is still alive.
-pub(super) fn owner_alive(c: &rusqlite::Connection, sh: &Shared, owner: &str, now: i64) -> bool {
-    let Ok(Some(o)) = store::find_owner(c, owner) else {
-        return false;
-    };
+/// Whether the owner with this record is alive, as seen from `sh` at `now`.
+fn alive(sh: &Shared, o: &OwnerRow, now: i64) -> bool {
     // Judged by the owner's own lease: it renews every third of it.
     if o.heartbeat_at + o.lease_ms < now {
         return false;
@@ -147,6 +116,11 @@ pub(super) fn owner_alive(c: &rusqlite::Connection, sh: &Shared, owner: &str, no
         return pid_alive(o.pid);
     }
     true
+}
+
+/// Whether the owner of a workflow with this record is alive (`None`: no record, dead).
+pub(super) fn owner_alive(sh: &Shared, o: Option<&OwnerRow>, now: i64) -> bool {
+    o.is_some_and(|o| alive(sh, o, now))
 }
 
 fn pid_alive(pid: i64) -> bool {
@@ -167,35 +141,27 @@ pub(super) async fn is_owned_by_live(sh: &Arc<Shared>, owner: Option<String>) ->
     if owner == sh.owner {
         return Ok(true);
     }
-    let sh2 = sh.clone();
-    Ok(sh
-        .store
-        .read(move |c| Ok(owner_alive(c, &sh2, &owner, now_ms())))
-        .await?)
+    let row = sh.store.owner(owner).await?;
+    Ok(owner_alive(sh, row.as_ref(), now_ms()))
 }
 
 /// Adopts workflows that should be running but have no live owner.
-pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<String>> {
+pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
     if sh.shutdown.is_cancelled() {
         return Ok(Vec::new());
     }
-    let me = sh.owner.clone();
-    let sh2 = sh.clone();
-    let candidates = sh
+    let now = now_ms();
+    let candidates: Vec<(ThreadId, Option<String>, i64)> = sh
         .store
-        .read(move |c| {
-            let now = now_ms();
-            let rows = store::adoptable(c, &me)?;
-            Ok(rows
-                .into_iter()
-                .filter(|(_, owner, _, lease)| match owner {
-                    None => true,
-                    Some(o) => *lease < now || !owner_alive(c, &sh2, o, now),
-                })
-                .map(|(id, owner, epoch, _)| (id, owner, epoch))
-                .collect::<Vec<_>>())
+        .adoptable(sh.owner.clone())
+        .await?
+        .into_iter()
+        .filter(|a| match &a.owner_id {
+            None => true,
+            Some(_) => a.lease_expires_at < now || !owner_alive(sh, a.owner.as_ref(), now),
         })
-        .await?;
+        .map(|a| (a.id, a.owner_id, a.epoch))
+        .collect();
     // Leftovers of each dead owner first, so no old attempt runs beside its re-run.
     let mut swept: Vec<String> = Vec::new();
     for p in candidates.iter().filter_map(|(_, prev, _)| prev.as_ref()) {
@@ -215,7 +181,7 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<String>> {
     let results = futures::future::join_all(candidates.into_iter().map(|(id, prev, epoch)| {
         let sh = sh.clone();
         async move {
-            let r = control::adopt(&sh, &id, prev.as_deref(), epoch).await;
+            let r = adopt(&sh, &id, prev.clone(), epoch).await;
             (id, prev, r)
         }
     }))
@@ -223,14 +189,35 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<String>> {
     let mut adopted = Vec::new();
     for (id, prev, r) in results {
         match r {
-            Ok((new_epoch, loaded)) => {
+            Ok(()) => {
                 tracing::info!(thread_id = %id, previous_owner = ?prev, "adopted workflow");
-                sh.spawn_driver_with(&id, new_epoch, super::DriverInit::Loaded(loaded));
                 adopted.push(id);
             }
-            Err(super::EngineError::Store(store::StoreError::Fenced(_))) => {}
+            Err(EngineError::Store(StoreError::Fenced(_))) => {}
             Err(e) => tracing::warn!(thread_id = %id, error = %e, "cannot adopt workflow"),
         }
     }
     Ok(adopted)
+}
+
+/// Takes over a workflow whose owner is gone and starts driving it: in-flight steps are
+/// counted as crashed and re-run (or failed, past the crash cap).
+async fn adopt(sh: &Arc<Shared>, id: &ThreadId, prev: Option<String>, epoch: i64) -> Result<()> {
+    let claim = Claim {
+        owner: sh.owner.clone(),
+        expected_epoch: epoch,
+        lease_until: sh.lease_until(),
+    };
+    let max_crashes = sh.cfg.max_crashes;
+    let now = now_ms();
+    let (new_epoch, after, ()) = sh
+        .store
+        .transition(id.clone(), claim, move |snap| {
+            let ch = scheduler::adopt_changes(&snap.steps, prev.as_deref(), max_crashes, now);
+            Ok((ch, ()))
+        })
+        .await?;
+    // What the new driver needs was read in the same transaction.
+    sh.spawn_driver(id, new_epoch, DriverInit::Loaded(after));
+    Ok(())
 }

@@ -3,67 +3,56 @@
 //! Invariant: a process only executes workflows whose lease it holds. Every state change that
 //! does not happen inside a running workflow's driver (submit, cancel, resume, adoption) first
 //! takes the lease with a compare-and-set on the workflow's epoch, so two processes sharing one
-//! database never run the same workflow at once.
+//! database never run the same workflow at once. The engine holds no SQL: it asks the store
+//! for named operations and hands it change sets computed by the pure scheduler.
 //!
 //! # Layout
-//! - [`driver`]: one task per owned workflow; schedules steps, commits step boundaries.
-//! - [`control`]: submit, cancel, resume and adoption of workflows.
-//! - [`lease`]: owner registration, lease renewal, liveness of other owners.
-//! - [`executor`], [`agent`], [`process`]: running attempts as child processes.
-//! - [`outcome`]: typed attempt outcomes; [`view`]: status and monitor read models.
+//! - `scheduler`: the pure state machine of a workflow (readiness, outcomes, retries, finish,
+//!   stop) and the transitions of stored workflows (resume, cancel, adoption).
+//! - `driver`: one task per owned workflow; the I/O loop around its scheduler.
+//! - `control`: submit, cancel and resume requests.
+//! - `lease`: owner registration, lease renewal, liveness of other owners, adoption.
+//! - `follow`: the one event stream every front-end consumes.
+//! - `view`: status and monitor read models.
+//! - `executor`, `agent`, `process`: running attempts as child processes; `signals`: what a
+//!   running attempt reports; `outcome`: typed attempt outcomes.
 
 mod agent;
 mod control;
 mod driver;
+mod error;
 mod executor;
+mod follow;
 mod lease;
-pub(crate) mod outcome;
+mod outcome;
 mod process;
+mod scheduler;
+mod signals;
 mod view;
 
 pub use control::{ResumeMode, ResumeRequest, SubmitRequest, Submitted};
+pub use error::{EngineError, Result};
+pub use follow::{Follow, Page};
 pub use process::{reap_after_parent_exits, spawn_reaper};
-pub use view::{
-    AttemptView, MonitorFilter, MonitorView, MonitoredWorkflow, Progress, StepView, WorkflowView,
-    describe_event,
-};
+pub use view::MonitorFilter;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use futures::FutureExt;
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::store::{Store, StoreError, WorkflowStatus};
-use crate::workflow::{Problems, Workflow};
-use driver::StopReason;
+use crate::api::{EventData, EventKind, NewEvent, ThreadId, WorkflowStatus, now_ms};
+use crate::store::{Changes, Fence, NewWorkflow, Snapshot, StepRow, Store, StoreError};
+use crate::workflow::Workflow;
+use driver::{StopCell, StopReason};
 use executor::ExecConfig;
-
-/// Errors of the engine, as a caller can act on them.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum EngineError {
-    /// The workflow definition or inputs are invalid; nothing was stored.
-    #[error("invalid workflow:\n{0}")]
-    Invalid(Problems),
-    #[error("{0}")]
-    BadRequest(String),
-    #[error(
-        "unknown thread_id {0:?}: no workflow with this id exists in this store (list them with workflow_monitor)"
-    )]
-    NotFound(String),
-    /// The request is valid but not in the workflow's current state.
-    #[error("{0}")]
-    Conflict(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+use scheduler::Scheduler;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -106,22 +95,20 @@ impl Default for EngineConfig {
 
 /// How a driver gets its workflow.
 enum DriverInit {
-    /// Read it from the store (resume).
-    Load,
-    /// Already read (adoption reads it in the transaction that takes the lease).
-    Loaded(control::Loaded),
+    /// Already read (adoption and resume read it in the transaction that takes the lease).
+    Loaded(Snapshot),
     /// A workflow just compiled: the driver's first commit inserts it; `reply` gets the
     /// outcome of that commit.
     New {
         def: Arc<Workflow>,
-        record: driver::NewRecord,
-        reply: tokio::sync::oneshot::Sender<crate::store::Result<()>>,
+        record: NewWorkflow,
+        reply: oneshot::Sender<crate::store::Result<()>>,
     },
 }
 
 struct RunHandle {
     stop: CancellationToken,
-    reason: Arc<Mutex<StopReason>>,
+    reason: Arc<StopCell>,
     done: watch::Receiver<bool>,
 }
 
@@ -132,7 +119,7 @@ pub(crate) struct Shared {
     owner: String,
     host: String,
     permits: Arc<Semaphore>,
-    runs: Mutex<HashMap<String, RunHandle>>,
+    runs: Mutex<HashMap<ThreadId, RunHandle>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     /// When this process last renewed its leases (store clock, ms): its own view of how long
@@ -145,7 +132,36 @@ impl Shared {
     /// for longer than a lease: another process may have adopted its workflows meanwhile.
     fn lease_in_doubt(&self) -> bool {
         let lease = self.cfg.lease.as_millis() as i64;
-        crate::store::now_ms() >= self.renewed_at.load(Ordering::Relaxed) + lease * 2 / 3
+        now_ms() >= self.renewed_at.load(Ordering::Relaxed) + lease * 2 / 3
+    }
+
+    fn lease_until(&self) -> i64 {
+        now_ms() + self.cfg.lease.as_millis() as i64
+    }
+
+    /// The registry of running drivers. Its critical sections never panic; a poisoned lock
+    /// still guards a consistent map, so it is recovered rather than treated as empty.
+    fn runs(&self) -> MutexGuard<'_, HashMap<ThreadId, RunHandle>> {
+        self.runs.lock().unwrap_or_else(|e| {
+            tracing::error!("the driver registry lock was poisoned; recovering it");
+            e.into_inner()
+        })
+    }
+
+    fn is_running_here(&self, id: &str) -> bool {
+        self.runs().contains_key(id)
+    }
+
+    fn driver_done(&self, id: &str) -> Option<watch::Receiver<bool>> {
+        self.runs().get(id).map(|h| h.done.clone())
+    }
+
+    fn fence(&self, id: &ThreadId, epoch: i64) -> Fence {
+        Fence {
+            id: id.clone(),
+            owner: self.owner.clone(),
+            epoch,
+        }
     }
 }
 
@@ -178,7 +194,7 @@ impl Engine {
             runs: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            renewed_at: AtomicI64::new(crate::store::now_ms()),
+            renewed_at: AtomicI64::new(now_ms()),
         });
         lease::register(&sh).await?;
         let ticker = sh.clone();
@@ -200,49 +216,34 @@ impl Engine {
     }
 
     /// Adopts every workflow whose owner is gone. Returns the adopted thread ids.
-    pub async fn recover(&self) -> Result<Vec<String>> {
+    pub async fn recover(&self) -> Result<Vec<ThreadId>> {
         lease::adopt_orphans(&self.sh).await
     }
 
     /// Number of workflows this process is driving.
     pub fn active(&self) -> usize {
-        self.sh.runs.lock().map(|r| r.len()).unwrap_or(0)
+        self.sh.runs().len()
     }
 
     /// Waits until this process's driver of `thread_id` (if any) has stopped.
     pub async fn wait_idle(&self, thread_id: &str) {
-        let rx = self
-            .sh
-            .runs
-            .lock()
-            .ok()
-            .and_then(|r| r.get(thread_id).map(|h| h.done.clone()));
-        if let Some(mut rx) = rx {
+        if let Some(mut rx) = self.sh.driver_done(thread_id) {
             let _ = rx.wait_for(|d| *d).await;
         }
     }
 
     /// Stops starting steps, terminates running attempts, records them interrupted and
-    /// releases leases so the next process resumes at once.
+    /// releases leases so the next process resumes at once. Idempotent.
     pub async fn shutdown(&self) {
         self.sh.shutdown.cancel();
-        let handles: Vec<(
-            CancellationToken,
-            Arc<Mutex<StopReason>>,
-            watch::Receiver<bool>,
-        )> = match self.sh.runs.lock() {
-            Ok(r) => r
-                .values()
-                .map(|h| (h.stop.clone(), h.reason.clone(), h.done.clone()))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
+        let handles: Vec<(CancellationToken, Arc<StopCell>, watch::Receiver<bool>)> = self
+            .sh
+            .runs()
+            .values()
+            .map(|h| (h.stop.clone(), h.reason.clone(), h.done.clone()))
+            .collect();
         for (stop, reason, _) in &handles {
-            if let Ok(mut r) = reason.lock()
-                && *r == StopReason::None
-            {
-                *r = StopReason::Shutdown;
-            }
+            reason.set(StopReason::Shutdown);
             stop.cancel();
         }
         for (_, _, mut done) in handles {
@@ -254,29 +255,36 @@ impl Engine {
     }
 }
 
-impl Shared {
-    /// Starts driving a workflow this process has just taken the lease of.
-    fn spawn_driver(self: &Arc<Self>, id: &str, epoch: i64) {
-        self.spawn_driver_with(id, epoch, DriverInit::Load);
+/// The definition stored with a workflow.
+fn parse_definition(snap: &Snapshot) -> crate::store::Result<Workflow> {
+    let def: Workflow = serde_json::from_str(&snap.definition).map_err(|e| {
+        StoreError::Corrupt(format!("stored definition of {}: {e}", snap.workflow.id))
+    })?;
+    if def.steps.len() != snap.steps.len() {
+        return Err(StoreError::Corrupt(format!(
+            "steps of {} do not match its definition",
+            snap.workflow.id
+        )));
     }
+    Ok(def)
+}
 
+impl Shared {
     /// Starts a driver: of a stored workflow, or of a new one whose first commit stores it.
-    fn spawn_driver_with(self: &Arc<Self>, id: &str, epoch: i64, init: DriverInit) {
+    fn spawn_driver(self: &Arc<Self>, id: &ThreadId, epoch: i64, init: DriverInit) {
         if self.shutdown.is_cancelled() {
             return;
         }
         let stop = CancellationToken::new();
-        let reason = Arc::new(Mutex::new(StopReason::None));
+        let reason = Arc::new(StopCell::default());
         let (done_tx, done_rx) = watch::channel(false);
         {
-            let Ok(mut runs) = self.runs.lock() else {
-                return;
-            };
+            let mut runs = self.runs();
             if runs.contains_key(id) {
                 return;
             }
             runs.insert(
-                id.to_owned(),
+                id.clone(),
                 RunHandle {
                     stop: stop.clone(),
                     reason: reason.clone(),
@@ -285,58 +293,90 @@ impl Shared {
             );
         }
         let sh = self.clone();
-        let id: Arc<str> = Arc::from(id);
+        let id = id.clone();
         self.tracker.spawn(async move {
-            let loaded = match init {
-                DriverInit::Load => control::load_for_driver(&sh, &id)
-                    .await
-                    .map(|(def, status, steps)| (def, status, steps, None)),
-                DriverInit::Loaded((def, status, steps)) => Ok((def, status, steps, None)),
-                DriverInit::New { def, record, reply } => {
-                    let steps = def
-                        .steps
-                        .iter()
-                        .enumerate()
-                        .map(|(i, s)| crate::store::StepRow::new(&s.id, i))
-                        .collect();
-                    Ok((def, WorkflowStatus::Queued, steps, Some((record, reply))))
-                }
-            };
-            match loaded {
-                Ok((def, status, steps, new)) => {
-                    let mut driver = driver::Driver::new(
-                        sh.clone(),
-                        id.clone(),
-                        epoch,
-                        def,
-                        status,
-                        steps,
-                        stop,
-                        reason,
-                    );
-                    if let Some((record, reply)) = new {
-                        driver = driver.with_new_record(record, reply);
+            let fence = sh.fence(&id, epoch);
+            let driver = sh
+                .build_driver(&id, fence.clone(), init, stop, reason)
+                .await;
+            match driver {
+                Ok(driver) => {
+                    let run = std::panic::AssertUnwindSafe(driver.run()).catch_unwind();
+                    if let Err(panic) = run.await {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".to_owned());
+                        drop(panic);
+                        sh.record_driver_failure(&fence, what).await;
                     }
-                    driver.run().await;
                 }
                 Err(e) => tracing::error!(thread_id = %id, error = %e, "cannot load workflow"),
             }
-            if let Ok(mut runs) = sh.runs.lock() {
-                runs.remove(&*id);
-            }
+            sh.runs().remove(&*id);
             let _ = done_tx.send(true);
         });
     }
 
-    /// Stops this process's driver of `id` for `reason`; returns whether there was one.
-    fn stop_driver(&self, id: &str, why: StopReason) -> Option<watch::Receiver<bool>> {
-        let runs = self.runs.lock().ok()?;
-        let h = runs.get(id)?;
-        if let Ok(mut r) = h.reason.lock()
-            && *r == StopReason::None
-        {
-            *r = why;
+    async fn build_driver(
+        self: &Arc<Self>,
+        id: &ThreadId,
+        fence: Fence,
+        init: DriverInit,
+        stop: CancellationToken,
+        reason: Arc<StopCell>,
+    ) -> crate::store::Result<driver::Driver> {
+        let now = now_ms();
+        let (def, status, steps, new) = match init {
+            DriverInit::Loaded(snap) => {
+                let def = parse_definition(&snap)?;
+                (Arc::new(def), snap.workflow.status, snap.steps, None)
+            }
+            DriverInit::New { def, record, reply } => {
+                let steps = def
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| StepRow::new(&s.id, i))
+                    .collect();
+                (def, WorkflowStatus::Queued, steps, Some((record, reply)))
+            }
+        };
+        let sched = Scheduler::new(id.clone(), def, status, steps, now);
+        let driver = driver::Driver::new(self.clone(), fence, sched, stop, reason);
+        Ok(match new {
+            Some((record, reply)) => driver.with_new_record(record, reply),
+            None => driver,
+        })
+    }
+
+    /// A driver panicked: its workflow must not look running forever. It is failed (and
+    /// resumable), with the panic as its error.
+    async fn record_driver_failure(&self, fence: &Fence, what: String) {
+        let error = format!(
+            "internal error in baton's scheduler ({what}); resume the workflow to try again"
+        );
+        tracing::error!(thread_id = %fence.id, error = %error, "workflow driver failed");
+        let mut ch = Changes::default();
+        ch.set_status(WorkflowStatus::Failed, Some(error.clone()), true);
+        ch.event(NewEvent::workflow(
+            EventKind::WorkflowFailed,
+            EventData {
+                error: Some(error),
+                ..Default::default()
+            },
+        ));
+        if let Err(e) = self.store.commit(fence.clone(), ch).await {
+            tracing::error!(thread_id = %fence.id, error = %e, "cannot record the driver failure");
         }
+    }
+
+    /// Stops this process's driver of `id` for `reason`; returns its done signal if it ran.
+    fn stop_driver(&self, id: &str, why: StopReason) -> Option<watch::Receiver<bool>> {
+        let runs = self.runs();
+        let h = runs.get(id)?;
+        h.reason.set(why);
         h.stop.cancel();
         Some(h.done.clone())
     }

@@ -1,9 +1,32 @@
-//! The outcome of one attempt, classified by type so the scheduler never reads error strings.
+//! What an attempt reports: signals while it runs, and its outcome, classified by type so
+//! the scheduler never reads error strings.
 //!
 //! Invariant: user-configured non-retryable patterns are applied in exactly one place,
 //! [`Outcome::classify`], at the executor boundary; everything after reads the variant.
 
 use crate::workflow::RetryPolicy;
+
+/// Bytes of stderr quoted in an error message.
+pub const STDERR_TAIL: usize = 2000;
+
+/// Something an attempt reports while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SignalKind {
+    /// The agent session id, known as soon as the CLI's `init` line arrives.
+    Session(String),
+    /// Any output: the attempt is alive and working.
+    Activity,
+    /// A human-readable step of progress, e.g. `Bash(cargo test)`.
+    Progress(String),
+}
+
+/// A signal of attempt `attempt` of step `step_idx`.
+#[derive(Debug, Clone)]
+pub struct Signal {
+    pub step_idx: usize,
+    pub attempt: i64,
+    pub kind: SignalKind,
+}
 
 /// Why an attempt failed; the retry policy reads this, never the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,18 +112,6 @@ impl Outcome {
     }
 }
 
-/// The last `max` bytes of `s`, cut at a character boundary.
-pub fn tail(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,11 +151,5 @@ mod tests {
                 ..
             }
         ));
-    }
-
-    #[test]
-    fn tail_respects_char_boundaries() {
-        assert_eq!(tail("héllo", 4), "llo");
-        assert_eq!(tail("abc", 10), "abc");
     }
 }

@@ -31,6 +31,9 @@ use rmcp::{
     transport::stdio,
 };
 
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ThreadId;
 use crate::engine::{Engine, EngineError, MonitorFilter};
 use session::{Session, WORKFLOW_URI};
 
@@ -72,8 +75,8 @@ fn thread_of(uri: &str) -> Result<&str, McpError> {
 
 fn engine_error(e: EngineError) -> McpError {
     match e {
-        EngineError::NotFound(id) => {
-            McpError::resource_not_found(format!("no workflow with thread_id {id:?}"), None)
+        EngineError::NotFound { thread_id } => {
+            McpError::resource_not_found(format!("no workflow with thread_id {thread_id:?}"), None)
         }
         other => McpError::internal_error(other.to_string(), None),
     }
@@ -123,7 +126,7 @@ impl ServerHandler for BatonServer {
             .workflows
             .into_iter()
             .map(|w| {
-                let title = w.name.clone().unwrap_or_else(|| w.thread_id.clone());
+                let title = w.name.clone().unwrap_or_else(|| w.thread_id.to_string());
                 Resource::new(format!("{WORKFLOW_URI}{}", w.thread_id), title)
                     .with_mime_type("application/json")
                     .with_description(format!(
@@ -156,7 +159,11 @@ impl ServerHandler for BatonServer {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         let id = thread_of(&request.uri)?;
-        let view = self.engine.status(id, 2000).await.map_err(engine_error)?;
+        let view = self
+            .engine
+            .status(&ThreadId::from(id), 2000)
+            .await
+            .map_err(engine_error)?;
         let text = serde_json::to_string(&view)
             .map_err(|e| McpError::internal_error(e.to_string(), None))?;
         Ok(ReadResourceResult::new(vec![
@@ -171,7 +178,10 @@ impl ServerHandler for BatonServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         let id = thread_of(&request.uri)?;
-        self.engine.status(id, 0).await.map_err(engine_error)?;
+        self.engine
+            .status(&ThreadId::from(id), 0)
+            .await
+            .map_err(engine_error)?;
         self.session.attach(&ctx.peer);
         self.session.subscribe(id);
         Ok(())
@@ -239,11 +249,10 @@ pub enum ServeError {
     Transport(String),
 }
 
-/// Serves MCP on stdin/stdout until stdin closes or SIGTERM/SIGINT arrives, then shuts the
-/// engine down (running attempts are interrupted and handed to the next process).
-pub async fn serve_stdio(engine: Engine) -> Result<(), ServeError> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| ServeError::Transport(format!("cannot watch SIGTERM: {e}")))?;
+/// Serves MCP on stdin/stdout until stdin closes or `shutdown` fires. The caller owns the
+/// lifecycle: it shuts the engine down afterwards (running attempts are interrupted and
+/// handed to the next process).
+pub async fn serve_stdio(engine: Engine, shutdown: CancellationToken) -> Result<(), ServeError> {
     let serve = async {
         loop {
             let server = BatonServer::new(engine.clone());
@@ -270,10 +279,7 @@ pub async fn serve_stdio(engine: Engine) -> Result<(), ServeError> {
     };
     tokio::select! {
         () = serve => {}
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        () = shutdown.cancelled() => {}
     }
-    engine.shutdown().await;
-    engine.store().close();
     Ok(())
 }

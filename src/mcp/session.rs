@@ -19,13 +19,14 @@ use rmcp::{
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Engine, describe_event};
-use crate::store::EventKind;
+use crate::api::{EventKind, ThreadId};
+use crate::engine::Engine;
+use crate::store::Change;
 
 /// URI prefix of workflow resources.
 pub const WORKFLOW_URI: &str = "baton://workflows/";
 
-/// Interval of the poll that notices changes made by other processes.
+/// Interval of the safety-net poll (the change feed already reports other processes' commits).
 const POLL: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
@@ -148,16 +149,16 @@ impl Session {
     }
 
     async fn watch(self) {
-        let mut changes = self.engine.store().subscribe();
+        let mut changes = self.engine.changes();
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let changed: Vec<String> = tokio::select! {
                 () = self.stop.cancelled() => return,
                 r = changes.recv() => match r {
-                    Ok(id) => vec![id.to_string()],
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.interesting(),
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    Some(Change::Workflow(id)) => vec![id.to_string()],
+                    Some(Change::Unknown) => self.interesting(),
+                    None => return,
                 },
                 _ = poll.tick() => self.interesting(),
             };
@@ -213,7 +214,7 @@ impl Session {
         let wants_resource = subscribed || !sinks.is_empty();
         if wants_resource {
             // Only notify when the workflow really changed since the last push.
-            let Ok(view) = self.engine.status(id, 0).await else {
+            let Ok(view) = self.engine.status(&ThreadId::from(id), 0).await else {
                 return;
             };
             let fresh = self
@@ -232,13 +233,14 @@ impl Session {
             }
         }
         if let (Some(peer), Some(min), Some(cursor)) = (peer, level, cursor) {
-            let Ok((_, _, events)) = self.engine.events(id, cursor, 200).await else {
+            let Ok(page) = self.engine.events(&ThreadId::from(id), cursor, 200).await else {
                 return;
             };
+            let events = page.events;
             for e in &events {
                 let level = event_level(e.kind);
                 if passes(level, min) {
-                    let data = json!({ "thread_id": id, "message": describe_event(e), "event": e });
+                    let data = json!({ "thread_id": id, "message": e.describe(), "event": e });
                     let _ = peer
                         .notify_logging_message(
                             LoggingMessageNotificationParam::new(level, data).with_logger("baton"),

@@ -16,8 +16,8 @@ use rmcp::{
 };
 use serde_json::{Value, json};
 
-use crate::engine::{Engine, EngineError, ResumeMode, ResumeRequest, WorkflowView};
-use crate::store::WorkflowStatus;
+use crate::api::{ThreadId, WorkflowStatus, WorkflowView};
+use crate::engine::{Engine, EngineError, ResumeMode, ResumeRequest};
 use crate::workflow::AgentOptions;
 
 /// Suggested `tasks/get` polling interval.
@@ -27,8 +27,8 @@ const BLOCKED_KEY: &str = "resume";
 
 fn not_found(e: EngineError) -> McpError {
     match e {
-        EngineError::NotFound(id) => McpError::invalid_params(
-            format!("unknown task: {id} (a taskId is a workflow thread_id)"),
+        EngineError::NotFound { thread_id } => McpError::invalid_params(
+            format!("unknown task: {thread_id} (a taskId is a workflow thread_id)"),
             None,
         ),
         other => McpError::internal_error(other.to_string(), None),
@@ -51,7 +51,7 @@ fn status_message(v: &WorkflowView) -> String {
 
 fn base_task(v: &WorkflowView) -> Task {
     Task::new(
-        v.thread_id.clone(),
+        v.thread_id.to_string(),
         TaskStatus::Working,
         v.created_at.clone(),
         v.updated_at.clone(),
@@ -61,7 +61,7 @@ fn base_task(v: &WorkflowView) -> Task {
 }
 
 /// The task created for a just-submitted workflow.
-pub async fn created(engine: &Engine, thread_id: &str) -> Result<CreateTaskResult, McpError> {
+pub async fn created(engine: &Engine, thread_id: &ThreadId) -> Result<CreateTaskResult, McpError> {
     let view = engine.status(thread_id, 0).await.map_err(not_found)?;
     Ok(CreateTaskResult::new(base_task(&view)))
 }
@@ -85,7 +85,10 @@ fn object(v: Value) -> JsonObject {
 
 /// `tasks/get`.
 pub async fn get(engine: &Engine, task_id: &str) -> Result<DetailedTask, McpError> {
-    let view = engine.status(task_id, 2000).await.map_err(not_found)?;
+    let view = engine
+        .status(&ThreadId::from(task_id), 2000)
+        .await
+        .map_err(not_found)?;
     let task = base_task(&view);
     let payload = match view.status {
         WorkflowStatus::Queued | WorkflowStatus::Running | WorkflowStatus::Interrupted => {
@@ -140,7 +143,10 @@ pub async fn update(
     task_id: &str,
     responses: InputResponses,
 ) -> Result<(), McpError> {
-    let view = engine.status(task_id, 0).await.map_err(not_found)?;
+    let view = engine
+        .status(&ThreadId::from(task_id), 0)
+        .await
+        .map_err(not_found)?;
     if view.status != WorkflowStatus::Blocked {
         return Err(McpError::invalid_params(
             format!(
@@ -180,19 +186,22 @@ pub async fn update(
         .map(str::to_owned);
     engine
         .resume(ResumeRequest {
-            thread_id: task_id.to_owned(),
+            thread_id: ThreadId::from(task_id),
             from_step: None,
             mode,
             prompt,
             agent,
         })
         .await
-        .map_err(|e| McpError::invalid_params(e.to_string(), None))?;
+        .map_err(|e| McpError::invalid_params(super::tools::refusal(e), None))?;
     Ok(())
 }
 
 /// `tasks/cancel`.
 pub async fn cancel(engine: &Engine, task_id: &str) -> Result<(), McpError> {
-    engine.cancel(task_id).await.map_err(not_found)?;
+    engine
+        .cancel(&ThreadId::from(task_id))
+        .await
+        .map_err(not_found)?;
     Ok(())
 }

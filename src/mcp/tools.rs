@@ -21,11 +21,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::BatonServer;
-use crate::engine::{
-    EngineError, MonitorFilter, MonitorView, ResumeMode, ResumeRequest, SubmitRequest,
-    WorkflowView, describe_event,
-};
-use crate::store::{EventKind, EventRow, WorkflowStatus};
+use crate::api::{Event, EventKind, MonitorView, ThreadId, WorkflowStatus, WorkflowView};
+use crate::engine::{EngineError, MonitorFilter, ResumeMode, ResumeRequest, SubmitRequest};
 use crate::workflow::AgentOptions;
 
 /// Default and longest wait of `invoke_stream`, seconds.
@@ -63,7 +60,7 @@ pub struct InvokeAsyncArgs {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct InvokeAsyncResult {
     /// Use this id with invoke_status, invoke_stream, invoke_resume and invoke_cancel.
-    pub thread_id: String,
+    pub thread_id: ThreadId,
     pub status: WorkflowStatus,
     pub step_count: i64,
     /// Expected wall time from past runs of a workflow with the same name.
@@ -109,13 +106,13 @@ pub struct InvokeStreamArgs {
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct InvokeStreamResult {
-    pub thread_id: String,
+    pub thread_id: ThreadId,
     pub status: WorkflowStatus,
     /// True when the workflow has stopped (completed, failed, blocked or cancelled).
     pub done: bool,
     /// Pass as `cursor` to continue without missing an event.
     pub next_cursor: i64,
-    pub events: Vec<EventRow>,
+    pub events: Vec<Event>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -145,7 +142,7 @@ pub struct InvokeResumeArgs {
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ControlResult {
-    pub thread_id: String,
+    pub thread_id: ThreadId,
     pub status: WorkflowStatus,
     pub next: String,
 }
@@ -165,11 +162,30 @@ pub struct WorkflowMonitorArgs {
     pub limit: Option<i64>,
 }
 
-/// The message a model sees for an engine error.
-fn refusal(e: EngineError) -> String {
+/// The message a model sees for an engine error: what is wrong and which tool to call next.
+pub(super) fn refusal(e: EngineError) -> String {
     match e {
         EngineError::Invalid(p) => format!(
             "The workflow was rejected and nothing was started. Fix these problems and call invoke_async again:\n{p}"
+        ),
+        EngineError::NotFound { thread_id } => format!(
+            "unknown thread_id {thread_id:?}: no workflow with this id exists in this store (list them with workflow_monitor)"
+        ),
+        EngineError::UnknownStep { step, known } => format!(
+            "from_step {step:?} is not a step of this workflow; its steps are: {}",
+            known.join(", ")
+        ),
+        EngineError::Busy { thread_id, status } => format!(
+            "workflow {thread_id} is {status} right now; wait for it to stop or call invoke_cancel first"
+        ),
+        EngineError::AlreadyCompleted { thread_id } => format!(
+            "workflow {thread_id} already completed; pass from_step to re-run a step and everything downstream of it"
+        ),
+        EngineError::Contended { thread_id } => format!(
+            "workflow {thread_id} was changed by another process meanwhile; check invoke_status and try again"
+        ),
+        EngineError::CancelPending { thread_id } => format!(
+            "cancel of {thread_id} was requested, but its owning process has not confirmed yet; check invoke_status shortly"
         ),
         EngineError::Store(s) => {
             format!("baton's database failed: {s}. Nothing was changed; try again.")
@@ -296,7 +312,7 @@ workflow or to read step outputs after it finished.",
     ) -> Result<Json<WorkflowView>, String> {
         let chars = args.output_chars.unwrap_or(2000);
         self.engine
-            .status(&args.thread_id, chars)
+            .status(&ThreadId::from(args.thread_id), chars)
             .await
             .map(Json)
             .map_err(refusal)
@@ -327,27 +343,27 @@ workflow stops or `wait_s` passes. Each event is also sent as a progress notific
         // 2026-07-28 clients ask for log messages per request.
         #[allow(deprecated)]
         let log_min = ctx.meta.log_level();
-        let mut cursor = args.cursor.unwrap_or(0).max(0);
-        let mut out: Vec<EventRow> = Vec::new();
+        let id = ThreadId::from(args.thread_id);
+        let cursor = args.cursor.unwrap_or(0).max(0);
+        let mut follow = self.engine.follow(&id, cursor);
+        let mut out: Vec<Event> = Vec::new();
         let mut progress = Progress::default();
         // Steps done as of the cursor; each completion event replayed adds one.
         let mut done_steps = if cursor == 0 {
             0
         } else {
-            self.engine
-                .done_at(&args.thread_id, cursor)
-                .await
-                .map_err(refusal)?
+            self.engine.done_at(&id, cursor).await.map_err(refusal)?
         };
         loop {
             let now = tokio::time::Instant::now();
             let keepalive_at = deadline.min(now + KEEPALIVE);
             let limit = STREAM_PAGE - out.len() as i64;
             let page = tokio::select! {
-                r = self.engine.wait_events(&args.thread_id, cursor, limit, keepalive_at) => r.map_err(refusal)?,
+                r = follow.next(limit, keepalive_at) => r.map_err(refusal)?,
                 () = ctx.ct.cancelled() => return Err("cancelled by the client".into()),
             };
-            let (status, total, events) = page;
+            let done = page.done();
+            let (status, total, events) = (page.status, page.total, page.events);
             if let Some(token) = &token {
                 let send = |p: f64, msg: String| {
                     ctx.peer.notify_progress(
@@ -361,12 +377,12 @@ workflow stops or `wait_s` passes. Each event is also sent as a progress notific
                     let _ = send(p, format!("waiting: workflow {status}")).await;
                 }
                 for e in &events {
-                    if matches!(e.kind, EventKind::StepCompleted | EventKind::StepSkipped) {
+                    if e.kind.completes_step() {
                         done_steps += 1;
                     }
                     let p =
                         progress.next(done_steps, total, e.kind == EventKind::WorkflowCompleted);
-                    let _ = send(p, describe_event(e)).await;
+                    let _ = send(p, e.describe()).await;
                 }
             }
             #[allow(deprecated)]
@@ -374,8 +390,8 @@ workflow stops or `wait_s` passes. Each event is also sent as a progress notific
                 for e in &events {
                     let level = super::session::event_level(e.kind);
                     if super::session::passes(level, min) {
-                        let data = serde_json::json!({ "thread_id": args.thread_id,
-                            "message": describe_event(e), "event": e });
+                        let data = serde_json::json!({ "thread_id": id,
+                            "message": e.describe(), "event": e });
                         let _ = ctx
                             .peer
                             .notify_logging_message(
@@ -386,20 +402,14 @@ workflow stops or `wait_s` passes. Each event is also sent as a progress notific
                     }
                 }
             }
-            let fetched = events.len() as i64;
-            if let Some(last) = events.last() {
-                cursor = last.seq;
-            }
             out.extend(events);
-            let caught_up = fetched < limit;
             let page_full = out.len() as i64 >= STREAM_PAGE;
-            let finished = status.is_terminal() && caught_up;
-            if finished || page_full || tokio::time::Instant::now() >= deadline {
+            if done || page_full || tokio::time::Instant::now() >= deadline {
                 return Ok(Json(InvokeStreamResult {
-                    thread_id: args.thread_id,
+                    thread_id: id,
                     status,
-                    done: finished,
-                    next_cursor: cursor,
+                    done,
+                    next_cursor: follow.cursor(),
                     events: out,
                 }));
             }
@@ -425,11 +435,11 @@ Returns at once; follow with invoke_stream.",
         &self,
         Parameters(args): Parameters<InvokeResumeArgs>,
     ) -> Result<Json<ControlResult>, String> {
-        let thread_id = args.thread_id.clone();
+        let thread_id = ThreadId::from(args.thread_id);
         let status = self
             .engine
             .resume(ResumeRequest {
-                thread_id: args.thread_id,
+                thread_id: thread_id.clone(),
                 from_step: args.from_step,
                 mode: args.mode,
                 prompt: args.prompt,
@@ -486,14 +496,15 @@ workflow can be resumed later with invoke_resume.",
         &self,
         Parameters(args): Parameters<ThreadArgs>,
     ) -> Result<Json<ControlResult>, String> {
-        let status = self.engine.cancel(&args.thread_id).await.map_err(refusal)?;
+        let thread_id = ThreadId::from(args.thread_id);
+        let status = self.engine.cancel(&thread_id).await.map_err(refusal)?;
         let next = if status == WorkflowStatus::Cancelled {
             "Cancelled. Resume it later with invoke_resume if needed.".to_owned()
         } else {
             format!("The workflow had already stopped ({status}); nothing to cancel.")
         };
         Ok(Json(ControlResult {
-            thread_id: args.thread_id,
+            thread_id,
             status,
             next,
         }))

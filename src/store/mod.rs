@@ -1,50 +1,52 @@
-//! The store: one SQLite file that is the source of truth for workflows, steps, attempts, the
-//! event log and process ownership.
+//! The store: the source of truth for workflows, steps, attempts, the event log and process
+//! ownership, behind one interface with one backend per database kind (SQLite today).
 //!
-//! Invariant: nothing a client is told has happened exists only in memory. Every write runs on
-//! a single writer thread inside a transaction; writes that queue up while a commit is being
-//! made durable share the next commit ("group commit"), so many workflows advance with one
-//! fsync. Each write runs inside its own savepoint, so one failing write never undoes another
-//! that shares its commit. Readers use their own connections (WAL lets them run beside the
-//! writer) and never block it.
+//! Invariant: every transaction and every query lives behind this interface; callers name
+//! what they want (`commit` a step boundary, `transition` a workflow under a freshly taken
+//! lease, `snapshot`, `events`, …) and never see a connection, a statement or a lock. Every
+//! write by a workflow's owner is fenced by its epoch, and a write is acknowledged only once
+//! the commit containing it is durable.
 //!
-//! After a commit, the ids of the workflows it touched are broadcast in-process; this is a
-//! latency optimisation only — subscribers re-read the store, which stays authoritative.
+//! # Layout
+//! - `records`: the rows and change sets that cross this interface.
+//! - `sqlite`: the SQLite backend (schema, migrations, queries, group commit).
 
-mod queries;
-mod schema;
+mod records;
+mod sqlite;
 
-pub use queries::*;
+pub use records::{
+    Adoptable, AttemptRow, Changes, Claim, EventPage, Fence, MonitorRow, MonitorRows, NewWorkflow,
+    OwnerRow, Renewal, Snapshot, StatusChange, StepRow, WorkflowRow,
+};
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
+
+use crate::api::{ThreadId, WorkflowStatus};
 
 /// Errors of the store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Database(String),
     #[error("cannot open database {path}: {reason}")]
-    Open { path: PathBuf, reason: String },
-    #[error("database schema migration failed: {0}")]
-    Migration(#[from] rusqlite_migration::Error),
+    Open { path: String, reason: String },
     #[error("commit failed: {0}")]
     Commit(String),
     #[error("the store is shut down")]
     Closed,
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A lock inside the store was poisoned by a panic; the store cannot be trusted.
+    #[error("internal lock {0} is poisoned")]
+    Poisoned(String),
     /// This process no longer holds the lease of the workflow it tried to write.
     #[error("workflow {0} is owned by another process")]
     Fenced(String),
+    /// The write contradicts what is stored (e.g. the workflow exists already).
     #[error("{0}")]
     Conflict(String),
 }
@@ -59,325 +61,246 @@ pub enum Durability {
     Normal,
 }
 
-/// The context a write runs in: the open transaction and the set of workflows it touched.
-pub struct WriteCtx<'c> {
-    pub conn: &'c Connection,
-    /// Ids touched by the writes of the current transaction (few; a list beats a set).
-    changed: Vec<String>,
+/// What changed in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A commit of this process touched this workflow.
+    Workflow(ThreadId),
+    /// Something may have changed that this process did not write (another process's
+    /// commit, or missed notices): re-read what you follow.
+    Unknown,
 }
 
-impl WriteCtx<'_> {
-    /// Records that `workflow_id` changed, so subscribers are woken after the commit.
-    pub fn touched(&mut self, workflow_id: &str) {
-        if !self.changed.iter().any(|c| c == workflow_id) {
-            self.changed.push(workflow_id.to_owned());
+/// Notices of changes. Latency only: a missed notice arrives as [`Change::Unknown`].
+pub struct ChangeFeed {
+    rx: broadcast::Receiver<Change>,
+}
+
+impl ChangeFeed {
+    /// The next notice; `None` once the store is gone.
+    pub async fn recv(&mut self) -> Option<Change> {
+        match self.rx.recv().await {
+            Ok(c) => Some(c),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(Change::Unknown),
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     }
 }
-
-type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-/// A queued write; called with `None` when it must not run (its reply then carries the error).
-type Job = Box<dyn FnOnce(Option<&mut WriteCtx<'_>>) -> (bool, Reply) + Send>;
-
-/// Largest number of writes folded into one commit.
-const MAX_BATCH: usize = 512;
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    backend: Backend,
 }
 
-struct Inner {
-    path: PathBuf,
-    writer: Mutex<Option<mpsc::Sender<Job>>>,
-    readers: Mutex<Vec<Connection>>,
-    changes: broadcast::Sender<Arc<str>>,
-    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Transactions committed by the writer thread (benchmarks count commits per step).
-    commits: Arc<AtomicU64>,
+#[derive(Clone)]
+enum Backend {
+    Sqlite(sqlite::Sqlite),
 }
 
 impl Store {
-    /// Opens (creating with mode 0600 if needed) and migrates the database at `path`.
+    /// Opens (creating with mode 0600 if needed) and migrates the SQLite database at `path`.
     pub fn open(path: &Path, durability: Durability) -> Result<Store> {
-        let open_err = |reason: String| StoreError::Open {
-            path: path.to_owned(),
-            reason,
-        };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| open_err(format!("cannot create directory: {e}")))?;
-        }
-        // Create the file ourselves so it is 0600 from the first byte; SQLite gives the
-        // -wal and -shm files the same mode.
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| open_err(e.to_string()))?;
-        refuse_foreign(path).map_err(open_err)?;
-        let mut conn = open_conn(path, durability).map_err(|e| open_err(e.to_string()))?;
-        schema::migrate(&mut conn)
-            .map_err(|e| open_err(format!("{e} (is this a baton database?)")))?;
-
-        let (tx, rx) = mpsc::channel::<Job>();
-        let (changes, _) = broadcast::channel(4096);
-        let changes_tx = changes.clone();
-        let commits = Arc::new(AtomicU64::new(0));
-        let commits_tx = commits.clone();
-        let thread = std::thread::Builder::new()
-            .name("baton-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, changes_tx, commits_tx))
-            .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
         Ok(Store {
-            inner: Arc::new(Inner {
-                path: path.to_owned(),
-                writer: Mutex::new(Some(tx)),
-                readers: Mutex::new(Vec::new()),
-                changes,
-                writer_thread: Mutex::new(Some(thread)),
-                commits,
-            }),
+            backend: Backend::Sqlite(sqlite::Sqlite::open(path, durability)?),
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    /// Where the database is (a file path), for messages and for files kept beside it.
+    pub fn location(&self) -> &Path {
+        match &self.backend {
+            Backend::Sqlite(s) => s.path(),
+        }
     }
 
-    /// Number of transactions committed so far by this handle's writer thread. Several
-    /// writes share one commit when they queue up while a commit is in flight.
+    /// Transactions committed so far by this handle (benchmarks count commits per step).
+    /// Several writes share one commit when they queue up while a commit is in flight.
     pub fn commit_count(&self) -> u64 {
-        self.inner.commits.load(Ordering::Relaxed)
-    }
-
-    /// Subscribes to the ids of workflows changed by each commit.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
-        self.inner.changes.subscribe()
-    }
-
-    /// Runs `f` inside a transaction on the writer thread. The result is returned only after
-    /// the commit that contains it is durable; if `f` fails, its changes are rolled back and
-    /// other writes sharing the commit are unaffected.
-    pub async fn write<R, F>(&self, f: F) -> Result<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(&mut WriteCtx<'_>) -> Result<R> + Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel::<Result<R>>();
-        let job: Job = Box::new(move |ctx| {
-            let result = match ctx {
-                Some(ctx) => f(ctx),
-                None => Err(StoreError::Closed),
-            };
-            let ok = result.is_ok();
-            let reply: Reply = Box::new(move |commit| {
-                let out = match commit {
-                    Ok(()) => result,
-                    Err(e) => Err(StoreError::Commit(e)),
-                };
-                let _ = tx.send(out);
-            });
-            (ok, reply)
-        });
-        {
-            let guard = self.inner.writer.lock().map_err(|_| StoreError::Closed)?;
-            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
-            sender.send(job).map_err(|_| StoreError::Closed)?;
+        match &self.backend {
+            Backend::Sqlite(s) => s.commit_count(),
         }
-        rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Runs `f` on a reader connection on the blocking pool.
-    pub async fn read<R, F>(&self, f: F) -> Result<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
-    {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.read_blocking(f))
-            .await
-            .map_err(|e| StoreError::Commit(format!("reader task failed: {e}")))?
-    }
-
-    /// Runs `f` on a reader connection on the current thread.
-    pub fn read_blocking<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
-        let pooled = self.inner.readers.lock().ok().and_then(|mut p| p.pop());
-        let conn = match pooled {
-            Some(c) => c,
-            None => {
-                let c = open_conn(&self.inner.path, Durability::Full)?;
-                c.execute_batch("PRAGMA query_only = 1")?;
-                c
-            }
-        };
-        let result = f(&conn);
-        if let Ok(mut pool) = self.inner.readers.lock()
-            && pool.len() < 8
-        {
-            pool.push(conn);
+    /// Notices of changes, this process's and other processes'.
+    pub fn changes(&self) -> ChangeFeed {
+        ChangeFeed {
+            rx: match &self.backend {
+                Backend::Sqlite(s) => s.subscribe(),
+            },
         }
-        result
     }
 
-    /// Stops the writer thread after it has committed every queued write.
+    /// Commits every queued write, then stops writing.
     pub fn close(&self) {
-        if let Ok(mut w) = self.inner.writer.lock() {
-            w.take();
-        }
-        let handle = self
-            .inner
-            .writer_thread
-            .lock()
-            .ok()
-            .and_then(|mut t| t.take());
-        if let Some(h) = handle {
-            let _ = h.join();
+        match &self.backend {
+            Backend::Sqlite(s) => s.close(),
         }
     }
-}
 
-/// Refuses, before anything is written, a file that is not a baton database: opening would
-/// switch it to WAL and add baton's tables to another program's data.
-fn refuse_foreign(path: &Path) -> std::result::Result<(), String> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| e.to_string())?;
-    // Both reads in one snapshot: another baton may be migrating this file right now, and
-    // its commit falling between them would look like a foreign database.
-    conn.execute_batch("BEGIN")
-        .map_err(|e| format!("database error: {e}"))?;
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| format!("database error: {e}"))?;
-    let mut stmt = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-        .map_err(|e| format!("database error: {e}"))?;
-    let tables: Vec<String> = stmt
-        .query_map([], |r| r.get(0))
-        .and_then(|rows| rows.collect())
-        .map_err(|e| format!("database error: {e}"))?;
-    if version == 0 && !tables.is_empty() {
-        return Err(format!(
-            "it is an SQLite database of another program (tables: {}); baton leaves it untouched, pass another --db",
-            tables.join(", ")
-        ));
-    }
-    Ok(())
-}
+    // ------------------------------------------------------------ writes
 
-fn open_conn(path: &Path, durability: Durability) -> Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI,
-    )?;
-    conn.busy_timeout(Duration::from_secs(30))?;
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Corrupt(format!(
-            "cannot switch the database to WAL mode (got {mode})"
-        )));
-    }
-    let sync = match durability {
-        Durability::Full => "FULL",
-        Durability::Normal => "NORMAL",
-    };
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;"
-    ))?;
-    Ok(conn)
-}
-
-/// Runs a statement without parameters through the statement cache.
-fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(|_| ())
-}
-
-fn writer_loop(
-    conn: Connection,
-    rx: mpsc::Receiver<Job>,
-    changes: broadcast::Sender<Arc<str>>,
-    commits: Arc<AtomicU64>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = exec_cached(&conn, "BEGIN IMMEDIATE") {
-            let msg = e.to_string();
-            tracing::error!(error = %msg, "cannot begin a write transaction");
-            for job in batch {
-                fail_reply(job, &msg)(Err(msg.clone()));
-            }
-            continue;
-        }
-        let mut ctx = WriteCtx {
-            conn: &conn,
-            changed: Vec::new(),
-        };
-        let mut replies = Vec::with_capacity(batch.len());
-        // A lone write needs no savepoint: if it fails, the whole transaction is rolled back.
-        let alone = batch.len() == 1;
-        let mut failed_alone = false;
-        for job in batch {
-            let mark = ctx.changed.len();
-            if !alone && let Err(e) = exec_cached(&conn, "SAVEPOINT job") {
-                replies.push(fail_reply(job, &e.to_string()));
-                continue;
-            }
-            let (ok, reply) = job(Some(&mut ctx));
-            if !ok {
-                ctx.changed.truncate(mark);
-            }
-            if alone {
-                failed_alone = !ok;
-            } else {
-                let end = if ok {
-                    exec_cached(&conn, "RELEASE job")
-                } else {
-                    exec_cached(&conn, "ROLLBACK TO job")
-                        .and_then(|()| exec_cached(&conn, "RELEASE job"))
-                };
-                if let Err(e) = end {
-                    tracing::error!(error = %e, "savepoint handling failed");
-                }
-            }
-            replies.push(reply);
-        }
-        let commit = if failed_alone {
-            exec_cached(&conn, "ROLLBACK").map_err(|e| e.to_string())
-        } else {
-            exec_cached(&conn, "COMMIT").map_err(|e| e.to_string())
-        };
-        if let Err(e) = &commit {
-            tracing::error!(error = %e, "commit failed; rolling back the batch");
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        let changed = std::mem::take(&mut ctx.changed);
-        for reply in replies {
-            reply(commit.clone());
-        }
-        if commit.is_ok() && !failed_alone {
-            commits.fetch_add(1, Ordering::Relaxed);
-            for id in changed {
-                let _ = changes.send(Arc::from(id));
-            }
+    /// Stores a new workflow owned by `new.owner` at epoch 1 together with its first change
+    /// set (the start of its first steps). [`StoreError::Conflict`] if the id exists.
+    pub async fn insert_workflow(&self, new: NewWorkflow, first: Changes) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.insert_workflow(new, first).await,
         }
     }
-}
 
-/// Answers a job with `msg` without running it.
-fn fail_reply(job: Job, msg: &str) -> Reply {
-    let (_, reply) = job(None);
-    let msg = msg.to_owned();
-    Box::new(move |_| reply(Err(msg)))
+    /// Commits one step boundary of a workflow the fence's owner holds.
+    pub async fn commit(&self, fence: Fence, changes: Changes) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.commit(fence, changes).await,
+        }
+    }
+
+    /// Takes the lease of workflow `id` (compare-and-set on its epoch), lets `f` decide the
+    /// changes from what is stored, and commits them — all in one transaction. Returns the
+    /// new epoch, the workflow as committed, and what `f` returned. If `f` fails nothing is
+    /// written.
+    pub async fn transition<R, F>(
+        &self,
+        id: ThreadId,
+        claim: Claim,
+        f: F,
+    ) -> Result<(i64, Snapshot, R)>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Snapshot) -> Result<(Changes, R)> + Send + 'static,
+    {
+        match &self.backend {
+            Backend::Sqlite(s) => s.transition(id, claim, f).await,
+        }
+    }
+
+    /// Records the agent session of a running attempt the moment it is known.
+    pub async fn record_session(
+        &self,
+        fence: Fence,
+        step_id: String,
+        attempt: i64,
+        session_id: String,
+    ) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.record_session(fence, step_id, attempt, session_id).await,
+        }
+    }
+
+    /// Records the last sign of life of a running step.
+    pub async fn record_activity(&self, id: ThreadId, step_id: String, at: i64) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.record_activity(id, step_id, at).await,
+        }
+    }
+
+    /// Asks the owner of a workflow (another process) to cancel it.
+    pub async fn request_cancel(&self, id: ThreadId) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.request_cancel(id).await,
+        }
+    }
+
+    pub async fn register_owner(&self, owner: OwnerRow) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.register_owner(owner).await,
+        }
+    }
+
+    pub async fn remove_owner(&self, id: String) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.remove_owner(id).await,
+        }
+    }
+
+    /// Extends an owner's leases and heartbeat; says which workflows it still holds and
+    /// which of them others asked to cancel.
+    pub async fn renew(&self, owner: String, lease_until: i64, now: i64) -> Result<Renewal> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.renew(owner, lease_until, now).await,
+        }
+    }
+
+    // ------------------------------------------------------------ reads
+
+    /// [`StoreError::Fenced`] unless the fence's owner still holds the workflow at its epoch.
+    pub async fn check_fence(&self, fence: Fence) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.check_fence(fence).await,
+        }
+    }
+
+    pub async fn workflow(&self, id: ThreadId) -> Result<Option<WorkflowRow>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.workflow(id).await,
+        }
+    }
+
+    /// A workflow's row, steps and definition.
+    pub async fn snapshot(&self, id: ThreadId) -> Result<Option<Snapshot>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.snapshot(id).await,
+        }
+    }
+
+    /// A snapshot plus every attempt, for status views.
+    pub async fn detail(&self, id: ThreadId) -> Result<Option<(Snapshot, Vec<AttemptRow>)>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.detail(id).await,
+        }
+    }
+
+    /// Events with `seq > after` (at most `limit`), oldest first, and the workflow's status
+    /// read before them.
+    pub async fn events(&self, id: ThreadId, after: i64, limit: i64) -> Result<Option<EventPage>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.events(id, after, limit).await,
+        }
+    }
+
+    /// Steps completed or skipped by the events up to `cursor`.
+    pub async fn done_at(&self, id: ThreadId, cursor: i64) -> Result<i64> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.done_at(id, cursor).await,
+        }
+    }
+
+    /// Workflows `owner` holds that another process asked to cancel.
+    pub async fn cancel_requests(&self, owner: String) -> Result<Vec<ThreadId>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.cancel_requests(owner).await,
+        }
+    }
+
+    pub async fn owner(&self, id: String) -> Result<Option<OwnerRow>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.owner(id).await,
+        }
+    }
+
+    /// Workflows that should be running and that `me` does not own, with their owners.
+    pub async fn adoptable(&self, me: String) -> Result<Vec<Adoptable>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.adoptable(me).await,
+        }
+    }
+
+    /// Workflows newest first (filtered by status; `None`: all), with their steps, the
+    /// owners they name and the counts per status.
+    pub async fn monitor(
+        &self,
+        statuses: Option<Vec<WorkflowStatus>>,
+        limit: i64,
+    ) -> Result<MonitorRows> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.monitor(statuses, limit).await,
+        }
+    }
+
+    /// Median duration (ms) per step id of completed steps in the last 20 completed
+    /// workflows with this name.
+    pub async fn step_medians(&self, name: String) -> Result<BTreeMap<String, i64>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.step_medians(name).await,
+        }
+    }
 }

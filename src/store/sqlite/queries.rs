@@ -1,122 +1,20 @@
-//! Records and the queries over them. Writers take the transaction's connection from a
-//! [`WriteCtx`](super::WriteCtx); readers take a reader connection.
+//! The SQL of the SQLite backend. Nothing outside `store::sqlite` sees a statement or a
+//! connection.
 //!
 //! Invariant: an event's `seq` is taken from its workflow row inside the same transaction that
-//! appends it, so `seq` increases strictly per workflow whichever process writes.
+//! appends it, so `seq` increases strictly per workflow whichever process writes; every write
+//! by a workflow's owner is fenced by its epoch in the same statement that reserves the `seq`s.
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
-use super::{Result, StoreError, WriteCtx};
-
-/// Milliseconds since the Unix epoch, the store's clock unit.
-pub fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
-
-/// RFC 3339 UTC rendering of a store timestamp.
-pub fn rfc3339(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
-}
-
-macro_rules! string_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $s),+ }
-            }
-            pub fn parse(s: &str) -> Option<$name> {
-                match s { $($s => Some($name::$variant),)+ _ => None }
-            }
-            /// Stable numeric code: the position in the declaration (append new variants only).
-            pub fn code(self) -> i64 {
-                Self::ALL.iter().position(|k| *k == self).unwrap_or(0) as i64
-            }
-            pub fn from_code(code: i64) -> Option<$name> {
-                usize::try_from(code).ok().and_then(|i| Self::ALL.get(i).copied())
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-string_enum! {
-    /// Status of a workflow.
-    WorkflowStatus {
-        Queued => "queued", Running => "running", Blocked => "blocked",
-        Completed => "completed", Failed => "failed", Cancelled => "cancelled",
-        Interrupted => "interrupted",
-    }
-}
-
-impl WorkflowStatus {
-    /// A status in which no step of the workflow is running or about to run.
-    pub fn is_terminal(self) -> bool {
-        !matches!(
-            self,
-            WorkflowStatus::Queued | WorkflowStatus::Running | WorkflowStatus::Interrupted
-        )
-    }
-}
-
-string_enum! {
-    /// Status of a step.
-    StepStatus {
-        Pending => "pending", Running => "running", Retrying => "retrying",
-        Completed => "completed", Failed => "failed", Blocked => "blocked",
-        Skipped => "skipped", Cancelled => "cancelled",
-    }
-}
-
-impl StepStatus {
-    /// Dependents of a step in this status may start.
-    pub fn satisfies_deps(self) -> bool {
-        matches!(self, StepStatus::Completed | StepStatus::Skipped)
-    }
-}
-
-string_enum! {
-    /// Type of an event in a workflow's log. Stored by [`EventKind::code`]: new kinds are
-    /// appended, never inserted or reordered.
-    EventKind {
-        WorkflowStarted => "workflow_started", StepStarted => "step_started",
-        StepProgress => "step_progress", StepRetrying => "step_retrying",
-        StepCompleted => "step_completed", StepFailed => "step_failed",
-        StepBlocked => "step_blocked", StepSkipped => "step_skipped",
-        StepCancelled => "step_cancelled",
-        WorkflowCompleted => "workflow_completed", WorkflowFailed => "workflow_failed",
-        WorkflowBlocked => "workflow_blocked", WorkflowCancelled => "workflow_cancelled",
-        WorkflowInterrupted => "workflow_interrupted", WorkflowResumed => "workflow_resumed",
-    }
-}
-
-impl EventKind {
-    /// Events after which a workflow has stopped (until it is resumed).
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            EventKind::WorkflowCompleted
-                | EventKind::WorkflowFailed
-                | EventKind::WorkflowBlocked
-                | EventKind::WorkflowCancelled
-                | EventKind::WorkflowInterrupted
-        )
-    }
-}
+use super::WriteCtx;
+use crate::api::{
+    AttemptOutcome, Event, EventData, EventKind, NewEvent, StepStatus, WorkflowStatus, rfc3339,
+};
+use crate::store::{
+    Adoptable, AttemptRow, Changes, Fence, NewWorkflow, OwnerRow, Result, StepRow, StoreError,
+    WorkflowRow,
+};
 
 fn status_of<T>(s: String, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
     parse(&s).ok_or_else(|| {
@@ -128,33 +26,13 @@ fn status_of<T>(s: String, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> 
     })
 }
 
-/// A row of `workflows`.
-#[derive(Debug, Clone)]
-pub struct WorkflowRow {
-    pub id: String,
-    pub name: Option<String>,
-    pub status: WorkflowStatus,
-    pub step_count: i64,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    pub error: Option<String>,
-    pub owner: Option<String>,
-    pub lease_expires_at: Option<i64>,
-    pub epoch: i64,
-    pub cancel_requested: bool,
-    pub last_activity_at: Option<i64>,
-    pub total_cost_usd: f64,
-}
-
 const WORKFLOW_COLS: &str = "id, name, status, step_count, created_at, updated_at, \
     started_at, finished_at, error, owner, lease_expires_at, epoch, cancel_requested, \
     last_activity_at, total_cost_usd";
 
 fn workflow_row(r: &Row<'_>) -> rusqlite::Result<WorkflowRow> {
     Ok(WorkflowRow {
-        id: r.get(0)?,
+        id: r.get::<_, String>(0)?.into(),
         name: r.get(1)?,
         status: status_of(r.get(2)?, WorkflowStatus::parse)?,
         step_count: r.get(3)?,
@@ -170,54 +48,6 @@ fn workflow_row(r: &Row<'_>) -> rusqlite::Result<WorkflowRow> {
         last_activity_at: r.get(13)?,
         total_cost_usd: r.get(14)?,
     })
-}
-
-/// A row of `steps`: the durable state of one step of one workflow.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepRow {
-    pub step_id: String,
-    pub idx: i64,
-    pub status: StepStatus,
-    /// Attempts started, all time.
-    pub attempts: i64,
-    /// Failed attempts since the step was last reset; the retry budget reads this.
-    pub failures: i64,
-    /// Attempts cut short by a dead owner since the step was last reset.
-    pub crashes: i64,
-    pub session_id: Option<String>,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-    pub output: Option<String>,
-    pub error: Option<String>,
-    pub last_activity_at: Option<i64>,
-    /// Extra instructions for the next attempt of an agent step, from `invoke_resume`.
-    pub guidance: Option<String>,
-    /// Agent-option overrides (JSON) for the next attempts, from `invoke_resume`.
-    pub agent_overrides: Option<String>,
-    /// The next attempt starts a new agent session instead of resuming `session_id`.
-    pub fresh_session: bool,
-}
-
-impl StepRow {
-    pub fn new(step_id: &str, idx: usize) -> StepRow {
-        StepRow {
-            step_id: step_id.to_owned(),
-            idx: idx as i64,
-            status: StepStatus::Pending,
-            attempts: 0,
-            failures: 0,
-            crashes: 0,
-            session_id: None,
-            started_at: None,
-            finished_at: None,
-            output: None,
-            error: None,
-            last_activity_at: None,
-            guidance: None,
-            agent_overrides: None,
-            fresh_session: false,
-        }
-    }
 }
 
 const STEP_COLS: &str = "step_id, idx, status, attempts, failures, crashes, session_id, \
@@ -244,67 +74,17 @@ fn step_row(r: &Row<'_>) -> rusqlite::Result<StepRow> {
     })
 }
 
-/// A row of `attempts`.
-#[derive(Debug, Clone, Default)]
-pub struct AttemptRow {
-    pub step_id: String,
-    pub number: i64,
-    pub started_at: i64,
-    pub finished_at: Option<i64>,
-    /// `running`, `succeeded`, `failed`, `timed_out`, `blocked`, `cancelled`,
-    /// `interrupted` or `crashed`.
-    pub outcome: String,
-    pub exit_code: Option<i64>,
-    pub error: Option<String>,
-    pub stderr: Option<String>,
-    pub session_id: Option<String>,
-    pub cost_usd: Option<f64>,
-    pub num_turns: Option<i64>,
-    pub owner: Option<String>,
-}
-
-/// An event of a workflow's log.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
-pub struct EventRow {
-    /// Position in the workflow's log; strictly increasing. Pass it back as `cursor`.
-    pub seq: i64,
-    #[serde(rename = "type")]
-    pub kind: EventKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String")]
-    pub step_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "i64")]
-    pub attempt: Option<i64>,
-    /// RFC 3339 UTC.
-    pub at: String,
-    /// Details of the event (error, duration, message, …), when it has any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
-    pub data: Option<serde_json::Value>,
-}
-
 // ---------------------------------------------------------------- workflows
 
-/// A workflow to insert, with its steps in definition order.
-pub struct NewWorkflow<'a> {
-    pub id: &'a str,
-    pub name: Option<&'a str>,
-    pub definition: &'a str,
-    pub step_ids: Vec<&'a str>,
-    pub owner: &'a str,
-    pub lease_expires_at: i64,
-}
-
 /// Inserts a queued workflow owned by `owner` at epoch 1.
-pub fn insert_workflow(ctx: &mut WriteCtx<'_>, w: &NewWorkflow<'_>, now: i64) -> Result<()> {
+pub fn insert_workflow(ctx: &mut WriteCtx<'_>, w: &NewWorkflow, now: i64) -> Result<()> {
     ctx.conn
         .prepare_cached(
             "INSERT INTO workflows (id, name, status, step_count, created_at, updated_at, \
              owner, lease_expires_at, epoch) VALUES (?1, ?2, 'queued', ?3, ?4, ?4, ?5, ?6, 1)",
         )?
         .execute(params![
-            w.id,
+            w.id.as_str(),
             w.name,
             w.step_ids.len() as i64,
             now,
@@ -313,14 +93,14 @@ pub fn insert_workflow(ctx: &mut WriteCtx<'_>, w: &NewWorkflow<'_>, now: i64) ->
         ])?;
     ctx.conn
         .prepare_cached("INSERT INTO definitions (wid, body) VALUES ((SELECT wid FROM workflows WHERE id = ?1), ?2)")?
-        .execute(params![w.id, w.definition])?;
+        .execute(params![w.id.as_str(), w.definition])?;
     let mut stmt = ctx.conn.prepare_cached(
         "INSERT INTO steps (wid, step_id, idx, status) VALUES ((SELECT wid FROM workflows WHERE id = ?1), ?2, ?3, 'pending')",
     )?;
     for (i, s) in w.step_ids.iter().enumerate() {
-        stmt.execute(params![w.id, s, i as i64])?;
+        stmt.execute(params![w.id.as_str(), s, i as i64])?;
     }
-    ctx.touched(w.id);
+    ctx.touched(&w.id);
     Ok(())
 }
 
@@ -443,7 +223,7 @@ pub fn take_lease(
     Ok(expected_epoch + 1)
 }
 
-/// Extends the leases `owner` holds; returns the ids it still holds.
+/// Extends the leases `owner` holds and its heartbeat.
 pub fn renew_leases(
     ctx: &mut WriteCtx<'_>,
     owner: &str,
@@ -457,6 +237,13 @@ pub fn renew_leases(
         .prepare_cached("UPDATE owners SET heartbeat_at = ?2 WHERE id = ?1")?
         .execute(params![owner, now])?;
     Ok(())
+}
+
+/// Workflows `owner` holds.
+pub fn held_by(conn: &Connection, owner: &str) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM workflows WHERE owner = ?1")?;
+    let rows = stmt.query_map([owner], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 pub fn request_cancel(ctx: &mut WriteCtx<'_>, id: &str) -> Result<()> {
@@ -475,17 +262,22 @@ pub fn cancel_requests(conn: &Connection, owner: &str) -> Result<Vec<String>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// A workflow that may need adopting: id, owner, epoch, lease expiry (ms).
-pub type AdoptableRow = (String, Option<String>, i64, i64);
-
 /// Workflows that should be running but whose lease is free, expired, or held by another
-/// owner (the caller decides whether that owner is alive).
-pub fn adoptable(conn: &Connection, me: &str) -> Result<Vec<AdoptableRow>> {
+/// owner (whose record is left for the caller to read).
+pub fn adoptable(conn: &Connection, me: &str) -> Result<Vec<Adoptable>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, owner, epoch, coalesce(lease_expires_at, 0) FROM workflows \
          WHERE status IN ('queued', 'running', 'interrupted') AND coalesce(owner, '') != ?1",
     )?;
-    let rows = stmt.query_map([me], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    let rows = stmt.query_map([me], |r| {
+        Ok(Adoptable {
+            id: r.get::<_, String>(0)?.into(),
+            owner_id: r.get(1)?,
+            owner: None,
+            epoch: r.get(2)?,
+            lease_expires_at: r.get(3)?,
+        })
+    })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
@@ -523,15 +315,6 @@ pub fn load_steps(conn: &Connection, workflow_id: &str) -> Result<Vec<StepRow>> 
     ))?;
     let rows = stmt.query_map([workflow_id], step_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-/// Number of steps that are completed or skipped.
-pub fn done_count(conn: &Connection, workflow_id: &str) -> Result<i64> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT count(*) FROM steps WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) \
-         AND status IN ('completed', 'skipped')",
-    )?;
-    Ok(stmt.query_row([workflow_id], |r| r.get(0))?)
 }
 
 /// Writes every mutable field of a step.
@@ -606,12 +389,17 @@ pub fn set_activity(
     Ok(())
 }
 
-pub fn insert_attempt(ctx: &mut WriteCtx<'_>, workflow_id: &str, a: &AttemptRow) -> Result<()> {
+/// Records an attempt; a second write of the same attempt (its end) keeps the recorded start.
+pub fn upsert_attempt(ctx: &mut WriteCtx<'_>, workflow_id: &str, a: &AttemptRow) -> Result<()> {
     ctx.conn
         .prepare_cached(
-            "INSERT OR REPLACE INTO attempts (wid, step_id, number, started_at, \
+            "INSERT INTO attempts (wid, step_id, number, started_at, \
              finished_at, outcome, exit_code, error, stderr, session_id, cost_usd, num_turns, owner) \
-             VALUES ((SELECT wid FROM workflows WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             VALUES ((SELECT wid FROM workflows WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+             ON CONFLICT (wid, step_id, number) DO UPDATE SET finished_at = excluded.finished_at, \
+             outcome = excluded.outcome, exit_code = excluded.exit_code, error = excluded.error, \
+             stderr = excluded.stderr, session_id = excluded.session_id, \
+             cost_usd = excluded.cost_usd, num_turns = excluded.num_turns, owner = excluded.owner",
         )?
         .execute(params![
             workflow_id,
@@ -619,7 +407,7 @@ pub fn insert_attempt(ctx: &mut WriteCtx<'_>, workflow_id: &str, a: &AttemptRow)
             a.number,
             a.started_at,
             a.finished_at,
-            a.outcome,
+            a.outcome.as_str(),
             a.exit_code,
             a.error,
             a.stderr,
@@ -629,21 +417,6 @@ pub fn insert_attempt(ctx: &mut WriteCtx<'_>, workflow_id: &str, a: &AttemptRow)
             a.owner
         ])?;
     Ok(())
-}
-
-/// When attempt `number` of a step started, if it was recorded.
-pub fn attempt_started_at(
-    conn: &Connection,
-    workflow_id: &str,
-    step_id: &str,
-    number: i64,
-) -> Result<Option<i64>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT started_at FROM attempts WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) AND step_id = ?2 AND number = ?3",
-    )?;
-    Ok(stmt
-        .query_row(params![workflow_id, step_id, number], |r| r.get(0))
-        .optional()?)
 }
 
 pub fn load_attempts(conn: &Connection, workflow_id: &str) -> Result<Vec<AttemptRow>> {
@@ -658,7 +431,7 @@ pub fn load_attempts(conn: &Connection, workflow_id: &str) -> Result<Vec<Attempt
             number: r.get(1)?,
             started_at: r.get(2)?,
             finished_at: r.get(3)?,
-            outcome: r.get(4)?,
+            outcome: status_of(r.get(4)?, AttemptOutcome::parse)?,
             exit_code: r.get(5)?,
             error: r.get(6)?,
             stderr: r.get(7)?,
@@ -704,44 +477,6 @@ pub fn median_step_durations(
 
 // ---------------------------------------------------------------- events
 
-/// Appends an event, taking the next `seq` of the workflow. Returns the event.
-pub fn append_event(
-    ctx: &mut WriteCtx<'_>,
-    workflow_id: &str,
-    kind: EventKind,
-    step_id: Option<&str>,
-    attempt: Option<i64>,
-    data: Option<&serde_json::Value>,
-    now: i64,
-) -> Result<i64> {
-    let seq: i64 = ctx
-        .conn
-        .prepare_cached(
-            "UPDATE workflows SET next_seq = next_seq + 1, updated_at = ?2 WHERE id = ?1 \
-             RETURNING next_seq - 1",
-        )?
-        .query_row(params![workflow_id, now], |r| r.get(0))
-        .optional()?
-        .ok_or_else(|| StoreError::Corrupt(format!("no workflow {workflow_id}")))?;
-    let data = data.map(|d| d.to_string());
-    ctx.conn
-        .prepare_cached(
-            "INSERT INTO events (wid, seq, type, step_id, attempt, at, data) \
-             VALUES ((SELECT wid FROM workflows WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![
-            workflow_id,
-            seq,
-            kind.code(),
-            step_id,
-            attempt,
-            now,
-            data
-        ])?;
-    ctx.touched(workflow_id);
-    Ok(seq)
-}
-
 /// Fenced start of a write by a workflow's owner: checks that `owner` holds the workflow at
 /// `epoch` and reserves `n` consecutive event `seq`s, in one statement on the workflow row.
 /// Returns the first reserved `seq`.
@@ -765,14 +500,6 @@ pub fn fenced_reserve(
     first.ok_or_else(|| StoreError::Fenced(id.to_owned()))
 }
 
-/// An event to append: type, step, attempt, data.
-pub type NewEvent = (
-    EventKind,
-    Option<String>,
-    Option<i64>,
-    Option<serde_json::Value>,
-);
-
 /// Inserts events at consecutive `seq`s from `first` (reserved with [`fenced_reserve`]).
 pub fn insert_events(
     ctx: &mut WriteCtx<'_>,
@@ -785,15 +512,23 @@ pub fn insert_events(
         "INSERT INTO events (wid, seq, type, step_id, attempt, at, data) \
          VALUES ((SELECT wid FROM workflows WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
-    for (i, (kind, step, attempt, data)) in events.iter().enumerate() {
+    for (i, e) in events.iter().enumerate() {
+        let data = if e.data.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::to_string(&e.data)
+                    .map_err(|err| StoreError::Corrupt(format!("event payload: {err}")))?,
+            )
+        };
         stmt.execute(params![
             workflow_id,
             first + i as i64,
-            kind.code(),
-            step,
-            attempt,
+            e.kind.code(),
+            e.step_id,
+            e.attempt,
             now,
-            data.as_ref().map(|d| d.to_string())
+            data
         ])?;
     }
     Ok(())
@@ -805,14 +540,14 @@ pub fn events_after(
     workflow_id: &str,
     after: i64,
     limit: i64,
-) -> Result<Vec<EventRow>> {
+) -> Result<Vec<Event>> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, type, step_id, attempt, at, data FROM events \
          WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![workflow_id, after, limit], |r| {
         let data: Option<String> = r.get(5)?;
-        Ok(EventRow {
+        Ok(Event {
             seq: r.get(0)?,
             kind: {
                 let code: i64 = r.get(1)?;
@@ -827,24 +562,13 @@ pub fn events_after(
             step_id: r.get(2)?,
             attempt: r.get(3)?,
             at: rfc3339(r.get(4)?),
-            data: data.and_then(|d| serde_json::from_str(&d).ok()),
+            data: data.and_then(|d| serde_json::from_str::<EventData>(&d).ok()),
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 // ---------------------------------------------------------------- owners
-
-/// A process that may hold leases.
-#[derive(Debug, Clone)]
-pub struct OwnerRow {
-    pub id: String,
-    pub pid: i64,
-    pub host: String,
-    pub heartbeat_at: i64,
-    /// The owner's lease length: its heartbeat is stale once older than this.
-    pub lease_ms: i64,
-}
 
 pub fn register_owner(ctx: &mut WriteCtx<'_>, o: &OwnerRow, now: i64) -> Result<()> {
     ctx.conn.execute(
@@ -874,4 +598,78 @@ pub fn find_owner(conn: &Connection, id: &str) -> Result<Option<OwnerRow>> {
 pub fn remove_owner(ctx: &mut WriteCtx<'_>, id: &str) -> Result<()> {
     ctx.conn.execute("DELETE FROM owners WHERE id = ?1", [id])?;
     Ok(())
+}
+
+// ---------------------------------------------------------------- change sets
+
+/// Applies a change set to a workflow `fence.owner` holds at `fence.epoch`, or fails with
+/// [`StoreError::Fenced`] before writing anything.
+pub fn apply(ctx: &mut WriteCtx<'_>, fence: &Fence, changes: &Changes, now: i64) -> Result<()> {
+    let id = fence.id.as_str();
+    let first_seq = fenced_reserve(
+        ctx,
+        id,
+        &fence.owner,
+        fence.epoch,
+        changes.events.len() as i64,
+        now,
+    )?;
+    for s in &changes.steps {
+        save_step(ctx, id, s)?;
+    }
+    for a in &changes.attempts {
+        let a = charged(ctx.conn, id, a)?;
+        upsert_attempt(ctx, id, &a)?;
+        if let Some(cost) = a.cost_usd.filter(|c| *c > 0.0) {
+            add_cost(ctx, id, cost)?;
+        }
+    }
+    if let Some(st) = &changes.status {
+        set_workflow_status(ctx, id, st.status, st.error.as_deref(), st.release, now)?;
+    }
+    insert_events(ctx, id, first_seq, &changes.events, now)?;
+    Ok(())
+}
+
+/// The agent CLI reports a session's cumulative cost (a resumed session includes what it cost
+/// before), so an attempt is charged the difference to what the earlier attempts of the same
+/// session were charged; the workflow total is the sum of the charges.
+fn charged(conn: &Connection, id: &str, a: &AttemptRow) -> Result<AttemptRow> {
+    let mut a = a.clone();
+    if let (Some(reported), Some(session)) = (a.cost_usd, a.session_id.as_deref()) {
+        let before = session_cost(conn, id, session, &a.step_id, a.number)?;
+        a.cost_usd = Some(((reported - before).max(0.0) * 1e10).round() / 1e10);
+    }
+    Ok(a)
+}
+
+/// A workflow's row, steps and definition.
+pub fn snapshot(conn: &Connection, id: &str) -> Result<Option<crate::store::Snapshot>> {
+    let Some(workflow) = find_workflow(conn, id)? else {
+        return Ok(None);
+    };
+    let steps = load_steps(conn, id)?;
+    let definition = load_definition(conn, id)?;
+    Ok(Some(crate::store::Snapshot {
+        workflow,
+        steps,
+        definition,
+    }))
+}
+
+/// Steps completed or skipped by events up to `cursor`.
+pub fn done_at(conn: &Connection, id: &str, cursor: i64) -> Result<i64> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT count(*) FROM events WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) \
+         AND seq <= ?2 AND type IN (?3, ?4)",
+    )?;
+    Ok(stmt.query_row(
+        params![
+            id,
+            cursor,
+            EventKind::StepCompleted.code(),
+            EventKind::StepSkipped.code()
+        ],
+        |r| r.get(0),
+    )?)
 }

@@ -1,0 +1,89 @@
+//! Rendering a step's next attempt: templates filled from upstream steps and inputs, agent
+//! options merged with resume overrides, the session to continue.
+//!
+//! Invariant: values reach an attempt only through [`Template::render`]: verbatim in
+//! prompts and argv elements (no shell), shell-quoted in `shell` scripts.
+//!
+//! [`Template::render`]: crate::workflow::Template::render
+
+use std::time::Duration;
+
+use super::Scheduler;
+use crate::api::tail;
+use crate::engine::executor::{AttemptSpec, Prepared};
+use crate::workflow::{Action, AgentOptions, Quoting, Reference};
+
+impl Scheduler {
+    /// The attempt step `idx` would run next (its `number` is set by the caller).
+    pub(super) fn prepare(&self, idx: usize) -> AttemptSpec {
+        let step = &self.def.steps[idx];
+        let row = &self.steps[idx];
+        let lookup = |r: &Reference| -> String {
+            let get = |id: &String| self.index.get(id).map(|&j| &self.steps[j]);
+            match r {
+                Reference::StepOutput(id) => get(id)
+                    .and_then(|s| s.output.as_deref())
+                    .map(|o| o.trim_end().to_owned())
+                    .unwrap_or_default(),
+                Reference::StepStatus(id) => get(id)
+                    .map(|s| s.status.as_str().to_owned())
+                    .unwrap_or_default(),
+                Reference::StepSession(id) => get(id)
+                    .and_then(|s| s.session_id.clone())
+                    .unwrap_or_default(),
+                Reference::Input(name) => self.def.inputs.get(name).cloned().unwrap_or_default(),
+            }
+        };
+        let prepared = match &step.action {
+            Action::Run(argv) => Prepared::Run(
+                argv.iter()
+                    .map(|t| t.render(&lookup, Quoting::Verbatim))
+                    .collect(),
+            ),
+            Action::Shell(t) => Prepared::Shell(t.render(&lookup, Quoting::Shell)),
+            Action::Prompt(t) => {
+                let prompt = t.render(&lookup, Quoting::Verbatim);
+                let overrides: AgentOptions = row
+                    .agent_overrides
+                    .as_deref()
+                    .and_then(|o| serde_json::from_str(o).ok())
+                    .unwrap_or_default();
+                let options = step.agent.merged(&overrides);
+                let resume = if row.fresh_session {
+                    None
+                } else {
+                    row.session_id.clone()
+                };
+                let prompt = match (&resume, &row.guidance) {
+                    (Some(_), Some(g)) => g.clone(),
+                    (Some(_), None) => format!(
+                        "Your previous attempt at this task did not finish{}. Continue from \
+                         where you left off and complete the task:\n\n{prompt}",
+                        row.error
+                            .as_deref()
+                            .map(|e| format!(" ({})", tail(e, 500)))
+                            .unwrap_or_default()
+                    ),
+                    (None, Some(g)) => format!("{prompt}\n\n{g}"),
+                    (None, None) => prompt,
+                };
+                Prepared::Agent {
+                    prompt,
+                    options,
+                    resume,
+                }
+            }
+        };
+        AttemptSpec {
+            workflow_id: self.id.clone(),
+            step_idx: idx,
+            step_id: step.id.clone(),
+            number: row.attempts + 1,
+            prepared,
+            cwd: step.cwd.clone(),
+            env: step.env.clone(),
+            timeout: step.timeout_s.map(Duration::from_secs),
+            success: step.success.clone(),
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The records the store keeps and the change sets the engine hands it.
+//!
+//! Invariant: these types carry no behaviour that depends on a backend; a [`Changes`] means
+//! the same thing on every backend and is committed as one unit, fenced by its workflow's
+//! epoch.
+
+use crate::api::{AttemptOutcome, NewEvent, StepStatus, ThreadId, WorkflowStatus};
+
+/// A row of `workflows`.
+#[derive(Debug, Clone)]
+pub struct WorkflowRow {
+    pub id: ThreadId,
+    pub name: Option<String>,
+    pub status: WorkflowStatus,
+    pub step_count: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub error: Option<String>,
+    pub owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub epoch: i64,
+    pub cancel_requested: bool,
+    pub last_activity_at: Option<i64>,
+    pub total_cost_usd: f64,
+}
+
+/// The durable state of one step of one workflow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRow {
+    pub step_id: String,
+    pub idx: i64,
+    pub status: StepStatus,
+    /// Attempts started, all time.
+    pub attempts: i64,
+    /// Failed attempts since the step was last reset; the retry budget reads this.
+    pub failures: i64,
+    /// Attempts cut short by a dead owner since the step was last reset.
+    pub crashes: i64,
+    pub session_id: Option<String>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub last_activity_at: Option<i64>,
+    /// Extra instructions for the next attempt of an agent step, from a resume.
+    pub guidance: Option<String>,
+    /// Agent-option overrides (JSON) for the next attempts, from a resume.
+    pub agent_overrides: Option<String>,
+    /// The next attempt starts a new agent session instead of resuming `session_id`.
+    pub fresh_session: bool,
+}
+
+impl StepRow {
+    pub fn new(step_id: &str, idx: usize) -> StepRow {
+        StepRow {
+            step_id: step_id.to_owned(),
+            idx: idx as i64,
+            status: StepStatus::Pending,
+            attempts: 0,
+            failures: 0,
+            crashes: 0,
+            session_id: None,
+            started_at: None,
+            finished_at: None,
+            output: None,
+            error: None,
+            last_activity_at: None,
+            guidance: None,
+            agent_overrides: None,
+            fresh_session: false,
+        }
+    }
+}
+
+/// One attempt of a step. Written when it starts (`running`) and again when it ends; the
+/// second write keeps the recorded start time.
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    pub step_id: String,
+    pub number: i64,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub outcome: AttemptOutcome,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+    pub stderr: Option<String>,
+    pub session_id: Option<String>,
+    /// As reported by the agent CLI (cumulative per session); the store charges the
+    /// difference to what earlier attempts of the same session were charged.
+    pub cost_usd: Option<f64>,
+    pub num_turns: Option<i64>,
+    pub owner: Option<String>,
+}
+
+impl AttemptRow {
+    pub fn new(step_id: &str, number: i64, started_at: i64, outcome: AttemptOutcome) -> Self {
+        AttemptRow {
+            step_id: step_id.to_owned(),
+            number,
+            started_at,
+            finished_at: None,
+            outcome,
+            exit_code: None,
+            error: None,
+            stderr: None,
+            session_id: None,
+            cost_usd: None,
+            num_turns: None,
+            owner: None,
+        }
+    }
+}
+
+/// A process that may hold leases.
+#[derive(Debug, Clone)]
+pub struct OwnerRow {
+    pub id: String,
+    pub pid: i64,
+    pub host: String,
+    pub heartbeat_at: i64,
+    /// The owner's lease length: its heartbeat is stale once older than this.
+    pub lease_ms: i64,
+}
+
+/// A new workflow, stored by its driver's first commit.
+#[derive(Debug, Clone)]
+pub struct NewWorkflow {
+    pub id: ThreadId,
+    pub name: Option<String>,
+    /// The compiled definition (JSON).
+    pub definition: String,
+    pub step_ids: Vec<String>,
+    pub owner: String,
+    pub lease_expires_at: i64,
+}
+
+/// A workflow's new status; `release` also drops its lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChange {
+    pub status: WorkflowStatus,
+    pub error: Option<String>,
+    pub release: bool,
+}
+
+/// Changes to one workflow, committed together (one step boundary).
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Steps whose every mutable field is written.
+    pub steps: Vec<StepRow>,
+    pub attempts: Vec<AttemptRow>,
+    pub events: Vec<NewEvent>,
+    pub status: Option<StatusChange>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+            && self.attempts.is_empty()
+            && self.events.is_empty()
+            && self.status.is_none()
+    }
+
+    /// Records `row` as changed, replacing an earlier copy in this change set.
+    pub fn step(&mut self, row: &StepRow) {
+        match self.steps.iter_mut().find(|s| s.step_id == row.step_id) {
+            Some(s) => *s = row.clone(),
+            None => self.steps.push(row.clone()),
+        }
+    }
+
+    pub fn event(&mut self, event: NewEvent) {
+        self.events.push(event);
+    }
+
+    pub fn set_status(&mut self, status: WorkflowStatus, error: Option<String>, release: bool) {
+        self.status = Some(StatusChange {
+            status,
+            error,
+            release,
+        });
+    }
+}
+
+/// The right of an owner to write a workflow: it holds the lease at this epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub id: ThreadId,
+    pub owner: String,
+    pub epoch: i64,
+}
+
+/// Taking a workflow's lease: succeeds only if its epoch is still `expected_epoch`, so two
+/// processes cannot both take it; the epoch is then bumped (the new fencing token).
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub owner: String,
+    pub expected_epoch: i64,
+    pub lease_until: i64,
+}
+
+/// A workflow as the engine starts from: its row, its steps in order, its definition.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub workflow: WorkflowRow,
+    pub steps: Vec<StepRow>,
+    /// The compiled definition (JSON).
+    pub definition: String,
+}
+
+/// A workflow's events after a cursor, with its status read before them.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    pub status: WorkflowStatus,
+    pub step_count: i64,
+    pub events: Vec<crate::api::Event>,
+}
+
+/// A workflow that should be running and is not owned by the asking process.
+#[derive(Debug, Clone)]
+pub struct Adoptable {
+    pub id: ThreadId,
+    pub owner_id: Option<String>,
+    /// The owner's record, if it still has one.
+    pub owner: Option<OwnerRow>,
+    pub epoch: i64,
+    pub lease_expires_at: i64,
+}
+
+/// What an owner learns when it renews its leases.
+#[derive(Debug, Clone, Default)]
+pub struct Renewal {
+    /// Workflows it still holds.
+    pub held: Vec<ThreadId>,
+    /// Held workflows another process asked to cancel.
+    pub cancels: Vec<ThreadId>,
+}
+
+/// One workflow of a monitor listing.
+#[derive(Debug, Clone)]
+pub struct MonitorRow {
+    pub workflow: WorkflowRow,
+    pub steps: Vec<StepRow>,
+    /// The definition, read only for running workflows (stall thresholds, estimates).
+    pub definition: Option<String>,
+}
+
+/// A monitor listing: the rows, the counts per status and the owners of active rows.
+#[derive(Debug, Clone, Default)]
+pub struct MonitorRows {
+    pub rows: Vec<MonitorRow>,
+    pub counts: Vec<(WorkflowStatus, i64)>,
+    pub owners: Vec<OwnerRow>,
+}

@@ -1,0 +1,664 @@
+//! The SQLite backend: one file that is the source of truth for workflows, steps, attempts,
+//! the event log and process ownership.
+//!
+//! Invariant: nothing a client is told has happened exists only in memory. Every write runs on
+//! a single writer thread inside a transaction; writes that queue up while a commit is being
+//! made durable share the next commit ("group commit"), so many workflows advance with one
+//! fsync. Each write runs inside its own savepoint, so one failing write never undoes another
+//! that shares its commit. Readers use their own connections (WAL lets them run beside the
+//! writer) and never block it.
+//!
+//! After a commit, the ids of the workflows it touched are published in-process; a poller
+//! watches `PRAGMA data_version` so commits of other processes sharing the file are noticed
+//! too. Both are latency optimisations only: subscribers re-read the store.
+
+mod queries;
+mod schema;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{broadcast, oneshot};
+
+use super::{
+    Adoptable, Change, Changes, Claim, Durability, EventPage, Fence, MonitorRow, MonitorRows,
+    NewWorkflow, OwnerRow, Renewal, Result, Snapshot, StoreError,
+};
+use crate::api::{ThreadId, WorkflowStatus, now_ms};
+use crate::store::{AttemptRow, WorkflowRow};
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// The context a write runs in: the open transaction and the set of workflows it touched.
+struct WriteCtx<'c> {
+    conn: &'c Connection,
+    /// Ids touched by the writes of the current transaction (few; a list beats a set).
+    changed: Vec<ThreadId>,
+}
+
+impl WriteCtx<'_> {
+    /// Records that `workflow_id` changed, so subscribers are woken after the commit.
+    fn touched(&mut self, workflow_id: &str) {
+        if !self.changed.iter().any(|c| &**c == workflow_id) {
+            self.changed.push(ThreadId::from(workflow_id));
+        }
+    }
+}
+
+type Reply = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+/// A queued write; called with `None` when it must not run (its reply then carries the error).
+type Job = Box<dyn FnOnce(Option<&mut WriteCtx<'_>>) -> (bool, Reply) + Send>;
+
+/// Largest number of writes folded into one commit.
+const MAX_BATCH: usize = 512;
+/// How often the poller looks for commits of other processes.
+const FOREIGN_POLL: Duration = Duration::from_millis(100);
+
+/// Handle to an SQLite store; cheap to clone.
+#[derive(Clone)]
+pub(super) struct Sqlite {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    readers: Mutex<Vec<Connection>>,
+    changes: broadcast::Sender<Change>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Transactions committed by the writer thread (benchmarks count commits per step).
+    commits: Arc<AtomicU64>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Sqlite {
+    /// Opens (creating with mode 0600 if needed) and migrates the database at `path`.
+    pub(super) fn open(path: &Path, durability: Durability) -> Result<Sqlite> {
+        let open_err = |reason: String| StoreError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| open_err(format!("cannot create directory: {e}")))?;
+        }
+        // Create the file ourselves so it is 0600 from the first byte; SQLite gives the
+        // -wal and -shm files the same mode.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| open_err(e.to_string()))?;
+        tighten(&file, path).map_err(open_err)?;
+        refuse_foreign(path).map_err(open_err)?;
+        let mut conn = open_conn(path, durability).map_err(|e| open_err(e.to_string()))?;
+        schema::migrate(&mut conn)
+            .map_err(|e| open_err(format!("{e} (is this a baton database?)")))?;
+        for side in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(side);
+            if let Ok(f) = std::fs::File::open(&p) {
+                tighten(&f, Path::new(&p)).map_err(open_err)?;
+            }
+        }
+
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (changes, _) = broadcast::channel(4096);
+        let changes_tx = changes.clone();
+        let commits = Arc::new(AtomicU64::new(0));
+        let commits_tx = commits.clone();
+        let thread = std::thread::Builder::new()
+            .name("baton-store-writer".into())
+            .spawn(move || writer_loop(conn, rx, changes_tx, commits_tx))
+            .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let poll_conn = open_conn(path, durability).map_err(|e| open_err(e.to_string()))?;
+        let (poll_tx, poll_closed) = (changes.clone(), closed.clone());
+        std::thread::Builder::new()
+            .name("baton-store-poll".into())
+            .spawn(move || foreign_poll(poll_conn, poll_tx, poll_closed))
+            .map_err(|e| open_err(format!("cannot start poller thread: {e}")))?;
+        Ok(Sqlite {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Mutex::new(Some(tx)),
+                readers: Mutex::new(Vec::new()),
+                changes,
+                writer_thread: Mutex::new(Some(thread)),
+                commits,
+                closed,
+            }),
+        })
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub(super) fn commit_count(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Runs `f` inside a transaction on the writer thread. The result is returned only after
+    /// the commit that contains it is durable; if `f` fails, its changes are rolled back and
+    /// other writes sharing the commit are unaffected.
+    async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<R> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<R>>();
+        let job: Job = Box::new(move |ctx| {
+            let result = match ctx {
+                Some(ctx) => f(ctx),
+                None => Err(StoreError::Closed),
+            };
+            let ok = result.is_ok();
+            let reply: Reply = Box::new(move |commit| {
+                let out = match commit {
+                    Ok(()) => result,
+                    Err(e) => Err(StoreError::Commit(e)),
+                };
+                let _ = tx.send(out);
+            });
+            (ok, reply)
+        });
+        {
+            let guard = self.inner.writer.lock().map_err(|_| poisoned("writer"))?;
+            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+            sender.send(job).map_err(|_| StoreError::Closed)?;
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a reader connection on the blocking pool.
+    async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_blocking(f))
+            .await
+            .map_err(|e| StoreError::Commit(format!("reader task failed: {e}")))?
+    }
+
+    fn read_blocking<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        let pooled = self
+            .inner
+            .readers
+            .lock()
+            .map_err(|_| poisoned("reader pool"))?
+            .pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = open_conn(&self.inner.path, Durability::Full)?;
+                c.execute_batch("PRAGMA query_only = 1")?;
+                c
+            }
+        };
+        let result = f(&conn);
+        if let Ok(mut pool) = self.inner.readers.lock()
+            && pool.len() < 8
+        {
+            pool.push(conn);
+        }
+        result
+    }
+
+    /// Stops the writer thread after it has committed every queued write.
+    pub(super) fn close(&self) {
+        self.inner.closed.store(true, Ordering::Relaxed);
+        if let Ok(mut w) = self.inner.writer.lock() {
+            w.take();
+        }
+        let handle = self
+            .inner
+            .writer_thread
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    // ------------------------------------------------------------ writes
+
+    pub(super) async fn insert_workflow(&self, new: NewWorkflow, first: Changes) -> Result<()> {
+        self.write(move |ctx| {
+            if queries::find_workflow(ctx.conn, &new.id)?.is_some() {
+                return Err(StoreError::Conflict(format!("workflow {} exists", new.id)));
+            }
+            let now = now_ms();
+            queries::insert_workflow(ctx, &new, now)?;
+            let fence = Fence {
+                id: new.id.clone(),
+                owner: new.owner.clone(),
+                epoch: 1,
+            };
+            queries::apply(ctx, &fence, &first, now)
+        })
+        .await
+    }
+
+    pub(super) async fn commit(&self, fence: Fence, changes: Changes) -> Result<()> {
+        self.write(move |ctx| queries::apply(ctx, &fence, &changes, now_ms()))
+            .await
+    }
+
+    pub(super) async fn transition<R, F>(
+        &self,
+        id: ThreadId,
+        claim: Claim,
+        f: F,
+    ) -> Result<(i64, Snapshot, R)>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Snapshot) -> Result<(Changes, R)> + Send + 'static,
+    {
+        self.write(move |ctx| {
+            let epoch = queries::take_lease(
+                ctx,
+                &id,
+                &claim.owner,
+                claim.expected_epoch,
+                claim.lease_until,
+            )?;
+            let before = queries::snapshot(ctx.conn, &id)?
+                .ok_or_else(|| StoreError::Corrupt(format!("workflow {id} vanished")))?;
+            let (changes, r) = f(&before)?;
+            let fence = Fence {
+                id: id.clone(),
+                owner: claim.owner.clone(),
+                epoch,
+            };
+            queries::apply(ctx, &fence, &changes, now_ms())?;
+            let after = queries::snapshot(ctx.conn, &id)?
+                .ok_or_else(|| StoreError::Corrupt(format!("workflow {id} vanished")))?;
+            Ok((epoch, after, r))
+        })
+        .await
+    }
+
+    pub(super) async fn record_session(
+        &self,
+        fence: Fence,
+        step_id: String,
+        attempt: i64,
+        session_id: String,
+    ) -> Result<()> {
+        self.write(move |ctx| {
+            queries::check_fence(ctx.conn, &fence.id, &fence.owner, fence.epoch)?;
+            queries::set_session(ctx, &fence.id, &step_id, attempt, &session_id)
+        })
+        .await
+    }
+
+    pub(super) async fn record_activity(
+        &self,
+        id: ThreadId,
+        step_id: String,
+        at: i64,
+    ) -> Result<()> {
+        self.write(move |ctx| queries::set_activity(ctx, &id, &step_id, at))
+            .await
+    }
+
+    pub(super) async fn request_cancel(&self, id: ThreadId) -> Result<()> {
+        self.write(move |ctx| queries::request_cancel(ctx, &id))
+            .await
+    }
+
+    pub(super) async fn register_owner(&self, owner: OwnerRow) -> Result<()> {
+        self.write(move |ctx| queries::register_owner(ctx, &owner, now_ms()))
+            .await
+    }
+
+    pub(super) async fn remove_owner(&self, id: String) -> Result<()> {
+        self.write(move |ctx| queries::remove_owner(ctx, &id)).await
+    }
+
+    pub(super) async fn renew(&self, owner: String, lease_until: i64, now: i64) -> Result<Renewal> {
+        let o = owner.clone();
+        self.write(move |ctx| queries::renew_leases(ctx, &o, lease_until, now))
+            .await?;
+        self.read(move |c| {
+            Ok(Renewal {
+                held: queries::held_by(c, &owner)?
+                    .into_iter()
+                    .map(ThreadId::from)
+                    .collect(),
+                cancels: queries::cancel_requests(c, &owner)?
+                    .into_iter()
+                    .map(ThreadId::from)
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    // ------------------------------------------------------------ reads
+
+    pub(super) async fn check_fence(&self, fence: Fence) -> Result<()> {
+        self.read(move |c| queries::check_fence(c, &fence.id, &fence.owner, fence.epoch))
+            .await
+    }
+
+    pub(super) async fn workflow(&self, id: ThreadId) -> Result<Option<WorkflowRow>> {
+        self.read(move |c| queries::find_workflow(c, &id)).await
+    }
+
+    pub(super) async fn snapshot(&self, id: ThreadId) -> Result<Option<Snapshot>> {
+        self.read(move |c| queries::snapshot(c, &id)).await
+    }
+
+    pub(super) async fn detail(&self, id: ThreadId) -> Result<Option<(Snapshot, Vec<AttemptRow>)>> {
+        self.read(move |c| {
+            let Some(snap) = queries::snapshot(c, &id)? else {
+                return Ok(None);
+            };
+            let attempts = queries::load_attempts(c, &id)?;
+            Ok(Some((snap, attempts)))
+        })
+        .await
+    }
+
+    pub(super) async fn events(
+        &self,
+        id: ThreadId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Option<EventPage>> {
+        self.read(move |c| {
+            // Status first: a terminal status read here is followed by its terminal event.
+            let Some(row) = queries::find_workflow(c, &id)? else {
+                return Ok(None);
+            };
+            let events = queries::events_after(c, &id, after, limit)?;
+            Ok(Some(EventPage {
+                status: row.status,
+                step_count: row.step_count,
+                events,
+            }))
+        })
+        .await
+    }
+
+    pub(super) async fn done_at(&self, id: ThreadId, cursor: i64) -> Result<i64> {
+        self.read(move |c| queries::done_at(c, &id, cursor)).await
+    }
+
+    pub(super) async fn cancel_requests(&self, owner: String) -> Result<Vec<ThreadId>> {
+        self.read(move |c| {
+            Ok(queries::cancel_requests(c, &owner)?
+                .into_iter()
+                .map(ThreadId::from)
+                .collect())
+        })
+        .await
+    }
+
+    pub(super) async fn owner(&self, id: String) -> Result<Option<OwnerRow>> {
+        self.read(move |c| queries::find_owner(c, &id)).await
+    }
+
+    pub(super) async fn adoptable(&self, me: String) -> Result<Vec<Adoptable>> {
+        self.read(move |c| {
+            let mut rows = queries::adoptable(c, &me)?;
+            for a in &mut rows {
+                if let Some(o) = &a.owner_id {
+                    a.owner = queries::find_owner(c, o)?;
+                }
+            }
+            Ok(rows)
+        })
+        .await
+    }
+
+    pub(super) async fn monitor(
+        &self,
+        statuses: Option<Vec<WorkflowStatus>>,
+        limit: i64,
+    ) -> Result<MonitorRows> {
+        self.read(move |c| {
+            let rows = queries::list_workflows(c, statuses.as_deref(), limit)?;
+            let mut out = MonitorRows::default();
+            let mut owner_ids: Vec<String> = Vec::new();
+            for workflow in rows {
+                let steps = queries::load_steps(c, &workflow.id)?;
+                let definition = if workflow.status == WorkflowStatus::Running {
+                    queries::load_definition(c, &workflow.id).ok()
+                } else {
+                    None
+                };
+                if let Some(o) = &workflow.owner
+                    && !owner_ids.contains(o)
+                {
+                    owner_ids.push(o.clone());
+                }
+                out.rows.push(MonitorRow {
+                    workflow,
+                    steps,
+                    definition,
+                });
+            }
+            for o in owner_ids {
+                if let Some(row) = queries::find_owner(c, &o)? {
+                    out.owners.push(row);
+                }
+            }
+            out.counts = queries::count_by_status(c)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn step_medians(
+        &self,
+        name: String,
+    ) -> Result<std::collections::BTreeMap<String, i64>> {
+        self.read(move |c| queries::median_step_durations(c, &name))
+            .await
+    }
+}
+
+fn poisoned(what: &str) -> StoreError {
+    StoreError::Poisoned(what.to_owned())
+}
+
+/// Makes an existing database file (or its `-wal`/`-shm`) private to its owner: a file left
+/// 0644 by another tool would otherwise stay readable by every user, with every step output.
+fn tighten(file: &std::fs::File, path: &Path) -> std::result::Result<(), String> {
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
+            .map_err(|e| {
+                format!(
+                    "{} is readable by other users (mode {mode:o}) and cannot be made private: {e}; chmod 600 it",
+                    path.display()
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// Publishes [`Change::Unknown`] when another connection committed since the last look, so
+/// followers notice commits of other processes sharing the file. Looks only while someone
+/// listens.
+fn foreign_poll(conn: Connection, tx: broadcast::Sender<Change>, closed: Arc<AtomicBool>) {
+    let version = |c: &Connection| -> Option<i64> {
+        c.query_row("PRAGMA data_version", [], |r| r.get(0)).ok()
+    };
+    let mut last = version(&conn);
+    while !closed.load(Ordering::Relaxed) {
+        std::thread::sleep(FOREIGN_POLL);
+        if tx.receiver_count() == 0 {
+            continue;
+        }
+        let now = version(&conn);
+        if now != last {
+            last = now;
+            let _ = tx.send(Change::Unknown);
+        }
+    }
+}
+
+/// Refuses, before anything is written, a file that is not a baton database: opening would
+/// switch it to WAL and add baton's tables to another program's data.
+fn refuse_foreign(path: &Path) -> std::result::Result<(), String> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| e.to_string())?;
+    // Both reads in one snapshot: another baton may be migrating this file right now, and
+    // its commit falling between them would look like a foreign database.
+    conn.execute_batch("BEGIN")
+        .map_err(|e| format!("database error: {e}"))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| format!("database error: {e}"))?;
+    let mut stmt = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .map_err(|e| format!("database error: {e}"))?;
+    let tables: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| format!("database error: {e}"))?;
+    if version == 0 && !tables.is_empty() {
+        return Err(format!(
+            "it is an SQLite database of another program (tables: {}); baton leaves it untouched, pass another --db",
+            tables.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+fn open_conn(path: &Path, durability: Durability) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt(format!(
+            "cannot switch the database to WAL mode (got {mode})"
+        )));
+    }
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;"
+    ))?;
+    Ok(conn)
+}
+
+/// Runs a statement without parameters through the statement cache.
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    changes: broadcast::Sender<Change>,
+    commits: Arc<AtomicU64>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = exec_cached(&conn, "BEGIN IMMEDIATE") {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, "cannot begin a write transaction");
+            for job in batch {
+                fail_reply(job, &msg)(Err(msg.clone()));
+            }
+            continue;
+        }
+        let mut ctx = WriteCtx {
+            conn: &conn,
+            changed: Vec::new(),
+        };
+        let mut replies = Vec::with_capacity(batch.len());
+        // A lone write needs no savepoint: if it fails, the whole transaction is rolled back.
+        let alone = batch.len() == 1;
+        let mut failed_alone = false;
+        for job in batch {
+            let mark = ctx.changed.len();
+            if !alone && let Err(e) = exec_cached(&conn, "SAVEPOINT job") {
+                replies.push(fail_reply(job, &e.to_string()));
+                continue;
+            }
+            let (ok, reply) = job(Some(&mut ctx));
+            if !ok {
+                ctx.changed.truncate(mark);
+            }
+            if alone {
+                failed_alone = !ok;
+            } else {
+                let end = if ok {
+                    exec_cached(&conn, "RELEASE job")
+                } else {
+                    exec_cached(&conn, "ROLLBACK TO job")
+                        .and_then(|()| exec_cached(&conn, "RELEASE job"))
+                };
+                if let Err(e) = end {
+                    tracing::error!(error = %e, "savepoint handling failed");
+                }
+            }
+            replies.push(reply);
+        }
+        let commit = if failed_alone {
+            exec_cached(&conn, "ROLLBACK").map_err(|e| e.to_string())
+        } else {
+            exec_cached(&conn, "COMMIT").map_err(|e| e.to_string())
+        };
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, "commit failed; rolling back the batch");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        let changed = std::mem::take(&mut ctx.changed);
+        for reply in replies {
+            reply(commit.clone());
+        }
+        if commit.is_ok() && !failed_alone {
+            commits.fetch_add(1, Ordering::Relaxed);
+            for id in changed {
+                let _ = changes.send(Change::Workflow(id));
+            }
+        }
+    }
+}
+
+/// Answers a job with `msg` without running it.
+fn fail_reply(job: Job, msg: &str) -> Reply {
+    let (_, reply) = job(None);
+    let msg = msg.to_owned();
+    Box::new(move |_| reply(Err(msg)))
+}
