@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::scheduler::{self, ResumePlan};
 use super::{DriverInit, Engine, EngineError, Result, StopReason, lease};
 use crate::api::{ThreadId, WorkflowStatus, now_ms};
-use crate::store::{Change, Claim, NewWorkflow, StoreError, WorkflowRow};
+use crate::store::{Claim, NewWorkflow, StoreError, WorkflowRow};
 use crate::workflow::{self, AgentOptions, Workflow};
 
 /// Largest workflow file read by `file`.
@@ -265,7 +265,7 @@ impl Engine {
     /// Asks the live process that runs the workflow to cancel it, and waits for it to
     /// comply (it looks for requests every third of its own lease).
     async fn cancel_elsewhere(&self, id: &ThreadId, row: &WorkflowRow) -> Result<WorkflowStatus> {
-        let mut changes = self.sh.store.changes();
+        let mut follow = self.follow(id, 0);
         self.sh.store.request_cancel(id.clone()).await?;
         let owner_lease = match &row.owner {
             Some(o) => self.sh.store.owner(o.clone()).await?.map(|o| o.lease_ms),
@@ -274,19 +274,20 @@ impl Engine {
         let owner_lease = Duration::from_millis(owner_lease.unwrap_or(0).max(0) as u64);
         let deadline = tokio::time::Instant::now() + self.sh.cfg.lease.max(owner_lease) * 2;
         loop {
-            let r = self.row(id).await?;
-            if r.status.is_terminal() || r.owner.is_none() {
-                return Ok(r.status);
+            let page = follow.next(500, deadline).await?;
+            if page.done() {
+                return Ok(page.status);
             }
-            loop {
-                match tokio::time::timeout_at(deadline, changes.recv()).await {
-                    Err(_) => {
-                        return Err(EngineError::CancelPending {
-                            thread_id: id.clone(),
-                        });
-                    }
-                    Ok(Some(Change::Workflow(c))) if c != *id => continue,
-                    Ok(_) => break,
+            if page.caught_up {
+                // An owner that shut down instead hands the workflow over, uncancelled.
+                let r = self.row(id).await?;
+                if r.status.is_terminal() || r.owner.is_none() {
+                    return Ok(r.status);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(EngineError::CancelPending {
+                        thread_id: id.clone(),
+                    });
                 }
             }
         }

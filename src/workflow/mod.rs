@@ -40,10 +40,7 @@ pub use definition::{
     Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, OnStall, Step, SuccessCheck, Workflow,
 };
 pub use problem::{Problem, Problems};
-pub use raw::{
-    RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawInputSpec, RawRetry, RawStep,
-    RawSteps, RawSuccess, RawWorkflow, StringOrList,
-};
+use raw::RawDefinition;
 pub use retry::RetryPolicy;
 pub use template::{Quoting, Reference, Segment, Template, shell_quote};
 
@@ -77,8 +74,9 @@ pub fn compile(
 }
 
 /// Decodes a definition into its raw form without resolving it, reporting type errors and
-/// unknown fields (e.g. for an editor or a `lint` command).
-pub fn parse_raw(definition: &serde_json::Value) -> Result<RawDefinition> {
+/// unknown fields.
+#[cfg(test)]
+fn parse_raw(definition: &serde_json::Value) -> Result<RawDefinition> {
     let mut problems = Vec::new();
     let raw = decode::decode(definition, &mut problems);
     if problems.is_empty() {
