@@ -14,6 +14,7 @@
 mod session;
 mod tasks;
 mod tools;
+mod transport;
 
 use rmcp::{
     ErrorData as McpError, RoleServer, ServerHandler, ServiceExt,
@@ -28,7 +29,6 @@ use rmcp::{
     },
     service::{RequestContext, SubscriptionContext},
     tool_handler,
-    transport::stdio,
 };
 
 use tokio_util::sync::CancellationToken;
@@ -253,11 +253,15 @@ pub enum ServeError {
 /// lifecycle: it shuts the engine down afterwards (running attempts are interrupted and
 /// handed to the next process).
 pub async fn serve_stdio(engine: Engine, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let stdin = transport::Stdin::start();
     let serve = async {
         loop {
             let server = BatonServer::new(engine.clone());
             let session = server.session.clone();
-            match server.serve(stdio()).await {
+            match server
+                .serve(transport::StdioTransport::new(stdin.clone()))
+                .await
+            {
                 Ok(service) => {
                     let reason = service.waiting().await;
                     session.close();

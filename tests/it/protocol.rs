@@ -252,3 +252,20 @@ fn waiting_stream_sends_keepalive_progress_and_returns_at_wait_s() {
     );
     assert_eq!(done["status"], "completed");
 }
+
+#[test]
+fn a_request_whose_id_can_be_read_is_answered_with_that_id() {
+    let sb = Sandbox::new();
+    let mut s = sb.server();
+    for (line, id) in [
+        (r#"{"jsonrpc":"2.0","id":7,"method":5}"#, json!(7)),
+        (r#"{"jsonrpc":"2.0","id":"x-1","method":"tools/call","params":3}"#, json!("x-1")),
+        (r#"{"jsonrpc":"2.0","id":9}"#, json!(9)),
+    ] {
+        s.send_raw(line);
+        let r = s.next_response();
+        assert_eq!(r["id"], id, "{line}: {r}");
+        assert_eq!(r["error"]["code"], -32600, "{line}: {r}");
+        still_serves(&mut s);
+    }
+}
