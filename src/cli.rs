@@ -72,8 +72,21 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve MCP over stdio (add with: claude mcp add baton -- baton serve).
-    Serve,
+    /// Serve MCP over stdio (add with: claude mcp add baton -- baton serve). Workflows run in
+    /// a background worker for the database, so they outlive the host session.
+    Serve {
+        /// Run workflows in this process instead (they are interrupted when it stops and
+        /// resumed by the next baton process).
+        #[arg(long, env = "BATON_IN_PROCESS", value_parser = clap::builder::FalseyValueParser::new())]
+        in_process: bool,
+    },
+    /// Run workflows of the database in the background (what `baton serve` starts on
+    /// demand): adopts queued and orphaned workflows, exits after an idle period.
+    Worker {
+        /// Seconds without any workflow to run after which the worker exits (0: never).
+        #[arg(long, env = "BATON_WORKER_IDLE_S", default_value_t = 600)]
+        idle_exit_s: u64,
+    },
     /// Run a workflow file in the foreground, one line per event; exit 0 only if it completes.
     Run {
         file: PathBuf,
@@ -157,8 +170,12 @@ pub enum CliError {
 pub enum EngineUse {
     /// Not at all (`validate`, `schema`, the reaper).
     None,
-    /// The MCP server: runs and adopts workflows.
+    /// The MCP server handing execution to the background worker.
     Serve,
+    /// The MCP server running and adopting workflows itself (`--in-process`).
+    ServeInProcess,
+    /// The background worker: runs and adopts workflows.
+    Worker,
     /// A terminal command: runs only what it starts.
     Client,
 }
@@ -167,7 +184,9 @@ impl Command {
     pub fn engine_use(&self) -> EngineUse {
         match self {
             Command::Reap { .. } | Command::Schema | Command::Validate { .. } => EngineUse::None,
-            Command::Serve => EngineUse::Serve,
+            Command::Serve { in_process: false } => EngineUse::Serve,
+            Command::Serve { in_process: true } => EngineUse::ServeInProcess,
+            Command::Worker { .. } => EngineUse::Worker,
             _ => EngineUse::Client,
         }
     }
@@ -224,25 +243,65 @@ impl GlobalArgs {
         })
     }
 
-    /// Opens the store and starts an engine; `adopt` also takes over orphaned workflows.
-    pub async fn open_engine(&self, adopt: bool) -> Result<Engine, CliError> {
-        let store = Store::open(&self.db_path()?, self.durability)?;
+    /// The global arguments a background worker for the same database runs with.
+    fn worker_args(&self, db: &std::path::Path) -> Vec<String> {
+        let mut args = vec![
+            "--db".to_owned(),
+            db.display().to_string(),
+            "--agent-command".to_owned(),
+            self.agent_command.clone(),
+            "--max-concurrent-steps".to_owned(),
+            self.max_concurrent_steps.to_string(),
+            "--durability".to_owned(),
+            match self.durability {
+                Durability::Full => "full",
+                Durability::Normal => "normal",
+            }
+            .to_owned(),
+            "--output-cap".to_owned(),
+            self.output_cap.to_string(),
+            "--lease-ms".to_owned(),
+            self.lease_ms.to_string(),
+            "--kill-grace-s".to_owned(),
+            self.kill_grace_s.to_string(),
+        ];
+        if let Some(level) = &self.log_level {
+            args.extend(["--log-level".to_owned(), level.clone()]);
+        }
+        args
+    }
+
+    /// Opens the store and starts an engine for `usage`: servers in process and workers also
+    /// take over orphaned workflows; a handing-over server starts the worker when work waits.
+    pub async fn open_engine(&self, usage: EngineUse) -> Result<Engine, CliError> {
+        let db = std::path::absolute(self.db_path()?)
+            .map_err(|e| CliError::Other(format!("--db: {e}")))?;
+        let store = Store::open(&db, self.durability)?;
+        let execute = usage != EngineUse::Serve;
+        let adopt = matches!(usage, EngineUse::ServeInProcess | EngineUse::Worker);
         let cfg = EngineConfig {
             adopt_orphans: adopt,
+            execute,
             ..self.engine_config()?
         };
         let engine = Engine::start(store, cfg).await?;
-        match std::env::current_exe() {
-            Ok(exe) => {
-                if let Err(e) = engine::spawn_reaper(&exe, engine.owner_id()) {
+        let exe = std::env::current_exe();
+        match &exe {
+            Ok(exe) if execute => {
+                if let Err(e) = engine::spawn_reaper(exe, engine.owner_id()) {
                     tracing::warn!(error = %e, "cannot start the reaper; background children of steps may outlive a killed baton");
                 }
             }
+            Ok(exe) => engine.set_launcher(std::sync::Arc::new(engine::WorkerLauncher::new(
+                exe.clone(),
+                self.worker_args(&db),
+                db.clone(),
+            ))),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot find baton's own executable to start the reaper")
+                tracing::warn!(error = %e, "cannot find baton's own executable to start the reaper or the worker")
             }
         }
-        if adopt {
+        if adopt || !execute {
             // Serve at once; workflows left by stopped processes are taken over meanwhile.
             let recovering = engine.clone();
             tokio::spawn(async move {
@@ -259,6 +318,30 @@ impl GlobalArgs {
             });
         }
         Ok(engine)
+    }
+}
+
+/// The background worker: runs until stopped, or until it had nothing to run for `idle`.
+pub async fn worker(engine: &Engine, stop: &Stop, idle: Duration) -> Result<ExitCode, CliError> {
+    let mut idle_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            () = stop.token.cancelled() => return Ok(ExitCode::SUCCESS),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if idle.is_zero() || engine.active() > 0 {
+            idle_since = None;
+            continue;
+        }
+        let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() >= idle {
+            // A last look before leaving: a workflow stored meanwhile is run, not stranded.
+            if engine.recover().await?.is_empty() && engine.active() == 0 {
+                tracing::info!("idle; the background worker exits");
+                return Ok(ExitCode::SUCCESS);
+            }
+            idle_since = None;
+        }
     }
 }
 

@@ -44,20 +44,40 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let adopt = match cli.command.engine_use() {
-        EngineUse::None => return cli::run_offline(cli.command).await.map_err(report),
-        EngineUse::Serve => true,
-        EngineUse::Client => false,
-    };
+    let usage = cli.command.engine_use();
+    if usage == EngineUse::None {
+        return cli::run_offline(cli.command).await.map_err(report);
+    }
     let stop = Stop::default();
     watch_signals(stop.clone())?;
-    let engine = cli.global.open_engine(adopt).await.map_err(report)?;
-    let result = match cli.command.engine_use() {
-        EngineUse::Serve => baton::mcp::serve_stdio(engine.clone(), stop.token.clone())
-            .await
-            .map(|()| ExitCode::SUCCESS)
-            .map_err(anyhow::Error::from),
-        _ => cli::run(cli.command, &engine, &stop).await.map_err(report),
+    // One worker per database: a second one leaves at once.
+    let _worker_lock = match usage {
+        EngineUse::Worker => {
+            let db = std::path::absolute(cli.global.db_path().map_err(report)?)?;
+            match baton::engine::WorkerLock::take(&db)? {
+                Some(lock) => Some(lock),
+                None => {
+                    tracing::info!("another worker runs for this database");
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
+        _ => None,
+    };
+    let engine = cli.global.open_engine(usage).await.map_err(report)?;
+    let result = match (usage, cli.command) {
+        (EngineUse::Serve | EngineUse::ServeInProcess, _) => {
+            baton::mcp::serve_stdio(engine.clone(), stop.token.clone())
+                .await
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
+        }
+        (EngineUse::Worker, cli::Command::Worker { idle_exit_s }) => {
+            cli::worker(&engine, &stop, std::time::Duration::from_secs(idle_exit_s))
+                .await
+                .map_err(report)
+        }
+        (_, command) => cli::run(command, &engine, &stop).await.map_err(report),
     };
     engine.shutdown().await;
     engine.store().close();

@@ -155,15 +155,42 @@ impl Engine {
         let definition = serde_json::to_string(&wf)
             .map_err(|e| EngineError::BadRequest(format!("cannot store workflow: {e}")))?;
         let estimate = self.estimate(&wf).await;
+        let execute = self.sh.cfg.execute;
         let record = NewWorkflow {
             id: id.clone(),
             name: wf.name.clone(),
             definition,
             step_ids: wf.steps.iter().map(|s| s.id.clone()).collect(),
-            owner: self.sh.owner.clone(),
-            lease_expires_at: self.sh.lease_until(),
+            owner: execute.then(|| self.sh.owner.clone()),
+            lease_expires_at: execute.then(|| self.sh.lease_until()),
         };
         let step_count = wf.steps.len();
+        if !execute {
+            // Stored unowned and queued: the background worker adopts and runs it.
+            match self
+                .sh
+                .store
+                .insert_workflow(record, Default::default())
+                .await
+            {
+                Ok(()) => {}
+                Err(StoreError::Conflict(_)) => {
+                    return self
+                        .existing(&id)
+                        .await?
+                        .ok_or(EngineError::NotFound { thread_id: id });
+                }
+                Err(e) => return Err(e.into()),
+            }
+            self.sh.hand_over();
+            return Ok(Submitted {
+                thread_id: id,
+                status: WorkflowStatus::Queued,
+                step_count,
+                created: true,
+                estimated_duration_s: estimate,
+            });
+        }
         // The driver's first commit stores the workflow and starts its first steps.
         let (reply, stored) = tokio::sync::oneshot::channel();
         self.sh.spawn_driver(
@@ -372,6 +399,7 @@ impl Engine {
         };
         let req2 = req.clone();
         let (downstream2, overrides2) = (downstream.clone(), overrides.clone());
+        let execute = self.sh.cfg.execute;
         let (epoch, after, ()) = self
             .sh
             .store
@@ -383,13 +411,22 @@ impl Engine {
                     guidance: req2.prompt.as_deref(),
                     overrides: overrides2.as_deref(),
                 };
-                let ch = scheduler::resume_changes(snap.workflow.status, &snap.steps, &plan, now)
-                    .map_err(|_| StoreError::Conflict("nothing to resume any more".into()))?;
+                let mut ch =
+                    scheduler::resume_changes(snap.workflow.status, &snap.steps, &plan, now)
+                        .map_err(|_| StoreError::Conflict("nothing to resume any more".into()))?;
+                if !execute && let Some(st) = &mut ch.status {
+                    // Left for the background worker to adopt.
+                    st.release = true;
+                }
                 Ok((ch, ()))
             })
             .await
             .map_err(|e| contended(e, &id))?;
-        self.sh.spawn_driver(&id, epoch, DriverInit::Loaded(after));
+        if execute {
+            self.sh.spawn_driver(&id, epoch, DriverInit::Loaded(after));
+        } else {
+            self.sh.hand_over();
+        }
         Ok(WorkflowStatus::Running)
     }
 }

@@ -147,6 +147,7 @@ impl Driver {
         }
         loop {
             if self.sched.status().is_terminal() {
+                tracing::debug!(thread_id = %self.fence.id, status = %self.sched.status(), "workflow stopped");
                 return;
             }
             let next_retry = self.sched.next_retry().map(at_store_time);
@@ -505,6 +506,7 @@ impl Driver {
                 done.push(r);
             }
         }
+        tracing::debug!(thread_id = %self.fence.id, reason = ?self.reason.get(), "driver stopping");
         let stop = match self.reason.get() {
             StopReason::Cancel => Stop::Cancel,
             StopReason::Shutdown => Stop::Shutdown,

@@ -49,6 +49,8 @@ fn lease_ms(sh: &Shared) -> i64 {
 /// How often a process with running workflows checks for cancel requests from other
 /// processes (a cheap indexed read), so a cross-process cancel takes effect within it.
 const CANCEL_POLL: Duration = Duration::from_millis(250);
+/// Shortest interval between two adoption scans started by other processes' commits.
+const WAKE_EVERY: Duration = Duration::from_millis(50);
 
 /// Renews leases, honours cancel requests from other processes, notices lost leases and
 /// adopts orphans, every third of a lease.
@@ -59,9 +61,24 @@ pub(super) async fn tick_loop(sh: Arc<Shared>) {
     interval.tick().await;
     let mut cancel_poll = tokio::time::interval(CANCEL_POLL.min(every));
     cancel_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A process that adopts reacts to other processes' commits (a workflow left for it)
+    // at once, not only at its next tick.
+    let mut changes = sh.store.changes();
+    let wake = sh.cfg.adopt_orphans && sh.cfg.execute;
+    let mut last_wake = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = sh.shutdown.cancelled() => return,
+            Some(change) = changes.recv(), if wake => {
+                if change == crate::store::Change::Unknown
+                    && last_wake.elapsed() >= WAKE_EVERY
+                {
+                    last_wake = tokio::time::Instant::now();
+                    if let Err(e) = adopt_orphans(&sh).await {
+                        tracing::warn!(error = %e, "adoption failed");
+                    }
+                }
+            }
             _ = interval.tick() => {
                 if let Err(e) = tick(&sh).await {
                     tracing::warn!(error = %e, "lease tick failed");
@@ -100,10 +117,36 @@ async fn tick(sh: &Arc<Shared>) -> Result<()> {
         }
     }
     honour_cancels(sh, &renewal.cancels);
-    if sh.cfg.adopt_orphans {
+    if !sh.cfg.execute {
+        hand_over_waiting(sh).await?;
+    } else if sh.cfg.adopt_orphans {
         adopt_orphans(sh).await?;
     }
     Ok(())
+}
+
+/// Asks for a worker when workflows wait that no live process runs.
+pub(super) async fn hand_over_waiting(sh: &Arc<Shared>) -> Result<()> {
+    if !orphans(sh).await?.is_empty() {
+        sh.hand_over();
+    }
+    Ok(())
+}
+
+/// Workflows that should be running and that no live process owns.
+async fn orphans(sh: &Arc<Shared>) -> Result<Vec<(ThreadId, Option<String>, i64)>> {
+    let now = now_ms();
+    Ok(sh
+        .store
+        .adoptable(sh.owner.clone())
+        .await?
+        .into_iter()
+        .filter(|a| match &a.owner_id {
+            None => true,
+            Some(_) => a.lease_expires_at < now || !owner_alive(sh, a.owner.as_ref(), now),
+        })
+        .map(|a| (a.id, a.owner_id, a.epoch))
+        .collect())
 }
 
 /// Whether the owner with this record is alive, as seen from `sh` at `now`.
@@ -147,21 +190,10 @@ pub(super) async fn is_owned_by_live(sh: &Arc<Shared>, owner: Option<String>) ->
 
 /// Adopts workflows that should be running but have no live owner.
 pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
-    if sh.shutdown.is_cancelled() {
+    if sh.shutdown.is_cancelled() || !sh.cfg.execute {
         return Ok(Vec::new());
     }
-    let now = now_ms();
-    let candidates: Vec<(ThreadId, Option<String>, i64)> = sh
-        .store
-        .adoptable(sh.owner.clone())
-        .await?
-        .into_iter()
-        .filter(|a| match &a.owner_id {
-            None => true,
-            Some(_) => a.lease_expires_at < now || !owner_alive(sh, a.owner.as_ref(), now),
-        })
-        .map(|a| (a.id, a.owner_id, a.epoch))
-        .collect();
+    let candidates = orphans(sh).await?;
     // Leftovers of each dead owner first, so no old attempt runs beside its re-run.
     let mut swept: Vec<String> = Vec::new();
     for p in candidates.iter().filter_map(|(_, prev, _)| prev.as_ref()) {

@@ -23,6 +23,7 @@ mod driver;
 mod error;
 mod executor;
 mod follow;
+mod handover;
 mod lease;
 mod outcome;
 mod process;
@@ -33,13 +34,14 @@ mod view;
 pub use control::{ResumeMode, ResumeRequest, SubmitRequest, Submitted};
 pub use error::{EngineError, Result};
 pub use follow::{Follow, Page};
+pub use handover::{Launcher, WorkerLauncher, WorkerLock, worker_files};
 pub use process::{reap_after_parent_exits, spawn_reaper};
 pub use view::MonitorFilter;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -75,6 +77,10 @@ pub struct EngineConfig {
     /// Attempts succeed at once without running anything: measures the engine's own
     /// overhead (scheduling and durable commits) in benchmarks.
     pub noop_executor: bool,
+    /// Run workflows in this process. When false (a `baton serve` whose execution is handed
+    /// to the background worker), submitted and resumed workflows are left unowned and the
+    /// [`Launcher`] is asked to make sure a worker runs.
+    pub execute: bool,
 }
 
 impl Default for EngineConfig {
@@ -89,6 +95,7 @@ impl Default for EngineConfig {
             base_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
             adopt_orphans: true,
             noop_executor: false,
+            execute: true,
         }
     }
 }
@@ -125,6 +132,8 @@ pub(crate) struct Shared {
     /// When this process last renewed its leases (store clock, ms): its own view of how long
     /// it may still act as owner without looking at the store.
     renewed_at: AtomicI64,
+    /// Starts the worker that runs what this process does not (`execute: false`).
+    launcher: OnceLock<Arc<dyn handover::Launcher>>,
 }
 
 impl Shared {
@@ -154,6 +163,13 @@ impl Shared {
 
     fn driver_done(&self, id: &str) -> Option<watch::Receiver<bool>> {
         self.runs().get(id).map(|h| h.done.clone())
+    }
+
+    /// Asks for a worker to run unowned workflows (when this process does not run them).
+    fn hand_over(&self) {
+        if let Some(l) = self.launcher.get() {
+            l.ensure();
+        }
     }
 
     fn fence(&self, id: &ThreadId, epoch: i64) -> Fence {
@@ -195,6 +211,7 @@ impl Engine {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             renewed_at: AtomicI64::new(now_ms()),
+            launcher: OnceLock::new(),
         });
         lease::register(&sh).await?;
         let ticker = sh.clone();
@@ -204,6 +221,12 @@ impl Engine {
 
     pub fn store(&self) -> &Store {
         &self.sh.store
+    }
+
+    /// Sets what starts a worker for the workflows this process does not run; asks it at
+    /// once if orphaned or queued work is waiting.
+    pub fn set_launcher(&self, launcher: Arc<dyn handover::Launcher>) {
+        let _ = self.sh.launcher.set(launcher);
     }
 
     /// This process's owner id.
@@ -216,7 +239,12 @@ impl Engine {
     }
 
     /// Adopts every workflow whose owner is gone. Returns the adopted thread ids.
+    /// In a process that does not run workflows, asks for a worker instead when any wait.
     pub async fn recover(&self) -> Result<Vec<ThreadId>> {
+        if !self.sh.cfg.execute {
+            lease::hand_over_waiting(&self.sh).await?;
+            return Ok(Vec::new());
+        }
         lease::adopt_orphans(&self.sh).await
     }
 
@@ -314,6 +342,7 @@ impl Shared {
                 }
                 Err(e) => tracing::error!(thread_id = %id, error = %e, "cannot load workflow"),
             }
+            tracing::debug!(thread_id = %id, "driver stopped");
             sh.runs().remove(&*id);
             let _ = done_tx.send(true);
         });

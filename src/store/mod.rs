@@ -140,7 +140,8 @@ impl Store {
     // ------------------------------------------------------------ writes
 
     /// Stores a new workflow owned by `new.owner` at epoch 1 together with its first change
-    /// set (the start of its first steps). [`StoreError::Conflict`] if the id exists.
+    /// set (the start of its first steps), or unowned and queued for a worker to adopt (then
+    /// `first` is empty). [`StoreError::Conflict`] if the id exists.
     pub async fn insert_workflow(&self, new: NewWorkflow, first: Changes) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.insert_workflow(new, first).await,

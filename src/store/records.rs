@@ -124,7 +124,8 @@ pub struct OwnerRow {
     pub lease_ms: i64,
 }
 
-/// A new workflow, stored by its driver's first commit.
+/// A new workflow: stored by its driver's first commit, or left unowned (`owner: None`) for
+/// a worker process to adopt.
 #[derive(Debug, Clone)]
 pub struct NewWorkflow {
     pub id: ThreadId,
@@ -132,8 +133,8 @@ pub struct NewWorkflow {
     /// The compiled definition (JSON).
     pub definition: String,
     pub step_ids: Vec<String>,
-    pub owner: String,
-    pub lease_expires_at: i64,
+    pub owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
 }
 
 /// A workflow's new status; `release` also drops its lease.

@@ -10,6 +10,7 @@ mod cancel;
 mod claude_e2e;
 mod cli;
 mod faults;
+mod handover;
 mod mcp_native;
 mod protocol;
 mod recovery;

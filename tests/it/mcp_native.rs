@@ -82,6 +82,7 @@ async fn connect_with(
     let cmd = tokio::process::Command::new(BIN).configure(|c| {
         c.arg("serve")
             .env("BATON_DB", &db)
+            .env("BATON_IN_PROCESS", "1")
             .env("RUST_LOG", "warn")
             .current_dir(&dir);
         for (k, v) in env {

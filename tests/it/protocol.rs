@@ -259,7 +259,10 @@ fn a_request_whose_id_can_be_read_is_answered_with_that_id() {
     let mut s = sb.server();
     for (line, id) in [
         (r#"{"jsonrpc":"2.0","id":7,"method":5}"#, json!(7)),
-        (r#"{"jsonrpc":"2.0","id":"x-1","method":"tools/call","params":3}"#, json!("x-1")),
+        (
+            r#"{"jsonrpc":"2.0","id":"x-1","method":"tools/call","params":3}"#,
+            json!("x-1"),
+        ),
         (r#"{"jsonrpc":"2.0","id":9}"#, json!(9)),
     ] {
         s.send_raw(line);

@@ -76,6 +76,9 @@ impl Server {
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .env("BATON_DB", sb.db())
+            // These tests pin the engine's own semantics; handover to the background worker
+            // has its own tests (and `env` may turn it back on).
+            .env("BATON_IN_PROCESS", "1")
             .env("RUST_LOG", "warn")
             .env("BATON_KILL_GRACE_S", "1")
             .current_dir(sb.dir.path())

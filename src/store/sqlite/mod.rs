@@ -92,16 +92,20 @@ impl Sqlite {
                 .map_err(|e| open_err(format!("cannot create directory: {e}")))?;
         }
         // Create the file ourselves so it is 0600 from the first byte; SQLite gives the
-        // -wal and -shm files the same mode.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| open_err(e.to_string()))?;
-        tighten(&file, path).map_err(open_err)?;
+        // -wal and -shm files the same mode. The handle is closed before SQLite opens the
+        // file: closing any descriptor of a file drops every POSIX lock this process holds on
+        // it, SQLite's included.
+        drop(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| open_err(e.to_string()))?,
+        );
+        tighten(path).map_err(open_err)?;
         refuse_foreign(path).map_err(open_err)?;
         let mut conn = open_conn(path, durability).map_err(|e| open_err(e.to_string()))?;
         schema::migrate(&mut conn)
@@ -109,9 +113,7 @@ impl Sqlite {
         for side in ["-wal", "-shm"] {
             let mut p = path.as_os_str().to_owned();
             p.push(side);
-            if let Ok(f) = std::fs::File::open(&p) {
-                tighten(&f, Path::new(&p)).map_err(open_err)?;
-            }
+            tighten(Path::new(&p)).map_err(open_err)?;
         }
 
         let (tx, rx) = mpsc::channel::<Job>();
@@ -249,12 +251,20 @@ impl Sqlite {
             }
             let now = now_ms();
             queries::insert_workflow(ctx, &new, now)?;
-            let fence = Fence {
-                id: new.id.clone(),
-                owner: new.owner.clone(),
-                epoch: 1,
-            };
-            queries::apply(ctx, &fence, &first, now)
+            match &new.owner {
+                Some(owner) => {
+                    let fence = Fence {
+                        id: new.id.clone(),
+                        owner: owner.clone(),
+                        epoch: 1,
+                    };
+                    queries::apply(ctx, &fence, &first, now)
+                }
+                None if first.is_empty() => Ok(()),
+                None => Err(StoreError::Corrupt(
+                    "an unowned workflow cannot be stored with changes".into(),
+                )),
+            }
         })
         .await
     }
@@ -486,17 +496,23 @@ fn poisoned(what: &str) -> StoreError {
 
 /// Makes an existing database file (or its `-wal`/`-shm`) private to its owner: a file left
 /// 0644 by another tool would otherwise stay readable by every user, with every step output.
-fn tighten(file: &std::fs::File, path: &Path) -> std::result::Result<(), String> {
-    let meta = file.metadata().map_err(|e| e.to_string())?;
+/// By path (stat and chmod), never by opening it: see [`Sqlite::open`] on POSIX locks.
+fn tighten(path: &Path) -> std::result::Result<(), String> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
-            .map_err(|e| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700)).map_err(
+            |e| {
                 format!(
                     "{} is readable by other users (mode {mode:o}) and cannot be made private: {e}; chmod 600 it",
                     path.display()
                 )
-            })?;
+            },
+        )?;
     }
     Ok(())
 }
@@ -661,4 +677,36 @@ fn fail_reply(job: Job, msg: &str) -> Reply {
     let (_, reply) = job(None);
     let msg = msg.to_owned();
     Box::new(move |_| reply(Err(msg)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn an_existing_world_readable_database_is_made_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("baton.db");
+        let first = Sqlite::open(&db, Durability::Normal).unwrap();
+        first.close();
+        drop(first);
+        for side in ["", "-wal", "-shm"] {
+            let p = PathBuf::from(format!("{}{side}", db.display()));
+            if p.exists() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+        }
+        let store = Sqlite::open(&db, Durability::Normal).unwrap();
+        for side in ["", "-wal", "-shm"] {
+            let p = PathBuf::from(format!("{}{side}", db.display()));
+            if p.exists() {
+                assert_eq!(mode(&p), 0o600, "{}", p.display());
+            }
+        }
+        store.close();
+    }
 }
