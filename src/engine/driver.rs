@@ -619,7 +619,10 @@ impl Driver {
                     .map(|t| t.render(&lookup, Quoting::Verbatim))
                     .collect(),
             ),
-            Action::Shell(t) => Prepared::Shell(t.render(&lookup, Quoting::Shell)),
+            Action::Shell(t) => {
+                let (script, env) = t.render_shell(&lookup);
+                Prepared::Shell { script, env }
+            }
             Action::Prompt(t) => {
                 let prompt = t.render(&lookup, Quoting::Verbatim);
                 let overrides: AgentOptions = row

@@ -1,7 +1,8 @@
 //! Executors: turn a prepared attempt into a process and its result into an [`Outcome`].
 //!
-//! Invariant: rendered values reach processes only as argv elements or as shell-quoted words
-//! (templating does the quoting); nothing here builds a shell string from step outputs.
+//! Invariant: rendered values reach processes only as argv elements, as environment
+//! variables a shell script expands, or on stdin; nothing here builds a shell string from
+//! step outputs.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -32,7 +33,11 @@ pub struct ExecConfig {
 #[derive(Debug, Clone)]
 pub enum Prepared {
     Run(Vec<String>),
-    Shell(String),
+    /// A script and the variables its references expand (`BATON_REF_1=value`, …).
+    Shell {
+        script: String,
+        env: Vec<(String, String)>,
+    },
     Agent {
         prompt: String,
         options: AgentOptions,
@@ -99,11 +104,15 @@ pub async fn execute(
                 return fatal("`run` has no program to execute".into(), started);
             }
         },
-        Prepared::Shell(script) => (
-            "sh".to_owned(),
-            vec!["-c".to_owned(), script.clone()],
-            false,
-        ),
+        Prepared::Shell { script, env: refs } => {
+            // After the step's own env, so a step cannot shadow the values it reads.
+            env.extend(refs.iter().cloned());
+            (
+                "sh".to_owned(),
+                vec!["-c".to_owned(), script.clone()],
+                false,
+            )
+        }
         Prepared::Agent {
             prompt,
             options,

@@ -450,13 +450,14 @@ fn template_syntax_errors_name_the_field_they_are_in() {
 }
 
 #[test]
-fn shell_references_inside_quotes_are_rejected() {
+fn shell_references_inside_single_quotes_are_rejected() {
     let ps = problems(json!([
         {"id": "a", "prompt": "x"},
-        {"id": "b", "deps": ["a"], "shell": "echo \"{a.output}\""},
-        {"id": "c", "deps": ["a"], "shell": "echo \"got: \"{a.output}"}
+        {"id": "b", "deps": ["a"], "shell": "echo '{a.output}'"},
+        {"id": "c", "deps": ["a"], "shell": "echo \"got: \"{a.output}"},
+        {"id": "d", "deps": ["a"], "shell": "echo \"got: {a.output}\""}
     ]));
-    assert_problem(&ps, Some("b"), "shell", "inside \"…\" quotes");
+    assert_problem(&ps, Some("b"), "shell", "inside '…' quotes");
     assert_eq!(ps.len(), 1, "{ps}");
 }
 
