@@ -97,6 +97,7 @@ pub async fn execute(
     env.insert("BATON_THREAD_ID".into(), spec.workflow_id.to_string());
     env.insert("BATON_STEP_ID".into(), spec.step_id.clone());
     env.insert("BATON_ATTEMPT".into(), spec.number.to_string());
+    let mut stdin = None;
     let (program, args, is_agent) = match &spec.prepared {
         Prepared::Run(argv) => match argv.split_first() {
             Some((p, rest)) => (p.clone(), rest.to_vec(), false),
@@ -122,7 +123,9 @@ pub async fn execute(
                 return fatal("the agent command is empty".into(), started);
             };
             let mut args = lead.to_vec();
-            args.extend(agent::cli_args(prompt, options, resume.as_deref()));
+            args.extend(agent::cli_args(options, resume.as_deref()));
+            // On stdin, never in argv: not parseable as an option, not in /proc/PID/cmdline.
+            stdin = Some(prompt.as_bytes().to_vec());
             (p.clone(), args, true)
         }
     };
@@ -134,6 +137,7 @@ pub async fn execute(
         timeout: spec.timeout,
         output_cap: cfg.output_cap,
         kill_grace: cfg.kill_grace,
+        stdin,
     };
     let (step_idx, attempt) = (spec.step_idx, spec.number);
     let send = move |kind| {
