@@ -12,6 +12,10 @@ use crate::workflow::definition::{Action, Step};
 use crate::workflow::problem::{Problem, did_you_mean, is_valid_id};
 use crate::workflow::template::{Reference, Template};
 
+/// The longest step id: ids travel in every child's environment (`BATON_STEP_ID`) and in
+/// every message, and a 1,000,000-character id failed at spawn ("Argument list too long").
+pub const MAX_ID_LEN: usize = 128;
+
 /// Step ids that would make template references ambiguous.
 const RESERVED_IDS: &[&str] = &["inputs"];
 
@@ -78,7 +82,21 @@ fn check_ids(steps: &[Step], problems: &mut Vec<Problem>) {
     let mut first_use: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, step) in steps.iter().enumerate() {
         let id = step.id.as_str();
-        if !is_valid_id(id) {
+        if id.len() > MAX_ID_LEN {
+            let shown: String = id.chars().take(32).collect();
+            problems.push(Problem::step(
+                format!("{shown}…"),
+                "id",
+                format!(
+                    "the id is {} characters long; at most {MAX_ID_LEN} are allowed",
+                    id.len()
+                ),
+            ));
+            continue;
+        }
+        if id.contains('\0') {
+            problems.push(Problem::step(id, "id", "contains a NUL byte"));
+        } else if !is_valid_id(id) {
             problems.push(Problem::step(
                 id,
                 "id",
