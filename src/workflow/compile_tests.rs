@@ -653,3 +653,35 @@ fn durations_are_bounded_so_time_arithmetic_cannot_overflow() {
                "retry": {"initial_interval_ms": 2592000000u64, "max_interval_ms": 2592000000u64}}]),
     );
 }
+
+/// Validation is near-linear in the number of steps. Not a timing assertion: with an
+/// ancestor set per step (the old approach) these took minutes in a debug build, so a
+/// regression shows as a suite that hangs here.
+#[test]
+fn ten_thousand_step_chain_and_fan_in_compile() {
+    const N: usize = 10_000;
+    let mut chain = vec![json!({"id": "s0", "run": ["true"]})];
+    for i in 1..N {
+        chain.push(
+            json!({"id": format!("s{i}"), "deps": [format!("s{}", i - 1)],
+                          "run": ["echo", format!("{{s{}.output}}", i - 1)]}),
+        );
+    }
+    chain.push(json!({"id": "last", "deps": [format!("s{}", N - 1)],
+                      "prompt": "first was {s0.output}, latest {s9999.status}"}));
+    assert_eq!(ok(json!(chain)).steps.len(), N + 1);
+
+    let mut fan: Vec<Value> = (0..N)
+        .map(|i| json!({"id": format!("f{i}"), "run": ["true"]}))
+        .collect();
+    let deps: Vec<String> = (0..N).map(|i| format!("f{i}")).collect();
+    let prompt: String = (0..N).map(|i| format!("{{f{i}.output}} ")).collect();
+    fan.push(json!({"id": "join", "deps": deps, "prompt": prompt}));
+    assert_eq!(ok(json!(fan)).steps.len(), N + 1);
+
+    // The reference checks still hold at that size.
+    let mut bad = chain.clone();
+    bad[0] = json!({"id": "s0", "run": ["echo", "{last.output}"]});
+    let ps = problems(json!(bad));
+    assert_problem(&ps, Some("s0"), "run[1]", "not upstream of this step");
+}
