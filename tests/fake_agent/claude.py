@@ -168,6 +168,7 @@ def main():
             "resume": resume, "session_id": session_id, "outcome": outcome,
             "options": {k: v for k, v in opts.items() if k not in ("prompt", "verbose", "print", "stdin")},
             "prompt_from_stdin": opts["stdin"],
+            "cmdline": open("/proc/self/cmdline", "rb").read().decode("utf-8", "replace"),
             "env": {k: os.environ.get(k) for k in ("BATON_THREAD_ID", "BATON_STEP_ID", "BATON_ATTEMPT")},
             "stdin": stdin_target(),
         }

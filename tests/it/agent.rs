@@ -203,6 +203,23 @@ fn agent_prompt_is_never_parsed_as_an_option() {
 }
 
 #[test]
+fn upstream_output_never_appears_in_an_agent_step_s_cmdline() {
+    let fa = FakeAgent::new();
+    let mut s = fa.server();
+    let secret = "s3cr3t-token-7a1f";
+    let id = s.start(fa.workflow(json!([
+        {"id": "a", "run": ["printf", "%s", secret]},
+        {"id": "b", "deps": ["a"], "prompt": "Use {a.output}"}
+    ])));
+    assert_eq!(s.wait_done(&id)["status"], "completed");
+    let b = &fa.of_step("b")[0];
+    assert_eq!(b["prompt"], format!("Use {secret}"));
+    let cmdline = b["cmdline"].as_str().unwrap();
+    assert!(cmdline.contains("--output-format"), "{cmdline}");
+    assert!(!cmdline.contains(secret), "{cmdline}");
+}
+
+#[test]
 fn failed_attempt_is_retried_in_its_session_with_history_and_same_cwd() {
     let fa = FakeAgent::new();
     let mut s = fa.server();
