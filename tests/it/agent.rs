@@ -510,9 +510,10 @@ fn unresumable_session_is_replaced_by_a_fresh_one() {
     wf["defaults"]["retry"]["initial_interval_ms"] = json!(1500);
     let id = s.start(wf);
     // The first attempt fails; its session disappears before the retry resumes it.
-    let counter = fa.home.join(".claude-fake/counters");
+    // Wait for the attempt to have ended, not just to have failed: the fake saves its session
+    // once more on the way out, which would bring a file removed earlier back.
     eventually("the first attempt failed", || {
-        std::fs::read_dir(&counter).is_ok_and(|mut d| d.next().is_some())
+        step(&s.status(&id), "fix")["status"] == "retrying"
     });
     let sid = fa.of_step("fix")[0]["session_id"]
         .as_str()
