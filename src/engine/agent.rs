@@ -16,11 +16,12 @@ use crate::api::tail;
 use crate::workflow::{AgentOptions, SuccessCheck};
 
 /// Command-line arguments for one agent attempt (after the program and its leading args).
-/// The prompt comes right after `-p`; variadic tool lists come last so they cannot swallow it.
-pub fn cli_args(prompt: &str, o: &AgentOptions, resume: Option<&str>) -> Vec<String> {
+/// The prompt is not among them: it goes to the CLI's stdin, which `-p` reads when no prompt
+/// argument is given, so no prompt text can ever be parsed as an option (a prompt starting
+/// `--settings=` would otherwise install settings) or be read from `/proc/PID/cmdline`.
+pub fn cli_args(o: &AgentOptions, resume: Option<&str>) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "-p".into(),
-        prompt.into(),
         "--output-format".into(),
         "stream-json".into(),
         "--verbose".into(),
@@ -268,14 +269,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prompt_follows_p_and_tool_lists_come_last() {
+    fn prompt_is_never_an_argument_and_tool_lists_come_last() {
         let o = AgentOptions {
             model: Some("sonnet".into()),
             allowed_tools: vec!["Edit".into(), "Bash(cargo:*)".into()],
             ..Default::default()
         };
-        let a = cli_args("do it", &o, Some("abc"));
-        assert_eq!(&a[..2], ["-p", "do it"]);
+        let a = cli_args(&o, Some("abc"));
+        assert_eq!(
+            &a[..4],
+            ["-p", "--output-format", "stream-json", "--verbose"]
+        );
         assert!(a.windows(2).any(|w| w == ["--resume", "abc"]));
         assert_eq!(
             &a[a.len() - 3..],

@@ -1,7 +1,8 @@
 //! Executors: turn a prepared attempt into a process and its result into an [`Outcome`].
 //!
-//! Invariant: rendered values reach processes only as argv elements or as shell-quoted words
-//! (templating does the quoting); nothing here builds a shell string from step outputs.
+//! Invariant: rendered values reach processes only as argv elements, as environment
+//! variables a shell script expands, or on stdin; nothing here builds a shell string from
+//! step outputs.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,7 +34,11 @@ pub struct ExecConfig {
 #[derive(Debug, Clone)]
 pub enum Prepared {
     Run(Vec<String>),
-    Shell(String),
+    /// A script and the variables its references expand (`BATON_REF_1=value`, …).
+    Shell {
+        script: String,
+        env: Vec<(String, String)>,
+    },
     Agent {
         prompt: String,
         options: AgentOptions,
@@ -85,6 +90,7 @@ pub async fn execute(
     env.insert("BATON_THREAD_ID".into(), spec.workflow_id.to_string());
     env.insert("BATON_STEP_ID".into(), spec.step_id.clone());
     env.insert("BATON_ATTEMPT".into(), spec.number.to_string());
+    let mut stdin = None;
     let (program, args, is_agent) = match &spec.prepared {
         Prepared::Run(argv) => match argv.split_first() {
             Some((p, rest)) => (p.clone(), rest.to_vec(), false),
@@ -92,11 +98,15 @@ pub async fn execute(
                 return fatal("`run` has no program to execute".into(), started);
             }
         },
-        Prepared::Shell(script) => (
-            "sh".to_owned(),
-            vec!["-c".to_owned(), script.clone()],
-            false,
-        ),
+        Prepared::Shell { script, env: refs } => {
+            // After the step's own env, so a step cannot shadow the values it reads.
+            env.extend(refs.iter().cloned());
+            (
+                "sh".to_owned(),
+                vec!["-c".to_owned(), script.clone()],
+                false,
+            )
+        }
         Prepared::Agent {
             prompt,
             options,
@@ -106,7 +116,9 @@ pub async fn execute(
                 return fatal("the agent command is empty".into(), started);
             };
             let mut args = lead.to_vec();
-            args.extend(agent::cli_args(prompt, options, resume.as_deref()));
+            args.extend(agent::cli_args(options, resume.as_deref()));
+            // On stdin, never in argv: not parseable as an option, not in /proc/PID/cmdline.
+            stdin = Some(prompt.as_bytes().to_vec());
             (p.clone(), args, true)
         }
     };
@@ -118,6 +130,7 @@ pub async fn execute(
         timeout: spec.timeout,
         output_cap: cfg.output_cap,
         kill_grace: cfg.kill_grace,
+        stdin,
     };
     let (step_idx, attempt) = (spec.step_idx, spec.number);
     let send = move |kind| signals.send(step_idx, attempt, kind);

@@ -1,7 +1,8 @@
 //! Child processes of step attempts.
 //!
 //! Invariant: an attempt's processes never outlive it or the server. Each attempt runs in its
-//! own process group with stdin closed and `PR_SET_PDEATHSIG`; stop and timeout send SIGTERM to
+//! own process group with stdin closed (or fed a given payload, then closed) and
+//! `PR_SET_PDEATHSIG`; stop and timeout send SIGTERM to
 //! the whole group and SIGKILL after a grace period; when the main process exits, whatever it
 //! left behind in its group is killed. Every child carries `BATON_OWNER` in its environment so
 //! a process adopting a dead owner's work can find and kill leftovers (see [`kill_leftovers`]),
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +36,9 @@ pub struct ProcessSpec {
     /// Bytes of each stream kept; the rest is counted and dropped.
     pub output_cap: usize,
     pub kill_grace: Duration,
+    /// Written to the child's stdin, which is then closed; `None` gives it no stdin at all.
+    /// Data here stays out of argv, which every user can read in `/proc/PID/cmdline`.
+    pub stdin: Option<Vec<u8>>,
 }
 
 /// How a process ended.
@@ -80,7 +84,11 @@ pub async fn run(
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
         .envs(&spec.env)
-        .stdin(Stdio::null())
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -102,6 +110,18 @@ pub async fn run(
     // The command's arguments and environment are not needed while the process runs.
     drop(cmd);
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    // Its own task: a child that never reads must not hold up reading its output.
+    let writer = match (child.stdin.take(), &spec.stdin) {
+        (Some(mut pipe), Some(payload)) => {
+            let payload = payload.clone();
+            Some(tokio::spawn(async move {
+                // A child that exits without reading makes this fail with EPIPE; that is its
+                // business, reported by its exit status.
+                let _ = pipe.write_all(&payload).await;
+            }))
+        }
+        _ => None,
+    };
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let cap = spec.output_cap;
@@ -142,6 +162,9 @@ pub async fn run(
             }
         }
     };
+    if let Some(w) = writer {
+        w.abort();
+    }
     // Whatever the main process left running in its group goes with it.
     if let Some(pg) = pgid {
         let _ = killpg(pg, Signal::SIGKILL);
@@ -327,7 +350,50 @@ mod tests {
             timeout: None,
             output_cap: 1024,
             kill_grace: Duration::from_millis(500),
+            stdin: None,
         }
+    }
+
+    #[tokio::test]
+    async fn stdin_payload_arrives_whole_and_then_ends() {
+        // Bigger than a pipe buffer, with bytes a shell or an option parser would act on.
+        let payload: Vec<u8> = b"--settings={}\n'$(x)'\0"
+            .iter()
+            .copied()
+            .cycle()
+            .take(300_000)
+            .collect();
+        let mut s = spec("sh", &["-c", "wc -c; echo end"]);
+        s.stdin = Some(payload.clone());
+        let r = run(&s, &CancellationToken::new(), None).await.unwrap();
+        assert_eq!(
+            r.stdout.split_whitespace().collect::<Vec<_>>(),
+            ["300000", "end"]
+        );
+        s.args = vec!["-c".into(), "cat".into()];
+        s.output_cap = 1 << 20;
+        let r = run(&s, &CancellationToken::new(), None).await.unwrap();
+        assert_eq!(r.stdout.as_bytes(), payload.as_slice());
+    }
+
+    #[tokio::test]
+    async fn child_that_ignores_stdin_is_not_held_up() {
+        let mut s = spec("sh", &["-c", "echo done"]);
+        s.stdin = Some(vec![b'x'; 1 << 20]);
+        let r = run(&s, &CancellationToken::new(), None).await.unwrap();
+        assert_eq!((r.ending, r.stdout.as_str()), (Ending::Exited(0), "done\n"));
+    }
+
+    #[tokio::test]
+    async fn no_payload_means_no_stdin() {
+        let r = run(
+            &spec("sh", &["-c", "cat; echo rc=$?"]),
+            &CancellationToken::new(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.stdout, "rc=0\n");
     }
 
     #[tokio::test]

@@ -450,13 +450,14 @@ fn template_syntax_errors_name_the_field_they_are_in() {
 }
 
 #[test]
-fn shell_references_inside_quotes_are_rejected() {
+fn shell_references_inside_single_quotes_are_rejected() {
     let ps = problems(json!([
         {"id": "a", "prompt": "x"},
-        {"id": "b", "deps": ["a"], "shell": "echo \"{a.output}\""},
-        {"id": "c", "deps": ["a"], "shell": "echo \"got: \"{a.output}"}
+        {"id": "b", "deps": ["a"], "shell": "echo '{a.output}'"},
+        {"id": "c", "deps": ["a"], "shell": "echo \"got: \"{a.output}"},
+        {"id": "d", "deps": ["a"], "shell": "echo \"got: {a.output}\""}
     ]));
-    assert_problem(&ps, Some("b"), "shell", "inside \"…\" quotes");
+    assert_problem(&ps, Some("b"), "shell", "inside '…' quotes");
     assert_eq!(ps.len(), 1, "{ps}");
 }
 
@@ -584,4 +585,103 @@ fn every_problem_is_reported_at_once() {
     ]}));
     assert!(ps.len() >= 6, "{ps}");
     assert_eq!(ps.to_string().lines().count(), ps.len());
+}
+
+#[test]
+fn nul_bytes_are_rejected_in_every_field_that_reaches_a_process() {
+    let ps = problems(json!({
+        "inputs": {"i": "a\u{0}b"},
+        "steps": [
+            {"id": "s", "shell": "echo a\u{0}b"},
+            {"id": "r", "run": ["echo", "a\u{0}b"]},
+            {"id": "p", "prompt": "a\u{0}b"},
+            {"id": "c", "run": ["true"], "cwd": "/tmp/a\u{0}b"},
+            {"id": "e", "run": ["true"], "env": {"K": "a\u{0}b", "A\u{0}B": "v"}},
+            {"id": "n\u{0}", "run": ["true"]}
+        ]
+    }));
+    assert_problem(&ps, Some("s"), "shell", "NUL byte");
+    assert_problem(&ps, Some("r"), "run[1]", "NUL byte");
+    assert_problem(&ps, Some("p"), "prompt", "NUL byte");
+    assert_problem(&ps, Some("c"), "cwd", "NUL byte");
+    assert_problem(&ps, Some("e"), "env.K", "NUL byte");
+    assert_problem(&ps, Some("e"), "env.A\u{0}B", "not a valid variable name");
+    assert_problem(&ps, Some("n\u{0}"), "id", "NUL byte");
+    assert_problem(&ps, None, "inputs.i", "NUL byte");
+}
+
+#[test]
+fn step_ids_longer_than_the_limit_are_rejected_before_anything_runs() {
+    let long = "x".repeat(1_000_000);
+    let ps = problems(json!([{"id": long, "run": ["true"]}, {"id": "ok", "run": ["true"]}]));
+    let shown = format!("{}…", "x".repeat(32));
+    assert_problem(
+        &ps,
+        Some(&shown),
+        "id",
+        "1000000 characters long; at most 128",
+    );
+    assert!(
+        ps.to_string().len() < 10_000,
+        "the message quotes the whole id"
+    );
+    ok(json!([{"id": "x".repeat(128), "run": ["true"]}]));
+}
+
+#[test]
+fn durations_are_bounded_so_time_arithmetic_cannot_overflow() {
+    let ps = problems(json!({
+        "defaults": {"timeout_s": 18446744073709551615u64,
+                     "retry": {"max_interval_ms": 18446744073709551615u64}},
+        "steps": [{"id": "a", "run": ["x"], "stall_timeout_s": 18446744073709551615u64,
+                   "timeout_s": 2592001,
+                   "retry": {"initial_interval_ms": 2592000001u64}}]
+    }));
+    assert_problem(
+        &ps,
+        None,
+        "defaults.timeout_s",
+        "limit of 2592000 s (30 days)",
+    );
+    assert_problem(&ps, None, "defaults.retry.max_interval_ms", "(30 days)");
+    assert_problem(&ps, Some("a"), "stall_timeout_s", "(30 days)");
+    assert_problem(&ps, Some("a"), "timeout_s", "2592001 s is more than");
+    assert_problem(&ps, Some("a"), "retry.initial_interval_ms", "(30 days)");
+    assert_eq!(ps.len(), 5, "{ps}");
+    ok(
+        json!([{"id": "a", "run": ["x"], "timeout_s": 2592000, "stall_timeout_s": 2592000,
+               "retry": {"initial_interval_ms": 2592000000u64, "max_interval_ms": 2592000000u64}}]),
+    );
+}
+
+/// Validation is near-linear in the number of steps. Not a timing assertion: with an
+/// ancestor set per step (the old approach) these took minutes in a debug build, so a
+/// regression shows as a suite that hangs here.
+#[test]
+fn ten_thousand_step_chain_and_fan_in_compile() {
+    const N: usize = 10_000;
+    let mut chain = vec![json!({"id": "s0", "run": ["true"]})];
+    for i in 1..N {
+        chain.push(
+            json!({"id": format!("s{i}"), "deps": [format!("s{}", i - 1)],
+                          "run": ["echo", format!("{{s{}.output}}", i - 1)]}),
+        );
+    }
+    chain.push(json!({"id": "last", "deps": [format!("s{}", N - 1)],
+                      "prompt": "first was {s0.output}, latest {s9999.status}"}));
+    assert_eq!(ok(json!(chain)).steps.len(), N + 1);
+
+    let mut fan: Vec<Value> = (0..N)
+        .map(|i| json!({"id": format!("f{i}"), "run": ["true"]}))
+        .collect();
+    let deps: Vec<String> = (0..N).map(|i| format!("f{i}")).collect();
+    let prompt: String = (0..N).map(|i| format!("{{f{i}.output}} ")).collect();
+    fan.push(json!({"id": "join", "deps": deps, "prompt": prompt}));
+    assert_eq!(ok(json!(fan)).steps.len(), N + 1);
+
+    // The reference checks still hold at that size.
+    let mut bad = chain.clone();
+    bad[0] = json!({"id": "s0", "run": ["echo", "{last.output}"]});
+    let ps = problems(json!(bad));
+    assert_problem(&ps, Some("s0"), "run[1]", "not upstream of this step");
 }

@@ -169,7 +169,8 @@ pub enum Action {
     Prompt(Template),
     /// A program and its arguments, no shell (values inserted verbatim).
     Run(Vec<Template>),
-    /// A script for `sh -c` (values inserted shell-quoted).
+    /// A script for `sh -c` (values expanded from the environment, see
+    /// [`Template::render_shell`]).
     Shell(Template),
 }
 

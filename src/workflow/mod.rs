@@ -12,8 +12,8 @@
 //! - `validate.rs`: ids, deps, cycles, template references.
 //! - `dag.rs`: topological order, ancestors, descendants, cycles.
 //! - `definition.rs`: the resolved [`Workflow`] the engine runs and the store keeps.
-//! - `template.rs`: `{step.output}` templates and shell quoting; `shell_lint.rs`: where a
-//!   reference may sit in a shell script.
+//! - `template.rs`: `{step.output}` templates and shell rendering; `shell_lint.rs`:
+//!   where a reference may sit in a shell script and how it is spelled there.
 //! - `retry.rs`: [`RetryPolicy`] arithmetic.
 //! - `problem.rs`: [`Problem`], [`Problems`] and "did you mean" suggestions.
 //! - `compile_tests.rs`: end-to-end tests of [`compile`].
@@ -42,7 +42,7 @@ pub use definition::{
 pub use problem::{Problem, Problems};
 use raw::RawDefinition;
 pub use retry::RetryPolicy;
-pub use template::{Quoting, Reference, Segment, Template, shell_quote};
+pub use template::{Quoting, Reference, SHELL_REF_PREFIX, Segment, Template};
 
 /// Result of compiling a definition: the workflow, or every problem with it.
 pub type Result<T, E = Problems> = std::result::Result<T, E>;

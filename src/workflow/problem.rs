@@ -112,12 +112,15 @@ impl<'a> IntoIterator for &'a Problems {
 /// count once) of a third of the word's length (at least 1, at most 3); or sharing a prefix
 /// of 4+ characters and within half the word's length (`retries` → `retry`).
 pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let folded = fold(word);
     let len = word.chars().count();
+    if len > MAX_SUGGEST_LEN {
+        return None;
+    }
+    let folded = fold(word);
     let limit = (len / 3).clamp(1, 3);
     let mut best: Option<(usize, &str)> = None;
     for candidate in candidates {
-        if candidate == word {
+        if candidate == word || candidate.chars().count() > MAX_SUGGEST_LEN {
             continue;
         }
         let distance = if fold(candidate) == folded {
@@ -152,31 +155,38 @@ fn fold(word: &str) -> String {
         .collect()
 }
 
+/// Words longer than this get no suggestions and are never suggested: a typo of a long
+/// generated name is not worth a quadratic comparison (a 12,000-character unknown id used to
+/// allocate about 1 GiB here).
+pub const MAX_SUGGEST_LEN: usize = 64;
+
 /// Optimal-string-alignment distance over chars: insertions, deletions, substitutions and
-/// transpositions of adjacent characters each cost 1.
+/// transpositions of adjacent characters each cost 1. Keeps three rows of the shorter word.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = if a.chars().count() < b.chars().count() {
+        (b, a)
+    } else {
+        (a, b)
+    };
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut row: Vec<usize> = vec![0; b.len() + 1];
     for i in 1..=a.len() {
+        row[0] = i;
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
+            let mut best = (prev[j] + 1).min(row[j - 1] + 1).min(prev[j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
+                best = best.min(before[j - 2] + 1);
             }
-            d[i][j] = best;
+            row[j] = best;
         }
+        std::mem::swap(&mut before, &mut prev);
+        std::mem::swap(&mut prev, &mut row);
     }
-    d[a.len()][b.len()]
+    prev[b.len()]
 }
 
 /// True when `id` is a valid step id (`[A-Za-z0-9_-]+`); the same rule applies to input names.
@@ -241,6 +251,34 @@ mod tests {
         );
         assert_eq!(did_you_mean("tset", ["test"]), " (did you mean \"test\"?)");
         assert_eq!(did_you_mean("q", ["build"]), "");
+    }
+
+    #[test]
+    fn edit_distance_is_symmetric_and_counts_transpositions_once() {
+        for (a, b, d) in [
+            ("", "", 0),
+            ("", "abc", 3),
+            ("kitten", "sitting", 3),
+            ("nmae", "name", 1),
+            ("ca", "abc", 3),
+            ("build", "biuld", 1),
+            ("deps", "depends_on", 6),
+        ] {
+            assert_eq!(edit_distance(a, b), d, "{a} {b}");
+            assert_eq!(edit_distance(b, a), d, "{b} {a}");
+        }
+    }
+
+    #[test]
+    fn suggestions_skip_words_longer_than_the_cap() {
+        let long = "a".repeat(12_000);
+        let near = format!("{long}b");
+        assert_eq!(closest(&long, [near.as_str(), "build"]), None);
+        let at_cap = "a".repeat(MAX_SUGGEST_LEN);
+        let typo = format!("{}b", &at_cap[1..]);
+        assert_eq!(closest(&typo, [at_cap.as_str()]), Some(at_cap.as_str()));
+        let over = "a".repeat(MAX_SUGGEST_LEN + 1);
+        assert_eq!(closest("aaaa", [over.as_str()]), None);
     }
 
     #[test]

@@ -237,7 +237,8 @@ pub struct RawStep {
     /// whose values are inserted verbatim.
     #[serde(default)]
     pub run: Option<Vec<String>>,
-    /// Shell step: a script for `sh -c`; every `{…}` value is inserted shell-quoted as one word.
+    /// Shell step: a script for `sh -c`; every `{…}` value reaches it through the environment,
+    /// as a shell-quoted variable expansion (`"$BATON_REF_1"`), never as script text.
     #[serde(default)]
     pub shell: Option<String>,
     /// Working directory (relative paths resolve against the submission directory).

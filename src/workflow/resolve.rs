@@ -20,7 +20,7 @@ use crate::workflow::raw::{
     RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawRetry, RawStep, RawSteps,
     RawSuccess,
 };
-use crate::workflow::retry::{RetryPolicy, retry_problems};
+use crate::workflow::retry::{MAX_DURATION_S, RetryPolicy, retry_problems};
 use crate::workflow::shell_lint::check_placement;
 use crate::workflow::template::Template;
 
@@ -177,6 +177,11 @@ fn resolve_inputs(
         }
     }
     values.extend(invocation.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for (name, value) in &values {
+        if value.contains('\0') {
+            problems.push(Problem::workflow(format!("inputs.{name}"), NUL_MESSAGE));
+        }
+    }
     let names = declared
         .into_iter()
         .flat_map(|d| d.keys())
@@ -325,6 +330,11 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
         }
     };
     let parse = |field: String, src: &str, problems: &mut Vec<Problem>| match Template::parse(src) {
+        // No argv element, script or prompt can carry a NUL byte to the process.
+        _ if src.contains('\0') => {
+            problems.push(Problem::step(id, field, NUL_MESSAGE));
+            Template::default()
+        }
         Ok(t) => t,
         Err(e) => {
             problems.push(Problem::step(id, field, e));
@@ -475,18 +485,28 @@ fn push_retry_problems(
     }
 }
 
+/// What a problem says about a NUL byte.
+const NUL_MESSAGE: &str =
+    "contains a NUL byte, which no process argument, script, path or environment can carry";
+
 fn check_positive(
     value: Option<u64>,
     step: Option<&str>,
     field: &str,
     problems: &mut Vec<Problem>,
 ) {
-    if value == Some(0) {
-        problems.push(Problem::at(
+    match value {
+        Some(0) => problems.push(Problem::at(
             step,
             field,
             "must be at least 1 second (omit it for no limit)",
-        ));
+        )),
+        Some(s) if s > MAX_DURATION_S => problems.push(Problem::at(
+            step,
+            field,
+            format!("{s} s is more than the limit of {MAX_DURATION_S} s (30 days)"),
+        )),
+        _ => {}
     }
 }
 
@@ -529,6 +549,10 @@ fn resolve_cwd(
                 field,
                 "is empty (omit it to use the default)",
             ));
+            normalise(base_dir)
+        }
+        Some(v) if v.contains('\0') => {
+            problems.push(Problem::at(step, field, NUL_MESSAGE));
             normalise(base_dir)
         }
         Some(v) if v.starts_with('~') => {

@@ -109,8 +109,29 @@ impl RetryPolicy {
 
 /// Problems with a partial retry policy as written: `(field, message)` pairs, field names
 /// relative to the `retry` object.
+/// The longest duration a definition may ask for (timeouts, stall timeouts, retry
+/// intervals): 30 days. Far from any overflow of `Instant` or of millisecond arithmetic in
+/// `u64`/`i64`, so the engine never has to guard its time sums.
+pub const MAX_DURATION_S: u64 = 30 * 24 * 3600;
+
 pub fn retry_problems(raw: &RawRetry) -> Vec<(&'static str, String)> {
     let mut problems = Vec::new();
+    for (name, value) in [
+        ("initial_interval_ms", raw.initial_interval_ms),
+        ("max_interval_ms", raw.max_interval_ms),
+    ] {
+        if let Some(ms) = value
+            && ms > MAX_DURATION_S * 1000
+        {
+            problems.push((
+                name,
+                format!(
+                    "{ms} ms is more than the limit of {} ms (30 days)",
+                    MAX_DURATION_S * 1000
+                ),
+            ));
+        }
+    }
     if raw.max_attempts == Some(0) {
         problems.push((
             "max_attempts",

@@ -1,9 +1,10 @@
 //! Templates: `{step.output}`-style references inside prompts, argv elements and shell scripts.
 //!
 //! Invariant: a [`Template`] is always the parse of its own source string, so serialising it
-//! as that string and re-parsing on the way back loses nothing; and rendering in
-//! [`Quoting::Shell`] mode turns every substituted value into exactly one POSIX shell word,
-//! whatever bytes the value holds, so step outputs are data and never code.
+//! as that string and re-parsing on the way back loses nothing; and
+//! [`Template::render_shell`] never writes a value into a script: each reference becomes a
+//! quoted expansion of an environment variable that carries the value, so whatever bytes a
+//! step output holds, the shell parser never reads them and they are data, never code.
 //!
 //! # Syntax
 //!
@@ -25,6 +26,11 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::workflow::problem::{did_you_mean, is_id_char};
+use crate::workflow::shell_lint::{self, Site};
+
+/// Prefix of the environment variables that carry a `shell` step's values
+/// (`BATON_REF_1`, `BATON_REF_2`, … one per distinct reference, in order of appearance).
+pub const SHELL_REF_PREFIX: &str = "BATON_REF_";
 
 /// What a `{…}` placeholder refers to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -72,14 +78,13 @@ pub enum Segment {
     Ref(Reference),
 }
 
-/// How substituted values are inserted by [`Template::render`].
+/// How substituted values are inserted by [`Template::render`]. Shell scripts are not
+/// rendered by substitution at all: see [`Template::render_shell`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Quoting {
     /// As is: prompts and argv elements, which never pass through a shell.
     Verbatim,
-    /// Each value becomes one single POSIX shell word (for `sh -c` scripts).
-    Shell,
 }
 
 /// A parsed template. Serialises as its source string. The default is the empty template.
@@ -154,40 +159,80 @@ impl Template {
         })
     }
 
-    /// Renders with values from `lookup`. Literal text is never quoted; in
-    /// [`Quoting::Shell`] each value is inserted as exactly one shell word (see [`shell_quote`]).
+    /// Renders with values from `lookup`, inserted as they are.
     pub fn render(&self, lookup: &dyn Fn(&Reference) -> String, quoting: Quoting) -> String {
         let mut out = String::with_capacity(self.source.len());
         for segment in &self.segments {
             match segment {
                 Segment::Literal(text) => out.push_str(text),
-                Segment::Ref(reference) => {
-                    let value = lookup(reference);
-                    match quoting {
-                        Quoting::Verbatim => out.push_str(&value),
-                        Quoting::Shell => out.push_str(&shell_quote(&value)),
-                    }
-                }
+                Segment::Ref(reference) => match quoting {
+                    Quoting::Verbatim => out.push_str(&lookup(reference)),
+                },
             }
         }
         out
     }
-}
 
-/// Quotes `value` as one POSIX shell word (`''` for the empty string).
-///
-/// NUL bytes are dropped: no shell script or argv element can carry them, and keeping them
-/// would make the quoting ambiguous. Uses `shlex`, which is tested against bash, dash, zsh,
-/// busybox ash and mksh; the single-quote fallback is never reached once NULs are gone.
-pub fn shell_quote(value: &str) -> String {
-    let cleaned: std::borrow::Cow<'_, str> = if value.contains('\0') {
-        value.replace('\0', "").into()
-    } else {
-        value.into()
-    };
-    match shlex::try_quote(&cleaned) {
-        Ok(quoted) => quoted.into_owned(),
-        Err(_) => format!("'{}'", cleaned.replace('\'', r"'\''")),
+    /// Renders a `shell` script: each reference becomes an expansion of a variable
+    /// (`"$BATON_REF_1"` in a word, `${BATON_REF_1}` inside `"…"` or a heredoc body) and the
+    /// values come back as the environment the script must run with. Values never enter the
+    /// script text. NUL bytes are dropped from values, since no environment can carry them.
+    ///
+    /// A template that `shell` validation would reject is still rendered safely (every
+    /// reference as `"$VAR"`); only its meaning may differ from what was written.
+    pub fn render_shell(
+        &self,
+        lookup: &dyn Fn(&Reference) -> String,
+    ) -> (String, Vec<(String, String)>) {
+        let (numbers, distinct) = self.shell_vars();
+        let name = |i: usize| {
+            let n = numbers.get(i).copied().unwrap_or(0);
+            format!("{SHELL_REF_PREFIX}{n}")
+        };
+        let sites = shell_lint::classify(self, &name).unwrap_or_default();
+        let mut script = String::with_capacity(self.source.len());
+        let mut i = 0;
+        for segment in &self.segments {
+            match segment {
+                Segment::Literal(text) => script.push_str(text),
+                Segment::Ref(_) => {
+                    let site = sites.get(i).copied().unwrap_or(Site::Word);
+                    script.push_str(&site.spell(&name(i)));
+                    i += 1;
+                }
+            }
+        }
+        let env = distinct
+            .iter()
+            .enumerate()
+            .map(|(k, r)| {
+                let value = lookup(r);
+                let value = if value.contains('\0') {
+                    value.replace('\0', "")
+                } else {
+                    value
+                };
+                (format!("{SHELL_REF_PREFIX}{}", k + 1), value)
+            })
+            .collect();
+        (script, env)
+    }
+
+    /// For each reference occurrence, the 1-based number of its variable; and the distinct
+    /// references in the order their numbers were given.
+    pub(crate) fn shell_vars(&self) -> (Vec<usize>, Vec<&Reference>) {
+        let mut distinct: Vec<&Reference> = Vec::new();
+        let mut index = std::collections::HashMap::new();
+        let numbers = self
+            .references()
+            .map(|r| {
+                *index.entry(r).or_insert_with(|| {
+                    distinct.push(r);
+                    distinct.len()
+                })
+            })
+            .collect();
+        (numbers, distinct)
     }
 }
 
@@ -359,36 +404,82 @@ mod tests {
         assert_eq!(t.render(&lookup, Quoting::Verbatim), "say it's $(x) `y`\n!");
     }
 
+    fn shell(src: &str, value: &str) -> (String, Vec<(String, String)>) {
+        let lookup = |_: &Reference| value.to_owned();
+        Template::parse(src).unwrap().render_shell(&lookup)
+    }
+
     #[test]
-    fn shell_quoting_keeps_hostile_values_one_word() {
+    fn shell_reference_value_never_enters_the_script() {
         for hostile in [
             "'; touch X; '",
             "$(touch X)",
             "`touch X`",
             "a\nb; touch X",
+            "\\'\\\"",
             "",
-            " ",
             "\"; x",
             "a\0b",
         ] {
-            let t = Template::parse("printf %s {a.output}").unwrap();
-            let lookup = |_: &Reference| hostile.to_owned();
-            let script = t.render(&lookup, Quoting::Shell);
-            let words = shlex::split(&script).unwrap();
-            assert_eq!(
-                words,
-                vec!["printf", "%s", &hostile.replace('\0', "")],
-                "{hostile:?} -> {script}"
-            );
+            for src in [
+                "printf %s {a.output}",
+                "echo \"x {a.output} y\"",
+                "echo `printf %s {a.output}`",
+                "cat <<E\n{a.output}\nE",
+            ] {
+                let (script, env) = shell(src, hostile);
+                let expected = src.replace("{a.output}", "");
+                assert_eq!(
+                    script
+                        .replace("\"$BATON_REF_1\"", "")
+                        .replace("${BATON_REF_1}", ""),
+                    expected,
+                    "{src} / {hostile:?} -> {script}"
+                );
+                assert_eq!(
+                    env,
+                    vec![("BATON_REF_1".to_owned(), hostile.replace('\0', ""))]
+                );
+            }
         }
     }
 
     #[test]
-    fn shell_quoting_never_quotes_literal_text() {
-        assert_eq!(
-            render("echo {a.output} | wc -c; echo '$x'", Quoting::Shell),
-            "echo '<a out>' | wc -c; echo '$x'"
+    fn shell_reference_is_spelled_for_its_position() {
+        let (script, _) = shell(
+            "printf %s {a.output} \"in {a.output}\" $(echo {a.output}) `echo {a.output}`",
+            "v",
         );
+        assert_eq!(
+            script,
+            "printf %s \"$BATON_REF_1\" \"in ${BATON_REF_1}\" $(echo \"$BATON_REF_1\") `echo \"$BATON_REF_1\"`"
+        );
+        let (script, _) = shell("cat <<EOF\n{a.output}\nEOF\necho {a.output}", "v");
+        assert_eq!(
+            script,
+            "cat <<EOF\n${BATON_REF_1}\nEOF\necho \"$BATON_REF_1\""
+        );
+    }
+
+    #[test]
+    fn shell_references_share_one_variable_per_distinct_reference() {
+        let lookup = |r: &Reference| r.to_string();
+        let t = Template::parse("echo {b.output} {a.status} {b.output} {inputs.x}").unwrap();
+        let (script, env) = t.render_shell(&lookup);
+        assert_eq!(
+            script,
+            "echo \"$BATON_REF_1\" \"$BATON_REF_2\" \"$BATON_REF_1\" \"$BATON_REF_3\""
+        );
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["BATON_REF_1", "BATON_REF_2", "BATON_REF_3"]);
+        assert_eq!(env[0].1, "{b.output}");
+        assert_eq!(env[2].1, "{inputs.x}");
+    }
+
+    #[test]
+    fn shell_rendering_never_quotes_literal_text() {
+        let (script, _) = shell("echo {a.output} | wc -c; echo '$x'", "v");
+        assert_eq!(script, "echo \"$BATON_REF_1\" | wc -c; echo '$x'");
     }
 
     #[test]

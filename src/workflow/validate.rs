@@ -7,10 +7,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::workflow::dag::{ancestors, cycles};
+use crate::workflow::dag::{Upstream, cycles};
 use crate::workflow::definition::{Action, Step};
 use crate::workflow::problem::{Problem, did_you_mean, is_valid_id};
 use crate::workflow::template::{Reference, Template};
+
+/// The longest step id: ids travel in every child's environment (`BATON_STEP_ID`) and in
+/// every message, and a 1,000,000-character id failed at spawn ("Argument list too long").
+pub const MAX_ID_LEN: usize = 128;
 
 /// Step ids that would make template references ambiguous.
 const RESERVED_IDS: &[&str] = &["inputs"];
@@ -61,11 +65,21 @@ pub fn validate(
             ),
         ));
     }
+    let mut first_index: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, step) in steps.iter().enumerate() {
+        first_index.entry(step.id.as_str()).or_insert(i);
+    }
+    let mut upstream = Upstream::new(steps);
     for (i, step) in steps.iter().enumerate() {
         let field = action_fields.get(i).copied().unwrap_or("prompt");
+        let mut is_upstream = |target: &str| {
+            first_index
+                .get(target)
+                .is_some_and(|&t| upstream.contains(i, t))
+        };
         check_references(
             step,
-            &ancestors(steps, i),
+            &mut is_upstream,
             &ids,
             field,
             declared_inputs,
@@ -78,7 +92,21 @@ fn check_ids(steps: &[Step], problems: &mut Vec<Problem>) {
     let mut first_use: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, step) in steps.iter().enumerate() {
         let id = step.id.as_str();
-        if !is_valid_id(id) {
+        if id.len() > MAX_ID_LEN {
+            let shown: String = id.chars().take(32).collect();
+            problems.push(Problem::step(
+                format!("{shown}…"),
+                "id",
+                format!(
+                    "the id is {} characters long; at most {MAX_ID_LEN} are allowed",
+                    id.len()
+                ),
+            ));
+            continue;
+        }
+        if id.contains('\0') {
+            problems.push(Problem::step(id, "id", "contains a NUL byte"));
+        } else if !is_valid_id(id) {
             problems.push(Problem::step(
                 id,
                 "id",
@@ -122,7 +150,7 @@ fn templates<'a>(step: &'a Step, action_field: &str) -> Vec<(String, &'a Templat
 
 fn check_references(
     step: &Step,
-    upstream: &BTreeSet<String>,
+    is_upstream: &mut dyn FnMut(&str) -> bool,
     ids: &BTreeSet<&str>,
     action_field: &'static str,
     declared_inputs: &BTreeSet<String>,
@@ -150,7 +178,7 @@ fn check_references(
                     } else if !ids.contains(target) {
                         let hint = did_you_mean(target, ids.iter().copied());
                         format!("{reference} refers to unknown step {target:?}{hint}")
-                    } else if !upstream.contains(target) {
+                    } else if !is_upstream(target) {
                         format!(
                             "{reference} refers to step {target:?}, which is not upstream of this step; \
                              add {target:?} to deps"

@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
-"""A stand-in for `claude -p PROMPT --output-format stream-json --verbose [--resume ID] ...`.
+"""A stand-in for `claude -p [PROMPT] --output-format stream-json --verbose [--resume ID] ...`.
 
 It reproduces what baton relies on in the real Claude Code CLI (checked against 2.1.332):
+
+* `-p`/`--print` is a flag, the prompt a positional argument. Any argument starting with `-`
+  is an option (`error: unknown option '-x'` if unknown) unless it follows `--`. A piped
+  stdin is read to its end and is the prompt, byte for byte; with a prompt argument too, the
+  prompt is the argument, a newline, and stdin. No prompt from either is an error.
 
 * stdout carries one JSON object per line: `system`/`init` (session_id, cwd, model, tools,
   permissionMode), `assistant` messages (text and `tool_use` items), `user` tool results,
@@ -49,8 +54,9 @@ import sys
 import time
 import uuid
 
+PRINT_FLAGS = {"-p", "--print"}
 KNOWN_VALUE_FLAGS = {
-    "-p", "--print", "--output-format", "--resume", "-r", "--model", "--permission-mode",
+    "--output-format", "--resume", "-r", "--model", "--permission-mode",
     "--max-turns", "--append-system-prompt", "--system-prompt",
 }
 LIST_FLAGS = {"--allowedTools", "--allowed-tools", "--disallowedTools", "--disallowed-tools"}
@@ -66,17 +72,27 @@ def fail_early(message):
 
 
 def parse_args(argv):
-    opts = {"allowed_tools": [], "disallowed_tools": [], "verbose": False}
+    opts = {"allowed_tools": [], "disallowed_tools": [], "verbose": False, "print": False}
+    positional = []
     i = 0
     while i < len(argv):
         a = argv[i]
-        if a in BOOL_FLAGS:
+        if a == "--":
+            positional.extend(argv[i + 1:])
+            break
+        if not a.startswith("-"):
+            positional.append(a)
+            i += 1
+        elif a in PRINT_FLAGS:
+            opts["print"] = True
+            i += 1
+        elif a in BOOL_FLAGS:
             opts["verbose"] = True
             i += 1
         elif a in KNOWN_VALUE_FLAGS:
             if i + 1 >= len(argv):
                 fail_early(f"error: option '{a} <value>' argument missing")
-            key = {"-p": "prompt", "--print": "prompt", "-r": "resume"}.get(a, a[2:].replace("-", "_"))
+            key = {"-r": "resume"}.get(a, a[2:].replace("-", "_"))
             opts[key] = argv[i + 1]
             i += 2
         elif a in LIST_FLAGS:
@@ -87,6 +103,16 @@ def parse_args(argv):
                 i += 1
         else:
             fail_early(f"error: unknown option '{a}'")
+    if not opts["print"]:
+        fail_early("error: this stand-in only supports --print")
+    parts = positional[:1]
+    opts["stdin"] = not sys.stdin.isatty()
+    if opts["stdin"]:
+        piped = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+        if piped:
+            parts.append(piped)
+    if parts:
+        opts["prompt"] = "\n".join(parts)
     if "prompt" not in opts:
         fail_early("Error: Input must be provided either through stdin or as a prompt argument when using --print")
     if opts.get("output_format") == "stream-json" and not opts["verbose"]:
@@ -140,7 +166,9 @@ def main():
         entry = {
             "argv": sys.argv[1:], "cwd": cwd, "pid": os.getpid(), "prompt": prompt,
             "resume": resume, "session_id": session_id, "outcome": outcome,
-            "options": {k: v for k, v in opts.items() if k not in ("prompt", "verbose")},
+            "options": {k: v for k, v in opts.items() if k not in ("prompt", "verbose", "print", "stdin")},
+            "prompt_from_stdin": opts["stdin"],
+            "cmdline": open("/proc/self/cmdline", "rb").read().decode("utf-8", "replace"),
             "env": {k: os.environ.get(k) for k in ("BATON_THREAD_ID", "BATON_STEP_ID", "BATON_ATTEMPT")},
             "stdin": stdin_target(),
         }

@@ -136,22 +136,18 @@ fn chained_agent_steps_pass_output_and_record_sessions_and_costs() {
 
     let plan = &fa.of_step("plan")[0];
     let build = &fa.of_step("build")[0];
-    // The exact command line: prompt right after -p, stream-json with --verbose, no resume.
+    // The exact command line: -p, stream-json with --verbose, no resume; the prompt on stdin.
     assert_eq!(
         argv(plan),
-        [
-            "-p",
-            "Plan it [[say:PLAN-42]]",
-            "--output-format",
-            "stream-json",
-            "--verbose"
-        ]
+        ["-p", "--output-format", "stream-json", "--verbose"]
     );
+    assert_eq!(plan["prompt"], "Plan it [[say:PLAN-42]]");
+    assert_eq!(plan["prompt_from_stdin"], true);
+    assert_eq!(build["prompt"], "Implement this plan: PLAN-42");
     assert_eq!(
         argv(build),
         [
             "-p",
-            "Implement this plan: PLAN-42",
             "--output-format",
             "stream-json",
             "--verbose",
@@ -160,9 +156,12 @@ fn chained_agent_steps_pass_output_and_record_sessions_and_costs() {
         ]
     );
     assert_eq!(plan["cwd"], json!(fa.work), "cwd is set on the process");
+    // stdin is a pipe carrying the prompt and then closed (the fake read it to its end).
     assert!(
-        matches!(plan["stdin"].as_str(), Some("/dev/null" | "closed")),
-        "stdin is not null: {}",
+        plan["stdin"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("pipe:")),
+        "stdin is not the prompt pipe: {}",
         plan["stdin"]
     );
     // The session of each step (and of its attempt) is the one the CLI announced.
@@ -179,6 +178,45 @@ fn chained_agent_steps_pass_output_and_record_sessions_and_costs() {
         "ok: Implement this plan: PLAN-42"
     );
     assert_cost(&status, 0.02);
+}
+
+#[test]
+fn agent_prompt_is_never_parsed_as_an_option() {
+    let fa = FakeAgent::new();
+    let mut s = fa.server();
+    // An upstream output that, in option position, would install settings (and so hooks).
+    let hostile = "--settings={\"hooks\":{}} -x\n  trailing  [[say:read as text]]";
+    let id = s.start(fa.workflow(json!([
+        {"id": "a", "run": ["printf", "%s", hostile]},
+        {"id": "b", "deps": ["a"], "prompt": "{a.output}"},
+        {"id": "c", "deps": ["a"], "prompt": "-p {a.output}"}
+    ])));
+    let done = s.wait_done(&id);
+    assert_eq!(done["status"], "completed", "{done}");
+    let b = &fa.of_step("b")[0];
+    assert_eq!(b["prompt"], hostile);
+    assert_eq!(b["options"].get("settings"), None, "{b}");
+    assert_eq!(fa.of_step("c")[0]["prompt"], format!("-p {hostile}"));
+    for call in [b, &fa.of_step("c")[0]] {
+        assert!(argv(call).iter().all(|a| !a.contains("settings")), "{call}");
+    }
+}
+
+#[test]
+fn upstream_output_never_appears_in_an_agent_step_s_cmdline() {
+    let fa = FakeAgent::new();
+    let mut s = fa.server();
+    let secret = "s3cr3t-token-7a1f";
+    let id = s.start(fa.workflow(json!([
+        {"id": "a", "run": ["printf", "%s", secret]},
+        {"id": "b", "deps": ["a"], "prompt": "Use {a.output}"}
+    ])));
+    assert_eq!(s.wait_done(&id)["status"], "completed");
+    let b = &fa.of_step("b")[0];
+    assert_eq!(b["prompt"], format!("Use {secret}"));
+    let cmdline = b["cmdline"].as_str().unwrap();
+    assert!(cmdline.contains("--output-format"), "{cmdline}");
+    assert!(!cmdline.contains(secret), "{cmdline}");
 }
 
 #[test]
@@ -259,10 +297,7 @@ fn persistent_api_error_fails_after_max_attempts_then_guidance_resume_completes(
     let calls = fa.of_step("call");
     assert_eq!(calls.len(), 3);
     assert_eq!(flag(&argv(&calls[2]), "--resume"), Some(sid));
-    assert_eq!(
-        flag(&argv(&calls[2]), "-p"),
-        Some("The API is back. [[say:recovered]]")
-    );
+    assert_eq!(calls[2]["prompt"], "The API is back. [[say:recovered]]");
     let status = s.status(&id);
     assert_eq!(step(&status, "call")["output"], "recovered");
     assert_eq!(step(&status, "call")["session_id"], sid);
@@ -380,7 +415,8 @@ fn profiles_and_studio_roles_resolve_to_cli_flags() {
 
     let one = |step: &str| argv(&fa.of_step(step)[0]);
     let review = one("review");
-    assert_eq!(&review[..2], ["-p", "Review"]);
+    assert_eq!(review[0], "-p");
+    assert_eq!(fa.of_step("review")[0]["prompt"], "Review");
     assert_eq!(flag(&review, "--model"), Some("opus"));
     assert_eq!(flag(&review, "--permission-mode"), Some("plan"));
     assert_eq!(flag(&review, "--system-prompt"), Some("You review."));
@@ -408,7 +444,8 @@ fn profiles_and_studio_roles_resolve_to_cli_flags() {
 
     // Claude Studio's shape: no id (step-3), `task`, `agentId`.
     let studio = one("step-3");
-    assert_eq!(&studio[..2], ["-p", "Studio task"]);
+    assert_eq!(studio[0], "-p");
+    assert_eq!(fa.of_step("step-3")[0]["prompt"], "Studio task");
     assert_eq!(flag(&studio, "--model"), Some("opus"));
     assert_eq!(flag(&studio, "--system-prompt"), Some("You review."));
 
@@ -473,9 +510,10 @@ fn unresumable_session_is_replaced_by_a_fresh_one() {
     wf["defaults"]["retry"]["initial_interval_ms"] = json!(1500);
     let id = s.start(wf);
     // The first attempt fails; its session disappears before the retry resumes it.
-    let counter = fa.home.join(".claude-fake/counters");
+    // Wait for the attempt to have ended, not just to have failed: the fake saves its session
+    // once more on the way out, which would bring a file removed earlier back.
     eventually("the first attempt failed", || {
-        std::fs::read_dir(&counter).is_ok_and(|mut d| d.next().is_some())
+        step(&s.status(&id), "fix")["status"] == "retrying"
     });
     let sid = fa.of_step("fix")[0]["session_id"]
         .as_str()

@@ -596,3 +596,30 @@ fn real_claude_step_resumes_its_session_after_the_server_is_killed() {
         "the resumed session lost its history: {output}"
     );
 }
+
+#[test]
+fn real_claude_prompt_that_looks_like_options_arrives_as_text() {
+    let Some(bin) = claude_bin("real_claude_prompt_that_looks_like_options_arrives_as_text") else {
+        return;
+    };
+    let rc = RealClaude::new(bin);
+    let mut s = rc.server(&[]);
+    // In option position this would install settings for the run; on stdin it is text.
+    let hostile = "--settings={\"env\":{\"X\":\"1\"}} -x\n  two lines, spaces kept  ";
+    let id = s.start(rc.workflow(json!([
+        {"id": "a", "run": ["printf", "%s", hostile]},
+        {"id": "b", "deps": ["a"], "prompt": "{a.output}\n\n"}
+    ])));
+    let done = s.wait_done(&id);
+    assert_eq!(done["status"], "completed", "{done}");
+    let sent = format!("{}\n\n", hostile.trim_end());
+    assert!(
+        rc.api.requests().iter().any(|r| r["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(typed_texts)
+            .any(|t| t == sent)),
+        "no request carried the prompt byte for byte"
+    );
+}

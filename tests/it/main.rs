@@ -15,6 +15,7 @@ mod mcp_native;
 mod protocol;
 mod recovery;
 mod resume;
+mod shell_fuzz;
 mod stall;
 mod steps;
 mod tools;

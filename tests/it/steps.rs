@@ -95,3 +95,23 @@ fn stdin_of_a_step_is_closed() {
     assert_eq!(s.wait_done(&id)["status"], "completed");
     assert_eq!(step(&s.status(&id), "read")["output"], "eof");
 }
+
+#[test]
+fn upstream_output_never_appears_in_a_shell_step_s_cmdline() {
+    let sb = Sandbox::new();
+    let mut s = sb.server();
+    let secret = "s3cr3t-token-7a1f";
+    sb.write("secret", secret);
+    // /proc/PID/cmdline is readable by every user; the script's own process must not
+    // carry the value there (it travels in the environment, readable only by the owner).
+    let id = s.start(json!({"steps": [
+        {"id": "a", "run": ["cat", "secret"]},
+        {"id": "b", "deps": ["a"],
+         "shell": "tr '\\0' ' ' < /proc/$$/cmdline > cmdline; printf '%s' {a.output}"}
+    ]}));
+    assert_eq!(s.wait_done(&id)["status"], "completed");
+    assert_eq!(step(&s.status(&id), "b")["output"], secret);
+    let cmdline = std::fs::read_to_string(sb.path("cmdline")).unwrap();
+    assert!(cmdline.starts_with("sh -c "), "{cmdline}");
+    assert!(!cmdline.contains(secret), "{cmdline}");
+}

@@ -263,9 +263,9 @@ fn invalid_workflows() -> Vec<(&'static str, Value, Vec<&'static str>)> {
             vec!["\"a\"", "inputs.y"],
         ),
         (
-            "quoted-shell-ref",
+            "single-quoted-shell-ref",
             json!({"steps": [{"id": "a", "run": ["true"]},
-                             {"id": "b", "deps": ["a"], "shell": "echo \"{a.output}\""}]}),
+                             {"id": "b", "deps": ["a"], "shell": "echo '{a.output}'"}]}),
             vec!["\"b\"", "shell"],
         ),
         (
@@ -501,6 +501,10 @@ fn hostile_step_outputs_are_never_executed_by_shell_steps() {
                           "shell": format!("printf '%s' {{p{i}.output}}")}));
         steps.push(json!({"id": format!("v{i}"), "deps": [format!("p{i}")],
                           "shell": format!("v={{p{i}.output}}; echo {{p{i}.output}} > echoed{i}; printf '%s' \"$v\"")}));
+        // Inside double quotes, with a step env that tries to shadow the value's variable.
+        steps.push(json!({"id": format!("q{i}"), "deps": [format!("p{i}")],
+                          "env": {"BATON_REF_1": "shadow"},
+                          "shell": format!("printf '%s' \"<{{p{i}.output}}>\"")}));
     }
     let id = s.start(json!({"steps": steps}));
     assert_eq!(s.wait_done(&id)["status"], "completed");
@@ -512,6 +516,7 @@ fn hostile_step_outputs_are_never_executed_by_shell_steps() {
             "the value arrives as data"
         );
         assert_eq!(step(&st, &format!("v{i}"))["output"], *p);
+        assert_eq!(step(&st, &format!("q{i}"))["output"], format!("<{p}>"));
     }
     let pwned: Vec<String> = std::fs::read_dir(sb.dir.path())
         .unwrap()

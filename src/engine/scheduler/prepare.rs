@@ -1,10 +1,9 @@
 //! Rendering a step's next attempt: templates filled from upstream steps and inputs, agent
 //! options merged with resume overrides, the session to continue.
 //!
-//! Invariant: values reach an attempt only through [`Template::render`]: verbatim in
-//! prompts and argv elements (no shell), shell-quoted in `shell` scripts.
-//!
-//! [`Template::render`]: crate::workflow::Template::render
+//! Invariant: values reach an attempt only through the template renderers: verbatim in
+//! prompts and argv elements (no shell); in `shell` scripts as environment variables the
+//! script expands, never as script text.
 
 use std::time::Duration;
 
@@ -40,7 +39,10 @@ impl Scheduler {
                     .map(|t| t.render(&lookup, Quoting::Verbatim))
                     .collect(),
             ),
-            Action::Shell(t) => Prepared::Shell(t.render(&lookup, Quoting::Shell)),
+            Action::Shell(t) => {
+                let (script, env) = t.render_shell(&lookup);
+                Prepared::Shell { script, env }
+            }
             Action::Prompt(t) => {
                 let prompt = t.render(&lookup, Quoting::Verbatim);
                 let overrides: AgentOptions = row

@@ -134,8 +134,9 @@ fn dependents_read_the_trimmed_output_of_their_deps() {
     finish_attempt(&mut s, "a", ok("it's\n"), 1);
     let b = s.prepare(idx(&s, "b"));
     match b.prepared {
-        crate::engine::executor::Prepared::Shell(script) => {
-            assert_eq!(shlex::split(&script).unwrap(), ["echo", "it's"], "{script}")
+        crate::engine::executor::Prepared::Shell { script, env } => {
+            assert_eq!(script, r#"echo "$BATON_REF_1""#);
+            assert_eq!(env, [("BATON_REF_1".to_owned(), "it's".to_owned())]);
         }
         other => panic!("{other:?}"),
     }
