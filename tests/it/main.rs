@@ -11,6 +11,7 @@ mod claude_e2e;
 mod cli;
 mod faults;
 mod mcp_native;
+mod processes;
 mod protocol;
 mod recovery;
 mod resume;
