@@ -1,14 +1,17 @@
 //! Child processes of step attempts.
 //!
 //! Invariant: an attempt's processes never outlive it or the server. Each attempt runs in its
-//! own process group with stdin closed (or fed a given payload, then closed) and
-//! `PR_SET_PDEATHSIG`; stop and timeout send SIGTERM to
-//! the whole group and SIGKILL after a grace period; when the main process exits, whatever it
-//! left behind in its group is killed. Every child carries `BATON_OWNER` in its environment so
-//! a process adopting a dead owner's work can find and kill leftovers (see [`kill_leftovers`]),
-//! and so the reaper this process starts ([`spawn_reaper`]) kills them the moment it dies,
-//! even by `kill -9`, which `PR_SET_PDEATHSIG` alone only does for an attempt's main process.
-//! Output is capped while it is read, so a step printing gigabytes cannot grow memory.
+//! own process group with stdin closed (or fed a given payload, then closed) and, where the machine allows it, in its own cgroup
+//! ([`contain`]), which holds every process it starts — in a new session (`setsid`) or with
+//! `BATON_OWNER` removed from its environment included. Stop and timeout send SIGTERM to the
+//! group and the cgroup and SIGKILL after a grace period; when the main process exits, whatever
+//! it left behind is killed, which also closes the pipes, so its output is complete. When the
+//! server dies, even by `kill -9`, its reaper ([`spawn_reaper`]) kills its cgroups and every
+//! process carrying its `BATON_OWNER`; a server adopting a dead owner's work does the same
+//! ([`kill_leftovers`]). Without usable cgroups, a process that both leaves the group and drops
+//! `BATON_OWNER` is out of reach (docs/durability.md, "Step processes").
+//! Output is capped while it is read, so a step printing gigabytes cannot grow memory; what was
+//! read is kept even when a leftover holds a pipe open.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +24,8 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
+
+mod contain;
 
 /// Environment variable naming the owner (server process) that started a child.
 pub const OWNER_ENV: &str = "BATON_OWNER";
@@ -80,7 +85,15 @@ pub async fn run(
     stop: &CancellationToken,
     on_line: Option<LineSink>,
 ) -> std::io::Result<ProcessResult> {
+    let owner = match spec.env.get(OWNER_ENV) {
+        Some(o) => o.clone(),
+        None => format!("pid{}", std::process::id()),
+    };
+    // Made before the spawn, so the child is moved into it by one write right after.
+    let mut cgroup = contain::Attempt::create(&owner);
     let mut cmd = Command::new(&spec.program);
+    // No `pre_exec`: std then spawns with posix_spawn (vfork-like) instead of forking the
+    // whole server; containment comes from the cgroup and the reaper, not from the child.
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
         .envs(&spec.env)
@@ -93,23 +106,10 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let parent = std::process::id() as i32;
-    // SAFETY: runs in the forked child before exec; it only makes async-signal-safe system
-    // calls (prctl, getppid, _exit).
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-            // The server may have died between fork and prctl; then nobody will reap us.
-            if nix::unistd::getppid().as_raw() != parent {
-                nix::libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn()?;
+    let mut child = contain::spawn(&mut cgroup, || cmd.spawn(), tokio::process::Child::id)?;
+    let pid = child.id();
     // The command's arguments and environment are not needed while the process runs.
     drop(cmd);
-    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     // Its own task: a child that never reads must not hold up reading its output.
     let writer = match (child.stdin.take(), &spec.stdin) {
         (Some(mut pipe), Some(payload)) => {
@@ -122,65 +122,96 @@ pub async fn run(
         }
         _ => None,
     };
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let cap = spec.output_cap;
-    // Both pipes are read by this same task, beside the wait: no extra tasks per attempt.
-    let mut readers = std::pin::pin!(async move {
-        let out = async {
-            match stdout {
-                Some(s) => read_capped(s, cap, on_line).await,
-                None => String::new(),
+    let mut group = Group {
+        pgid: pid.map(|id| Pid::from_raw(id as i32)),
+        cgroup,
+        killed: false,
+    };
+    let mut out = Capture::new(spec.output_cap, on_line);
+    let mut err = Capture::new(spec.output_cap, None);
+    let ending = {
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        // Both pipes are read by this same task, beside the wait: no extra tasks per attempt.
+        let mut readers =
+            std::pin::pin!(async { tokio::join!(out.read_from(stdout), err.read_from(stderr)) });
+        let mut timeout = std::pin::pin!(async {
+            match spec.timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        });
+        let mut read_all = false;
+        let ending = loop {
+            tokio::select! {
+                _ = &mut readers, if !read_all => read_all = true,
+                status = child.wait() => break exit_ending(status?),
+                () = &mut timeout => {
+                    terminate(&mut child, &group, spec.kill_grace).await;
+                    break Ending::TimedOut;
+                }
+                () = stop.cancelled() => {
+                    terminate(&mut child, &group, spec.kill_grace).await;
+                    break Ending::Stopped;
+                }
             }
         };
-        let err = async {
-            match stderr {
-                Some(s) => read_capped(s, cap, None).await,
-                None => String::new(),
-            }
-        };
-        tokio::join!(out, err)
-    });
-    let mut timeout = std::pin::pin!(async {
-        match spec.timeout {
-            Some(t) => tokio::time::sleep(t).await,
-            None => std::future::pending().await,
+        // Whatever the main process left running goes with it; that also closes the pipes.
+        group.kill();
+        if !read_all {
+            // Only a process that escaped both the group and the cgroup can still hold a
+            // pipe; keep what was read and stop waiting for it.
+            let _ = tokio::time::timeout(READ_AFTER_EXIT, readers).await;
         }
-    });
-    let mut output: Option<(String, String)> = None;
-    let ending = loop {
-        tokio::select! {
-            o = &mut readers, if output.is_none() => output = Some(o),
-            status = child.wait() => break exit_ending(status?),
-            () = &mut timeout => {
-                terminate(&mut child, pgid, spec.kill_grace).await;
-                break Ending::TimedOut;
-            }
-            () = stop.cancelled() => {
-                terminate(&mut child, pgid, spec.kill_grace).await;
-                break Ending::Stopped;
-            }
-        }
+        ending
     };
     if let Some(w) = writer {
         w.abort();
     }
-    // Whatever the main process left running in its group goes with it.
-    if let Some(pg) = pgid {
-        let _ = killpg(pg, Signal::SIGKILL);
-    }
-    let (stdout, stderr) = match output {
-        Some(o) => o,
-        // A process that escaped the group could hold a pipe open forever; don't wait for it.
-        None => tokio::time::timeout(Duration::from_secs(2), readers)
-            .await
-            .unwrap_or_default(),
-    };
+    drop(group);
     Ok(ProcessResult {
         ending,
-        stdout,
-        stderr,
+        stdout: out.finish(),
+        stderr: err.finish(),
     })
+}
+
+/// How long the pipes are read after the attempt's processes were killed.
+const READ_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// Everything one attempt started: its process group and, where available, its cgroup.
+/// Dropping it kills both, so an attempt abandoned mid-way (its future dropped) leaves
+/// nothing behind either.
+struct Group {
+    pgid: Option<Pid>,
+    cgroup: Option<contain::Attempt>,
+    killed: bool,
+}
+
+impl Group {
+    fn signal(&self, sig: Signal) {
+        if let Some(pg) = self.pgid {
+            let _ = killpg(pg, sig);
+        }
+        if let Some(cg) = &self.cgroup {
+            cg.signal(sig);
+        }
+    }
+
+    fn kill(&mut self) {
+        if !self.killed {
+            self.killed = true;
+            self.signal(Signal::SIGKILL);
+            if let Some(cg) = &self.cgroup {
+                cg.kill();
+            }
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 fn exit_ending(status: std::process::ExitStatus) -> Ending {
@@ -192,14 +223,13 @@ fn exit_ending(status: std::process::ExitStatus) -> Ending {
     }
 }
 
-/// SIGTERM to the group, then SIGKILL after `grace`.
-async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>, grace: Duration) {
-    if let Some(pg) = pgid {
-        let _ = killpg(pg, Signal::SIGTERM);
-    }
+/// SIGTERM to the group and the cgroup, then SIGKILL after `grace`.
+async fn terminate(child: &mut tokio::process::Child, group: &Group, grace: Duration) {
+    group.signal(Signal::SIGTERM);
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        if let Some(pg) = pgid {
-            let _ = killpg(pg, Signal::SIGKILL);
+        group.signal(Signal::SIGKILL);
+        if let Some(cg) = &group.cgroup {
+            cg.kill();
         }
         let _ = child.kill().await;
     }
@@ -208,69 +238,97 @@ async fn terminate(child: &mut tokio::process::Child, pgid: Option<Pid>, grace: 
 /// Read size once a stream is producing output.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Reads a stream to its end, keeping at most `cap` bytes and handing complete lines to
-/// `on_line`. Bytes past the cap are counted and reported in a trailing marker.
-async fn read_capped(
-    mut stream: impl AsyncRead + Unpin,
+/// One stream's output as it is read: at most `cap` bytes kept, complete lines handed to
+/// `on_line`. Lives outside the read, so what was read is kept when the read is given up.
+struct Capture {
     cap: usize,
-    mut on_line: Option<LineSink>,
-) -> String {
-    let mut kept: Vec<u8> = Vec::new();
-    let mut dropped: u64 = 0;
-    let mut line: Vec<u8> = Vec::new();
-    let mut line_cut = false;
-    // Empty until the stream first has data, so a silent step holds (almost) no buffer.
-    let mut buf: Vec<u8> = Vec::new();
-    loop {
-        buf.clear();
-        if buf.capacity() > 0 && buf.capacity() < READ_CHUNK {
-            buf.reserve(READ_CHUNK);
+    kept: Vec<u8>,
+    dropped: u64,
+    on_line: Option<LineSink>,
+    line: Vec<u8>,
+    line_cut: bool,
+}
+
+impl Capture {
+    fn new(cap: usize, on_line: Option<LineSink>) -> Capture {
+        Capture {
+            cap,
+            kept: Vec::new(),
+            dropped: 0,
+            on_line,
+            line: Vec::new(),
+            line_cut: false,
         }
-        let n = match stream.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+    }
+
+    /// Reads `stream` to its end (or until the future is dropped).
+    async fn read_from(&mut self, stream: Option<impl AsyncRead + Unpin>) {
+        let Some(mut stream) = stream else {
+            return;
         };
-        let chunk = &buf[..n];
-        let room = cap.saturating_sub(kept.len());
-        let take = room.min(n);
-        kept.extend_from_slice(&chunk[..take]);
-        dropped += (n - take) as u64;
-        if let Some(sink) = on_line.as_mut() {
-            for part in chunk.split_inclusive(|b| *b == b'\n') {
-                let complete = part.last() == Some(&b'\n');
-                let body = if complete {
-                    &part[..part.len() - 1]
-                } else {
-                    part
-                };
-                let room = MAX_LINE.saturating_sub(line.len());
-                if body.len() > room {
-                    line_cut = true;
-                }
-                line.extend_from_slice(&body[..room.min(body.len())]);
-                if complete {
-                    if !line_cut {
-                        sink(&String::from_utf8_lossy(&line));
-                    }
-                    line.clear();
-                    line_cut = false;
-                }
+        // Empty until the stream first has data, so a silent step holds (almost) no buffer.
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            buf.clear();
+            if buf.capacity() > 0 && buf.capacity() < READ_CHUNK {
+                buf.reserve(READ_CHUNK);
+            }
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.take(&buf[..n]),
             }
         }
     }
-    if let Some(sink) = on_line.as_mut()
-        && !line.is_empty()
-        && !line_cut
-    {
-        sink(&String::from_utf8_lossy(&line));
+
+    fn take(&mut self, chunk: &[u8]) {
+        let n = chunk.len();
+        let room = self.cap.saturating_sub(self.kept.len());
+        let take = room.min(n);
+        self.kept.extend_from_slice(&chunk[..take]);
+        self.dropped += (n - take) as u64;
+        let Some(sink) = self.on_line.as_mut() else {
+            return;
+        };
+        for part in chunk.split_inclusive(|b| *b == b'\n') {
+            let complete = part.last() == Some(&b'\n');
+            let body = if complete {
+                &part[..part.len() - 1]
+            } else {
+                part
+            };
+            let room = MAX_LINE.saturating_sub(self.line.len());
+            if body.len() > room {
+                self.line_cut = true;
+            }
+            self.line.extend_from_slice(&body[..room.min(body.len())]);
+            if complete {
+                if !self.line_cut {
+                    sink(&String::from_utf8_lossy(&self.line));
+                }
+                self.line.clear();
+                self.line_cut = false;
+            }
+        }
     }
-    let mut text = String::from_utf8_lossy(&kept).into_owned();
-    if dropped > 0 {
-        text.push_str(&format!(
-            "\n[baton: output truncated, {dropped} more bytes dropped]"
-        ));
+
+    /// The text kept, with a trailing marker if bytes were dropped; hands an unterminated
+    /// last line to the sink.
+    fn finish(mut self) -> String {
+        if let Some(sink) = self.on_line.as_mut()
+            && !self.line.is_empty()
+            && !self.line_cut
+        {
+            sink(&String::from_utf8_lossy(&self.line));
+        }
+        let mut text = String::from_utf8_lossy(&self.kept).into_owned();
+        if self.dropped > 0 {
+            text.push_str(&format!(
+                "\n[baton: output truncated, {} more bytes dropped]",
+                self.dropped
+            ));
+        }
+        text
     }
-    text
 }
 
 /// Write end of the reaper's stdin, held open for the whole life of this process.
@@ -279,8 +337,8 @@ static REAPER: OnceLock<std::process::ChildStdin> = OnceLock::new();
 /// Starts the reaper: `exe __reap OWNER`, a copy of this program whose stdin is a pipe only
 /// this process holds. When this process exits — however it exits, `kill -9` included — the
 /// pipe closes and the reaper kills whatever was started on behalf of `owner` (see
-/// [`kill_leftovers`]). `PR_SET_PDEATHSIG` only reaches an attempt's main process; the reaper
-/// also reaches the background children it left in its group. Call once per process.
+/// [`kill_leftovers`]): attempts' main processes and everything they started. It stays in this
+/// process's cgroup, outside the attempts' ones. Call once per process.
 pub fn spawn_reaper(exe: &Path, owner: &str) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
     let mut child = std::process::Command::new(exe)
@@ -292,6 +350,7 @@ pub fn spawn_reaper(exe: &Path, owner: &str) -> std::io::Result<()> {
         // Its own group: a Ctrl-C or a signal to the server's group must not take it along.
         .process_group(0)
         .spawn()?;
+    contain::set_reaper(child.id());
     if let Some(stdin) = child.stdin.take() {
         let _ = REAPER.set(stdin);
     }
@@ -301,14 +360,21 @@ pub fn spawn_reaper(exe: &Path, owner: &str) -> std::io::Result<()> {
 /// The reaper's body: waits until its parent is gone (stdin reaches EOF), then kills the
 /// parent's leftovers. Returns how many processes it killed.
 pub fn reap_after_parent_exits(owner: &str) -> usize {
+    contain::leave_tree();
     let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-    kill_leftovers(owner)
+    contain::kill_owner(owner, true) + kill_by_env(owner)
 }
 
-/// Kills every process on this machine that was started on behalf of `owner` (found by the
-/// `BATON_OWNER` variable in its environment). Used when adopting a dead owner's workflows:
-/// grandchildren of an attempt are not covered by `PR_SET_PDEATHSIG`.
+/// Kills every process on this machine that was started on behalf of `owner`: everything in
+/// its attempts' cgroups (when they are under this process's own cgroup, as for servers started
+/// side by side), then every process with its `BATON_OWNER` in the environment. Used by the
+/// reaper and when adopting a dead owner's workflows.
 pub fn kill_leftovers(owner: &str) -> usize {
+    contain::kill_owner(owner, false) + kill_by_env(owner)
+}
+
+/// Kills every process with `BATON_OWNER=owner` in its environment.
+fn kill_by_env(owner: &str) -> usize {
     let needle = format!("{OWNER_ENV}={owner}");
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
@@ -421,6 +487,85 @@ mod tests {
             .unwrap();
         let lines: Vec<String> = rx.try_iter().collect();
         assert_eq!(lines, ["one", "two", "three"]);
+    }
+
+    /// Waits until `pid` is gone (or a zombie), polling /proc with a deadline.
+    fn gone(pid: i32) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .map(|r| r.trim_start().starts_with('Z'))
+                });
+            if state.is_none_or(|zombie| zombie) {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[tokio::test]
+    async fn setsid_grandchild_dies_with_its_step_and_output_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = format!("unit-{}-setsid", std::process::id());
+        let mut s = spec(
+            "sh",
+            &[
+                "-c",
+                "echo before; env -u BATON_OWNER setsid sh -c 'echo $$ > gc.pid; exec sleep 300' & \
+                 while [ ! -s gc.pid ]; do sleep 0.01; done; echo after",
+            ],
+        );
+        s.cwd = dir.path().to_path_buf();
+        s.env.insert(OWNER_ENV.into(), owner.clone());
+        let contained = contain::Attempt::create(&owner).is_some();
+        let started = std::time::Instant::now();
+        let r = run(&s, &CancellationToken::new(), None).await.unwrap();
+        assert_eq!(r.ending, Ending::Exited(0));
+        assert_eq!(r.stdout, "before\nafter\n");
+        let gc: i32 = std::fs::read_to_string(dir.path().join("gc.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        if contained {
+            assert!(
+                started.elapsed() < READ_AFTER_EXIT,
+                "{:?}",
+                started.elapsed()
+            );
+            assert!(gone(gc), "the setsid grandchild outlived its step");
+        } else {
+            let _ = nix::sys::signal::kill(Pid::from_raw(gc), Signal::SIGKILL);
+        }
+    }
+
+    #[tokio::test]
+    async fn output_read_before_the_read_is_given_up_is_kept() {
+        // A writer that never closes: the read only ends by being abandoned.
+        let (mut writer, reader) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut writer, b"one\ntw")
+            .await
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink: LineSink = Box::new(move |l| {
+            let _ = tx.send(l.to_owned());
+        });
+        let mut cap = Capture::new(1024, Some(sink));
+        let read = tokio::time::timeout(Duration::from_millis(50), cap.read_from(Some(reader)));
+        assert!(
+            read.await.is_err(),
+            "the read ended although the writer is open"
+        );
+        assert_eq!(cap.finish(), "one\ntw");
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), ["one", "tw"]);
+        drop(writer);
     }
 
     #[tokio::test]

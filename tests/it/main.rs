@@ -12,6 +12,7 @@ mod cli;
 mod faults;
 mod handover;
 mod mcp_native;
+mod processes;
 mod protocol;
 mod recovery;
 mod resume;

@@ -1,0 +1,423 @@
+//! Containment of attempts in cgroups (v2), where the machine allows it.
+//!
+//! Invariant: every process an attempt starts — in its group or not, in a new session or not,
+//! with `BATON_OWNER` in its environment or not — is in that attempt's cgroup, and the cgroup is
+//! killed when the attempt ends, when the server dies (by its reaper) and when another server
+//! adopts the dead server's work. A process cannot leave a cgroup it was born in without write
+//! access to the cgroup tree, which a step does not get from baton.
+//!
+//! Layout, under the cgroup this process was started in (found in `/proc/self/cgroup` and the
+//! cgroup2 mount in `/proc/self/mountinfo`):
+//!
+//! ```text
+//! <own cgroup>/baton-<owner>/     one per server, no process itself
+//!     server/                     the server, once it first runs an attempt
+//!     a<n>/                       one per running attempt, removed when it ends
+//! ```
+//!
+//! Why the server moves: std spawns with posix_spawn (no fork of the server), so a child is
+//! born in the server's cgroup and moved into its attempt's right after; a program that forks
+//! at once (a shell's first `cmd &`) can do so before that move. Born in `server/`, such a
+//! child is found there and moved too ([`spawn`] holds a lock so only one spawn is in that
+//! window), and if the server dies meanwhile its reaper kills `server/`'s leftovers with the
+//! rest. The server stays below its original cgroup, so the host's limits still apply.
+//! Where no cgroup2 tree is mounted, or it is not writable, [`Attempt::create`] returns `None`
+//! and the caller falls back to process groups and the `BATON_OWNER` scan.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The cgroup2 directory this process was started in, if there is one.
+static BASE: OnceLock<Option<PathBuf>> = OnceLock::new();
+/// This server's `baton-<owner>` directory, once the server has moved into its `server/`.
+static TREE: OnceLock<Option<PathBuf>> = OnceLock::new();
+/// Cleared when creating or joining a cgroup failed once: the tree is not ours to write.
+static USABLE: AtomicBool = AtomicBool::new(true);
+/// Held from a spawn until its child and anything it forked are in the attempt's cgroup.
+static SPAWNING: Mutex<()> = Mutex::new(());
+/// The reaper's pid: a child of the server that is not an attempt's.
+static REAPER: AtomicU32 = AtomicU32::new(0);
+static NEXT: AtomicU64 = AtomicU64::new(0);
+/// Cgroups of ended attempts whose killed processes had not all exited yet; removed later.
+static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn base() -> Option<&'static Path> {
+    BASE.get_or_init(find_base).as_deref()
+}
+
+/// `<cgroup2 mount><path from /proc/self/cgroup>`.
+fn find_base() -> Option<PathBuf> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // Fields: id parent major:minor root mount-point options... - fstype source super-options
+    let mount = mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split(' ').next()? != "cgroup2" {
+            return None;
+        }
+        let mut f = pre.split(' ');
+        let root = f.nth(3)?;
+        let point = f.next()?;
+        Some((root.to_owned(), point.to_owned()))
+    });
+    let (root, point) = mount?;
+    // In a cgroup namespace the mount's root is "/"; otherwise strip it from our path.
+    let rel = own.strip_prefix(root.trim_end_matches('/')).unwrap_or(own);
+    let dir = Path::new(&point).join(rel.trim_start_matches('/'));
+    dir.join("cgroup.procs").exists().then_some(dir)
+}
+
+/// A file or directory name made of the owner id's safe characters.
+fn owner_dir(base: &Path, owner: &str) -> PathBuf {
+    let safe: String = owner
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .collect();
+    base.join(format!("baton-{safe}"))
+}
+
+/// This server's tree, made (and the server moved into `server/`) on first use.
+fn tree(owner: &str) -> Option<&'static Path> {
+    TREE.get_or_init(|| {
+        let base = base()?;
+        remove_stale(base);
+        let dir = owner_dir(base, owner);
+        let server = dir.join("server");
+        let moved = std::fs::create_dir_all(&server).and_then(|()| {
+            std::fs::write(server.join("cgroup.procs"), std::process::id().to_string())
+        });
+        match moved {
+            Ok(()) => Some(dir),
+            Err(e) => {
+                disable(&server, &e);
+                let _ = std::fs::remove_dir(&dir);
+                None
+            }
+        }
+    })
+    .as_deref()
+}
+
+/// Removes `baton-*` trees left by servers that exited with nothing left running in them.
+fn remove_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let ours = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("baton-"));
+        let empty = std::fs::read_to_string(p.join("cgroup.events"))
+            .is_ok_and(|ev| ev.lines().any(|l| l == "populated 0"));
+        if ours && empty {
+            for d in subtree(&p) {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+}
+
+/// Moves this process (the reaper) out of a baton tree it was born in, next to it, so that
+/// killing the tree does not kill the reaper doing it.
+pub fn leave_tree() {
+    let Some(base) = base() else {
+        return;
+    };
+    let in_tree = base.file_name().and_then(|n| n.to_str()) == Some("server")
+        && base
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("baton-"));
+    if let Some(outside) = base.parent().and_then(Path::parent)
+        && in_tree
+    {
+        let _ = std::fs::write(outside.join("cgroup.procs"), std::process::id().to_string());
+    }
+}
+
+/// Records the reaper's pid, so it is never taken for an attempt's process.
+pub fn set_reaper(pid: u32) {
+    REAPER.store(pid, Ordering::Relaxed);
+}
+
+/// Spawns with `spawn` and puts the child — and anything it forked before it was moved —
+/// into `cgroup`. Without a cgroup, just spawns.
+pub fn spawn<C>(
+    cgroup: &mut Option<Attempt>,
+    spawn: impl FnOnce() -> std::io::Result<C>,
+    pid_of: impl Fn(&C) -> Option<u32>,
+) -> std::io::Result<C> {
+    let Some(cg) = cgroup.as_mut() else {
+        return spawn();
+    };
+    let _window = SPAWNING.lock().unwrap_or_else(|e| e.into_inner());
+    let child = spawn()?;
+    if pid_of(&child).is_some_and(|pid| cg.join(pid)) {
+        // Strays that cannot be moved stay in the server's cgroup, where the reaper finds them.
+        cg.gather();
+    } else {
+        // Nothing is in it yet, so dropping it kills nothing.
+        *cgroup = None;
+    }
+    Ok(child)
+}
+
+/// One attempt's cgroup. Dropping it kills whatever is still inside and removes it.
+#[derive(Debug)]
+pub struct Attempt {
+    dir: PathBuf,
+    /// `cgroup.procs`, opened before the spawn so joining is one `write`.
+    procs: File,
+}
+
+impl Attempt {
+    /// Creates a fresh cgroup for one attempt of `owner`'s, or `None` where cgroups are not
+    /// usable (then the caller relies on process groups alone).
+    pub fn create(owner: &str) -> Option<Attempt> {
+        if !USABLE.load(Ordering::Relaxed) {
+            return None;
+        }
+        let parent = tree(owner)?;
+        sweep();
+        let dir = parent.join(format!("a{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+        let made = std::fs::create_dir(&dir).or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => std::fs::create_dir_all(&dir),
+            // A number reused after a restart of a server with the same owner id.
+            std::io::ErrorKind::AlreadyExists => Ok(()),
+            _ => Err(e),
+        });
+        let procs = made.and_then(|()| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::libc::O_CLOEXEC)
+                .open(dir.join("cgroup.procs"))
+        });
+        match procs {
+            Ok(procs) => Some(Attempt { dir, procs }),
+            Err(e) => {
+                disable(&dir, &e);
+                None
+            }
+        }
+    }
+
+    /// Moves `pid` (the attempt's main process, just spawned) into the cgroup; its children
+    /// are born there. On failure the cgroup is given up for good and `false` returned.
+    pub fn join(&mut self, pid: u32) -> bool {
+        match self.procs.write_all(pid.to_string().as_bytes()) {
+            Ok(()) => true,
+            Err(e) => {
+                disable(&self.dir, &e);
+                false
+            }
+        }
+    }
+
+    /// Moves whatever the child forked before it was moved (born in the server's cgroup) into
+    /// this one; repeated until only the server (and its reaper) are left there.
+    fn gather(&mut self) {
+        let Some(server) = self.dir.parent().map(|p| p.join("server")) else {
+            return;
+        };
+        let me = Pid::from_raw(std::process::id() as i32);
+        let reaper = Pid::from_raw(REAPER.load(Ordering::Relaxed) as i32);
+        loop {
+            let strays: Vec<Pid> = pids(&server)
+                .into_iter()
+                .filter(|p| *p != me && *p != reaper)
+                .collect();
+            if strays.is_empty() {
+                return;
+            }
+            for p in strays {
+                // A stray that exited meanwhile cannot be moved; that is fine.
+                if let Err(e) = self.procs.write_all(p.to_string().as_bytes())
+                    && e.raw_os_error() != Some(nix::libc::ESRCH)
+                {
+                    tracing::warn!(pid = %p, error = %e, "cannot move a step's process into its cgroup");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends `sig` to every process in the cgroup (a polite request before [`Attempt::kill`]).
+    pub fn signal(&self, sig: Signal) {
+        for pid in pids(&self.dir) {
+            let _ = kill(pid, sig);
+        }
+    }
+
+    /// SIGKILLs everything in the cgroup, whatever session or group it is in.
+    pub fn kill(&self) {
+        kill_tree(&self.dir);
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        kill_tree(&self.dir);
+        // Usually empty at once: the main process is reaped and the pipes' holders are gone.
+        // Otherwise the killed processes take a moment; the next attempt removes it.
+        if std::fs::remove_dir(&self.dir).is_err()
+            && let Ok(mut pending) = PENDING.lock()
+        {
+            pending.push(std::mem::take(&mut self.dir));
+        }
+    }
+}
+
+/// Removes the cgroups of ended attempts that have emptied since.
+fn sweep() {
+    if let Ok(mut pending) = PENDING.lock()
+        && !pending.is_empty()
+    {
+        pending.retain(|d| std::fs::remove_dir(d).is_err() && d.exists());
+    }
+}
+
+fn disable(dir: &Path, e: &std::io::Error) {
+    if USABLE.swap(false, Ordering::Relaxed) {
+        tracing::warn!(dir = %dir.display(), error = %e,
+            "cgroups not usable here; steps are contained by process groups only");
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+fn pids(dir: &Path) -> Vec<Pid> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .map(Pid::from_raw)
+        .collect()
+}
+
+/// Kills every process in `dir` and below: `cgroup.kill` (Linux 5.14+), else signals to the
+/// pids listed, repeated while new ones appear.
+fn kill_tree(dir: &Path) {
+    match std::fs::write(dir.join("cgroup.kill"), b"1") {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir.exists() => {
+            for _ in 0..16 {
+                let mut any = false;
+                for d in subtree(dir) {
+                    for pid in pids(&d) {
+                        any = true;
+                        let _ = kill(pid, Signal::SIGKILL);
+                    }
+                }
+                if !any {
+                    break;
+                }
+            }
+        }
+        Err(_) => {}
+    }
+}
+
+/// `dir` and every cgroup below it, deepest first.
+fn subtree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            todo.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        out.push(d);
+    }
+    out.reverse();
+    out
+}
+
+/// Kills everything `owner`'s attempts left (the reaper after the server exited, or a server
+/// adopting a dead owner's work) and removes its cgroups. The server's own cgroup is killed
+/// too only when `server_gone` (a stale owner that is merely slow must survive its adopter).
+/// Returns how many processes were still in them. Blocks for at most about a second while
+/// the killed processes exit.
+pub fn kill_owner(owner: &str, server_gone: bool) -> usize {
+    let Some(base) = base() else {
+        return 0;
+    };
+    let dir = owner_dir(base, owner);
+    if !dir.exists() {
+        return 0;
+    }
+    let targets: Vec<PathBuf> = if server_gone {
+        vec![dir.clone()]
+    } else {
+        std::fs::read_dir(&dir)
+            .map(|es| {
+                es.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir() && !p.ends_with("server"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let found: usize = targets
+        .iter()
+        .flat_map(|t| subtree(t))
+        .map(|d| pids(&d).len())
+        .sum();
+    for t in &targets {
+        kill_tree(t);
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let left: Vec<PathBuf> = targets
+            .iter()
+            .flat_map(|t| subtree(t))
+            .filter(|d| d.exists() && std::fs::remove_dir(d).is_err())
+            .collect();
+        if left.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        // Killed processes are gone within a scheduler tick or two.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // An owner whose own cgroup is empty is gone: nothing of its tree is needed any more.
+    let _ = std::fs::remove_dir(dir.join("server"));
+    let _ = std::fs::remove_dir(&dir);
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_dir_keeps_only_safe_characters() {
+        let d = owner_dir(Path::new("/cg"), "0194-ab/../x y");
+        assert_eq!(d, Path::new("/cg/baton-0194-ab..xy"));
+    }
+
+    #[test]
+    fn attempt_cgroup_is_removed_when_dropped() {
+        let owner = format!("test-{}", std::process::id());
+        let Some(a) = Attempt::create(&owner) else {
+            return; // No usable cgroup2 tree on this machine: nothing to check.
+        };
+        let dir = a.dir.clone();
+        assert!(dir.join("cgroup.procs").exists());
+        drop(a);
+        assert!(!dir.exists());
+    }
+}
