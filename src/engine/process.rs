@@ -76,8 +76,11 @@ impl ProcessResult {
 /// Called with each complete stdout line (without the newline) as it arrives.
 pub type LineSink = Box<dyn FnMut(&str) + Send>;
 
-/// Longest stdout line handed to a [`LineSink`]; longer lines are cut to this.
-const MAX_LINE: usize = 16 * 1024 * 1024;
+/// Room a line handed to a [`LineSink`] may take beyond the output cap (a stream-json line
+/// wraps its text in an envelope); longer lines are dropped, never buffered.
+const LINE_ENVELOPE: usize = 64 * 1024;
+/// A line buffer grown past this by one long line is given back once the line is handed on.
+const LINE_KEEP: usize = 256 * 1024;
 
 /// Runs a process to its end, honouring `stop` and the spec's timeout.
 pub async fn run(
@@ -242,6 +245,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// `on_line`. Lives outside the read, so what was read is kept when the read is given up.
 struct Capture {
     cap: usize,
+    /// Longest line handed to the sink: the output cap plus an envelope.
+    line_cap: usize,
     kept: Vec<u8>,
     dropped: u64,
     on_line: Option<LineSink>,
@@ -253,6 +258,7 @@ impl Capture {
     fn new(cap: usize, on_line: Option<LineSink>) -> Capture {
         Capture {
             cap,
+            line_cap: cap.saturating_add(LINE_ENVELOPE),
             kept: Vec::new(),
             dropped: 0,
             on_line,
@@ -296,7 +302,7 @@ impl Capture {
             } else {
                 part
             };
-            let room = MAX_LINE.saturating_sub(self.line.len());
+            let room = self.line_cap.saturating_sub(self.line.len());
             if body.len() > room {
                 self.line_cut = true;
             }
@@ -306,6 +312,9 @@ impl Capture {
                     sink(&String::from_utf8_lossy(&self.line));
                 }
                 self.line.clear();
+                if self.line.capacity() > LINE_KEEP {
+                    self.line.shrink_to(LINE_KEEP);
+                }
                 self.line_cut = false;
             }
         }
@@ -575,5 +584,27 @@ mod tests {
         let r = run(&s, &CancellationToken::new(), None).await.unwrap();
         assert_eq!(r.ending, Ending::TimedOut);
         assert!(!r.stdout.contains("never"));
+    }
+
+    #[test]
+    fn a_line_longer_than_the_cap_is_dropped_and_its_buffer_given_back() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink: LineSink = Box::new(move |l| {
+            let _ = tx.send(l.to_owned());
+        });
+        let mut c = Capture::new(1024, Some(sink));
+        let long = vec![b'x'; LINE_ENVELOPE + 4096];
+        c.take(&long);
+        c.take(b"\nok\n");
+        assert!(c.line.capacity() <= LINE_KEEP, "{}", c.line.capacity());
+        let mut big = vec![b'y'; LINE_ENVELOPE];
+        big.push(b'\n');
+        c.take(&big);
+        assert!(c.line.capacity() <= LINE_KEEP, "{}", c.line.capacity());
+        drop(c);
+        let lines: Vec<String> = rx.try_iter().collect();
+        assert_eq!(lines.len(), 2, "the over-long line is dropped");
+        assert_eq!(lines[0], "ok");
+        assert_eq!(lines[1].len(), LINE_ENVELOPE);
     }
 }
