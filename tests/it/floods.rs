@@ -66,3 +66,18 @@ fn a_stored_workflow_with_an_extreme_stall_timeout_runs_instead_of_wedging() {
     let done = s.wait_done(&id);
     assert_eq!(done["status"], "completed", "{done}");
 }
+
+#[test]
+fn workflow_files_are_read_only_when_regular_and_the_server_keeps_its_stdin() {
+    let sb = Sandbox::new();
+    let fifo = sb.path("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let mut s = sb.server();
+    for file in ["/dev/zero", "/dev/stdin", fifo.to_str().unwrap()] {
+        let msg = s.call_err("invoke_async", json!({ "file": file }));
+        assert!(msg.contains("not a regular file"), "{file}: {msg}");
+    }
+    // The server still reads its own requests.
+    let id = s.start(json!({"steps": [{"id": "a", "run": ["true"]}]}));
+    assert_eq!(s.wait_done(&id)["status"], "completed");
+}
