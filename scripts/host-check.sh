@@ -17,7 +17,8 @@ if [ ! -x "$tools/node_modules/.bin/mcp-inspector" ]; then
   (cd "$tools" && npm install --silent --no-audit --no-fund "@modelcontextprotocol/inspector@$version" >/dev/null)
 fi
 inspector=("$tools/node_modules/.bin/mcp-inspector" --cli)
-env_args=(-e RUST_LOG=warn -e "BATON_DB=$work/baton.db")
+# The background worker the server starts exits soon after the workflow is done.
+env_args=(-e RUST_LOG=warn -e "BATON_DB=$work/baton.db" -e BATON_WORKER_IDLE_S=2)
 
 fail() { echo "host-check: $*" >&2; exit 1; }
 
@@ -33,10 +34,15 @@ out="$("${inspector[@]}" "${env_args[@]}" "$baton" serve --method tools/call \
   --tool-arg thread_id=host-check-1)"
 grep -q 'host-check-1' <<<"$out" || fail "invoke_async did not return the thread id: $out"
 
-echo "inspector $version: tools/call invoke_status"
-out="$("${inspector[@]}" "${env_args[@]}" "$baton" serve --method tools/call \
-  --tool-name invoke_status --tool-arg thread_id=host-check-1)"
-grep -q 'host-check-1' <<<"$out" || fail "invoke_status did not describe the workflow: $out"
+echo "inspector $version: tools/call invoke_status (the background worker completes it)"
+for _ in $(seq 1 100); do
+  out="$("${inspector[@]}" "${env_args[@]}" "$baton" serve --method tools/call \
+    --tool-name invoke_status --tool-arg thread_id=host-check-1)"
+  grep -q 'host-check-1' <<<"$out" || fail "invoke_status did not describe the workflow: $out"
+  grep -q '"status": "completed"' <<<"$out" && break
+  sleep 0.2
+done
+grep -q '"status": "completed"' <<<"$out" || fail "the workflow did not complete after its server ended: $out"
 
 if [ -n "${BATON_CLAUDE_BIN:-}" ]; then
   echo "claude: mcp add + mcp list"
