@@ -12,6 +12,8 @@
 //! - `driver`: one task per owned workflow; the I/O loop around its scheduler.
 //! - `control`: submit, cancel and resume requests.
 //! - `lease`: owner registration, lease renewal, liveness of other owners, adoption.
+//! - `operator`: what an operator surface needs beyond the tools: filtered listing, delete,
+//!   full step output, metrics.
 //! - `follow`: the one event stream every front-end consumes.
 //! - `view`: status and monitor read models.
 //! - `executor`, `agent`, `process`: running attempts as child processes; `signals`: what a
@@ -24,6 +26,7 @@ mod error;
 mod executor;
 mod follow;
 mod lease;
+mod operator;
 mod outcome;
 mod process;
 mod scheduler;
@@ -32,7 +35,8 @@ mod view;
 
 pub use control::{ResumeMode, ResumeRequest, SubmitRequest, Submitted};
 pub use error::{EngineError, Result};
-pub use follow::{Follow, Page};
+pub use follow::{Follow, GlobalFollow, Page};
+pub use operator::{Metrics, StepStream};
 pub use process::{reap_after_parent_exits, spawn_reaper};
 pub use view::MonitorFilter;
 
@@ -125,6 +129,8 @@ pub(crate) struct Shared {
     /// When this process last renewed its leases (store clock, ms): its own view of how long
     /// it may still act as owner without looking at the store.
     renewed_at: AtomicI64,
+    /// Workflows this process took over from dead owners (metrics).
+    adoptions: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -195,6 +201,7 @@ impl Engine {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             renewed_at: AtomicI64::new(now_ms()),
+            adoptions: std::sync::atomic::AtomicU64::new(0),
         });
         lease::register(&sh).await?;
         let ticker = sh.clone();
