@@ -108,6 +108,10 @@ impl Engine {
                     error: s.error.clone(),
                     last_activity_at: opt_ts(s.last_activity_at),
                     attempt_history: by_step.remove(s.step_id.as_str()).unwrap_or_default(),
+                    deps: def
+                        .step(&s.step_id)
+                        .map(|d| d.deps.clone())
+                        .unwrap_or_default(),
                 }
             })
             .collect();
