@@ -33,7 +33,7 @@ mod scheduler;
 mod signals;
 mod view;
 
-pub use control::{ResumeMode, ResumeRequest, SubmitRequest, Submitted};
+pub use control::{MAX_DEFINITION_BYTES, ResumeMode, ResumeRequest, SubmitRequest, Submitted};
 pub use error::{EngineError, Result};
 pub use follow::{Follow, GlobalFollow, Page};
 pub use operator::{Metrics, StepStream};

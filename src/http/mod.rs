@@ -248,6 +248,10 @@ fn router(state: AppState) -> Router {
         .route("/events", get(sse::all_events))
         .route("/schema/events", get(api::event_schema))
         .fallback(api::not_found)
+        // A definition may be as large as the engine accepts (plus its JSON envelope).
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::engine::MAX_DEFINITION_BYTES as usize + 64 * 1024,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

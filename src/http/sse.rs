@@ -28,7 +28,7 @@ use crate::engine::EngineError;
 use crate::store::Change;
 
 /// Events read from the store per page.
-const PAGE: i64 = 200;
+const PAGE: i64 = 64;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct StreamQuery {

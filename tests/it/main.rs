@@ -10,6 +10,7 @@ mod cancel;
 mod claude_e2e;
 mod cli;
 mod faults;
+mod http;
 mod mcp_native;
 mod protocol;
 mod recovery;
