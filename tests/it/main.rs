@@ -6,11 +6,12 @@
 mod util;
 
 mod agent;
+mod browser;
 mod cancel;
 mod claude_e2e;
 mod cli;
 mod faults;
-mod http;
+pub mod http;
 mod mcp_native;
 mod protocol;
 mod recovery;
