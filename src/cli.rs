@@ -72,14 +72,12 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve MCP over stdio (add with: claude mcp add baton -- baton serve). Workflows run in
-    /// a background worker for the database, so they outlive the host session.
-    Serve {
-        /// Run workflows in this process instead (they are interrupted when it stops and
-        /// resumed by the next baton process).
-        #[arg(long, env = "BATON_IN_PROCESS", value_parser = clap::builder::FalseyValueParser::new())]
-        in_process: bool,
-    },
+    /// Serve MCP over stdio (add with: claude mcp add baton -- baton serve); with --http,
+    /// the HTTP API and dashboard too. Workflows run in a background worker for the
+    /// database, so they outlive the host session.
+    Serve(ServeArgs),
+    /// Serve only the HTTP API and dashboard over the database (no MCP).
+    Ui(UiArgs),
     /// Run workflows of the database in the background (what `baton serve` starts on
     /// demand): adopts queued and orphaned workflows, exits after an idle period.
     Worker {
@@ -141,6 +139,73 @@ pub enum Command {
     Reap { owner: String },
 }
 
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Run workflows in this process instead of the background worker (they are
+    /// interrupted when it stops and resumed by the next baton process).
+    #[arg(long, env = "BATON_IN_PROCESS", value_parser = clap::builder::FalseyValueParser::new())]
+    pub in_process: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UiArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Open the dashboard in the default browser (xdg-open).
+    #[arg(long)]
+    pub open: bool,
+}
+
+/// The HTTP server's flags (DESIGN.md §12).
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Serve the HTTP API and dashboard on this address (port 0 picks a free port).
+    #[arg(long, env = "BATON_HTTP", value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
+    /// Allow --http on an address that is not loopback.
+    #[arg(long)]
+    pub http_allow_remote: bool,
+    /// Serve /metrics without the token.
+    #[arg(long)]
+    pub metrics_public: bool,
+    /// Milliseconds of silence on an event stream before a keepalive comment.
+    #[arg(
+        long,
+        env = "BATON_HTTP_KEEPALIVE_MS",
+        default_value_t = 15_000,
+        hide = true
+    )]
+    pub http_keepalive_ms: u64,
+    /// Milliseconds an event stream client may leave its queue full before it is dropped.
+    #[arg(
+        long,
+        env = "BATON_HTTP_SEND_TIMEOUT_MS",
+        default_value_t = 10_000,
+        hide = true
+    )]
+    pub http_send_timeout_ms: u64,
+    /// Frames queued per event stream client.
+    #[arg(long, env = "BATON_HTTP_QUEUE", default_value_t = 256, hide = true)]
+    pub http_queue: usize,
+}
+
+impl HttpArgs {
+    /// The server's settings on `addr`, or on --http.
+    pub fn config(&self, default: Option<std::net::SocketAddr>) -> Option<crate::http::HttpConfig> {
+        let addr = self.http.or(default)?;
+        Some(crate::http::HttpConfig {
+            allow_remote: self.http_allow_remote,
+            metrics_public: self.metrics_public,
+            keepalive: Duration::from_millis(self.http_keepalive_ms.max(10)),
+            send_timeout: Duration::from_millis(self.http_send_timeout_ms.max(10)),
+            queue: self.http_queue.max(1),
+            ..crate::http::HttpConfig::new(addr)
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum CliResumeMode {
     Retry,
@@ -176,6 +241,9 @@ pub enum EngineUse {
     ServeInProcess,
     /// The background worker: runs and adopts workflows.
     Worker,
+    /// The HTTP-only server (`baton ui`): runs what it starts or resumes, adopts nothing, so
+    /// an observer never takes over another session's work.
+    Ui,
     /// A terminal command: runs only what it starts.
     Client,
 }
@@ -184,8 +252,9 @@ impl Command {
     pub fn engine_use(&self) -> EngineUse {
         match self {
             Command::Reap { .. } | Command::Schema | Command::Validate { .. } => EngineUse::None,
-            Command::Serve { in_process: false } => EngineUse::Serve,
-            Command::Serve { in_process: true } => EngineUse::ServeInProcess,
+            Command::Serve(args) if args.in_process => EngineUse::ServeInProcess,
+            Command::Serve(_) => EngineUse::Serve,
+            Command::Ui(_) => EngineUse::Ui,
             Command::Worker { .. } => EngineUse::Worker,
             _ => EngineUse::Client,
         }

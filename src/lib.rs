@@ -15,6 +15,8 @@
 //!   the one event stream, status and monitor views.
 //! - [`mcp`]: the MCP front-end — tools, progress notifications, resources, tasks.
 //! - [`cli`]: the terminal front-end (`baton run`, `status`, `list`, …).
+//! - [`http`]: the operator surface — REST API, server-sent events, dashboard, health and
+//!   metrics.
 //!
 //! Front-ends are thin over the same engine; `main` owns the process lifecycle (signals,
 //! shutdown) and runs them. Several processes may share one database.
@@ -23,6 +25,7 @@
 pub mod api;
 pub mod cli;
 pub mod engine;
+pub mod http;
 pub mod mcp;
 pub mod store;
 pub mod workflow;

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use baton::cli::{self, Cli, EngineUse, Stop};
+use baton::cli::{self, Cli, Command, EngineUse, Stop};
+use baton::engine::Engine;
+use baton::http::HttpConfig;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -65,23 +67,76 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let engine = cli.global.open_engine(usage).await.map_err(report)?;
-    let result = match (usage, cli.command) {
-        (EngineUse::Serve | EngineUse::ServeInProcess, _) => {
-            baton::mcp::serve_stdio(engine.clone(), stop.token.clone())
-                .await
-                .map(|()| ExitCode::SUCCESS)
-                .map_err(anyhow::Error::from)
+    let result = match &cli.command {
+        Command::Serve(args) => serve(&engine, args.http.config(None), &stop).await,
+        Command::Ui(args) => {
+            let default = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            ui(&engine, args.http.config(Some(default)), args.open, &stop).await
         }
-        (EngineUse::Worker, cli::Command::Worker { idle_exit_s }) => {
-            cli::worker(&engine, &stop, std::time::Duration::from_secs(idle_exit_s))
+        Command::Worker { idle_exit_s } => {
+            cli::worker(&engine, &stop, std::time::Duration::from_secs(*idle_exit_s))
                 .await
                 .map_err(report)
         }
-        (_, command) => cli::run(command, &engine, &stop).await.map_err(report),
+        _ => cli::run(cli.command, &engine, &stop).await.map_err(report),
     };
     engine.shutdown().await;
     engine.store().close();
     result
+}
+
+/// MCP on stdio, and HTTP beside it when asked; both stop with `stop`, and the HTTP server
+/// also stops when the MCP session ends (the host is gone).
+async fn serve(engine: &Engine, http: Option<HttpConfig>, stop: &Stop) -> anyhow::Result<ExitCode> {
+    let mut links = None;
+    let mut server = None;
+    if let Some(cfg) = http {
+        let bound = baton::http::bind(engine.clone(), cfg, stop.token.clone()).await?;
+        eprintln!(
+            "baton: HTTP API and dashboard on {}/ (token in {})",
+            bound.links().base,
+            bound.token_file().display()
+        );
+        links = Some(bound.links());
+        server = Some(tokio::spawn(bound.serve()));
+    }
+    let result = baton::mcp::serve_stdio(engine.clone(), stop.token.clone(), links).await;
+    stop.fire(false);
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    result
+        .map(|()| ExitCode::SUCCESS)
+        .map_err(anyhow::Error::from)
+}
+
+/// HTTP only, until SIGTERM or Ctrl-C.
+async fn ui(
+    engine: &Engine,
+    http: Option<HttpConfig>,
+    open: bool,
+    stop: &Stop,
+) -> anyhow::Result<ExitCode> {
+    let Some(cfg) = http else {
+        anyhow::bail!("baton ui needs an address");
+    };
+    let bound = baton::http::bind(engine.clone(), cfg, stop.token.clone()).await?;
+    let links = bound.links();
+    let url = format!("{}/?token={}", links.base, links.token);
+    eprintln!("baton: dashboard on {url}");
+    if open {
+        let spawned = std::process::Command::new("xdg-open")
+            .arg(&url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Err(e) = spawned {
+            eprintln!("baton: cannot open a browser ({e}); open the link above");
+        }
+    }
+    bound.serve().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// SIGTERM and SIGINT fire `stop`; the front-end running decides what each means.

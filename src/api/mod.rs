@@ -7,10 +7,12 @@
 //! variants are appended, never inserted).
 
 mod event;
+mod links;
 mod time;
 mod view;
 
 pub use event::{Event, EventData, EventKind, NewEvent, ResumedBy, tail};
+pub use links::Links;
 pub use time::{now_ms, rfc3339};
 pub use view::{
     AttemptView, MonitorView, MonitoredWorkflow, Progress, StepView, WorkflowView, is_overdue,

@@ -81,6 +81,9 @@ pub struct StepView {
     #[schemars(with = "String")]
     pub last_activity_at: Option<String>,
     pub attempt_history: Vec<AttemptView>,
+    /// The steps this one waits for (the DAG's edges, for drawing it).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub deps: Vec<String>,
 }
 
 /// Status of one workflow, as `invoke_status` returns it.

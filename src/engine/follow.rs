@@ -131,3 +131,59 @@ impl Follow {
         }
     }
 }
+
+/// A follower of every workflow's events, by the store's global cursor (the HTTP API's
+/// `/api/events`). Same rule as [`Follow`]: every event once, in commit order; a missed
+/// notice costs latency, never an event.
+pub struct GlobalFollow {
+    store: Store,
+    cursor: i64,
+    feed: ChangeFeed,
+}
+
+impl Engine {
+    /// Follows all workflows' events after the global cursor `cursor`; `None`: from now on.
+    pub async fn follow_all(&self, cursor: Option<i64>) -> Result<GlobalFollow> {
+        // Subscribed before the cursor is read, so no commit falls between the two.
+        let feed = self.sh.store.changes();
+        let cursor = match cursor {
+            Some(c) => c.max(0),
+            None => self.sh.store.last_global_cursor().await?,
+        };
+        Ok(GlobalFollow {
+            store: self.sh.store.clone(),
+            cursor,
+            feed,
+        })
+    }
+}
+
+impl GlobalFollow {
+    /// The global cursor of the last event returned.
+    pub fn cursor(&self) -> i64 {
+        self.cursor
+    }
+
+    /// The next events (at most `limit`), each with its global cursor and thread id: waits
+    /// until there is at least one or `until` passes.
+    pub async fn next(
+        &mut self,
+        limit: i64,
+        until: Instant,
+    ) -> Result<Vec<(i64, ThreadId, Event)>> {
+        loop {
+            let events = self.store.events_global(self.cursor, limit.max(1)).await?;
+            if let Some((g, _, _)) = events.last() {
+                self.cursor = *g;
+            }
+            if !events.is_empty() || Instant::now() >= until {
+                return Ok(events);
+            }
+            let poll = until.min(Instant::now() + FALLBACK_POLL);
+            match tokio::time::timeout_at(poll, self.feed.recv()).await {
+                Ok(Some(_)) | Err(_) => {}
+                Ok(None) => tokio::time::sleep_until(poll).await,
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! workflows adopted, each with a compare-and-set on the epoch.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{DriverInit, EngineError, Result, Shared, StopReason, scheduler};
@@ -223,6 +224,7 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
         match r {
             Ok(()) => {
                 tracing::info!(thread_id = %id, previous_owner = ?prev, "adopted workflow");
+                sh.adoptions.fetch_add(1, Ordering::Relaxed);
                 adopted.push(id);
             }
             Err(EngineError::Store(StoreError::Fenced(_))) => {}

@@ -12,6 +12,8 @@
 //! - `driver`: one task per owned workflow; the I/O loop around its scheduler.
 //! - `control`: submit, cancel and resume requests.
 //! - `lease`: owner registration, lease renewal, liveness of other owners, adoption.
+//! - `operator`: what an operator surface needs beyond the tools: filtered listing, delete,
+//!   full step output, metrics.
 //! - `follow`: the one event stream every front-end consumes.
 //! - `view`: status and monitor read models.
 //! - `executor`, `agent`, `process`: running attempts as child processes; `signals`: what a
@@ -25,16 +27,18 @@ mod executor;
 mod follow;
 mod handover;
 mod lease;
+mod operator;
 mod outcome;
 mod process;
 mod scheduler;
 mod signals;
 mod view;
 
-pub use control::{ResumeMode, ResumeRequest, SubmitRequest, Submitted};
+pub use control::{MAX_DEFINITION_BYTES, ResumeMode, ResumeRequest, SubmitRequest, Submitted};
 pub use error::{EngineError, Result};
-pub use follow::{Follow, Page};
+pub use follow::{Follow, GlobalFollow, Page};
 pub use handover::{Launcher, WorkerLauncher, WorkerLock, worker_files};
+pub use operator::{Metrics, StepStream};
 pub use process::{reap_after_parent_exits, spawn_reaper};
 pub use view::MonitorFilter;
 
@@ -134,6 +138,8 @@ pub(crate) struct Shared {
     renewed_at: AtomicI64,
     /// Starts the worker that runs what this process does not (`execute: false`).
     launcher: OnceLock<Arc<dyn handover::Launcher>>,
+    /// Workflows this process took over from dead owners (metrics).
+    adoptions: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -212,6 +218,7 @@ impl Engine {
             tracker: TaskTracker::new(),
             renewed_at: AtomicI64::new(now_ms()),
             launcher: OnceLock::new(),
+            adoptions: std::sync::atomic::AtomicU64::new(0),
         });
         lease::register(&sh).await?;
         let ticker = sh.clone();

@@ -11,7 +11,7 @@ use crate::api::{
     AttemptView, MonitorView, MonitoredWorkflow, Progress, StepStatus, StepView, ThreadId,
     WorkflowStatus, WorkflowView, is_overdue, now_ms, rfc3339,
 };
-use crate::store::{MonitorRow, StepRow};
+use crate::store::{MonitorRow, MonitorRows, StepRow};
 use crate::workflow::Workflow;
 
 /// Filter of the monitor.
@@ -108,6 +108,10 @@ impl Engine {
                     error: s.error.clone(),
                     last_activity_at: opt_ts(s.last_activity_at),
                     attempt_history: by_step.remove(s.step_id.as_str()).unwrap_or_default(),
+                    deps: def
+                        .step(&s.step_id)
+                        .map(|d| d.deps.clone())
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -147,6 +151,12 @@ impl Engine {
             filter.limit.min(1000)
         };
         let listing = self.sh.store.monitor(statuses, limit).await?;
+        Ok(self.monitor_view(listing).await)
+    }
+
+    /// The monitor's view of a listing: liveness flags from the owners, estimates from
+    /// history.
+    pub(super) async fn monitor_view(&self, listing: MonitorRows) -> MonitorView {
         let now = now_ms();
         let mut estimates: BTreeMap<String, Option<f64>> = BTreeMap::new();
         let mut workflows = Vec::with_capacity(listing.rows.len());
@@ -216,13 +226,13 @@ impl Engine {
                 flags,
             });
         }
-        Ok(MonitorView {
+        MonitorView {
             workflows,
             counts: listing
                 .counts
                 .into_iter()
                 .map(|(s, n)| (s.as_str().to_owned(), n))
                 .collect(),
-        })
+        }
     }
 }

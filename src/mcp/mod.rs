@@ -33,7 +33,7 @@ use rmcp::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::api::ThreadId;
+use crate::api::{Links, ThreadId};
 use crate::engine::{Engine, EngineError, MonitorFilter};
 use session::{Session, WORKFLOW_URI};
 
@@ -41,15 +41,18 @@ use session::{Session, WORKFLOW_URI};
 #[derive(Clone)]
 pub struct BatonServer {
     engine: Engine,
+    /// Links into the HTTP server of this process, when it serves one.
+    links: Option<Links>,
     session: Session,
     tool_router: ToolRouter<BatonServer>,
 }
 
 impl BatonServer {
-    pub fn new(engine: Engine) -> BatonServer {
+    pub fn new(engine: Engine, links: Option<Links>) -> BatonServer {
         BatonServer {
             session: Session::new(engine.clone()),
             engine,
+            links,
             tool_router: Self::tool_router(),
         }
     }
@@ -251,12 +254,17 @@ pub enum ServeError {
 
 /// Serves MCP on stdin/stdout until stdin closes or `shutdown` fires. The caller owns the
 /// lifecycle: it shuts the engine down afterwards (running attempts are interrupted and
-/// handed to the next process).
-pub async fn serve_stdio(engine: Engine, shutdown: CancellationToken) -> Result<(), ServeError> {
+/// handed to the next process). With `links` (this process serves HTTP too), tool results
+/// carry `dashboard_url` and `events_url`.
+pub async fn serve_stdio(
+    engine: Engine,
+    shutdown: CancellationToken,
+    links: Option<Links>,
+) -> Result<(), ServeError> {
     let stdin = transport::Stdin::start();
     let serve = async {
         loop {
-            let server = BatonServer::new(engine.clone());
+            let server = BatonServer::new(engine.clone(), links.clone());
             let session = server.session.clone();
             match server
                 .serve(transport::StdioTransport::new(stdin.clone()))

@@ -70,6 +70,43 @@ pub struct InvokeAsyncResult {
     /// False if this thread_id already existed; nothing new was started.
     pub created: bool,
     pub next: String,
+    #[serde(flatten)]
+    pub links: LinkFields,
+}
+
+/// Where to watch a workflow in a browser or with an SSE client; present when the server
+/// also serves HTTP (`baton serve --http`). Both URLs carry the access token.
+#[derive(Debug, Default, Serialize, JsonSchema)]
+pub struct LinkFields {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
+    pub dashboard_url: Option<String>,
+    /// Server-sent events of this workflow (`id:` is the event's seq; send `Last-Event-ID`
+    /// to resume). The event schema is at /api/schema/events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
+    pub events_url: Option<String>,
+}
+
+impl BatonServer {
+    fn link_fields(&self, thread_id: &str) -> LinkFields {
+        match &self.links {
+            Some(l) => LinkFields {
+                dashboard_url: Some(l.dashboard(thread_id)),
+                events_url: Some(l.events(thread_id)),
+            },
+            None => LinkFields::default(),
+        }
+    }
+}
+
+/// `invoke_status`'s result: the workflow's status and, with HTTP on, its links.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct InvokeStatusResult {
+    #[serde(flatten)]
+    pub view: WorkflowView,
+    #[serde(flatten)]
+    pub links: LinkFields,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -113,6 +150,8 @@ pub struct InvokeStreamResult {
     /// Pass as `cursor` to continue without missing an event.
     pub next_cursor: i64,
     pub events: Vec<Event>,
+    #[serde(flatten)]
+    pub links: LinkFields,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -283,6 +322,7 @@ every problem is listed and nothing runs.",
             "A workflow with this thread_id already exists; nothing new was started. Check it with invoke_status.".to_owned()
         };
         let result = InvokeAsyncResult {
+            links: self.link_fields(&s.thread_id),
             thread_id: s.thread_id,
             status: s.status,
             step_count: s.step_count as i64,
@@ -309,13 +349,17 @@ workflow or to read step outputs after it finished.",
     async fn invoke_status(
         &self,
         Parameters(args): Parameters<InvokeStatusArgs>,
-    ) -> Result<Json<WorkflowView>, String> {
+    ) -> Result<Json<InvokeStatusResult>, String> {
         let chars = args.output_chars.unwrap_or(2000);
-        self.engine
+        let view = self
+            .engine
             .status(&ThreadId::from(args.thread_id), chars)
             .await
-            .map(Json)
-            .map_err(refusal)
+            .map_err(refusal)?;
+        Ok(Json(InvokeStatusResult {
+            links: self.link_fields(&view.thread_id),
+            view,
+        }))
     }
 
     #[tool(
@@ -406,6 +450,7 @@ workflow stops or `wait_s` passes. Each event is also sent as a progress notific
             let page_full = out.len() as i64 >= STREAM_PAGE;
             if done || page_full || tokio::time::Instant::now() >= deadline {
                 return Ok(Json(InvokeStreamResult {
+                    links: self.link_fields(&id),
                     thread_id: id,
                     status,
                     done,

@@ -15,8 +15,9 @@ mod records;
 mod sqlite;
 
 pub use records::{
-    Adoptable, AttemptRow, Changes, Claim, EventPage, Fence, MonitorRow, MonitorRows, NewWorkflow,
-    OwnerRow, Renewal, Snapshot, StatusChange, StepRow, WorkflowRow,
+    Adoptable, AttemptRow, COMMIT_BUCKETS_S, Changes, Claim, CommitStats, Deleted, DurationBuckets,
+    EventPage, Fence, ListFilter, MetricCounts, MonitorRow, MonitorRows, NewWorkflow, OwnerRow,
+    Renewal, STEP_DURATION_BUCKETS_S, Snapshot, StatusChange, StepRow, WorkflowRow,
 };
 
 use std::collections::BTreeMap;
@@ -302,6 +303,69 @@ impl Store {
     pub async fn step_medians(&self, name: String) -> Result<BTreeMap<String, i64>> {
         match &self.backend {
             Backend::Sqlite(s) => s.step_medians(name).await,
+        }
+    }
+
+    // ------------------------------------------------------------ operator surface
+
+    /// Workflows newest first by `filter`, as [`Store::monitor`] returns them, with the
+    /// cursor of the next page.
+    pub async fn list(&self, filter: ListFilter) -> Result<MonitorRows> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.list(filter).await,
+        }
+    }
+
+    /// Deletes a stopped workflow and everything stored about it.
+    pub async fn delete_workflow(&self, id: ThreadId) -> Result<Deleted> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.delete_workflow(id).await,
+        }
+    }
+
+    /// The full kept stdout (output) of a step, or the stderr of its latest attempt.
+    /// `None`: no such workflow or step; `Some(None)`: nothing kept yet.
+    pub async fn step_stream(
+        &self,
+        id: ThreadId,
+        step_id: String,
+        stderr: bool,
+    ) -> Result<Option<Option<String>>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.step_stream(id, step_id, stderr).await,
+        }
+    }
+
+    /// Events of every workflow after the global cursor `after`, in commit order, each with
+    /// its global cursor and thread id.
+    pub async fn events_global(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, ThreadId, crate::api::Event)>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.events_global(after, limit).await,
+        }
+    }
+
+    /// The newest global event cursor.
+    pub async fn last_global_cursor(&self) -> Result<i64> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.last_gseq().await,
+        }
+    }
+
+    /// Counts for metrics, read now.
+    pub async fn metric_counts(&self) -> Result<MetricCounts> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.metric_counts().await,
+        }
+    }
+
+    /// Commit latencies measured by this process's writer.
+    pub fn commit_stats(&self) -> CommitStats {
+        match &self.backend {
+            Backend::Sqlite(s) => s.commit_stats(),
         }
     }
 }

@@ -251,6 +251,67 @@ pub struct MonitorRow {
 #[derive(Debug, Clone, Default)]
 pub struct MonitorRows {
     pub rows: Vec<MonitorRow>,
+    /// Where the next page of a filtered listing starts, if there may be one.
+    pub next_cursor: Option<i64>,
     pub counts: Vec<(WorkflowStatus, i64)>,
     pub owners: Vec<OwnerRow>,
 }
+
+/// A filtered listing of workflows (the HTTP API's list), newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Any of these statuses (`None`: every status).
+    pub statuses: Option<Vec<WorkflowStatus>>,
+    /// Exactly this workflow name.
+    pub name: Option<String>,
+    /// A substring of the thread id or the name.
+    pub q: Option<String>,
+    pub limit: i64,
+    /// The `next_cursor` of the previous page.
+    pub before: Option<i64>,
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    Yes,
+    NotFound,
+    /// Not deleted: the workflow is queued or running.
+    Active(WorkflowStatus),
+}
+
+/// Upper bounds (seconds) of the step duration histogram of `/metrics`.
+pub const STEP_DURATION_BUCKETS_S: &[f64] = &[0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
+
+/// Finished attempts bucketed by duration (cumulative counts per bucket).
+#[derive(Debug, Clone, Default)]
+pub struct DurationBuckets {
+    pub buckets: Vec<i64>,
+    pub count: i64,
+    pub sum_ms: i64,
+}
+
+/// Counts for `/metrics`, read from the store at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct MetricCounts {
+    pub workflows: Vec<(WorkflowStatus, i64)>,
+    pub attempts: Vec<(AttemptOutcome, i64)>,
+    pub running_steps: i64,
+    pub step_durations: DurationBuckets,
+}
+
+/// Commit latency as the writer measured it (since this process opened the store).
+#[derive(Debug, Clone, Default)]
+pub struct CommitStats {
+    /// Cumulative counts per bucket of [`COMMIT_BUCKETS_S`].
+    pub buckets: Vec<u64>,
+    pub count: u64,
+    pub sum_us: u64,
+    /// The latest commit's latency, microseconds (None before the first).
+    pub last_us: Option<u64>,
+}
+
+/// Upper bounds (seconds) of the commit latency histogram.
+pub const COMMIT_BUCKETS_S: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+];

@@ -6,12 +6,14 @@
 mod util;
 
 mod agent;
+mod browser;
 mod cancel;
 mod claude_e2e;
 mod cli;
 mod faults;
 mod floods;
 mod handover;
+pub mod http;
 mod mcp_native;
 mod processes;
 mod protocol;

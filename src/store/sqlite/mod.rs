@@ -26,8 +26,9 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{broadcast, oneshot};
 
 use super::{
-    Adoptable, Change, Changes, Claim, Durability, EventPage, Fence, MonitorRow, MonitorRows,
-    NewWorkflow, OwnerRow, Renewal, Result, Snapshot, StoreError,
+    Adoptable, COMMIT_BUCKETS_S, Change, Changes, Claim, CommitStats, Deleted, Durability,
+    EventPage, Fence, ListFilter, MetricCounts, MonitorRow, MonitorRows, NewWorkflow, OwnerRow,
+    Renewal, Result, Snapshot, StoreError,
 };
 use crate::api::{ThreadId, WorkflowStatus, now_ms};
 use crate::store::{AttemptRow, WorkflowRow};
@@ -77,6 +78,8 @@ struct Inner {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Transactions committed by the writer thread (benchmarks count commits per step).
     commits: Arc<AtomicU64>,
+    /// Latencies of the writer's transactions (begin to durable commit).
+    latency: Arc<Mutex<CommitStats>>,
     closed: Arc<AtomicBool>,
 }
 
@@ -121,9 +124,14 @@ impl Sqlite {
         let changes_tx = changes.clone();
         let commits = Arc::new(AtomicU64::new(0));
         let commits_tx = commits.clone();
+        let latency = Arc::new(Mutex::new(CommitStats {
+            buckets: vec![0; COMMIT_BUCKETS_S.len()],
+            ..CommitStats::default()
+        }));
+        let latency_tx = latency.clone();
         let thread = std::thread::Builder::new()
             .name("baton-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, changes_tx, commits_tx))
+            .spawn(move || writer_loop(conn, rx, changes_tx, commits_tx, latency_tx))
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
         let closed = Arc::new(AtomicBool::new(false));
         let poll_conn = open_conn(path, durability).map_err(|e| open_err(e.to_string()))?;
@@ -140,6 +148,7 @@ impl Sqlite {
                 changes,
                 writer_thread: Mutex::new(Some(thread)),
                 commits,
+                latency,
                 closed,
             }),
         })
@@ -488,6 +497,88 @@ impl Sqlite {
         self.read(move |c| queries::median_step_durations(c, &name))
             .await
     }
+
+    // ------------------------------------------------------------ operator surface
+
+    pub(super) async fn list(&self, filter: ListFilter) -> Result<MonitorRows> {
+        self.read(move |c| {
+            let rows = queries::list_filtered(c, &filter)?;
+            let mut out = MonitorRows {
+                next_cursor: match rows.last() {
+                    Some((wid, _)) if rows.len() as i64 >= filter.limit => Some(*wid),
+                    _ => None,
+                },
+                ..MonitorRows::default()
+            };
+            let mut owner_ids: Vec<String> = Vec::new();
+            for (_, workflow) in rows {
+                let steps = queries::load_steps(c, &workflow.id)?;
+                let definition = if workflow.status == WorkflowStatus::Running {
+                    queries::load_definition(c, &workflow.id).ok()
+                } else {
+                    None
+                };
+                if let Some(o) = &workflow.owner
+                    && !owner_ids.contains(o)
+                {
+                    owner_ids.push(o.clone());
+                }
+                out.rows.push(MonitorRow {
+                    workflow,
+                    steps,
+                    definition,
+                });
+            }
+            for o in owner_ids {
+                if let Some(row) = queries::find_owner(c, &o)? {
+                    out.owners.push(row);
+                }
+            }
+            out.counts = queries::count_by_status(c)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn delete_workflow(&self, id: ThreadId) -> Result<Deleted> {
+        self.write(move |ctx| queries::delete_workflow(ctx, &id))
+            .await
+    }
+
+    pub(super) async fn step_stream(
+        &self,
+        id: ThreadId,
+        step_id: String,
+        stderr: bool,
+    ) -> Result<Option<Option<String>>> {
+        self.read(move |c| queries::step_stream(c, &id, &step_id, stderr))
+            .await
+    }
+
+    pub(super) async fn events_global(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, ThreadId, crate::api::Event)>> {
+        self.read(move |c| queries::events_global(c, after, limit))
+            .await
+    }
+
+    pub(super) async fn last_gseq(&self) -> Result<i64> {
+        self.read(queries::last_gseq).await
+    }
+
+    pub(super) async fn metric_counts(&self) -> Result<MetricCounts> {
+        self.read(queries::metric_counts).await
+    }
+
+    pub(super) fn commit_stats(&self) -> CommitStats {
+        self.inner
+            .latency
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
 }
 
 fn poisoned(what: &str) -> StoreError {
@@ -600,8 +691,10 @@ fn writer_loop(
     rx: mpsc::Receiver<Job>,
     changes: broadcast::Sender<Change>,
     commits: Arc<AtomicU64>,
+    latency: Arc<Mutex<CommitStats>>,
 ) {
     while let Ok(first) = rx.recv() {
+        let began = std::time::Instant::now();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -665,6 +758,7 @@ fn writer_loop(
         }
         if commit.is_ok() && !failed_alone {
             commits.fetch_add(1, Ordering::Relaxed);
+            record_latency(&latency, began.elapsed());
             for id in changed {
                 let _ = changes.send(Change::Workflow(id));
             }
@@ -677,6 +771,21 @@ fn fail_reply(job: Job, msg: &str) -> Reply {
     let (_, reply) = job(None);
     let msg = msg.to_owned();
     Box::new(move |_| reply(Err(msg)))
+}
+
+/// Adds one transaction's latency to the histogram.
+fn record_latency(stats: &Mutex<CommitStats>, took: Duration) {
+    let Ok(mut st) = stats.lock() else { return };
+    let us = took.as_micros() as u64;
+    let secs = took.as_secs_f64();
+    for (bound, n) in COMMIT_BUCKETS_S.iter().zip(st.buckets.iter_mut()) {
+        if secs <= *bound {
+            *n += 1;
+        }
+    }
+    st.count += 1;
+    st.sum_us += us;
+    st.last_us = Some(us);
 }
 
 #[cfg(test)]

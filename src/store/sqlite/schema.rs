@@ -101,8 +101,20 @@ CREATE TABLE events (
 ) WITHOUT ROWID;
 "#;
 
+/// A global cursor over every workflow's events (`gseq`), for the all-workflows event stream
+/// of the HTTP API: it increases strictly in commit order across workflows and processes,
+/// because SQLite serialises writers and each insert takes the next value inside its
+/// transaction. Existing events are numbered in time order.
+const V2: &str = r#"
+ALTER TABLE events ADD COLUMN gseq INTEGER;
+UPDATE events SET gseq = x.n
+  FROM (SELECT wid, seq, row_number() OVER (ORDER BY at, wid, seq) AS n FROM events) AS x
+  WHERE events.wid = x.wid AND events.seq = x.seq;
+CREATE UNIQUE INDEX events_by_gseq ON events(gseq);
+"#;
+
 pub(super) fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1)])
+    Migrations::new(vec![M::up(V1), M::up(V2)])
 }
 
 /// Brings the schema up to date. Several servers may open a new database at the same moment:

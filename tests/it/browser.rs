@@ -1,0 +1,130 @@
+//! The dashboard in a real browser: headless Chromium driven over WebDriver (chromedriver)
+//! against the real binary. Skipped, saying so, where chromedriver is not installed
+//! (`.ci/run` installs Debian's `chromium` and `chromium-driver`).
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{ClientBuilder, Locator};
+use serde_json::json;
+
+use crate::http::serve_http;
+use crate::util::{PATIENCE, Sandbox, eventually};
+
+fn chromedriver() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join("chromedriver"))
+        .find(|p| p.is_file())
+}
+
+struct Driver(std::process::Child);
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn dashboard_shows_live_progress_and_resumes_a_failed_workflow() {
+    let Some(exe) = chromedriver() else {
+        eprintln!(
+            "SKIPPED dashboard browser test: chromedriver is not installed (apt-get install chromium chromium-driver)"
+        );
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _driver = Driver(
+        Command::new(exe)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually("chromedriver listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+
+    let sb = Sandbox::new();
+    let (_server, h) = serve_http(&sb, &[]);
+    let id = h.start(json!({"name": "browser-demo", "steps": [
+        {"id": "build", "shell": "while [ ! -f go ]; do sleep 0.05; done; echo built"},
+        {"id": "test", "deps": ["build"], "shell": "test -f ready || { echo 'not ready yet' >&2; exit 1; }; echo passed",
+         "retry": {"max_attempts": 1}},
+        {"id": "notes", "deps": ["test"], "shell": "echo {test.output}"}]}));
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({"args": [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--window-size=1280,1100"]}),
+        );
+        let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let wait = |css: String| {
+            let c = c.clone();
+            async move {
+                c.wait()
+                    .at_most(PATIENCE)
+                    .every(Duration::from_millis(50))
+                    .for_element(Locator::Css(&css))
+                    .await
+                    .unwrap_or_else(|e| panic!("{css} never appeared: {e}"))
+            }
+        };
+        c.goto(&format!("{}/?token={}#/workflows/{id}", h.base, h.token))
+            .await
+            .unwrap();
+        wait(r#"tr[data-step="build"][data-status="running"]"#.into()).await;
+        // A marker that a reload would erase.
+        c.execute("window.__noReload = true;", vec![])
+            .await
+            .unwrap();
+        std::fs::write(sb.path("go"), "").unwrap();
+        wait(r#"tr[data-step="build"][data-status="completed"]"#.into()).await;
+        wait(r#"#wf-status[data-status="failed"]"#.into()).await;
+        wait(r#"g.node[data-step="test"][data-status="failed"]"#.into()).await;
+        std::fs::write(sb.path("ready"), "").unwrap();
+        c.find(Locator::Css("#btn-resume"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        wait(r#"#wf-status[data-status="completed"]"#.into()).await;
+        wait(r#"tr[data-step="notes"][data-status="completed"]"#.into()).await;
+        let still = c
+            .execute("return window.__noReload === true;", vec![])
+            .await
+            .unwrap();
+        assert_eq!(still, json!(true), "the page updated without a reload");
+        // The timeline draws the failed attempt and its retry as separate bars.
+        let bars = c.find_all(Locator::Css("#gantt rect.bar")).await.unwrap();
+        assert!(bars.len() >= 4, "one bar per attempt, got {}", bars.len());
+        if let Some(path) = std::env::var_os("BATON_SCREENSHOT") {
+            c.find(Locator::Css(r#"g.node[data-step="test"]"#))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            wait("#step-detail:not([hidden])".into()).await;
+            let png = c.screenshot().await.unwrap();
+            std::fs::write(path, png).unwrap();
+        }
+        c.close().await.unwrap();
+    });
+}
