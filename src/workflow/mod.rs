@@ -27,6 +27,7 @@ mod definition;
 mod problem;
 mod raw;
 mod resolve;
+mod resolve_retry;
 mod retry;
 mod shell_lint;
 mod template;

@@ -20,7 +20,8 @@ use crate::workflow::raw::{
     RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawRetry, RawStep, RawSteps,
     RawSuccess,
 };
-use crate::workflow::retry::{MAX_DURATION_S, RetryPolicy, retry_problems};
+use crate::workflow::resolve_retry::retry_problems;
+use crate::workflow::retry::{MAX_DURATION_S, RetryPolicy};
 use crate::workflow::shell_lint::check_placement;
 use crate::workflow::template::Template;
 
