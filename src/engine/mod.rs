@@ -15,6 +15,7 @@
 //! - `operator`: what an operator surface needs beyond the tools: filtered listing, delete,
 //!   full step output, metrics.
 //! - `follow`: the one event stream every front-end consumes.
+//! - `handover`: the per-database background worker that runs what `baton serve` stores.
 //! - `view`: status and monitor read models.
 //! - `executor`, `agent`, `process`: running attempts as child processes; `signals`: what a
 //!   running attempt reports; `outcome`: typed attempt outcomes.

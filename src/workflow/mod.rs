@@ -14,7 +14,7 @@
 //! - `definition.rs`: the resolved [`Workflow`] the engine runs and the store keeps.
 //! - `template.rs`: `{step.output}` templates and shell rendering; `shell_lint.rs`:
 //!   where a reference may sit in a shell script and how it is spelled there.
-//! - `retry.rs`: [`RetryPolicy`] arithmetic.
+//! - `retry.rs`: [`RetryPolicy`] arithmetic; `resolve_retry.rs`: a written `retry` → policy.
 //! - `problem.rs`: [`Problem`], [`Problems`] and "did you mean" suggestions.
 //! - `compile_tests.rs`: end-to-end tests of [`compile`].
 
