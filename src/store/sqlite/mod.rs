@@ -460,31 +460,7 @@ impl Sqlite {
         self.read(move |c| {
             let rows = queries::list_workflows(c, statuses.as_deref(), limit)?;
             let mut out = MonitorRows::default();
-            let mut owner_ids: Vec<String> = Vec::new();
-            for workflow in rows {
-                let steps = queries::load_steps(c, &workflow.id)?;
-                let definition = if workflow.status == WorkflowStatus::Running {
-                    queries::load_definition(c, &workflow.id).ok()
-                } else {
-                    None
-                };
-                if let Some(o) = &workflow.owner
-                    && !owner_ids.contains(o)
-                {
-                    owner_ids.push(o.clone());
-                }
-                out.rows.push(MonitorRow {
-                    workflow,
-                    steps,
-                    definition,
-                });
-            }
-            for o in owner_ids {
-                if let Some(row) = queries::find_owner(c, &o)? {
-                    out.owners.push(row);
-                }
-            }
-            out.counts = queries::count_by_status(c)?;
+            fill_listing(c, rows, &mut out)?;
             Ok(out)
         })
         .await
@@ -510,31 +486,8 @@ impl Sqlite {
                 },
                 ..MonitorRows::default()
             };
-            let mut owner_ids: Vec<String> = Vec::new();
-            for (_, workflow) in rows {
-                let steps = queries::load_steps(c, &workflow.id)?;
-                let definition = if workflow.status == WorkflowStatus::Running {
-                    queries::load_definition(c, &workflow.id).ok()
-                } else {
-                    None
-                };
-                if let Some(o) = &workflow.owner
-                    && !owner_ids.contains(o)
-                {
-                    owner_ids.push(o.clone());
-                }
-                out.rows.push(MonitorRow {
-                    workflow,
-                    steps,
-                    definition,
-                });
-            }
-            for o in owner_ids {
-                if let Some(row) = queries::find_owner(c, &o)? {
-                    out.owners.push(row);
-                }
-            }
-            out.counts = queries::count_by_status(c)?;
+            let rows = rows.into_iter().map(|(_, w)| w).collect();
+            fill_listing(c, rows, &mut out)?;
             Ok(out)
         })
         .await
@@ -579,6 +532,37 @@ impl Sqlite {
             .map(|s| s.clone())
             .unwrap_or_default()
     }
+}
+
+/// The rows of a listing with their steps, the definitions of running ones (stall
+/// thresholds, estimates), the owners they name, and the counts per status.
+fn fill_listing(c: &Connection, rows: Vec<WorkflowRow>, out: &mut MonitorRows) -> Result<()> {
+    let mut owner_ids: Vec<String> = Vec::new();
+    for workflow in rows {
+        let steps = queries::load_steps(c, &workflow.id)?;
+        let definition = if workflow.status == WorkflowStatus::Running {
+            queries::load_definition(c, &workflow.id).ok()
+        } else {
+            None
+        };
+        if let Some(o) = &workflow.owner
+            && !owner_ids.contains(o)
+        {
+            owner_ids.push(o.clone());
+        }
+        out.rows.push(MonitorRow {
+            workflow,
+            steps,
+            definition,
+        });
+    }
+    for o in owner_ids {
+        if let Some(row) = queries::find_owner(c, &o)? {
+            out.owners.push(row);
+        }
+    }
+    out.counts = queries::count_by_status(c)?;
+    Ok(())
 }
 
 fn poisoned(what: &str) -> StoreError {
