@@ -280,8 +280,19 @@ impl Driver {
                 l.stall_fired = false;
             }
             let signals = self.signals.clone();
+            let fence = self.fence.clone();
             self.running.spawn(async move {
                 let _permit = permit;
+                // Last look before the fork (nothing is awaited between it and the spawn): a
+                // process frozen past its lease since the commit must not start the attempt,
+                // which another process may have adopted and re-run meanwhile.
+                if sh.lease_in_doubt()
+                    && let Err(StoreError::Fenced(_)) = sh.store.check_fence(fence).await
+                {
+                    tracing::warn!(thread_id = %spec.workflow_id, step = %spec.step_id, "lease lost before the attempt started; not starting it");
+                    let detail = super::outcome::AttemptDetail::default();
+                    return (spec.step_idx, spec.number, Outcome::Stopped { detail });
+                }
                 let out = executor::execute(&sh.exec, &spec, &stop, signals).await;
                 (spec.step_idx, spec.number, out)
             });

@@ -134,8 +134,9 @@ pub(super) async fn hand_over_waiting(sh: &Arc<Shared>) -> Result<()> {
     Ok(())
 }
 
-/// Workflows that should be running and that no live process owns.
-async fn orphans(sh: &Arc<Shared>) -> Result<Vec<(ThreadId, Option<String>, i64)>> {
+/// Workflows that should be running and that no live process owns: id, owner, epoch, and
+/// the owner's pid when it ran on this machine (its leftovers are swept sparing it).
+async fn orphans(sh: &Arc<Shared>) -> Result<Vec<(ThreadId, Option<String>, i64, Option<i32>)>> {
     let now = now_ms();
     Ok(sh
         .store
@@ -146,7 +147,14 @@ async fn orphans(sh: &Arc<Shared>) -> Result<Vec<(ThreadId, Option<String>, i64)
             None => true,
             Some(_) => a.lease_expires_at < now || !owner_alive(sh, a.owner.as_ref(), now),
         })
-        .map(|a| (a.id, a.owner_id, a.epoch))
+        .map(|a| {
+            let pid = a
+                .owner
+                .as_ref()
+                .filter(|o| o.host == sh.host)
+                .and_then(|o| i32::try_from(o.pid).ok());
+            (a.id, a.owner_id, a.epoch, pid)
+        })
         .collect())
 }
 
@@ -197,12 +205,15 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
     let candidates = orphans(sh).await?;
     // Leftovers of each dead owner first, so no old attempt runs beside its re-run.
     let mut swept: Vec<String> = Vec::new();
-    for p in candidates.iter().filter_map(|(_, prev, _)| prev.as_ref()) {
+    for (p, pid) in candidates
+        .iter()
+        .filter_map(|(_, prev, _, pid)| Some((prev.as_ref()?, *pid)))
+    {
         if swept.contains(p) {
             continue;
         }
         let p2 = p.clone();
-        let n = tokio::task::spawn_blocking(move || super::process::kill_leftovers(&p2))
+        let n = tokio::task::spawn_blocking(move || super::process::kill_leftovers(&p2, pid))
             .await
             .unwrap_or(0);
         if n > 0 {
@@ -211,7 +222,7 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
         swept.push(p.clone());
     }
     // All adoptions at once: queued together, they share the writer's commits.
-    let results = futures::future::join_all(candidates.into_iter().map(|(id, prev, epoch)| {
+    let results = futures::future::join_all(candidates.into_iter().map(|(id, prev, epoch, _)| {
         let sh = sh.clone();
         async move {
             let r = adopt(&sh, &id, prev.clone(), epoch).await;

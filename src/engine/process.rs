@@ -378,8 +378,10 @@ pub fn reap_after_parent_exits(owner: &str) -> usize {
 /// its attempts' cgroups (when they are under this process's own cgroup, as for servers started
 /// side by side), then every process with its `BATON_OWNER` in the environment. Used by the
 /// reaper and when adopting a dead owner's workflows.
-pub fn kill_leftovers(owner: &str) -> usize {
-    contain::kill_owner(owner, false) + kill_by_env(owner)
+/// `server_pid` is the owner's own process (spared: a frozen owner is not killed, only what
+/// it started).
+pub fn kill_leftovers(owner: &str, server_pid: Option<i32>) -> usize {
+    contain::kill_owner_sparing(owner, false, server_pid) + kill_by_env(owner)
 }
 
 /// Kills every process with `BATON_OWNER=owner` in its environment.

@@ -353,12 +353,28 @@ fn subtree(dir: &Path) -> Vec<PathBuf> {
 /// Returns how many processes were still in them. Blocks for at most about a second while
 /// the killed processes exit.
 pub fn kill_owner(owner: &str, server_gone: bool) -> usize {
+    kill_owner_sparing(owner, server_gone, None)
+}
+
+/// [`kill_owner`] for an adopter, which also kills whatever is in the owner's server cgroup
+/// except the server itself (`server_pid`): a child the owner had just spawned and not yet
+/// moved into its attempt's cgroup sits there, and has not exec'd its `BATON_OWNER` yet.
+pub fn kill_owner_sparing(owner: &str, server_gone: bool, server_pid: Option<i32>) -> usize {
     let Some(base) = base() else {
         return 0;
     };
     let dir = owner_dir(base, owner);
     if !dir.exists() {
         return 0;
+    }
+    let mut strays = 0;
+    if !server_gone {
+        for pid in pids(&dir.join("server")) {
+            if Some(pid.as_raw()) != server_pid {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                strays += 1;
+            }
+        }
     }
     let targets: Vec<PathBuf> = if server_gone {
         vec![dir.clone()]
@@ -396,7 +412,7 @@ pub fn kill_owner(owner: &str, server_gone: bool) -> usize {
     // An owner whose own cgroup is empty is gone: nothing of its tree is needed any more.
     let _ = std::fs::remove_dir(dir.join("server"));
     let _ = std::fs::remove_dir(&dir);
-    found
+    found + strays
 }
 
 #[cfg(test)]
