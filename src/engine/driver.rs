@@ -286,10 +286,14 @@ impl Driver {
                 // Last look before the fork (nothing is awaited between it and the spawn): a
                 // process frozen past its lease since the commit must not start the attempt,
                 // which another process may have adopted and re-run meanwhile.
-                if sh.lease_in_doubt()
-                    && let Err(StoreError::Fenced(_)) = sh.store.check_fence(fence).await
-                {
-                    tracing::warn!(thread_id = %spec.workflow_id, step = %spec.step_id, "lease lost before the attempt started; not starting it");
+                let lost = stop.is_cancelled()
+                    || (sh.lease_in_doubt()
+                        && matches!(
+                            sh.store.check_fence(fence).await,
+                            Err(StoreError::Fenced(_))
+                        ));
+                if lost || stop.is_cancelled() {
+                    tracing::warn!(thread_id = %spec.workflow_id, step = %spec.step_id, "stopped or lease lost before the attempt started; not starting it");
                     let detail = super::outcome::AttemptDetail::default();
                     return (spec.step_idx, spec.number, Outcome::Stopped { detail });
                 }

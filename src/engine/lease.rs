@@ -108,8 +108,9 @@ async fn tick(sh: &Arc<Shared>) -> Result<()> {
         .store
         .renew(sh.owner.clone(), now + lease_ms(sh), now)
         .await?;
-    sh.renewed_at
-        .store(now, std::sync::atomic::Ordering::Relaxed);
+    // Drivers of lost workflows are stopped before the renewal counts: a driver must never
+    // see a fresh renewal while it still thinks it holds a lease it lost (e.g. while this
+    // process was frozen).
     let local: Vec<ThreadId> = sh.runs().keys().cloned().collect();
     for id in local {
         if !renewal.held.contains(&id) {
@@ -117,6 +118,8 @@ async fn tick(sh: &Arc<Shared>) -> Result<()> {
             sh.stop_driver(&id, StopReason::Fenced);
         }
     }
+    sh.renewed_at
+        .store(now, std::sync::atomic::Ordering::Relaxed);
     honour_cancels(sh, &renewal.cancels);
     if !sh.cfg.execute {
         hand_over_waiting(sh).await?;
