@@ -11,10 +11,13 @@
 //! when nothing runs, nothing waits for a retry and nothing more can start.
 //!
 //! # Layout
+//! - `condition`: whether a pending step runs, is skipped or waits (`when`, skips, joins,
+//!   failure handlers, `continue_on_error`).
 //! - `prepare`: rendering a step's templates into the attempt to run.
 //! - `stored`: transitions of a stored workflow that no driver runs — resume, cancel,
 //!   adoption after a crash.
 
+mod condition;
 #[cfg(test)]
 mod condition_tests;
 mod prepare;
@@ -33,68 +36,8 @@ use crate::api::{
     AttemptOutcome, EventData, EventKind, NewEvent, StepStatus, ThreadId, WorkflowStatus, tail,
 };
 use crate::store::{AttemptRow, Changes, StepRow};
-use crate::workflow::{Expr, Scope, Workflow};
-
-/// How a dep ended, as a dependent's readiness and condition see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DepState {
-    /// Not settled yet (running, retrying, blocked, or pending and still able to run).
-    Waiting,
-    /// Completed, or failed with `continue_on_error`.
-    Ran,
-    /// Not taken: skipped by a condition or because all its deps were.
-    Skipped,
-    /// Failed, or can never run because of a failure upstream.
-    Failed,
-}
-
-/// What a pending step does at a readiness check.
-#[derive(Debug)]
-enum Decision {
-    Wait,
-    Run,
-    Skip(EventData),
-    Fail(String, EventData),
-}
-
-/// A step's values as expressions see them (`steps.ID`); outputs cut to `cut` characters.
-fn step_value(row: &StepRow, cut: usize) -> serde_json::Value {
-    let output: String = row
-        .output
-        .as_deref()
-        .unwrap_or_default()
-        .trim_end()
-        .chars()
-        .take(cut)
-        .collect();
-    serde_json::json!({
-        "status": row.status.as_str(),
-        "output": output,
-        "attempts": row.attempts,
-        "session_id": row.session_id.as_deref().unwrap_or_default(),
-    })
-}
-
-/// What a condition read, for its event: the steps and inputs it names and whether a dep
-/// failed.
-fn read_values(
-    when: &Expr,
-    scope: &Scope<'_>,
-    steps: &[StepRow],
-    index: &HashMap<String, usize>,
-) -> serde_json::Value {
-    let steps: serde_json::Map<String, serde_json::Value> = when
-        .steps()
-        .iter()
-        .filter_map(|id| Some((id.clone(), step_value(&steps[*index.get(id)?], 200))))
-        .collect();
-    let inputs: serde_json::Map<String, serde_json::Value> = when
-        .inputs()
-        .iter()
-        .filter_map(|n| Some((n.clone(), scope.inputs.get(n)?.clone().into())))
-        .collect();
-    serde_json::json!({ "steps": steps, "inputs": inputs, "failure": scope.failed })
-}
+use crate::workflow::Workflow;
+use condition::{Decision, Memo};
 
 /// Bytes of an attempt's stderr kept in its record.
 const STDERR_KEPT: usize = 64 * 1024;
@@ -395,21 +338,24 @@ impl Scheduler {
         // definition order: pass again until a pass settles nothing.
         let mut again = true;
         let mut settled = false;
+        let mut memo = Memo::new(self.steps.len());
         while again && !self.starved {
             again = false;
             for idx in 0..self.steps.len() {
                 let ready = match self.steps[idx].status {
-                    StepStatus::Pending => match self.decide(idx) {
+                    StepStatus::Pending => match self.decide(idx, &mut memo) {
                         Decision::Wait => false,
                         Decision::Run => true,
                         Decision::Skip(data) => {
                             self.settle(ch, idx, StepStatus::Skipped, now, None, data);
+                            memo.clear();
                             again = true;
                             settled = true;
                             false
                         }
                         Decision::Fail(error, data) => {
                             self.settle(ch, idx, StepStatus::Failed, now, Some(error), data);
+                            memo.clear();
                             again = true;
                             settled = true;
                             false
@@ -480,147 +426,6 @@ impl Scheduler {
             },
         ));
         (AttemptSpec { number, ..spec }, permit)
-    }
-
-    /// Ends pending step `idx` without running it: skipped by its condition or its deps, or
-    /// failed because its condition could not be evaluated.
-    fn settle(
-        &mut self,
-        ch: &mut Changes,
-        idx: usize,
-        status: StepStatus,
-        now: i64,
-        error: Option<String>,
-        data: EventData,
-    ) {
-        let row = &mut self.steps[idx];
-        row.status = status;
-        row.finished_at = Some(now);
-        row.error.clone_from(&error);
-        ch.step(row);
-        let kind = if status == StepStatus::Failed {
-            EventKind::StepFailed
-        } else {
-            EventKind::StepSkipped
-        };
-        ch.event(NewEvent::step(
-            kind,
-            &row.step_id,
-            None,
-            EventData { error, ..data },
-        ));
-    }
-
-    /// What pending step `idx` does now that (or while) its deps settle.
-    fn decide(&self, idx: usize) -> Decision {
-        let step = &self.def.steps[idx];
-        let mut memo = vec![None; self.steps.len()];
-        let states: Vec<DepState> = step
-            .deps
-            .iter()
-            .map(|d| {
-                self.index
-                    .get(d)
-                    .map_or(DepState::Waiting, |&j| self.dep_state(j, &mut memo))
-            })
-            .collect();
-        if states.contains(&DepState::Waiting) {
-            return Decision::Wait;
-        }
-        let failed = states.contains(&DepState::Failed);
-        let reads_status = step.when.as_ref().is_some_and(Expr::reads_status);
-        if failed && !reads_status {
-            // It can never run; `finish` reports the failure that stopped it.
-            return Decision::Wait;
-        }
-        if !reads_status && !states.is_empty() && states.iter().all(|s| *s == DepState::Skipped) {
-            return Decision::Skip(EventData {
-                reason: Some("every dep was skipped".to_owned()),
-                ..Default::default()
-            });
-        }
-        let Some(when) = &step.when else {
-            return Decision::Run;
-        };
-        let scope = Scope {
-            inputs: &self.def.inputs,
-            steps: when
-                .steps()
-                .iter()
-                .filter_map(|id| {
-                    let row = &self.steps[*self.index.get(id)?];
-                    Some((id.clone(), step_value(row, usize::MAX)))
-                })
-                .collect(),
-            failed,
-        };
-        let data = EventData {
-            condition: Some(when.source().to_owned()),
-            values: Some(read_values(when, &scope, &self.steps, &self.index)),
-            ..Default::default()
-        };
-        match when.condition(&scope) {
-            Ok(true) => Decision::Run,
-            Ok(false) => Decision::Skip(EventData {
-                reason: Some("the condition is false".to_owned()),
-                ..data
-            }),
-            Err(e) => Decision::Fail(
-                format!("when {:?}: {e}", when.source()),
-                EventData {
-                    reason: Some("the condition could not be evaluated".to_owned()),
-                    ..data
-                },
-            ),
-        }
-    }
-
-    /// How step `j` ended, as its dependents see it. A pending step that can never run (a
-    /// dep failed and it does not handle failures) counts as failed, so an on-failure handler
-    /// further down still runs and nothing waits for it.
-    fn dep_state(&self, j: usize, memo: &mut Vec<Option<DepState>>) -> DepState {
-        if let Some(s) = memo[j] {
-            return s;
-        }
-        let state = match self.steps[j].status {
-            StepStatus::Completed => DepState::Ran,
-            // Skipped by a user's resume (it carries an output): its dependents go on.
-            StepStatus::Skipped if self.steps[j].output.is_some() => DepState::Ran,
-            StepStatus::Skipped => DepState::Skipped,
-            StepStatus::Failed if self.def.steps[j].continue_on_error => DepState::Ran,
-            StepStatus::Failed => DepState::Failed,
-            StepStatus::Pending => {
-                let step = &self.def.steps[j];
-                let mut failed = false;
-                let mut waiting = false;
-                for d in &step.deps {
-                    match self.index.get(d).map(|&k| self.dep_state(k, memo)) {
-                        Some(DepState::Failed) => failed = true,
-                        Some(DepState::Ran | DepState::Skipped) => {}
-                        Some(DepState::Waiting) | None => waiting = true,
-                    }
-                }
-                let handles = step.when.as_ref().is_some_and(Expr::reads_status);
-                if failed && !waiting && !handles {
-                    DepState::Failed
-                } else {
-                    DepState::Waiting
-                }
-            }
-            _ => DepState::Waiting,
-        };
-        memo[j] = Some(state);
-        state
-    }
-
-    /// Whether step row `s` no longer keeps the workflow from completing.
-    fn is_done(&self, s: &StepRow) -> bool {
-        s.status.satisfies_deps()
-            || (s.status == StepStatus::Failed
-                && self
-                    .index
-                    .get(&s.step_id)
-                    .is_some_and(|&i| self.def.steps[i].continue_on_error))
     }
 
     /// Whether nothing can happen any more without a new outcome: nothing runs (`running`
