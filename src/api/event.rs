@@ -112,6 +112,14 @@ pub struct EventData {
     pub previous_owner: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_steps: Option<Vec<String>>,
+    /// The `when` expression a step was skipped (or failed) by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// The values that expression read: `{steps: {ID: {status, output, attempts}}, inputs:
+    /// {NAME: value}, failure: bool}` (outputs cut to 200 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
+    pub values: Option<serde_json::Value>,
 }
 
 impl EventData {

@@ -685,3 +685,38 @@ fn ten_thousand_step_chain_and_fan_in_compile() {
     let ps = problems(json!(bad));
     assert_problem(&ps, Some("s0"), "run[1]", "not upstream of this step");
 }
+
+#[test]
+fn when_conditions_are_compiled_at_submission_naming_step_and_field() {
+    let ps = problems(json!({"inputs": {"mode": "x"}, "steps": [
+        {"id": "a", "run": ["true"]},
+        {"id": "b", "run": ["true"]},
+        {"id": "syntax", "deps": ["a"], "when": "steps.a.output ==", "run": ["true"]},
+        {"id": "sideways", "deps": ["a"], "when": "steps.b.status == 'completed'", "run": ["true"]},
+        {"id": "typo", "deps": ["a"], "when": "steps.aa.status == 'x'", "run": ["true"]},
+        {"id": "input", "deps": ["a"], "when": "inputs.mod == 'x'", "run": ["true"]},
+        {"id": "self", "when": "steps.self.status == 'x'", "run": ["true"]},
+        {"id": "flag", "continue_on_error": "yes", "run": ["true"]},
+    ]}));
+    assert_problem(&ps, Some("syntax"), "when", "invalid CEL");
+    assert_problem(&ps, Some("sideways"), "when", "not upstream");
+    assert_problem(&ps, Some("typo"), "when", "unknown step \"aa\"");
+    assert_problem(&ps, Some("input"), "when", "unknown input \"mod\"");
+    assert_problem(&ps, Some("self"), "when", "this step itself");
+    assert_problem(&ps, Some("flag"), "continue_on_error", "true or false");
+    assert_eq!(ps.len(), 6, "{ps}");
+}
+
+#[test]
+fn when_and_continue_on_error_round_trip_through_the_stored_form() {
+    let wf = ok(json!({"steps": [
+        {"id": "a", "run": ["true"], "continue_on_error": true},
+        {"id": "b", "deps": ["a"], "when": "failure() || steps.a.status == 'failed'", "run": ["true"]},
+    ]}));
+    assert!(wf.steps[0].continue_on_error);
+    let when = wf.steps[1].when.as_ref().unwrap();
+    assert!(when.reads_status());
+    let back: Workflow = serde_json::from_value(serde_json::to_value(&wf).unwrap()).unwrap();
+    assert_eq!(back, wf);
+    assert!(back.steps[1].when.as_ref().unwrap().steps().contains("a"));
+}

@@ -230,6 +230,8 @@ mod tests {
             agent: AgentOptions::default(),
             role: None,
             success: SuccessCheck::default(),
+            when: None,
+            continue_on_error: false,
         }
     }
 

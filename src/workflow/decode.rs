@@ -167,6 +167,8 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
         config: o.raw("config").cloned(),
         kind: o.get("type", STRING, problems),
         session_id: o.get("sessionId", STRING, problems),
+        when: o.get("when", "a CEL expression (a string)", problems),
+        continue_on_error: o.get("continue_on_error", "true or false", problems),
         ..RawStep::default()
     };
     if let Some(v) = o.raw("retry") {

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::workflow::expr::Expr;
 use crate::workflow::retry::RetryPolicy;
 use crate::workflow::template::Template;
 
@@ -87,6 +88,12 @@ pub struct Step {
     /// Checks deciding whether a finished attempt succeeded.
     #[serde(default, skip_serializing_if = "is_default")]
     pub success: SuccessCheck,
+    /// Condition deciding, once the deps settled, whether the step runs or is skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Expr>,
+    /// A failure of this step does not fail the workflow and does not stop its dependents.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub continue_on_error: bool,
 }
 
 /// The stored form of a [`Workflow`]: `cwd` holds the directory of the first step, and steps

@@ -14,6 +14,7 @@
 //! - `definition.rs`: the resolved [`Workflow`] the engine runs and the store keeps.
 //! - `template.rs`: `{step.output}` templates and shell rendering; `shell_lint.rs`:
 //!   where a reference may sit in a shell script and how it is spelled there.
+//! - `expr.rs`: CEL expressions (`when`), checked at submission, evaluated by the scheduler.
 //! - `retry.rs`: [`RetryPolicy`] arithmetic; `resolve_retry.rs`: a written `retry` → policy.
 //! - `problem.rs`: [`Problem`], [`Problems`] and "did you mean" suggestions.
 //! - `compile_tests.rs`: end-to-end tests of [`compile`].
@@ -24,6 +25,7 @@ use std::path::Path;
 mod dag;
 mod decode;
 mod definition;
+mod expr;
 mod problem;
 mod raw;
 mod resolve;
@@ -40,6 +42,7 @@ pub use dag::{ancestors, descendants, topo_order};
 pub use definition::{
     Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, OnStall, Step, SuccessCheck, Workflow,
 };
+pub use expr::{Expr, Scope};
 pub use problem::{Problem, Problems};
 use raw::RawDefinition;
 pub use retry::RetryPolicy;
@@ -124,6 +127,8 @@ mod tests {
             "max_attempts",
             "stall_timeout_s",
             "allowed_tools",
+            "continue_on_error",
+            "failure()",
             "Claude Studio",
         ] {
             assert!(text.contains(needle), "schema lacks {needle}");

@@ -272,6 +272,16 @@ pub struct RawStep {
     /// Checks on the outcome.
     #[serde(default)]
     pub success: Option<RawSuccess>,
+    /// A CEL condition, evaluated once when every dep has settled; false skips the step.
+    /// Reads `inputs.NAME` and `steps.ID.{status,output,attempts,session_id}` (ancestors
+    /// only). Without `failure()` or `always()` it means `success() && (…)`: a failed dep
+    /// stops the step; with them it is evaluated after a failure too (`"failure()"` is an
+    /// on-failure handler).
+    #[serde(default)]
+    pub when: Option<String>,
+    /// The step may fail without failing the workflow: its dependents run, it stays `failed`.
+    #[serde(default)]
+    pub continue_on_error: Option<bool>,
     /// Display name; ignored.
     #[serde(default)]
     pub name: Option<String>,

@@ -15,6 +15,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::workflow::definition::{
     Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, OnStall, Step, SuccessCheck, Workflow,
 };
+use crate::workflow::expr::Expr;
 use crate::workflow::problem::{Problem, did_you_mean, is_valid_id};
 use crate::workflow::raw::{
     RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawRetry, RawStep, RawSteps,
@@ -282,6 +283,14 @@ fn resolve_step(
         agent,
         role: raw.agent_id.clone().or_else(|| raw.role.clone()),
         success: resolve_success(raw.success.as_ref(), &id, problems),
+        when: raw.when.as_deref().and_then(|src| match Expr::parse(src) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                problems.push(Problem::step(&id, "when", e));
+                None
+            }
+        }),
+        continue_on_error: raw.continue_on_error.unwrap_or(false),
         id,
     };
     (step, field)

@@ -1,4 +1,4 @@
-//! Graph-wide validation: step ids, deps, cycles and template references.
+//! Graph-wide validation: step ids, deps, cycles, template and expression references.
 //!
 //! Invariant: a workflow that passes has at least one step, unique well-formed ids, deps
 //! that name other existing steps, no cycle, and templates that only read steps upstream of
@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::workflow::dag::{Upstream, cycles};
 use crate::workflow::definition::{Action, Step};
+use crate::workflow::expr::Expr;
 use crate::workflow::problem::{Problem, did_you_mean, is_valid_id};
 use crate::workflow::template::{Reference, Template};
 
@@ -85,6 +86,59 @@ pub fn validate(
             declared_inputs,
             problems,
         );
+        if let Some(when) = &step.when {
+            check_expression(
+                step,
+                when,
+                "when",
+                &mut is_upstream,
+                &ids,
+                declared_inputs,
+                problems,
+            );
+        }
+    }
+}
+
+/// An expression may read only declared inputs and upstream steps, like a template.
+fn check_expression(
+    step: &Step,
+    expr: &Expr,
+    field: &str,
+    is_upstream: &mut dyn FnMut(&str) -> bool,
+    ids: &BTreeSet<&str>,
+    declared_inputs: &BTreeSet<String>,
+    problems: &mut Vec<Problem>,
+) {
+    for name in expr.inputs() {
+        if !declared_inputs.contains(name) {
+            let hint = did_you_mean(name, declared_inputs.iter().map(String::as_str));
+            problems.push(Problem::step(
+                &step.id,
+                field,
+                format!(
+                    "inputs.{name}: unknown input {name:?}{hint}; declare it under \"inputs\" or pass it when invoking"
+                ),
+            ));
+        }
+    }
+    for target in expr.steps() {
+        let message = if *target == step.id {
+            format!(
+                "steps.{target} refers to this step itself; a condition cannot read its own result"
+            )
+        } else if !ids.contains(target.as_str()) {
+            let hint = did_you_mean(target, ids.iter().copied());
+            format!("steps.{target} refers to unknown step {target:?}{hint}")
+        } else if !is_upstream(target) {
+            format!(
+                "steps.{target} refers to step {target:?}, which is not upstream of this step; \
+                 add {target:?} to deps"
+            )
+        } else {
+            continue;
+        };
+        problems.push(Problem::step(&step.id, field, message));
     }
 }
 

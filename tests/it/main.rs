@@ -10,6 +10,7 @@ mod browser;
 mod cancel;
 mod claude_e2e;
 mod cli;
+mod control_flow;
 mod faults;
 mod floods;
 mod handover;

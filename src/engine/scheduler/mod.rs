@@ -3,16 +3,23 @@
 //! it never spawns, waits or writes (the driver does), so every transition is unit-tested
 //! without a runtime, with injected time and randomness.
 //!
-//! Invariant: a step starts only when every dep is completed or skipped, and only through a
-//! change set that records its start; a finished attempt is applied once (outcomes of an
+//! Invariant: a step starts only when every dep has settled — completed, skipped, or failed
+//! with `continue_on_error` (or, for a condition calling `failure()`/`always()`, failed
+//! too) — its `when` held, and not every dep was skipped; and only through a change set that
+//! records its start or its skip; a finished attempt is applied once (outcomes of an
 //! attempt that is not the step's current one are ignored); the workflow is finished exactly
 //! when nothing runs, nothing waits for a retry and nothing more can start.
 //!
 //! # Layout
+//! - `condition`: whether a pending step runs, is skipped or waits (`when`, skips, joins,
+//!   failure handlers, `continue_on_error`).
 //! - `prepare`: rendering a step's templates into the attempt to run.
 //! - `stored`: transitions of a stored workflow that no driver runs — resume, cancel,
 //!   adoption after a crash.
 
+mod condition;
+#[cfg(test)]
+mod condition_tests;
 mod prepare;
 mod stored;
 #[cfg(test)]
@@ -30,6 +37,7 @@ use crate::api::{
 };
 use crate::store::{AttemptRow, Changes, StepRow};
 use crate::workflow::Workflow;
+use condition::{Decision, Memo};
 
 /// Bytes of an attempt's stderr kept in its record.
 const STDERR_KEPT: usize = 64 * 1024;
@@ -326,47 +334,47 @@ impl Scheduler {
     ) -> Vec<(AttemptSpec, P)> {
         let mut out = Vec::new();
         self.starved = false;
-        for idx in 0..self.steps.len() {
-            let ready = match self.steps[idx].status {
-                StepStatus::Pending => self.deps_done(idx),
-                StepStatus::Retrying => self.retry_at[idx].is_none_or(|t| t <= now),
-                _ => false,
-            };
-            if !ready {
-                continue;
+        // A skip or a failed condition settles a step, which may decide steps before it in
+        // definition order: pass again until a pass settles nothing.
+        let mut again = true;
+        let mut settled = false;
+        let mut memo = Memo::new(self.steps.len());
+        while again && !self.starved {
+            again = false;
+            for idx in 0..self.steps.len() {
+                let ready = match self.steps[idx].status {
+                    StepStatus::Pending => match self.decide(idx, &mut memo) {
+                        Decision::Wait => false,
+                        Decision::Run => true,
+                        Decision::Skip(data) => {
+                            self.settle(ch, idx, StepStatus::Skipped, now, None, data);
+                            memo.clear();
+                            again = true;
+                            settled = true;
+                            false
+                        }
+                        Decision::Fail(error, data) => {
+                            self.settle(ch, idx, StepStatus::Failed, now, Some(error), data);
+                            memo.clear();
+                            again = true;
+                            settled = true;
+                            false
+                        }
+                    },
+                    StepStatus::Retrying => self.retry_at[idx].is_none_or(|t| t <= now),
+                    _ => false,
+                };
+                if !ready {
+                    continue;
+                }
+                let Some(permit) = take() else {
+                    self.starved = true;
+                    break;
+                };
+                out.push(self.start(ch, idx, now, owner, permit));
             }
-            let Some(permit) = take() else {
-                self.starved = true;
-                break;
-            };
-            self.retry_at[idx] = None;
-            let spec = self.prepare(idx);
-            let row = &mut self.steps[idx];
-            row.attempts += 1;
-            row.status = StepStatus::Running;
-            row.started_at.get_or_insert(now);
-            row.finished_at = None;
-            row.last_activity_at = Some(now);
-            let number = row.attempts;
-            let resume = spec.resume_session().map(str::to_owned);
-            ch.attempts.push(AttemptRow {
-                session_id: resume.clone(),
-                owner: Some(owner.to_owned()),
-                ..AttemptRow::new(&row.step_id, number, now, AttemptOutcome::Running)
-            });
-            ch.step(row);
-            ch.event(NewEvent::step(
-                EventKind::StepStarted,
-                &row.step_id,
-                Some(number),
-                EventData {
-                    resume_session: resume,
-                    ..Default::default()
-                },
-            ));
-            out.push((AttemptSpec { number, ..spec }, permit));
         }
-        if !out.is_empty() && self.status != WorkflowStatus::Running {
+        if (!out.is_empty() || settled) && self.status != WorkflowStatus::Running {
             self.status = WorkflowStatus::Running;
             ch.set_status(WorkflowStatus::Running, None, false);
             ch.events.insert(
@@ -383,12 +391,41 @@ impl Scheduler {
         out
     }
 
-    fn deps_done(&self, idx: usize) -> bool {
-        self.def.steps[idx].deps.iter().all(|d| {
-            self.index
-                .get(d)
-                .is_some_and(|&j| self.steps[j].status.satisfies_deps())
-        })
+    /// Marks step `idx` running with a new attempt and prepares it.
+    fn start<P>(
+        &mut self,
+        ch: &mut Changes,
+        idx: usize,
+        now: i64,
+        owner: &str,
+        permit: P,
+    ) -> (AttemptSpec, P) {
+        self.retry_at[idx] = None;
+        let spec = self.prepare(idx);
+        let row = &mut self.steps[idx];
+        row.attempts += 1;
+        row.status = StepStatus::Running;
+        row.started_at.get_or_insert(now);
+        row.finished_at = None;
+        row.last_activity_at = Some(now);
+        let number = row.attempts;
+        let resume = spec.resume_session().map(str::to_owned);
+        ch.attempts.push(AttemptRow {
+            session_id: resume.clone(),
+            owner: Some(owner.to_owned()),
+            ..AttemptRow::new(&row.step_id, number, now, AttemptOutcome::Running)
+        });
+        ch.step(row);
+        ch.event(NewEvent::step(
+            EventKind::StepStarted,
+            &row.step_id,
+            Some(number),
+            EventData {
+                resume_session: resume,
+                ..Default::default()
+            },
+        ));
+        (AttemptSpec { number, ..spec }, permit)
     }
 
     /// Whether nothing can happen any more without a new outcome: nothing runs (`running`
@@ -399,11 +436,11 @@ impl Scheduler {
 
     /// Ends the workflow: completed, failed, blocked or cancelled by what its steps are.
     pub(super) fn finish(&mut self, ch: &mut Changes) {
-        let all_done = self.steps.iter().all(|s| s.status.satisfies_deps());
+        let all_done = self.steps.iter().all(|s| self.is_done(s));
         let listed = |status: StepStatus, verb: &str, cut: usize| -> Vec<String> {
             self.steps
                 .iter()
-                .filter(|s| s.status == status)
+                .filter(|s| s.status == status && !self.is_done(s))
                 .map(|s| {
                     let e = s.error.as_deref().unwrap_or("unknown error");
                     format!("step {} {verb}: {}", s.step_id, tail(e, cut))
@@ -471,7 +508,7 @@ impl Scheduler {
                 ch.step(row);
             }
         }
-        if self.steps.iter().all(|s| s.status.satisfies_deps()) {
+        if self.steps.iter().all(|s| self.is_done(s)) {
             self.finish(ch);
             return;
         }

@@ -54,6 +54,9 @@ pub(in crate::engine) fn resume_changes(
         if target && plan.skip {
             s.status = StepStatus::Skipped;
             s.finished_at = Some(now);
+            // A recorded output (empty if none) marks a skip by the user, which lets the
+            // dependents run; a skip by a condition has none and skips them too.
+            s.output.get_or_insert_with(String::new);
             ch.event(NewEvent::step(
                 EventKind::StepSkipped,
                 &s.step_id,

@@ -14,7 +14,7 @@ use crate::engine::scheduler::stored::NothingToResume;
 
 const OWNER: &str = "me";
 
-fn workflow(def: serde_json::Value) -> Arc<Workflow> {
+pub(super) fn workflow(def: serde_json::Value) -> Arc<Workflow> {
     Arc::new(crate::workflow::compile(&def, &BTreeMap::new(), Path::new("/tmp")).unwrap())
 }
 
@@ -29,7 +29,7 @@ fn chain() -> Scheduler {
     fresh(def)
 }
 
-fn fresh(def: Arc<Workflow>) -> Scheduler {
+pub(super) fn fresh(def: Arc<Workflow>) -> Scheduler {
     let rows = def
         .steps
         .iter()
@@ -39,21 +39,21 @@ fn fresh(def: Arc<Workflow>) -> Scheduler {
     Scheduler::new(ThreadId::from("t"), def, WorkflowStatus::Queued, rows, 0)
 }
 
-fn start(s: &mut Scheduler, now: i64) -> (Changes, Vec<String>) {
+pub(super) fn start(s: &mut Scheduler, now: i64) -> (Changes, Vec<String>) {
     let mut ch = Changes::default();
     let started = s.start_ready(&mut ch, now, OWNER, || Some(()));
     let ids = started.into_iter().map(|(a, ())| a.step_id).collect();
     (ch, ids)
 }
 
-fn ok(output: &str) -> Outcome {
+pub(super) fn ok(output: &str) -> Outcome {
     Outcome::Succeeded {
         output: output.into(),
         detail: AttemptDetail::default(),
     }
 }
 
-fn fail(class: FailureClass) -> Outcome {
+pub(super) fn fail(class: FailureClass) -> Outcome {
     Outcome::Failed {
         class,
         error: "exit status 1".into(),
@@ -67,16 +67,21 @@ fn stopped() -> Outcome {
     }
 }
 
-fn idx(s: &Scheduler, id: &str) -> usize {
+pub(super) fn idx(s: &Scheduler, id: &str) -> usize {
     s.steps().iter().position(|r| r.step_id == id).unwrap()
 }
 
-fn status(s: &Scheduler, id: &str) -> StepStatus {
+pub(super) fn status(s: &Scheduler, id: &str) -> StepStatus {
     s.steps()[idx(s, id)].status
 }
 
 /// Applies an outcome to the current attempt of `id` at `now` and starts what is ready.
-fn finish_attempt(s: &mut Scheduler, id: &str, out: Outcome, now: i64) -> (Changes, Vec<String>) {
+pub(super) fn finish_attempt(
+    s: &mut Scheduler,
+    id: &str,
+    out: Outcome,
+    now: i64,
+) -> (Changes, Vec<String>) {
     let i = idx(s, id);
     let n = s.steps()[i].attempts;
     let mut ch = Changes::default();
@@ -85,7 +90,7 @@ fn finish_attempt(s: &mut Scheduler, id: &str, out: Outcome, now: i64) -> (Chang
     (ch, started.into_iter().map(|(a, ())| a.step_id).collect())
 }
 
-fn kinds(ch: &Changes) -> Vec<EventKind> {
+pub(super) fn kinds(ch: &Changes) -> Vec<EventKind> {
     ch.events.iter().map(|e| e.kind).collect()
 }
 
