@@ -1,0 +1,153 @@
+//! Opening the database file: its mode, refusing another program's file, connections, and
+//! the poll that notices other processes' commits.
+//!
+//! Invariant: the file is never held open by a plain descriptor beside SQLite's own (closing
+//! one would drop SQLite's POSIX locks), and it is private to its owner once opened.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::broadcast;
+
+use super::super::{Change, Durability, Result, StoreError};
+
+/// How often the poller looks for commits of other processes.
+const FOREIGN_POLL: Duration = Duration::from_millis(100);
+
+/// Makes an existing database file (or its `-wal`/`-shm`) private to its owner: a file left
+/// 0644 by another tool would otherwise stay readable by every user, with every step output.
+/// By path (stat and chmod), never by opening it: see [`Sqlite::open`] on POSIX locks.
+pub(super) fn tighten(path: &Path) -> std::result::Result<(), String> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700)).map_err(
+            |e| {
+                format!(
+                    "{} is readable by other users (mode {mode:o}) and cannot be made private: {e}; chmod 600 it",
+                    path.display()
+                )
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Publishes [`Change::Unknown`] when another connection committed since the last look, so
+/// followers notice commits of other processes sharing the file. Looks only while someone
+/// listens.
+pub(super) fn foreign_poll(
+    conn: Connection,
+    tx: broadcast::Sender<Change>,
+    closed: Arc<AtomicBool>,
+) {
+    let version = |c: &Connection| -> Option<i64> {
+        c.query_row("PRAGMA data_version", [], |r| r.get(0)).ok()
+    };
+    let mut last = version(&conn);
+    while !closed.load(Ordering::Relaxed) {
+        std::thread::sleep(FOREIGN_POLL);
+        if tx.receiver_count() == 0 {
+            continue;
+        }
+        let now = version(&conn);
+        if now != last {
+            last = now;
+            let _ = tx.send(Change::Unknown);
+        }
+    }
+}
+
+/// Refuses, before anything is written, a file that is not a baton database: opening would
+/// switch it to WAL and add baton's tables to another program's data.
+pub(super) fn refuse_foreign(path: &Path) -> std::result::Result<(), String> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| e.to_string())?;
+    // Both reads in one snapshot: another baton may be migrating this file right now, and
+    // its commit falling between them would look like a foreign database.
+    conn.execute_batch("BEGIN")
+        .map_err(|e| format!("database error: {e}"))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| format!("database error: {e}"))?;
+    let mut stmt = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .map_err(|e| format!("database error: {e}"))?;
+    let tables: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| format!("database error: {e}"))?;
+    if version == 0 && !tables.is_empty() {
+        return Err(format!(
+            "it is an SQLite database of another program (tables: {}); baton leaves it untouched, pass another --db",
+            tables.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn open_conn(path: &Path, durability: Durability) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt(format!(
+            "cannot switch the database to WAL mode (got {mode})"
+        )));
+    }
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;"
+    ))?;
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::Sqlite;
+    use std::path::PathBuf;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn an_existing_world_readable_database_is_made_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("baton.db");
+        let first = Sqlite::open(&db, Durability::Normal).unwrap();
+        first.close();
+        drop(first);
+        for side in ["", "-wal", "-shm"] {
+            let p = PathBuf::from(format!("{}{side}", db.display()));
+            if p.exists() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+        }
+        let store = Sqlite::open(&db, Durability::Normal).unwrap();
+        for side in ["", "-wal", "-shm"] {
+            let p = PathBuf::from(format!("{}{side}", db.display()));
+            if p.exists() {
+                assert_eq!(mode(&p), 0o600, "{}", p.display());
+            }
+        }
+        store.close();
+    }
+}
