@@ -13,6 +13,7 @@
 //! too. Both are latency optimisations only: subscribers re-read the store.
 
 mod files;
+mod operator_queries;
 mod queries;
 mod schema;
 

@@ -8,16 +8,15 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::WriteCtx;
-use crate::api::ThreadId;
 use crate::api::{
     AttemptOutcome, Event, EventData, EventKind, NewEvent, StepStatus, WorkflowStatus, rfc3339,
 };
 use crate::store::{
-    Adoptable, AttemptRow, Changes, Deleted, Fence, ListFilter, MetricCounts, NewWorkflow,
-    OwnerRow, Result, STEP_DURATION_BUCKETS_S, StepRow, StoreError, WorkflowRow,
+    Adoptable, AttemptRow, Changes, Fence, NewWorkflow, OwnerRow, Result, StepRow, StoreError,
+    WorkflowRow,
 };
 
-fn status_of<T>(s: String, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+pub(super) fn status_of<T>(s: String, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
     parse(&s).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
             0,
@@ -27,7 +26,7 @@ fn status_of<T>(s: String, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> 
     })
 }
 
-const WORKFLOW_COLS: &str = "id, name, status, step_count, created_at, updated_at, \
+pub(super) const WORKFLOW_COLS: &str = "id, name, status, step_count, created_at, updated_at, \
     started_at, finished_at, error, owner, lease_expires_at, epoch, cancel_requested, \
     last_activity_at, total_cost_usd";
 
@@ -542,7 +541,7 @@ pub fn events_after(
 }
 
 /// An event from the columns `seq, type, step_id, attempt, at, data` starting at `base`.
-fn event_row(r: &Row<'_>, base: usize) -> rusqlite::Result<Event> {
+pub(super) fn event_row(r: &Row<'_>, base: usize) -> rusqlite::Result<Event> {
     let data: Option<String> = r.get(base + 5)?;
     Ok(Event {
         seq: r.get(base)?,
@@ -669,166 +668,4 @@ pub fn done_at(conn: &Connection, id: &str, cursor: i64) -> Result<i64> {
     )?)
 }
 
-// ---------------------------------------------------------------- operator surface
-
-/// Workflows newest first, filtered; returns each row's `wid` (the listing cursor) too.
-pub fn list_filtered(conn: &Connection, f: &ListFilter) -> Result<Vec<(i64, WorkflowRow)>> {
-    // Statuses come from the enum, never from the caller's text.
-    let status = match &f.statuses {
-        Some(list) if !list.is_empty() => format!(
-            "AND status IN ({})",
-            list.iter()
-                .map(|s| format!("'{}'", s.as_str()))
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
-        _ => String::new(),
-    };
-    let pattern = f.q.as_ref().map(|q| {
-        let escaped = q
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        format!("%{escaped}%")
-    });
-    let sql = format!(
-        "SELECT wid, {WORKFLOW_COLS} FROM workflows WHERE 1 = 1 {status} \
-         AND (?1 IS NULL OR name = ?1) \
-         AND (?2 IS NULL OR id LIKE ?2 ESCAPE '\\' OR name LIKE ?2 ESCAPE '\\') \
-         AND (?3 IS NULL OR wid < ?3) ORDER BY wid DESC LIMIT ?4"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![f.name, pattern, f.before, f.limit], |r| {
-        Ok((r.get(0)?, workflow_row_at(r, 1)?))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-fn workflow_row_at(r: &Row<'_>, base: usize) -> rusqlite::Result<WorkflowRow> {
-    Ok(WorkflowRow {
-        id: r.get::<_, String>(base)?.into(),
-        name: r.get(base + 1)?,
-        status: status_of(r.get(base + 2)?, WorkflowStatus::parse)?,
-        step_count: r.get(base + 3)?,
-        created_at: r.get(base + 4)?,
-        updated_at: r.get(base + 5)?,
-        started_at: r.get(base + 6)?,
-        finished_at: r.get(base + 7)?,
-        error: r.get(base + 8)?,
-        owner: r.get(base + 9)?,
-        lease_expires_at: r.get(base + 10)?,
-        epoch: r.get(base + 11)?,
-        cancel_requested: r.get(base + 12)?,
-        last_activity_at: r.get(base + 13)?,
-        total_cost_usd: r.get(base + 14)?,
-    })
-}
-
-/// Deletes a workflow with its definition, steps, attempts and events, unless it is queued
-/// or running (checked in the same transaction, so no adoption can slip in between).
-pub fn delete_workflow(ctx: &mut WriteCtx<'_>, id: &str) -> Result<Deleted> {
-    let Some(row) = find_workflow(ctx.conn, id)? else {
-        return Ok(Deleted::NotFound);
-    };
-    if matches!(row.status, WorkflowStatus::Queued | WorkflowStatus::Running) {
-        return Ok(Deleted::Active(row.status));
-    }
-    for table in ["events", "attempts", "steps", "definitions"] {
-        ctx.conn
-            .prepare_cached(&format!(
-                "DELETE FROM {table} WHERE wid = (SELECT wid FROM workflows WHERE id = ?1)"
-            ))?
-            .execute([id])?;
-    }
-    ctx.conn
-        .prepare_cached("DELETE FROM workflows WHERE id = ?1")?
-        .execute([id])?;
-    ctx.touched(id);
-    Ok(Deleted::Yes)
-}
-
-/// The kept stdout of a step (its output) or the stderr of its latest attempt.
-pub fn step_stream(
-    conn: &Connection,
-    id: &str,
-    step_id: &str,
-    stderr: bool,
-) -> Result<Option<Option<String>>> {
-    let sql = if stderr {
-        "SELECT (SELECT stderr FROM attempts a WHERE a.wid = s.wid AND a.step_id = s.step_id \
-         ORDER BY number DESC LIMIT 1) FROM steps s \
-         WHERE s.wid = (SELECT wid FROM workflows WHERE id = ?1) AND s.step_id = ?2"
-    } else {
-        "SELECT output FROM steps \
-         WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) AND step_id = ?2"
-    };
-    Ok(conn
-        .prepare_cached(sql)?
-        .query_row([id, step_id], |r| r.get(0))
-        .optional()?)
-}
-
-/// Events of every workflow with a global cursor above `after`, in commit order.
-pub fn events_global(
-    conn: &Connection,
-    after: i64,
-    limit: i64,
-) -> Result<Vec<(i64, ThreadId, Event)>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT e.gseq, w.id, e.seq, e.type, e.step_id, e.attempt, e.at, e.data \
-         FROM events e JOIN workflows w ON w.wid = e.wid \
-         WHERE e.gseq > ?1 ORDER BY e.gseq LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![after, limit], |r| {
-        Ok((
-            r.get(0)?,
-            ThreadId::from(r.get::<_, String>(1)?.as_str()),
-            event_row(r, 2)?,
-        ))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-/// The newest global event cursor (0 if there are no events).
-pub fn last_gseq(conn: &Connection) -> Result<i64> {
-    Ok(conn
-        .prepare_cached("SELECT coalesce(max(gseq), 0) FROM events")?
-        .query_row([], |r| r.get(0))?)
-}
-
-/// Figures for `/metrics`, read at scrape time.
-pub fn metric_counts(conn: &Connection) -> Result<MetricCounts> {
-    let mut out = MetricCounts {
-        workflows: count_by_status(conn)?,
-        ..MetricCounts::default()
-    };
-    let mut stmt =
-        conn.prepare_cached("SELECT outcome, count(*) FROM attempts GROUP BY outcome")?;
-    out.attempts = stmt
-        .query_map([], |r| {
-            Ok((status_of(r.get(0)?, AttemptOutcome::parse)?, r.get(1)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    out.running_steps = conn
-        .prepare_cached("SELECT count(*) FROM steps WHERE status = 'running'")?
-        .query_row([], |r| r.get(0))?;
-    // Finished attempts bucketed by duration in one scan.
-    let cases = STEP_DURATION_BUCKETS_S
-        .iter()
-        .map(|b| format!("sum(finished_at - started_at <= {})", (b * 1000.0) as i64))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "SELECT count(*), coalesce(sum(finished_at - started_at), 0), {cases} \
-         FROM attempts WHERE finished_at IS NOT NULL"
-    );
-    conn.query_row(&sql, [], |r| {
-        out.step_durations.count = r.get(0)?;
-        out.step_durations.sum_ms = r.get(1)?;
-        out.step_durations.buckets = (0..STEP_DURATION_BUCKETS_S.len())
-            .map(|i| r.get::<_, Option<i64>>(2 + i).map(|v| v.unwrap_or(0)))
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(())
-    })?;
-    Ok(out)
-}
+pub use super::operator_queries::*;
