@@ -333,8 +333,16 @@ impl Engine {
                     thread_id: id.clone(),
                 })?;
         let def = super::parse_definition(&snap)?;
+        let instance = req.from_step.as_deref().and_then(|from| {
+            let (parent, _) = workflow::parse_instance(from)?;
+            snap.steps
+                .iter()
+                .any(|s| s.step_id == from)
+                .then_some(parent.to_owned())
+        });
         if let Some(from) = &req.from_step
             && def.step(from).is_none()
+            && instance.is_none()
         {
             return Err(EngineError::UnknownStep {
                 step: from.clone(),
@@ -370,6 +378,13 @@ impl Engine {
             None => None,
         };
         let downstream: BTreeSet<String> = match &req.from_step {
+            // An instance re-runs alone; what depends on its for_each step re-runs after it.
+            Some(_) if instance.is_some() => {
+                let parent = instance.as_deref().unwrap_or_default();
+                let mut below = workflow::descendants(&def, parent);
+                below.remove(parent);
+                below
+            }
             Some(from) => workflow::descendants(&def, from),
             None => BTreeSet::new(),
         };

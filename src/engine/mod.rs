@@ -296,7 +296,18 @@ fn parse_definition(snap: &Snapshot) -> crate::store::Result<Workflow> {
     let def: Workflow = serde_json::from_str(&snap.definition).map_err(|e| {
         StoreError::Corrupt(format!("stored definition of {}: {e}", snap.workflow.id))
     })?;
-    if def.steps.len() != snap.steps.len() {
+    // A row per defined step, plus the instances `ID[i]` of expanded for_each steps.
+    let known = |id: &str| {
+        def.step(id).is_some()
+            || crate::workflow::parse_instance(id)
+                .and_then(|(parent, _)| def.step(parent))
+                .is_some_and(|s| s.for_each.is_some())
+    };
+    let rows: std::collections::HashSet<&str> =
+        snap.steps.iter().map(|s| s.step_id.as_str()).collect();
+    if !snap.steps.iter().all(|s| known(&s.step_id))
+        || !def.steps.iter().all(|s| rows.contains(s.id.as_str()))
+    {
         return Err(StoreError::Corrupt(format!(
             "steps of {} do not match its definition",
             snap.workflow.id

@@ -94,6 +94,35 @@ pub struct Step {
     /// A failure of this step does not fail the workflow and does not stop its dependents.
     #[serde(default, skip_serializing_if = "is_default")]
     pub continue_on_error: bool,
+    /// Fan-out: the step runs once per item of this list, as instances `ID[i]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<ForEach>,
+}
+
+/// The id of instance `index` of `for_each` step `step_id`: `ID[index]`.
+pub fn instance_id(step_id: &str, index: usize) -> String {
+    format!("{step_id}[{index}]")
+}
+
+/// The step and item index of an instance id `ID[index]`.
+pub fn parse_instance(id: &str) -> Option<(&str, usize)> {
+    let (step, rest) = id.split_once('[')?;
+    let index = rest.strip_suffix(']')?;
+    if step.is_empty() || index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((step, index.parse().ok()?))
+}
+
+/// A `for_each` fan-out: the list expression (evaluated once, when the step is ready, and
+/// stored) and how many instances may run at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForEach {
+    /// A CEL expression giving the items.
+    pub items: Expr,
+    /// Most instances running at once; `None`: only the step-slot limit applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
 }
 
 /// The stored form of a [`Workflow`]: `cwd` holds the directory of the first step, and steps
@@ -364,6 +393,15 @@ mod tests {
         assert!(reason.contains(r#"contains "FAIL""#), "{reason}");
         assert!(reason.contains("does not match regex"), "{reason}");
         assert_eq!(SuccessCheck::default().check_output("anything"), None);
+    }
+
+    #[test]
+    fn instance_ids_round_trip() {
+        assert_eq!(instance_id("review", 3), "review[3]");
+        assert_eq!(parse_instance("review[3]"), Some(("review", 3)));
+        for bad in ["review", "review[]", "[1]", "review[x]", "review[1", "review[-1]"] {
+            assert_eq!(parse_instance(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -114,6 +114,31 @@ impl Expr {
         }
     }
 
+    /// Evaluates the expression as the items of a `for_each`: a list, or a string holding a
+    /// JSON array, or else one item per non-empty line (inputs are strings, so
+    /// `inputs.files` may be `["a", "b"]` or one file per line).
+    pub fn items(&self, scope: &Scope<'_>) -> Result<Vec<serde_json::Value>, String> {
+        let value = self.evaluate(scope)?;
+        match value.json().map_err(|e| format!("the list cannot be stored: {e}"))? {
+            serde_json::Value::Array(items) => Ok(items),
+            serde_json::Value::String(text) => {
+                if let Ok(serde_json::Value::Array(items)) = serde_json::from_str(&text) {
+                    return Ok(items);
+                }
+                Ok(text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(|l| serde_json::Value::String(l.to_owned()))
+                    .collect())
+            }
+            other => Err(format!(
+                "for_each evaluated to {}, not a list",
+                json_kind(&other)
+            )),
+        }
+    }
+
     fn evaluate(&self, scope: &Scope<'_>) -> Result<Value, String> {
         let mut ctx = Context::default();
         let failed = scope.failed;
@@ -221,6 +246,18 @@ fn walk(e: &IdedExpr, found: &mut Found, bound: &mut Vec<String>) {
     }
 }
 
+/// `a number`, `a map`, … for messages.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a bool",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "a map",
+    }
+}
+
 fn note_member(root: &str, field: &str, found: &mut Found) {
     match root {
         "steps" => {
@@ -321,6 +358,23 @@ mod tests {
                 .unwrap_err()
                 .contains("not a bool")
         );
+    }
+
+    #[test]
+    fn items_accept_lists_json_array_strings_and_lines() {
+        let inputs = BTreeMap::from([
+            ("json".to_owned(), r#"["a", {"f": 1}]"#.to_owned()),
+            ("lines".to_owned(), "x.rs\n\n  y.rs \n".to_owned()),
+        ]);
+        let s = scope(&inputs, json!({"p": {"json": {"files": [1, 2]}}}), false);
+        let items = |src: &str| Expr::parse(src).unwrap().items(&s);
+        assert_eq!(items("['a', 'b']").unwrap(), [json!("a"), json!("b")]);
+        assert_eq!(items("inputs.json").unwrap(), [json!("a"), json!({"f": 1})]);
+        assert_eq!(items("inputs.lines").unwrap(), [json!("x.rs"), json!("y.rs")]);
+        assert_eq!(items("steps.p.json.files").unwrap(), [json!(1), json!(2)]);
+        assert!(items("[]").unwrap().is_empty());
+        assert!(items("{'a': 1}").unwrap_err().contains("a map, not a list"));
+        assert!(items("3").unwrap_err().contains("a number"));
     }
 
     #[test]

@@ -40,9 +40,11 @@ mod compile_tests;
 
 pub use dag::{ancestors, descendants, topo_order};
 pub use definition::{
-    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, OnStall, Step, SuccessCheck, Workflow,
+    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, ForEach, OnStall, Step, SuccessCheck, Workflow,
+    instance_id, parse_instance,
 };
 pub use expr::{Expr, Scope};
+pub use resolve::MAX_ITEMS;
 pub use problem::{Problem, Problems};
 use raw::RawDefinition;
 pub use retry::RetryPolicy;

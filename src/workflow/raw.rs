@@ -282,6 +282,13 @@ pub struct RawStep {
     /// The step may fail without failing the workflow: its dependents run, it stays `failed`.
     #[serde(default)]
     pub continue_on_error: Option<bool>,
+    /// Fan-out: a CEL expression giving a list; the step runs once per item as instances
+    /// `ID[0]`, `ID[1]`, … with `{item}`, `{item.FIELD}` and `{index}` in its templates.
+    #[serde(default)]
+    pub for_each: Option<String>,
+    /// Most instances of a `for_each` step running at once (default: no limit of its own).
+    #[serde(default)]
+    pub max_parallel: Option<u32>,
     /// Display name; ignored.
     #[serde(default)]
     pub name: Option<String>,

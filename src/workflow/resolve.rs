@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
 use crate::workflow::definition::{
-    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, OnStall, Step, SuccessCheck, Workflow,
+    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, ForEach, OnStall, Step, SuccessCheck, Workflow,
 };
-use crate::workflow::expr::Expr;
+use crate::workflow::expr::{Expr, Scope};
 use crate::workflow::problem::{Problem, did_you_mean, is_valid_id};
 use crate::workflow::raw::{
     RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawRetry, RawStep, RawSteps,
@@ -45,6 +45,8 @@ struct Base<'a> {
     retry: RetryPolicy,
     agent: AgentOptions,
     profiles: BTreeMap<String, AgentOptions>,
+    /// Final input values (for lists that can be evaluated at submission).
+    inputs: BTreeMap<String, String>,
 }
 
 /// Resolves `raw`; problems are appended.
@@ -98,6 +100,7 @@ pub fn resolve(
         agent: AgentOptions::default(),
         profiles,
         defaults,
+        inputs: inputs.clone(),
     };
     if let Some(retry) = &base.defaults.retry {
         push_retry_problems(retry, None, "defaults.retry", problems);
@@ -291,9 +294,71 @@ fn resolve_step(
             }
         }),
         continue_on_error: raw.continue_on_error.unwrap_or(false),
+        for_each: resolve_for_each(raw, &id, &base.inputs, problems),
         id,
     };
     (step, field)
+}
+
+/// The most items a `for_each` may expand to.
+pub const MAX_ITEMS: usize = 10_000;
+
+/// `for_each` and `max_parallel`. A list that reads no step is evaluated now, so a list
+/// that is not one (or too long) is refused at submission rather than at run time.
+fn resolve_for_each(
+    raw: &RawStep,
+    id: &str,
+    inputs: &BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+) -> Option<ForEach> {
+    if raw.for_each.is_none() {
+        if raw.max_parallel.is_some() {
+            problems.push(Problem::step(
+                id,
+                "max_parallel",
+                "max_parallel limits the instances of a for_each step; this step has no for_each",
+            ));
+        }
+        return None;
+    }
+    let src = raw.for_each.as_deref()?;
+    if raw.max_parallel == Some(0) {
+        problems.push(Problem::step(
+            id,
+            "max_parallel",
+            "must be at least 1 (leave it out for no limit of its own)",
+        ));
+    }
+    let items = match Expr::parse(src) {
+        Ok(e) => e,
+        Err(e) => {
+            problems.push(Problem::step(id, "for_each", e));
+            return None;
+        }
+    };
+    if items.steps().is_empty() && items.inputs().iter().all(|n| inputs.contains_key(n)) {
+        let scope = Scope {
+            inputs,
+            steps: serde_json::Map::new(),
+            failed: false,
+        };
+        match items.items(&scope) {
+            Ok(list) if list.len() > MAX_ITEMS => problems.push(Problem::step(
+                id,
+                "for_each",
+                format!(
+                    "the list has {} items; at most {MAX_ITEMS} are allowed",
+                    list.len()
+                ),
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(Problem::step(id, "for_each", e)),
+        }
+    }
+    Some(ForEach {
+        items,
+        max_parallel: raw.max_parallel,
+    })
 }
 
 /// The step's action and the field it was written in. Exactly one of prompt/task/run/shell.

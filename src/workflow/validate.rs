@@ -18,7 +18,7 @@ use crate::workflow::template::{Reference, Template};
 pub const MAX_ID_LEN: usize = 128;
 
 /// Step ids that would make template references ambiguous.
-const RESERVED_IDS: &[&str] = &["inputs"];
+const RESERVED_IDS: &[&str] = &["inputs", "item", "index"];
 
 /// Checks the graph of `steps`; `action_fields[i]` is the field step `i`'s action was
 /// written in. Problems are appended.
@@ -97,6 +97,29 @@ pub fn validate(
                 problems,
             );
         }
+        if let Some(fan) = &step.for_each {
+            check_expression(
+                step,
+                &fan.items,
+                "for_each",
+                &mut is_upstream,
+                &ids,
+                declared_inputs,
+                problems,
+            );
+        } else if let Some(reference) = templates(step, field)
+            .iter()
+            .flat_map(|(_, t)| t.references())
+            .find(|r| r.reads_item())
+        {
+            problems.push(Problem::step(
+                &step.id,
+                field,
+                format!(
+                    "{reference} reads a for_each item, but this step has no for_each; add \"for_each\": \"<a CEL list>\""
+                ),
+            ));
+        }
     }
 }
 
@@ -170,7 +193,9 @@ fn check_ids(steps: &[Step], problems: &mut Vec<Problem>) {
             problems.push(Problem::step(
                 id,
                 "id",
-                format!("{id:?} is reserved ({{inputs.NAME}} reads inputs)"),
+                format!(
+                    "{id:?} is reserved ({{inputs.NAME}} reads inputs, {{item}} and {{index}} a for_each item)"
+                ),
             ));
         }
         match first_use.get(id) {

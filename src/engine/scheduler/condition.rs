@@ -51,7 +51,7 @@ pub(super) enum Decision {
 }
 
 /// A step's values as expressions see them (`steps.ID`); outputs cut to `cut` characters.
-fn step_value(row: &StepRow, cut: usize) -> serde_json::Value {
+pub(super) fn step_value(row: &StepRow, cut: usize) -> serde_json::Value {
     let output: String = row
         .output
         .as_deref()
@@ -123,7 +123,9 @@ impl Scheduler {
     /// `memo` caches how steps ended (see [`Memo`]); it must be cleared after a step is
     /// settled.
     pub(super) fn decide(&self, idx: usize, memo: &mut Memo) -> Decision {
-        let step = &self.def.steps[idx];
+        let Some(step) = self.step_def(idx) else {
+            return Decision::Wait;
+        };
         let states: Vec<DepState> = step
             .deps
             .iter()
@@ -196,10 +198,15 @@ impl Scheduler {
             // Skipped by a user's resume (it carries an output): its dependents go on.
             StepStatus::Skipped if self.steps[j].output.is_some() => DepState::Ran,
             StepStatus::Skipped => DepState::Skipped,
-            StepStatus::Failed if self.def.steps[j].continue_on_error => DepState::Ran,
+            StepStatus::Failed if self.step_def(j).is_some_and(|s| s.continue_on_error) => {
+                DepState::Ran
+            }
             StepStatus::Failed => DepState::Failed,
             StepStatus::Pending => {
-                let step = &self.def.steps[j];
+                let Some(step) = self.step_def(j) else {
+                    memo[j] = Some(DepState::Waiting);
+                    return DepState::Waiting;
+                };
                 let mut failed = false;
                 let mut waiting = false;
                 for d in &step.deps {
@@ -229,6 +236,7 @@ impl Scheduler {
                 && self
                     .index
                     .get(&s.step_id)
-                    .is_some_and(|&i| self.def.steps[i].continue_on_error))
+                    .and_then(|&i| self.step_def(i))
+                    .is_some_and(|d| d.continue_on_error))
     }
 }

@@ -13,6 +13,7 @@
 //! # Layout
 //! - `condition`: whether a pending step runs, is skipped or waits (`when`, skips, joins,
 //!   failure handlers, `continue_on_error`).
+//! - `fan_out`: `for_each` steps, their stored items and their instances `ID[i]`.
 //! - `prepare`: rendering a step's templates into the attempt to run.
 //! - `stored`: transitions of a stored workflow that no driver runs — resume, cancel,
 //!   adoption after a crash.
@@ -20,6 +21,9 @@
 mod condition;
 #[cfg(test)]
 mod condition_tests;
+mod fan_out;
+#[cfg(test)]
+mod fan_out_tests;
 mod prepare;
 mod stored;
 #[cfg(test)]
@@ -36,8 +40,9 @@ use crate::api::{
     AttemptOutcome, EventData, EventKind, NewEvent, StepStatus, ThreadId, WorkflowStatus, tail,
 };
 use crate::store::{AttemptRow, Changes, StepRow};
-use crate::workflow::Workflow;
+use crate::workflow::{Step, Workflow};
 use condition::{Decision, Memo};
+use fan_out::{Fan, Origin};
 
 /// Bytes of an attempt's stderr kept in its record.
 const STDERR_KEPT: usize = 64 * 1024;
@@ -63,6 +68,10 @@ pub(super) struct Scheduler {
     /// Attempts stopped because they stalled; their stop counts as a retryable failure.
     stalled: Vec<bool>,
     index: HashMap<String, usize>,
+    /// Per row, the step of the definition it runs (and its item, for an instance).
+    origin: Vec<Origin>,
+    /// The expanded `for_each` steps, by row.
+    fans: HashMap<usize, Fan>,
     /// The last start found no free step slot; more steps are ready than could start.
     starved: bool,
 }
@@ -81,6 +90,7 @@ impl Scheduler {
             .enumerate()
             .map(|(i, s)| (s.step_id.clone(), i))
             .collect();
+        let (origin, fans) = fan_out::origins(&def, &steps, &index);
         let retry_at = steps
             .iter()
             .map(|s| (s.status == StepStatus::Retrying).then_some(now))
@@ -94,16 +104,19 @@ impl Scheduler {
             retry_at,
             stalled,
             index,
+            origin,
+            fans,
             starved: false,
         }
     }
 
-    pub(super) fn status(&self) -> WorkflowStatus {
-        self.status
+    /// The step of the definition that row `idx` runs.
+    pub(super) fn step_def(&self, idx: usize) -> Option<&Step> {
+        self.def.steps.get(self.origin.get(idx)?.def)
     }
 
-    pub(super) fn def(&self) -> &Workflow {
-        &self.def
+    pub(super) fn status(&self) -> WorkflowStatus {
+        self.status
     }
 
     pub(super) fn steps(&self) -> &[StepRow] {
@@ -172,7 +185,7 @@ impl Scheduler {
         owner: &str,
         jitter: f64,
     ) {
-        let Some(step) = self.def.steps.get(idx) else {
+        let Some(step) = self.def.steps.get(self.origin[idx].def) else {
             return;
         };
         if self.steps[idx].attempts != number {
@@ -320,6 +333,9 @@ impl Scheduler {
         }
         ch.step(row);
         ch.attempts.push(att);
+        if self.origin[idx].item.is_some() {
+            self.instance_ended(ch, idx, now);
+        }
     }
 
     /// Marks the steps that are ready (deps done, or retry due at `now`) running, as far as
@@ -339,12 +355,28 @@ impl Scheduler {
         let mut again = true;
         let mut settled = false;
         let mut memo = Memo::new(self.steps.len());
+        self.aggregate_settled(ch, now);
         while again && !self.starved {
             again = false;
             for idx in 0..self.steps.len() {
+                let instance = self.origin[idx].item.is_some();
                 let ready = match self.steps[idx].status {
+                    StepStatus::Pending if instance => self.instance_has_room(idx),
                     StepStatus::Pending => match self.decide(idx, &mut memo) {
                         Decision::Wait => false,
+                        Decision::Run if self.step_def(idx).is_some_and(|s| s.for_each.is_some()) => {
+                            if let Err(error) = self.expand(ch, idx, now) {
+                                let data = EventData {
+                                    reason: Some("the for_each list could not be made".to_owned()),
+                                    ..Default::default()
+                                };
+                                self.settle(ch, idx, StepStatus::Failed, now, Some(error), data);
+                            }
+                            memo = Memo::new(self.steps.len());
+                            again = true;
+                            settled = true;
+                            false
+                        }
                         Decision::Run => true,
                         Decision::Skip(data) => {
                             self.settle(ch, idx, StepStatus::Skipped, now, None, data);
@@ -361,7 +393,10 @@ impl Scheduler {
                             false
                         }
                     },
-                    StepStatus::Retrying => self.retry_at[idx].is_none_or(|t| t <= now),
+                    StepStatus::Retrying => {
+                        self.retry_at[idx].is_none_or(|t| t <= now)
+                            && (!instance || self.instance_has_room(idx))
+                    }
                     _ => false,
                 };
                 if !ready {
@@ -401,6 +436,9 @@ impl Scheduler {
         permit: P,
     ) -> (AttemptSpec, P) {
         self.retry_at[idx] = None;
+        if self.origin[idx].item.is_some() {
+            self.instance_started(idx);
+        }
         let spec = self.prepare(idx);
         let row = &mut self.steps[idx];
         row.attempts += 1;
@@ -497,8 +535,11 @@ impl Scheduler {
     /// pending for the next owner. A workflow whose steps are all done finishes instead.
     pub(super) fn stop(&mut self, ch: &mut Changes, stop: Stop, now: i64) {
         self.retry_at.iter_mut().for_each(|r| *r = None);
-        for row in &mut self.steps {
-            if row.status.is_current() {
+        for (idx, row) in self.steps.iter_mut().enumerate() {
+            // An expanded for_each step stays running across a shutdown: its stored items
+            // and instances carry on under the next owner.
+            let expanded = self.fans.contains_key(&idx);
+            if row.status.is_current() && !(expanded && stop == Stop::Shutdown) {
                 if stop == Stop::Cancel {
                     row.status = StepStatus::Cancelled;
                     row.finished_at = Some(now);

@@ -15,8 +15,9 @@ use crate::workflow::{Action, AgentOptions, Quoting, Reference};
 impl Scheduler {
     /// The attempt step `idx` would run next (its `number` is set by the caller).
     pub(super) fn prepare(&self, idx: usize) -> AttemptSpec {
-        let step = &self.def.steps[idx];
+        let step = &self.def.steps[self.origin[idx].def];
         let row = &self.steps[idx];
+        let item = self.item_of(idx);
         let lookup = |r: &Reference| -> String {
             let get = |id: &String| self.index.get(id).map(|&j| &self.steps[j]);
             match r {
@@ -31,6 +32,19 @@ impl Scheduler {
                     .and_then(|s| s.session_id.clone())
                     .unwrap_or_default(),
                 Reference::Input(name) => self.def.inputs.get(name).cloned().unwrap_or_default(),
+                Reference::Item(field) => {
+                    let value = item.map(|(v, _)| v);
+                    let value = match field {
+                        None => value,
+                        Some(f) => value.and_then(|v| v.get(f.as_str())),
+                    };
+                    match value {
+                        None | Some(serde_json::Value::Null) => String::new(),
+                        Some(serde_json::Value::String(s)) => s.clone(),
+                        Some(other) => other.to_string(),
+                    }
+                }
+                Reference::Index => item.map(|(_, i)| i.to_string()).unwrap_or_default(),
             }
         };
         let prepared = match &step.action {
@@ -79,7 +93,7 @@ impl Scheduler {
         AttemptSpec {
             workflow_id: self.id.clone(),
             step_idx: idx,
-            step_id: step.id.clone(),
+            step_id: row.step_id.clone(),
             number: row.attempts + 1,
             prepared,
             cwd: step.cwd.clone(),

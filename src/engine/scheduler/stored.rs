@@ -12,6 +12,7 @@ use crate::api::{
     AttemptOutcome, EventData, EventKind, NewEvent, ResumedBy, StepStatus, WorkflowStatus,
 };
 use crate::store::{AttemptRow, Changes, StepRow};
+use crate::workflow::parse_instance;
 
 /// What a resume asks, as the transition needs it.
 pub(in crate::engine) struct ResumePlan<'a> {
@@ -38,8 +39,24 @@ pub(in crate::engine) fn resume_changes(
 ) -> Result<Changes, NothingToResume> {
     let mut ch = Changes::default();
     let mut touched = Vec::new();
+    // An expanded for_each step that re-runs from scratch drops its instances and expands
+    // afresh; one whose instances re-run keeps its items and goes back to running.
+    let reset_fans: BTreeSet<&str> = steps
+        .iter()
+        .filter(|s| s.items.is_some())
+        .map(|s| s.step_id.as_str())
+        .filter(|id| plan.from_step == Some(*id) || plan.downstream.contains(*id))
+        .collect();
     for row in steps {
+        let parent = parse_instance(&row.step_id).map(|(p, _)| p);
+        if parent.is_some_and(|p| reset_fans.contains(p)) {
+            continue;
+        }
         let mut s = row.clone();
+        if s.items.is_some() && !reset_fans.contains(s.step_id.as_str()) {
+            // Its status follows its instances (see below).
+            continue;
+        }
         let target = match plan.from_step {
             Some(from) => s.step_id == from,
             None => matches!(
@@ -66,12 +83,31 @@ pub(in crate::engine) fn resume_changes(
         } else if target || plan.downstream.contains(&s.step_id) {
             let keep_session = target && (plan.from_step.is_none() || plan.guidance.is_some());
             reset(&mut s, keep_session);
+            if s.items.take().is_some() {
+                ch.dropped_instances.push(s.step_id.clone());
+            }
             if target {
                 s.guidance = plan.guidance.map(str::to_owned);
                 s.agent_overrides = plan.overrides.map(str::to_owned);
             }
         }
         if s != *row {
+            touched.push(s.step_id.clone());
+            ch.step(&s);
+        }
+    }
+    // A kept for_each step whose instances changed runs again: the scheduler settles it once
+    // they all have.
+    for row in steps.iter().filter(|s| s.items.is_some()) {
+        let changed = ch.steps.iter().any(|c| {
+            parse_instance(&c.step_id).is_some_and(|(p, _)| p == row.step_id)
+        });
+        if changed && row.status != StepStatus::Running {
+            let mut s = row.clone();
+            s.status = StepStatus::Running;
+            s.finished_at = None;
+            s.output = None;
+            s.error = None;
             touched.push(s.step_id.clone());
             ch.step(&s);
         }
@@ -134,7 +170,12 @@ pub(in crate::engine) fn adopt_changes(
 ) -> Changes {
     let mut ch = Changes::default();
     let mut crashed = Vec::new();
-    for row in steps.iter().filter(|s| s.status == StepStatus::Running) {
+    // An expanded for_each step is running with no attempt of its own: only its instances'
+    // attempts were cut short.
+    for row in steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Running && s.items.is_none())
+    {
         let mut s = row.clone();
         s.crashes += 1;
         ch.attempts.push(AttemptRow {
