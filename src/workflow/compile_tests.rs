@@ -720,3 +720,50 @@ fn when_and_continue_on_error_round_trip_through_the_stored_form() {
     assert_eq!(back, wf);
     assert!(back.steps[1].when.as_ref().unwrap().steps().contains("a"));
 }
+
+#[test]
+fn for_each_problems_are_rejected_at_submission_naming_step_and_field() {
+    let ps = problems(json!({"inputs": {"n": {"default": "7"}}, "steps": [
+        {"id": "a", "run": ["true"]},
+        {"id": "map", "for_each": "{'k': 1}", "run": ["true"]},
+        {"id": "num", "for_each": "inputs.n + 1", "run": ["true"]},
+        {"id": "syntax", "for_each": "[1,", "run": ["true"]},
+        {"id": "b", "deps": ["a"], "for_each": "['x']", "max_parallel": 0, "run": ["true"]},
+        {"id": "plain", "run": ["true"], "max_parallel": 2},
+    ]}));
+    assert_problem(&ps, Some("map"), "for_each", "a map, not a list");
+    assert_problem(&ps, Some("num"), "for_each", "evaluation failed");
+    assert_problem(&ps, Some("syntax"), "for_each", "invalid CEL");
+    assert_problem(&ps, Some("b"), "max_parallel", "at least 1");
+    assert_problem(&ps, Some("plain"), "max_parallel", "has no for_each");
+    // Graph-wide checks.
+    let ps = problems(json!({"steps": [
+        {"id": "a", "run": ["true"]},
+        {"id": "sideways", "for_each": "steps.b.output", "run": ["true"]},
+        {"id": "b", "deps": ["a"], "run": ["true"]},
+        {"id": "plain", "run": ["echo", "{item}"]},
+        {"id": "item", "run": ["true"]},
+    ]}));
+    assert_problem(&ps, Some("sideways"), "for_each", "not upstream");
+    assert_problem(&ps, Some("plain"), "run", "has no for_each");
+    assert_problem(&ps, Some("item"), "id", "reserved");
+    let too_many: Vec<u32> = (0..=10_000).collect();
+    let ps = problems(json!({"steps": [
+        {"id": "big", "for_each": serde_json::to_string(&too_many).unwrap(), "run": ["true"]}
+    ]}));
+    assert_problem(&ps, Some("big"), "for_each", "at most 10000");
+}
+
+#[test]
+fn a_for_each_step_keeps_its_list_expression_and_limit() {
+    let wf = ok(json!({"steps": [
+        {"id": "plan", "run": ["true"]},
+        {"id": "r", "deps": ["plan"], "for_each": "steps.plan.output", "max_parallel": 3,
+         "shell": "echo {index} {item.path}"},
+    ]}));
+    let fan = wf.steps[1].for_each.as_ref().unwrap();
+    assert_eq!(fan.items.source(), "steps.plan.output");
+    assert_eq!(fan.max_parallel, Some(3));
+    let back: Workflow = serde_json::from_str(&serde_json::to_string(&wf).unwrap()).unwrap();
+    assert_eq!(back, wf, "round-trips through its stored form");
+}

@@ -169,7 +169,11 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
         session_id: o.get("sessionId", STRING, problems),
         when: o.get("when", "a CEL expression (a string)", problems),
         continue_on_error: o.get("continue_on_error", "true or false", problems),
-        for_each: o.get("for_each", "a CEL expression giving a list (a string)", problems),
+        for_each: o.get(
+            "for_each",
+            "a CEL expression giving a list (a string)",
+            problems,
+        ),
         max_parallel: o.get("max_parallel", "a positive integer", problems),
         ..RawStep::default()
     };

@@ -399,7 +399,14 @@ mod tests {
     fn instance_ids_round_trip() {
         assert_eq!(instance_id("review", 3), "review[3]");
         assert_eq!(parse_instance("review[3]"), Some(("review", 3)));
-        for bad in ["review", "review[]", "[1]", "review[x]", "review[1", "review[-1]"] {
+        for bad in [
+            "review",
+            "review[]",
+            "[1]",
+            "review[x]",
+            "review[1",
+            "review[-1]",
+        ] {
             assert_eq!(parse_instance(bad), None, "{bad}");
         }
     }

@@ -44,9 +44,9 @@ pub use definition::{
     instance_id, parse_instance,
 };
 pub use expr::{Expr, Scope};
-pub use resolve::MAX_ITEMS;
 pub use problem::{Problem, Problems};
 use raw::RawDefinition;
+pub use resolve::MAX_ITEMS;
 pub use retry::RetryPolicy;
 pub use template::{Quoting, Reference, SHELL_REF_PREFIX, Segment, Template};
 

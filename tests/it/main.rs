@@ -11,6 +11,7 @@ mod cancel;
 mod claude_e2e;
 mod cli;
 mod control_flow;
+mod fan_out;
 mod faults;
 mod floods;
 mod handover;

@@ -364,7 +364,9 @@ impl Scheduler {
                     StepStatus::Pending if instance => self.instance_has_room(idx),
                     StepStatus::Pending => match self.decide(idx, &mut memo) {
                         Decision::Wait => false,
-                        Decision::Run if self.step_def(idx).is_some_and(|s| s.for_each.is_some()) => {
+                        Decision::Run
+                            if self.step_def(idx).is_some_and(|s| s.for_each.is_some()) =>
+                        {
                             if let Err(error) = self.expand(ch, idx, now) {
                                 let data = EventData {
                                     reason: Some("the for_each list could not be made".to_owned()),

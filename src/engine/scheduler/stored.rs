@@ -99,9 +99,10 @@ pub(in crate::engine) fn resume_changes(
     // A kept for_each step whose instances changed runs again: the scheduler settles it once
     // they all have.
     for row in steps.iter().filter(|s| s.items.is_some()) {
-        let changed = ch.steps.iter().any(|c| {
-            parse_instance(&c.step_id).is_some_and(|(p, _)| p == row.step_id)
-        });
+        let changed = ch
+            .steps
+            .iter()
+            .any(|c| parse_instance(&c.step_id).is_some_and(|(p, _)| p == row.step_id));
         if changed && row.status != StepStatus::Running {
             let mut s = row.clone();
             s.status = StepStatus::Running;
