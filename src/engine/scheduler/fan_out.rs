@@ -183,13 +183,12 @@ impl Scheduler {
             },
         ));
         let def = self.origin[idx].def;
-        let mut next_idx = self.steps.iter().map(|s| s.idx).max().unwrap_or(0) + 1;
+        let first_idx = self.steps.iter().map(|s| s.idx).max().unwrap_or(0) + 1;
         let mut rows = Vec::with_capacity(items.len());
         for i in 0..items.len() {
             let id = instance_id(&step_id, i);
             let mut inst = StepRow::new(&id, 0);
-            inst.idx = next_idx;
-            next_idx += 1;
+            inst.idx = first_idx + i as i64;
             ch.steps.push(inst.clone());
             let r = self.steps.len();
             self.index.insert(id, r);
