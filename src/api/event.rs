@@ -70,6 +70,9 @@ pub enum ResumedBy {
 pub struct EventData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_count: Option<i64>,
+    /// The iteration a `repeat` group starts or ended in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iteration: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_session: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

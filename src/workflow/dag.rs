@@ -233,6 +233,7 @@ mod tests {
             when: None,
             continue_on_error: false,
             for_each: None,
+            group: None,
         }
     }
 

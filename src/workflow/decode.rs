@@ -18,8 +18,8 @@ use serde_json::{Map, Value};
 
 use crate::workflow::problem::{Problem, did_you_mean};
 use crate::workflow::raw::{
-    RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawInputSpec, RawRetry, RawStep,
-    RawSteps, RawSuccess, RawWorkflow,
+    RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawInputSpec, RawRepeat, RawRetry,
+    RawStep, RawSteps, RawSuccess, RawWorkflow,
 };
 
 /// Step fields Claude Studio emits for step types baton does not have (`loop`,
@@ -186,6 +186,9 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
     if let Some(v) = o.raw("success") {
         raw.success = Some(decode_success(v, step, problems));
     }
+    if let Some(v) = o.raw("repeat") {
+        raw.repeat = Some(decode_repeat(v, step, problems));
+    }
     // Studio's loop/condition/human fields only come with those step types, which are
     // reported as unsupported; on a task step they are just unknown fields.
     let unsupported_type = raw.kind.as_deref().is_some_and(|k| k != "task");
@@ -198,6 +201,28 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
         problems,
     );
     raw
+}
+
+fn decode_repeat(value: &Value, step: Option<&str>, problems: &mut Vec<Problem>) -> RawRepeat {
+    let Some(mut o) = Obj::new(value, step.map(str::to_owned), "repeat", problems) else {
+        return RawRepeat::default();
+    };
+    let mut repeat = RawRepeat {
+        until: o.get("until", "a CEL expression (a string)", problems),
+        max_iterations: o.get("max_iterations", "a positive integer", problems),
+        ..RawRepeat::default()
+    };
+    match o.raw("steps") {
+        Some(Value::Array(items)) => repeat.steps = decode_step_list(items, problems),
+        Some(other) => problems.push(Problem::step(
+            step.unwrap_or("step"),
+            "repeat.steps",
+            format!("expected an array of steps, got {}", describe(other)),
+        )),
+        None => {}
+    }
+    o.finish(&[], problems);
+    repeat
 }
 
 fn decode_defaults(value: &Value, problems: &mut Vec<Problem>) -> RawDefaults {

@@ -97,6 +97,36 @@ pub struct Step {
     /// Fan-out: the step runs once per item of this list, as instances `ID[i]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<ForEach>,
+    /// For a step inside a `repeat` group, the group's id: the step runs once per iteration,
+    /// as `ID#k`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// A `repeat` group (its action is [`Action::Repeat`]): its steps, listed after it in
+/// [`Workflow::steps`] with `group` set, run as one iteration until `until` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Repeat {
+    /// Ids of the group's steps, in definition order.
+    pub steps: Vec<String>,
+    /// Ends the loop, completed, once true after an iteration; `None`: run every iteration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Expr>,
+    pub max_iterations: u32,
+}
+
+/// The id of iteration `k` (1-based) of step `step_id` inside a `repeat` group: `ID#k`.
+pub fn iteration_id(step_id: &str, k: u32) -> String {
+    format!("{step_id}#{k}")
+}
+
+/// The step and iteration of an iteration id `ID#k`.
+pub fn parse_iteration(id: &str) -> Option<(&str, u32)> {
+    let (step, k) = id.split_once('#')?;
+    if step.is_empty() || k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((step, k.parse().ok().filter(|k| *k > 0)?))
 }
 
 /// The id of instance `index` of `for_each` step `step_id`: `ID[index]`.
@@ -208,6 +238,8 @@ pub enum Action {
     /// A script for `sh -c` (values expanded from the environment, see
     /// [`Template::render_shell`]).
     Shell(Template),
+    /// A loop group: runs its steps (see [`Step::repeat`]), no process of its own.
+    Repeat(Repeat),
 }
 
 impl Action {
@@ -216,6 +248,7 @@ impl Action {
         match self {
             Self::Prompt(t) | Self::Shell(t) => vec![t],
             Self::Run(argv) => argv.iter().collect(),
+            Self::Repeat(_) => Vec::new(),
         }
     }
 
@@ -225,6 +258,7 @@ impl Action {
             Self::Prompt(_) => "prompt",
             Self::Run(_) => "run",
             Self::Shell(_) => "shell",
+            Self::Repeat(_) => "repeat",
         }
     }
 }

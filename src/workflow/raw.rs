@@ -210,6 +210,24 @@ pub struct RawSuccess {
     pub exit_codes: Option<Vec<i32>>,
 }
 
+/// A `repeat` group as written.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRepeat {
+    /// The steps of one iteration: a DAG of their own (they may depend on each other and on
+    /// the group's ancestors). In iteration k, `{previous.ID.output}` (and CEL `previous`) is
+    /// iteration k-1's value; agent steps continue their session across iterations.
+    #[serde(default)]
+    pub steps: Vec<RawStep>,
+    /// A CEL condition over this iteration's `steps` (and `inputs`, `iteration`): true ends
+    /// the loop, completed. Without it the group runs `max_iterations` times.
+    #[serde(default)]
+    pub until: Option<String>,
+    /// Most iterations (≥ 1); after the last, a group whose `until` never held fails.
+    #[serde(default)]
+    pub max_iterations: Option<u32>,
+}
+
 /// One step as written.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -289,6 +307,10 @@ pub struct RawStep {
     /// Most instances of a `for_each` step running at once (default: no limit of its own).
     #[serde(default)]
     pub max_parallel: Option<u32>,
+    /// A loop group: its own steps run as one iteration, again and again, until `until`
+    /// holds or `max_iterations` ran. Replaces prompt/run/shell.
+    #[serde(default)]
+    pub repeat: Option<RawRepeat>,
     /// Display name; ignored.
     #[serde(default)]
     pub name: Option<String>,

@@ -13,13 +13,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
 use crate::workflow::definition::{
-    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, ForEach, OnStall, Step, SuccessCheck, Workflow,
+    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, ForEach, OnStall, Repeat, Step, SuccessCheck,
+    Workflow,
 };
 use crate::workflow::expr::{Expr, Scope};
 use crate::workflow::problem::{Problem, did_you_mean, is_valid_id};
 use crate::workflow::raw::{
-    RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawRetry, RawStep, RawSteps,
-    RawSuccess,
+    RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawRepeat, RawRetry, RawStep,
+    RawSteps, RawSuccess,
 };
 use crate::workflow::resolve_retry::retry_problems;
 use crate::workflow::retry::{MAX_DURATION_S, RetryPolicy};
@@ -132,15 +133,68 @@ pub fn resolve(
     };
 
     let mut action_fields = Vec::with_capacity(steps.len());
-    let resolved_steps = steps
-        .iter()
-        .enumerate()
-        .map(|(i, raw_step)| {
-            let (step, field) = resolve_step(raw_step, i, &base, problems);
+    let mut resolved_steps = Vec::with_capacity(steps.len());
+    for (i, raw_step) in steps.iter().enumerate() {
+        let (mut step, field) = resolve_step(raw_step, i, &base, problems);
+        let Some(repeat) = &raw_step.repeat else {
             action_fields.push(field);
-            step
-        })
-        .collect();
+            resolved_steps.push(step);
+            continue;
+        };
+        // A group is listed before its steps; it waits for what any of them needs from
+        // outside, so its steps find their outer deps settled when an iteration starts.
+        let subs: Vec<(Step, &'static str)> = repeat
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(j, raw_sub)| {
+                if raw_sub.repeat.is_some() || raw_sub.for_each.is_some() {
+                    let what = if raw_sub.repeat.is_some() {
+                        "repeat"
+                    } else {
+                        "for_each"
+                    };
+                    problems.push(Problem::step(
+                        raw_sub.id.as_deref().unwrap_or("step"),
+                        what,
+                        format!(
+                            "a step inside repeat group {:?} cannot have {what} itself",
+                            step.id
+                        ),
+                    ));
+                }
+                let (mut sub, field) = resolve_step(raw_sub, j, &base, problems);
+                sub.group = Some(step.id.clone());
+                (sub, field)
+            })
+            .collect();
+        let ids: BTreeSet<&str> = subs.iter().map(|(s, _)| s.id.as_str()).collect();
+        for (sub, _) in &subs {
+            for d in &sub.deps {
+                if !ids.contains(d.as_str()) && *d != step.id && !step.deps.contains(d) {
+                    step.deps.push(d.clone());
+                }
+            }
+        }
+        // Its steps read what the group depends on (and its ancestors) as their own deps.
+        let mut subs = subs;
+        for (sub, _) in &mut subs {
+            for d in &step.deps {
+                if !sub.deps.contains(d) {
+                    sub.deps.push(d.clone());
+                }
+            }
+        }
+        if let Action::Repeat(r) = &mut step.action {
+            r.steps = subs.iter().map(|(s, _)| s.id.clone()).collect();
+        }
+        action_fields.push(field);
+        resolved_steps.push(step);
+        for (sub, field) in subs {
+            action_fields.push(field);
+            resolved_steps.push(sub);
+        }
+    }
     let workflow = Workflow {
         name: wf.and_then(|w| w.name.clone()),
         inputs,
@@ -295,9 +349,55 @@ fn resolve_step(
         }),
         continue_on_error: raw.continue_on_error.unwrap_or(false),
         for_each: resolve_for_each(raw, &id, &base.inputs, problems),
+        group: None,
         id,
     };
     (step, field)
+}
+
+/// The most iterations a `repeat` group may run.
+pub const MAX_ITERATIONS: u32 = 10_000;
+
+/// A group's `until` and `max_iterations` (its step ids are filled in by the caller).
+fn resolve_repeat(raw: &RawRepeat, id: &str, problems: &mut Vec<Problem>) -> Repeat {
+    if raw.steps.is_empty() {
+        problems.push(Problem::step(
+            id,
+            "repeat.steps",
+            "a repeat group needs at least one step",
+        ));
+    }
+    let max_iterations = match raw.max_iterations {
+        None => {
+            problems.push(Problem::step(
+                id,
+                "repeat.max_iterations",
+                "a repeat group needs max_iterations (at least 1), so a loop always ends",
+            ));
+            1
+        }
+        Some(n) if !(1..=MAX_ITERATIONS).contains(&n) => {
+            problems.push(Problem::step(
+                id,
+                "repeat.max_iterations",
+                format!("must be between 1 and {MAX_ITERATIONS}, got {n}"),
+            ));
+            1
+        }
+        Some(n) => n,
+    };
+    let until = raw.until.as_deref().and_then(|src| match Expr::parse(src) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            problems.push(Problem::step(id, "repeat.until", e));
+            None
+        }
+    });
+    Repeat {
+        steps: Vec::new(),
+        until,
+        max_iterations,
+    }
 }
 
 /// The most items a `for_each` may expand to.
@@ -341,6 +441,7 @@ fn resolve_for_each(
             inputs,
             steps: serde_json::Map::new(),
             failed: false,
+            iteration: None,
         };
         match items.items(&scope) {
             Ok(list) if list.len() > MAX_ITEMS => problems.push(Problem::step(
@@ -368,6 +469,7 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
         ("task", raw.task.is_some()),
         ("run", raw.run.is_some()),
         ("shell", raw.shell.is_some()),
+        ("repeat", raw.repeat.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, present)| present.then_some(name))
@@ -385,7 +487,7 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
                 problems.push(Problem::step(
                     id,
                     "prompt",
-                    "a step needs one of prompt (or task), run or shell",
+                    "a step needs one of prompt (or task), run, shell or repeat",
                 ));
             }
             return placeholder;
@@ -399,7 +501,7 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
             problems.push(Problem::step(
                 id,
                 rest[0],
-                format!("a step has exactly one of prompt (or task), run or shell; this one has {first:?} and {others}"),
+                format!("a step has exactly one of prompt (or task), run, shell or repeat; this one has {first:?} and {others}"),
             ));
             return placeholder;
         }
@@ -416,6 +518,12 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
             Template::default()
         }
     };
+    if let (Some(repeat), "repeat") = (&raw.repeat, field) {
+        return (
+            Action::Repeat(resolve_repeat(repeat, id, problems)),
+            "repeat",
+        );
+    }
     let action = match (field, &raw.prompt, &raw.task, &raw.run, &raw.shell) {
         ("run", _, _, Some(argv), _) => {
             if argv.is_empty() {

@@ -6,8 +6,6 @@
 //! decides the same; a pending step that can never run counts as failed for the steps below
 //! it, so on-failure handlers run and nothing waits for it.
 
-use std::collections::HashMap;
-
 use super::Scheduler;
 use crate::api::{EventData, EventKind, NewEvent, StepStatus};
 use crate::store::{Changes, StepRow};
@@ -70,16 +68,18 @@ pub(super) fn step_value(row: &StepRow, cut: usize) -> serde_json::Value {
 
 /// What a condition read, for its event: the steps and inputs it names and whether a dep
 /// failed.
-fn read_values(
-    when: &Expr,
-    scope: &Scope<'_>,
-    steps: &[StepRow],
-    index: &HashMap<String, usize>,
-) -> serde_json::Value {
+fn read_values(when: &Expr, scope: &Scope<'_>) -> serde_json::Value {
+    let cut = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(serde_json::Value::String(out)) = v.get_mut("output") {
+            *out = out.chars().take(200).collect();
+        }
+        v
+    };
     let steps: serde_json::Map<String, serde_json::Value> = when
         .steps()
         .iter()
-        .filter_map(|id| Some((id.clone(), step_value(&steps[*index.get(id)?], 200))))
+        .filter_map(|id| Some((id.clone(), cut(scope.steps.get(id)?))))
         .collect();
     let inputs: serde_json::Map<String, serde_json::Value> = when
         .inputs()
@@ -130,9 +130,8 @@ impl Scheduler {
             .deps
             .iter()
             .map(|d| {
-                self.index
-                    .get(d)
-                    .map_or(DepState::Waiting, |&j| self.dep_state(j, &mut memo.0))
+                self.dep_row(idx, d)
+                    .map_or(DepState::Waiting, |j| self.dep_state(j, &mut memo.0))
             })
             .collect();
         if states.contains(&DepState::Waiting) {
@@ -159,15 +158,16 @@ impl Scheduler {
                 .steps()
                 .iter()
                 .filter_map(|id| {
-                    let row = &self.steps[*self.index.get(id)?];
+                    let row = &self.steps[self.dep_row(idx, id)?];
                     Some((id.clone(), step_value(row, usize::MAX)))
                 })
                 .collect(),
             failed,
+            iteration: self.iteration_scope(idx),
         };
         let data = EventData {
             condition: Some(when.source().to_owned()),
-            values: Some(read_values(when, &scope, &self.steps, &self.index)),
+            values: Some(read_values(when, &scope)),
             ..Default::default()
         };
         match when.condition(&scope) {
@@ -210,7 +210,7 @@ impl Scheduler {
                 let mut failed = false;
                 let mut waiting = false;
                 for d in &step.deps {
-                    match self.index.get(d).map(|&k| self.dep_state(k, memo)) {
+                    match self.dep_row(j, d).map(|k| self.dep_state(k, memo)) {
                         Some(DepState::Failed) => failed = true,
                         Some(DepState::Ran | DepState::Skipped) => {}
                         Some(DepState::Waiting) | None => waiting = true,

@@ -19,7 +19,7 @@ impl Scheduler {
         let row = &self.steps[idx];
         let item = self.item_of(idx);
         let lookup = |r: &Reference| -> String {
-            let get = |id: &String| self.index.get(id).map(|&j| &self.steps[j]);
+            let get = |id: &String| self.dep_row(idx, id).map(|j| &self.steps[j]);
             match r {
                 Reference::StepOutput(id) => get(id)
                     .and_then(|s| s.output.as_deref())
@@ -45,9 +45,16 @@ impl Scheduler {
                     }
                 }
                 Reference::Index => item.map(|(_, i)| i.to_string()).unwrap_or_default(),
+                Reference::Previous(id) => self
+                    .previous_row(idx, id)
+                    .and_then(|j| self.steps[j].output.as_deref())
+                    .map(|o| o.trim_end().to_owned())
+                    .unwrap_or_default(),
             }
         };
         let prepared = match &step.action {
+            // A group runs its steps, never a process; nothing prepares it.
+            Action::Repeat(_) => Prepared::Run(Vec::new()),
             Action::Run(argv) => Prepared::Run(
                 argv.iter()
                     .map(|t| t.render(&lookup, Quoting::Verbatim))
@@ -72,6 +79,8 @@ impl Scheduler {
                 };
                 let prompt = match (&resume, &row.guidance) {
                     (Some(_), Some(g)) => g.clone(),
+                    // A new iteration of a loop continues the session with its own prompt.
+                    (Some(_), None) if row.attempts == 0 => prompt,
                     (Some(_), None) => format!(
                         "Your previous attempt at this task did not finish{}. Continue from \
                          where you left off and complete the task:\n\n{prompt}",
