@@ -767,3 +767,70 @@ fn a_for_each_step_keeps_its_list_expression_and_limit() {
     let back: Workflow = serde_json::from_str(&serde_json::to_string(&wf).unwrap()).unwrap();
     assert_eq!(back, wf, "round-trips through its stored form");
 }
+
+#[test]
+fn repeat_problems_are_rejected_at_submission_naming_step_and_field() {
+    let ps = problems(json!({"steps": [
+        {"id": "nomax", "repeat": {"steps": [{"id": "a", "run": ["true"]}]}},
+        {"id": "zero", "repeat": {"steps": [{"id": "b", "run": ["true"]}], "max_iterations": 0}},
+        {"id": "empty", "repeat": {"steps": [], "max_iterations": 2}},
+        {"id": "bad", "repeat": {"steps": [{"id": "c", "run": ["true"]}], "until": "steps.c ==",
+         "max_iterations": 2}},
+        {"id": "both", "run": ["true"], "repeat": {"steps": [{"id": "d", "run": ["true"]}],
+         "max_iterations": 2}},
+        {"id": "nested", "repeat": {"steps": [
+            {"id": "inner", "repeat": {"steps": [{"id": "e", "run": ["true"]}], "max_iterations": 2}}
+        ], "max_iterations": 2}},
+        {"id": "typo", "repeat": {"steps": [{"id": "f", "run": ["true"]}], "max_iterations": 2,
+         "untill": "true"}},
+    ]}));
+    assert_problem(
+        &ps,
+        Some("nomax"),
+        "repeat.max_iterations",
+        "needs max_iterations",
+    );
+    assert_problem(&ps, Some("zero"), "repeat.max_iterations", "between 1 and");
+    assert_problem(&ps, Some("empty"), "repeat.steps", "at least one step");
+    assert_problem(&ps, Some("bad"), "repeat.until", "invalid CEL");
+    assert_problem(&ps, Some("both"), "repeat", "exactly one of");
+    assert_problem(&ps, Some("inner"), "repeat", "cannot have repeat");
+    assert_problem(&ps, Some("typo"), "repeat.untill", "unknown field");
+    let ps = problems(json!({"steps": [
+        {"id": "loop", "repeat": {"steps": [
+            {"id": "t", "run": ["true"]},
+            {"id": "f", "deps": ["t"], "run": ["echo", "{previous.x.output}"]},
+            {"id": "g", "deps": ["loop"], "run": ["true"]},
+        ], "until": "steps.other.output == 'x'", "max_iterations": 2}},
+        {"id": "other", "deps": ["t"], "run": ["echo", "{f.output}"]},
+        {"id": "outside", "run": ["echo", "{previous.t.output}"]},
+    ]}));
+    assert_problem(&ps, Some("f"), "run[1]", "not a step of repeat group");
+    assert_problem(&ps, Some("g"), "deps", "cannot depend on it");
+    assert_problem(&ps, Some("loop"), "repeat.until", "steps.other");
+    assert_problem(&ps, Some("other"), "deps", "depend on \"loop\"");
+    assert_problem(&ps, Some("outside"), "run[1]", "not inside a repeat group");
+}
+
+#[test]
+fn a_repeat_group_lists_its_steps_after_it_and_they_inherit_its_deps() {
+    let wf = ok(json!({"steps": [
+        {"id": "impl", "run": ["true"]},
+        {"id": "loop", "deps": ["impl"], "repeat": {"steps": [
+            {"id": "test", "run": ["echo", "{impl.output}"]},
+            {"id": "fix", "deps": ["test"], "run": ["echo", "{previous.fix.output}{test.output}"]},
+        ], "until": "steps.test.output == 'ok'", "max_iterations": 3}},
+        {"id": "done", "deps": ["loop"], "run": ["echo", "{loop.output}"]},
+    ]}));
+    let ids: Vec<&str> = wf.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["impl", "loop", "test", "fix", "done"]);
+    assert_eq!(wf.steps[2].group.as_deref(), Some("loop"));
+    assert_eq!(wf.steps[3].deps, ["test", "impl"]);
+    let Action::Repeat(r) = &wf.steps[1].action else {
+        panic!("not a group");
+    };
+    assert_eq!(r.steps, ["test", "fix"]);
+    assert_eq!(r.max_iterations, 3);
+    let back: Workflow = serde_json::from_str(&serde_json::to_string(&wf).unwrap()).unwrap();
+    assert_eq!(back, wf, "round-trips through its stored form");
+}

@@ -16,6 +16,7 @@ mod faults;
 mod floods;
 mod handover;
 pub mod http;
+mod loops;
 mod mcp_native;
 mod processes;
 mod protocol;
