@@ -140,7 +140,7 @@ impl ThreadId {
             && id.len() <= MAX_THREAD_ID
             && id
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'));
         ok.then(|| ThreadId(Arc::from(id)))
     }
 

@@ -33,6 +33,7 @@ mod outcome;
 mod process;
 mod scheduler;
 mod signals;
+mod subworkflow;
 mod view;
 
 pub use control::{MAX_DEFINITION_BYTES, ResumeMode, ResumeRequest, SubmitRequest, Submitted};

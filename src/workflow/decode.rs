@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use crate::workflow::problem::{Problem, did_you_mean};
 use crate::workflow::raw::{
     RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawInputSpec, RawRepeat, RawRetry,
-    RawStep, RawSteps, RawSuccess, RawWorkflow,
+    RawStep, RawSteps, RawSubWorkflow, RawSuccess, RawWorkflow,
 };
 
 /// Step fields Claude Studio emits for step types baton does not have (`loop`,
@@ -189,6 +189,9 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
     if let Some(v) = o.raw("repeat") {
         raw.repeat = Some(decode_repeat(v, step, problems));
     }
+    if let Some(v) = o.raw("workflow") {
+        raw.workflow = decode_sub_workflow(v, step, problems);
+    }
     // Studio's loop/condition/human fields only come with those step types, which are
     // reported as unsupported; on a task step they are just unknown fields.
     let unsupported_type = raw.kind.as_deref().is_some_and(|k| k != "task");
@@ -201,6 +204,23 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
         problems,
     );
     raw
+}
+
+fn decode_sub_workflow(
+    value: &Value,
+    step: Option<&str>,
+    problems: &mut Vec<Problem>,
+) -> Option<RawSubWorkflow> {
+    let mut o = Obj::new(value, step.map(str::to_owned), "workflow", problems)?;
+    let sub = RawSubWorkflow {
+        file: o.get("file", STRING, problems),
+        definition: o.raw("definition").cloned(),
+        inputs: o
+            .get("inputs", "an object of string values", problems)
+            .unwrap_or_default(),
+    };
+    o.finish(&[], problems);
+    Some(sub)
 }
 
 fn decode_repeat(value: &Value, step: Option<&str>, problems: &mut Vec<Problem>) -> RawRepeat {

@@ -240,6 +240,20 @@ pub enum Action {
     Shell(Template),
     /// A loop group: runs its steps (see [`Step::repeat`]), no process of its own.
     Repeat(Repeat),
+    /// A child workflow, run and awaited; no process of its own.
+    Workflow(SubWorkflow),
+}
+
+/// A sub-workflow step's child: exactly one of `file` (absolute) and `definition`, and its
+/// inputs as templates over the parent's values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubWorkflow {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, Template>,
 }
 
 impl Action {
@@ -249,6 +263,7 @@ impl Action {
             Self::Prompt(t) | Self::Shell(t) => vec![t],
             Self::Run(argv) => argv.iter().collect(),
             Self::Repeat(_) => Vec::new(),
+            Self::Workflow(w) => w.inputs.values().collect(),
         }
     }
 
@@ -259,6 +274,7 @@ impl Action {
             Self::Run(_) => "run",
             Self::Shell(_) => "shell",
             Self::Repeat(_) => "repeat",
+            Self::Workflow(_) => "workflow",
         }
     }
 }

@@ -40,8 +40,8 @@ mod compile_tests;
 
 pub use dag::{ancestors, descendants, topo_order};
 pub use definition::{
-    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, ForEach, OnStall, Repeat, Step, SuccessCheck,
-    Workflow, instance_id, iteration_id, parse_instance, parse_iteration,
+    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, ForEach, OnStall, Repeat, Step, SubWorkflow,
+    SuccessCheck, Workflow, instance_id, iteration_id, parse_instance, parse_iteration,
 };
 pub use expr::{Expr, Scope};
 pub use problem::{Problem, Problems};

@@ -210,6 +210,21 @@ pub struct RawSuccess {
     pub exit_codes: Option<Vec<i32>>,
 }
 
+/// A sub-workflow step's `workflow` as written: exactly one of `file` and `definition`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubWorkflow {
+    /// A workflow file, relative to the step's `cwd`; read when the step starts.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// An inline workflow definition (any shape a definition may have).
+    #[serde(default)]
+    pub definition: Option<serde_json::Value>,
+    /// The child's inputs; values are templates (`{plan.output}`, `{inputs.NAME}`).
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+}
+
 /// A `repeat` group as written.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -311,6 +326,11 @@ pub struct RawStep {
     /// holds or `max_iterations` ran. Replaces prompt/run/shell.
     #[serde(default)]
     pub repeat: Option<RawRepeat>,
+    /// A sub-workflow: runs a child workflow (thread id `PARENT/STEP`), durable and
+    /// resumable on its own; the step's output is the child's last step's output.
+    /// Replaces prompt/run/shell.
+    #[serde(default)]
+    pub workflow: Option<RawSubWorkflow>,
     /// Display name; ignored.
     #[serde(default)]
     pub name: Option<String>,

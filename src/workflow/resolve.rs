@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
 use crate::workflow::definition::{
-    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, ForEach, OnStall, Repeat, Step, SuccessCheck,
-    Workflow,
+    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, ForEach, OnStall, Repeat, Step, SubWorkflow,
+    SuccessCheck, Workflow,
 };
 use crate::workflow::expr::{Expr, Scope};
 use crate::workflow::problem::{Problem, did_you_mean, is_valid_id};
@@ -277,6 +277,10 @@ fn resolve_step(
         Some(cwd) => resolve_cwd(Some(cwd), base.base_dir, at, "cwd", problems),
         None => base.cwd.clone(),
     };
+    let mut action = action;
+    if let Action::Workflow(sub) = &mut action {
+        check_sub_workflow(sub, &cwd, &id, problems);
+    }
     check_env(&raw.env, at, "env", problems);
     let mut env = base.defaults.env.clone();
     env.extend(raw.env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -353,6 +357,50 @@ fn resolve_step(
         id,
     };
     (step, field)
+}
+
+/// A sub-workflow names exactly one child, a file (made absolute against the step's `cwd`)
+/// or an inline definition, which must compile on its own (its inputs given).
+fn check_sub_workflow(sub: &mut SubWorkflow, cwd: &Path, id: &str, problems: &mut Vec<Problem>) {
+    match (&sub.file, &sub.definition) {
+        (Some(_), Some(_)) => problems.push(Problem::step(
+            id,
+            "workflow",
+            "give either workflow.file or workflow.definition, not both",
+        )),
+        (None, None) => problems.push(Problem::step(
+            id,
+            "workflow",
+            "needs workflow.file (a workflow file) or workflow.definition (an inline workflow)",
+        )),
+        (Some(file), None) => {
+            if file.as_os_str().is_empty() {
+                problems.push(Problem::step(id, "workflow.file", "is empty"));
+            }
+            sub.file = Some(normalise(&cwd.join(file.as_path())));
+        }
+        (None, Some(definition)) => {
+            let inputs = sub
+                .inputs
+                .keys()
+                .map(|k| (k.clone(), String::new()))
+                .collect();
+            if let Err(child) = crate::workflow::compile(definition, &inputs, cwd) {
+                for p in child.iter() {
+                    let at = p
+                        .step
+                        .as_deref()
+                        .map(|s| format!(" (step {s:?})"))
+                        .unwrap_or_default();
+                    problems.push(Problem::step(
+                        id,
+                        "workflow.definition",
+                        format!("{}{at}: {}", p.field, p.message),
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// The most iterations a `repeat` group may run.
@@ -470,6 +518,7 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
         ("run", raw.run.is_some()),
         ("shell", raw.shell.is_some()),
         ("repeat", raw.repeat.is_some()),
+        ("workflow", raw.workflow.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, present)| present.then_some(name))
@@ -487,7 +536,7 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
                 problems.push(Problem::step(
                     id,
                     "prompt",
-                    "a step needs one of prompt (or task), run, shell or repeat",
+                    "a step needs one of prompt (or task), run, shell, repeat or workflow",
                 ));
             }
             return placeholder;
@@ -501,7 +550,7 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
             problems.push(Problem::step(
                 id,
                 rest[0],
-                format!("a step has exactly one of prompt (or task), run, shell or repeat; this one has {first:?} and {others}"),
+                format!("a step has exactly one of prompt (or task), run, shell, repeat or workflow; this one has {first:?} and {others}"),
             ));
             return placeholder;
         }
@@ -522,6 +571,26 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
         return (
             Action::Repeat(resolve_repeat(repeat, id, problems)),
             "repeat",
+        );
+    }
+    if let (Some(sub), "workflow") = (&raw.workflow, field) {
+        let inputs = sub
+            .inputs
+            .iter()
+            .map(|(name, src)| {
+                (
+                    name.clone(),
+                    parse(format!("workflow.inputs.{name}"), src, problems),
+                )
+            })
+            .collect();
+        return (
+            Action::Workflow(SubWorkflow {
+                file: sub.file.as_ref().map(PathBuf::from),
+                definition: sub.definition.clone(),
+                inputs,
+            }),
+            "workflow",
         );
     }
     let action = match (field, &raw.prompt, &raw.task, &raw.run, &raw.shell) {

@@ -301,6 +301,11 @@ fn check_groups(steps: &[Step], declared_inputs: &BTreeSet<String>, problems: &m
 fn templates<'a>(step: &'a Step, action_field: &str) -> Vec<(String, &'a Template)> {
     match &step.action {
         Action::Repeat(_) => Vec::new(),
+        Action::Workflow(w) => w
+            .inputs
+            .iter()
+            .map(|(name, t)| (format!("workflow.inputs.{name}"), t))
+            .collect(),
         Action::Prompt(t) | Action::Shell(t) => vec![(action_field.to_owned(), t)],
         Action::Run(argv) => argv
             .iter()

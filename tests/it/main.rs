@@ -25,4 +25,5 @@ mod resume;
 mod shell_fuzz;
 mod stall;
 mod steps;
+mod subworkflows;
 mod tools;

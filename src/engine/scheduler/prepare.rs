@@ -12,6 +12,20 @@ use crate::api::tail;
 use crate::engine::executor::{AttemptSpec, Prepared};
 use crate::workflow::{Action, AgentOptions, Quoting, Reference};
 
+/// The thread id of the child workflow a sub-workflow step row runs: `PARENT/STEP`, with
+/// the instance and iteration marks of the row spelled `.i`.
+pub(in crate::engine) fn child_thread_id(parent: &str, row_id: &str) -> String {
+    let step: String = row_id
+        .chars()
+        .filter_map(|c| match c {
+            '[' | '#' => Some('.'),
+            ']' => None,
+            c => Some(c),
+        })
+        .collect();
+    format!("{parent}/{step}")
+}
+
 impl Scheduler {
     /// The attempt step `idx` would run next (its `number` is set by the caller).
     pub(super) fn prepare(&self, idx: usize) -> AttemptSpec {
@@ -55,6 +69,16 @@ impl Scheduler {
         let prepared = match &step.action {
             // A group runs its steps, never a process; nothing prepares it.
             Action::Repeat(_) => Prepared::Run(Vec::new()),
+            Action::Workflow(sub) => Prepared::Workflow {
+                thread_id: child_thread_id(self.id.as_str(), &row.step_id),
+                file: sub.file.clone(),
+                definition: sub.definition.clone(),
+                inputs: sub
+                    .inputs
+                    .iter()
+                    .map(|(k, t)| (k.clone(), t.render(&lookup, Quoting::Verbatim)))
+                    .collect(),
+            },
             Action::Run(argv) => Prepared::Run(
                 argv.iter()
                     .map(|t| t.render(&lookup, Quoting::Verbatim))
