@@ -25,13 +25,6 @@ use crate::workflow::raw::{
 /// Step fields Claude Studio emits for step types baton does not have (`loop`,
 /// `conditional`, `parallel`, `human`); ignored on such steps, whose `type` is reported.
 const STUDIO_STEP_FIELDS: &[&str] = &[
-    "condition",
-    "trueBranch",
-    "falseBranch",
-    "items",
-    "loopVar",
-    "maxIterations",
-    "parallelSteps",
     "approvalRequired",
     "interactionType",
     "timeoutBehavior",
@@ -168,6 +161,14 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
         kind: o.get("type", STRING, problems),
         session_id: o.get("sessionId", STRING, problems),
         when: o.get("when", "a CEL expression (a string)", problems),
+        condition: o.raw("condition").cloned(),
+        true_branch: o.get("trueBranch", "a step id", problems),
+        false_branch: o.get("falseBranch", "a step id", problems),
+        items: o.get("items", STRINGS, problems),
+        loop_var: o.get("loopVar", STRING, problems),
+        max_iterations: o.get("maxIterations", "a positive integer", problems),
+        loop_steps: o.get("loopSteps", "an array of step ids", problems),
+        parallel_steps: o.get("parallelSteps", "an array of step ids", problems),
         continue_on_error: o.get("continue_on_error", "true or false", problems),
         for_each: o.get(
             "for_each",

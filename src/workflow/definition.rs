@@ -242,6 +242,12 @@ pub enum Action {
     Repeat(Repeat),
     /// A child workflow, run and awaited; no process of its own.
     Workflow(SubWorkflow),
+    /// A decision without a process (Claude Studio's `conditional`): the output is `true`
+    /// or `false`, what the expression evaluated to.
+    Condition(Expr),
+    /// A join without a process (Claude Studio's `loop` and `parallel`): completes once
+    /// its deps have, with a JSON object of their outputs as its output.
+    Join,
 }
 
 /// A sub-workflow step's child: exactly one of `file` (absolute) and `definition`, and its
@@ -264,6 +270,7 @@ impl Action {
             Self::Run(argv) => argv.iter().collect(),
             Self::Repeat(_) => Vec::new(),
             Self::Workflow(w) => w.inputs.values().collect(),
+            Self::Condition(_) | Self::Join => Vec::new(),
         }
     }
 
@@ -275,6 +282,8 @@ impl Action {
             Self::Shell(_) => "shell",
             Self::Repeat(_) => "repeat",
             Self::Workflow(_) => "workflow",
+            Self::Condition(_) => "condition",
+            Self::Join => "join",
         }
     }
 }

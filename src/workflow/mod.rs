@@ -32,6 +32,7 @@ mod resolve;
 mod resolve_retry;
 mod retry;
 mod shell_lint;
+mod studio;
 mod template;
 mod validate;
 

@@ -349,6 +349,45 @@ pub struct RawStep {
     /// Claude Studio session id to resume; ignored (baton tracks sessions itself).
     #[serde(default, rename = "sessionId")]
     pub session_id: Option<String>,
+    /// Claude Studio `conditional`: a legacy expression (`{a.output} === "x"`) or a v2
+    /// structured condition (`{version: "2.0", rootGroup: {combinator, rules, groups}}`).
+    #[serde(default)]
+    pub condition: Option<serde_json::Value>,
+    /// Claude Studio `conditional`: the step run when the condition holds.
+    #[serde(default, rename = "trueBranch")]
+    pub true_branch: Option<String>,
+    /// Claude Studio `conditional`: the step run when it does not.
+    #[serde(default, rename = "falseBranch")]
+    pub false_branch: Option<String>,
+    /// Claude Studio `loop`: the items.
+    #[serde(default)]
+    pub items: Option<Vec<String>>,
+    /// Claude Studio `loop`: the name of the item in the body's tasks (`{file}`), default
+    /// `item`.
+    #[serde(default, rename = "loopVar")]
+    pub loop_var: Option<String>,
+    /// Claude Studio `loop`: most items run.
+    #[serde(default, rename = "maxIterations")]
+    pub max_iterations: Option<u32>,
+    /// Claude Studio `loop`: ids of the steps run once per item.
+    #[serde(default, rename = "loopSteps")]
+    pub loop_steps: Option<Vec<String>>,
+    /// Claude Studio `parallel`: ids of the steps run side by side.
+    #[serde(default, rename = "parallelSteps")]
+    pub parallel_steps: Option<Vec<String>>,
+    /// Set by the Studio mapping: what the step does without a process.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub mapped: Option<Mapped>,
+}
+
+/// What a Claude Studio `conditional`, `loop` or `parallel` step became (see `studio.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mapped {
+    /// Evaluates this CEL condition; its output is `true` or `false`.
+    Condition(String),
+    /// Completes as soon as its deps have, with their outputs as its output.
+    Join,
 }
 
 impl RawStep {

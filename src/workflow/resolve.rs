@@ -19,8 +19,8 @@ use crate::workflow::definition::{
 use crate::workflow::expr::{Expr, Scope};
 use crate::workflow::problem::{Problem, did_you_mean, is_valid_id};
 use crate::workflow::raw::{
-    RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawRepeat, RawRetry, RawStep,
-    RawSteps, RawSuccess,
+    Mapped, RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawRepeat, RawRetry,
+    RawStep, RawSteps, RawSuccess,
 };
 use crate::workflow::resolve_retry::retry_problems;
 use crate::workflow::retry::{MAX_DURATION_S, RetryPolicy};
@@ -69,6 +69,7 @@ pub fn resolve(
         RawDefinition::Steps(steps) => (None, steps.clone()),
         RawDefinition::Step(step) => (None, vec![(**step).clone()]),
     };
+    let steps = crate::workflow::studio::map(steps, problems);
     if !base_dir.is_absolute() {
         problems.push(Problem::workflow(
             "cwd",
@@ -265,7 +266,7 @@ fn resolve_step(
         problems.push(Problem::step(
             &id,
             "type",
-            format!("Claude Studio step type {kind:?} is not supported; baton runs task steps (prompt, run or shell)"),
+            format!("Claude Studio step type {kind:?} is not supported; baton runs task, conditional, loop and parallel steps"),
         ));
     }
     let (action, field) = resolve_action(raw, &id, problems);
@@ -512,6 +513,19 @@ fn resolve_for_each(
 
 /// The step's action and the field it was written in. Exactly one of prompt/task/run/shell.
 fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Action, &'static str) {
+    match &raw.mapped {
+        Some(Mapped::Join) => return (Action::Join, "parallelSteps"),
+        Some(Mapped::Condition(cel)) => {
+            return match Expr::parse(cel) {
+                Ok(e) => (Action::Condition(e), "condition"),
+                Err(e) => {
+                    problems.push(Problem::step(id, "condition", e));
+                    (Action::Join, "condition")
+                }
+            };
+        }
+        None => {}
+    }
     let given: Vec<&'static str> = [
         ("prompt", raw.prompt.is_some()),
         ("task", raw.task.is_some()),

@@ -98,6 +98,17 @@ pub fn validate(
                 problems,
             );
         }
+        if let Action::Condition(condition) = &step.action {
+            check_expression(
+                step,
+                condition,
+                "condition",
+                &mut is_upstream,
+                &ids,
+                declared_inputs,
+                problems,
+            );
+        }
         if let Some(fan) = &step.for_each {
             check_expression(
                 step,
@@ -300,7 +311,7 @@ fn check_groups(steps: &[Step], declared_inputs: &BTreeSet<String>, problems: &m
 /// The step's templates with the field name each was written in.
 fn templates<'a>(step: &'a Step, action_field: &str) -> Vec<(String, &'a Template)> {
     match &step.action {
-        Action::Repeat(_) => Vec::new(),
+        Action::Repeat(_) | Action::Condition(_) | Action::Join => Vec::new(),
         Action::Workflow(w) => w
             .inputs
             .iter()

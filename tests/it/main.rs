@@ -25,5 +25,6 @@ mod resume;
 mod shell_fuzz;
 mod stall;
 mod steps;
+mod studio;
 mod subworkflows;
 mod tools;

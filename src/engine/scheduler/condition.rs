@@ -9,7 +9,7 @@
 use super::Scheduler;
 use crate::api::{EventData, EventKind, NewEvent, StepStatus};
 use crate::store::{Changes, StepRow};
-use crate::workflow::{Expr, Scope};
+use crate::workflow::{Action, Expr, Scope};
 
 /// How a dep ended, as a dependent's readiness and condition see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +116,74 @@ impl Scheduler {
             &row.step_id,
             None,
             EventData { error, ..data },
+        ));
+    }
+
+    /// Settles a ready step that runs no process: a condition completes with `true` or
+    /// `false` (or fails if it cannot be evaluated), a join with its deps' outputs.
+    pub(super) fn decide_without_process(&mut self, ch: &mut Changes, idx: usize, now: i64) {
+        let Some(step) = self.step_def(idx) else {
+            return;
+        };
+        let value = |id: &String| {
+            let row = &self.steps[self.dep_row(idx, id)?];
+            Some((id.clone(), step_value(row, usize::MAX)))
+        };
+        let (output, data) = match &step.action {
+            Action::Condition(expr) => {
+                let scope = Scope {
+                    inputs: &self.def.inputs,
+                    steps: expr.steps().iter().filter_map(value).collect(),
+                    failed: false,
+                    iteration: self.iteration_scope(idx),
+                };
+                let data = EventData {
+                    condition: Some(expr.source().to_owned()),
+                    values: Some(read_values(expr, &scope)),
+                    ..Default::default()
+                };
+                match expr.condition(&scope) {
+                    Ok(b) => (b.to_string(), data),
+                    Err(e) => {
+                        let error = format!("condition {:?}: {e}", expr.source());
+                        self.settle(ch, idx, StepStatus::Failed, now, Some(error), data);
+                        return;
+                    }
+                }
+            }
+            _ => {
+                let outputs: serde_json::Map<String, serde_json::Value> = step
+                    .deps
+                    .iter()
+                    .filter_map(|d| {
+                        let row = &self.steps[self.dep_row(idx, d)?];
+                        let out = row.output.as_deref().unwrap_or_default().trim_end();
+                        Some((d.clone(), serde_json::Value::String(out.to_owned())))
+                    })
+                    .collect();
+                (
+                    serde_json::Value::Object(outputs).to_string(),
+                    EventData::default(),
+                )
+            }
+        };
+        let row = &mut self.steps[idx];
+        row.status = StepStatus::Completed;
+        row.started_at.get_or_insert(now);
+        row.finished_at = Some(now);
+        row.error = None;
+        let preview: String = output.chars().take(200).collect();
+        row.output = Some(output);
+        ch.step(row);
+        ch.event(NewEvent::step(
+            EventKind::StepCompleted,
+            &row.step_id,
+            None,
+            EventData {
+                duration_ms: Some(0),
+                output_preview: Some(preview),
+                ..data
+            },
         ));
     }
 

@@ -394,6 +394,17 @@ impl Scheduler {
                             false
                         }
                         Decision::Run
+                            if self.step_def(idx).is_some_and(|s| {
+                                matches!(s.action, Action::Condition(_) | Action::Join)
+                            }) =>
+                        {
+                            self.decide_without_process(ch, idx, now);
+                            memo.clear();
+                            again = true;
+                            settled = true;
+                            false
+                        }
+                        Decision::Run
                             if self.step_def(idx).is_some_and(|s| s.for_each.is_some()) =>
                         {
                             if let Err(error) = self.expand(ch, idx, now) {

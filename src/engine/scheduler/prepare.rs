@@ -68,7 +68,7 @@ impl Scheduler {
         };
         let prepared = match &step.action {
             // A group runs its steps, never a process; nothing prepares it.
-            Action::Repeat(_) => Prepared::Run(Vec::new()),
+            Action::Repeat(_) | Action::Condition(_) | Action::Join => Prepared::Run(Vec::new()),
             Action::Workflow(sub) => Prepared::Workflow {
                 thread_id: child_thread_id(self.id.as_str(), &row.step_id),
                 file: sub.file.clone(),
