@@ -162,14 +162,58 @@ fn studio_lenient_step_fields_are_ignored() {
 }
 
 #[test]
-fn studio_unsupported_step_types_are_rejected() {
-    let ps = problems(
-        json!([{"id": "loop", "type": "loop", "task": "x", "items": ["a"], "loopVar": "f"}]),
-    );
-    assert_problem(&ps, Some("loop"), "type", "\"loop\" is not supported");
+fn studio_unknown_step_types_and_misplaced_studio_fields_are_rejected() {
+    let ps = problems(json!([{"id": "w", "type": "webhook", "task": "x"}]));
+    assert_problem(&ps, Some("w"), "type", "\"webhook\" is not supported");
     assert_eq!(ps.len(), 1, "{ps}");
     let ps = problems(json!([{"id": "t", "task": "x", "items": ["a"]}]));
-    assert_problem(&ps, Some("t"), "items", "unknown field");
+    assert_problem(
+        &ps,
+        Some("t"),
+        "items",
+        "belongs to Claude Studio steps of type \"loop\"",
+    );
+}
+
+#[test]
+fn studio_control_flow_steps_map_onto_conditions_fan_out_and_joins() {
+    let wf = ok(json!([
+        {"id": "a", "task": "x"},
+        {"id": "gate", "type": "conditional", "task": "decide", "deps": ["a"],
+         "condition": "{a.output} === \"yes\"", "trueBranch": "yes", "falseBranch": "no"},
+        {"id": "yes", "task": "y"},
+        {"id": "no", "task": "n"},
+        {"id": "each", "type": "loop", "task": "loop", "deps": ["yes"], "items": ["p", "q"],
+         "loopVar": "f", "loopSteps": ["body"]},
+        {"id": "body", "task": "do {f}"},
+        {"id": "both", "type": "parallel", "task": "par", "deps": ["each"],
+         "parallelSteps": ["l", "r"]},
+        {"id": "l", "task": "l"},
+        {"id": "r", "task": "r"}
+    ]));
+    let gate = wf.step("gate").unwrap();
+    let Action::Condition(c) = &gate.action else {
+        panic!("{:?}", gate.action);
+    };
+    assert_eq!(c.source(), r#"steps["a"].output == "yes""#);
+    let yes = wf.step("yes").unwrap();
+    assert_eq!(yes.deps, ["gate"]);
+    assert_eq!(
+        yes.when.as_ref().unwrap().source(),
+        r#"steps["gate"].output == 'true'"#
+    );
+    let body = wf.step("body").unwrap();
+    assert_eq!(
+        body.for_each.as_ref().unwrap().items.source(),
+        r#"["p","q"]"#
+    );
+    assert_eq!(body.for_each.as_ref().unwrap().max_parallel, Some(1));
+    assert_eq!(body.deps, ["yes"]);
+    assert_eq!(body.action.templates()[0].source(), "do {item}");
+    assert_eq!(wf.step("each").unwrap().action, Action::Join);
+    assert_eq!(wf.step("each").unwrap().deps, ["yes", "body"]);
+    assert_eq!(wf.step("l").unwrap().deps, ["each"]);
+    assert_eq!(wf.step("both").unwrap().deps, ["each", "l", "r"]);
 }
 
 #[test]
