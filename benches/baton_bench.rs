@@ -591,8 +591,18 @@ async fn flow(r: &mut Report) {
         commits = (e.store().commit_count() - c0) as f64 / 1000.0;
         bytes = (file_size(&db) - b0) as f64 / 1000.0;
     }
-    r.row("1,000 x Command::status(/bin/true) (3)", p50_95(&spawns), "", None);
-    r.row("for_each of 1,000 x /bin/true, 32 at once (3)", p50_95(&fans), "", None);
+    r.row(
+        "1,000 x Command::status(/bin/true) (3)",
+        p50_95(&spawns),
+        "",
+        None,
+    );
+    r.row(
+        "for_each of 1,000 x /bin/true, 32 at once (3)",
+        p50_95(&fans),
+        "",
+        None,
+    );
     r.row(
         "   for_each / 1,000 sequential spawns",
         format!("{:.2}x", fans.p50() / spawns.p50()),
@@ -600,7 +610,12 @@ async fn flow(r: &mut Report) {
         None,
     );
     r.row("   commits per instance", format!("{commits:.2}"), "", None);
-    r.row("   store bytes per instance", format!("{bytes:.0}"), "", None);
+    r.row(
+        "   store bytes per instance",
+        format!("{bytes:.0}"),
+        "",
+        None,
+    );
     let looped = json!({"name": "loop", "steps": [
         {"id": "l", "repeat": {"steps": [
             {"id": "a", "run": ["/bin/true"]},
@@ -622,10 +637,18 @@ async fn flow(r: &mut Report) {
     let raw = r.get("raw_commit_p50_ms").unwrap_or(0.0);
     let per_iteration = loops.p50() / 100.0;
     let floor = pair.p50() / 100.0 + 2.0 * raw;
-    r.row("repeat of 2 x /bin/true, 100 iterations (3)", p50_95(&loops), "", None);
+    r.row(
+        "repeat of 2 x /bin/true, 100 iterations (3)",
+        p50_95(&loops),
+        "",
+        None,
+    );
     r.row(
         "   per iteration vs 2 spawns + 2 raw commits",
-        format!("{per_iteration:.3} vs {floor:.3} ms ({:.2}x)", per_iteration / floor),
+        format!(
+            "{per_iteration:.3} vs {floor:.3} ms ({:.2}x)",
+            per_iteration / floor
+        ),
         "",
         None,
     );
