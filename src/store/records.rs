@@ -53,6 +53,12 @@ pub struct StepRow {
     /// A `for_each` step's items (a JSON array), stored once when the step expands into its
     /// instances; `None` for every other row.
     pub items: Option<String>,
+    /// A human step's open question (JSON: kind, rendered prompt, since, deadline,
+    /// on_timeout), written when it starts waiting; `None` for every other row.
+    pub waiting: Option<String>,
+    /// An answer to the open question (JSON), recorded by whoever answered and applied by
+    /// the workflow's driver.
+    pub answer: Option<String>,
 }
 
 impl StepRow {
@@ -74,6 +80,8 @@ impl StepRow {
             agent_overrides: None,
             fresh_session: false,
             items: None,
+            waiting: None,
+            answer: None,
         }
     }
 }

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use crate::workflow::human::{self, RawHuman, StudioHuman};
 use crate::workflow::problem::{Problem, did_you_mean};
 use crate::workflow::raw::{
     RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawInputSpec, RawRetry, RawStep,
@@ -169,7 +170,11 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
         session_id: o.get("sessionId", STRING, problems),
         when: o.get("when", "a CEL expression (a string)", problems),
         continue_on_error: o.get("continue_on_error", "true or false", problems),
-        for_each: o.get("for_each", "a CEL expression giving a list (a string)", problems),
+        for_each: o.get(
+            "for_each",
+            "a CEL expression giving a list (a string)",
+            problems,
+        ),
         max_parallel: o.get("max_parallel", "a positive integer", problems),
         ..RawStep::default()
     };
@@ -181,6 +186,12 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
     }
     if let Some(v) = o.raw("success") {
         raw.success = Some(decode_success(v, step, problems));
+    }
+    if let Some(v) = o.raw("human") {
+        raw.human = Some(decode_human(v, step, problems));
+    }
+    if raw.kind.as_deref() == Some("human") {
+        studio_human(&mut raw, &mut o, &label, problems);
     }
     // Studio's loop/condition/human fields only come with those step types, which are
     // reported as unsupported; on a task step they are just unknown fields.
@@ -194,6 +205,37 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
         problems,
     );
     raw
+}
+
+fn decode_human(value: &Value, step: Option<&str>, problems: &mut Vec<Problem>) -> RawHuman {
+    let Some(mut o) = Obj::new(value, step.map(str::to_owned), "human", problems) else {
+        return RawHuman::default();
+    };
+    let human = RawHuman {
+        prompt: o.get("prompt", STRING, problems),
+        kind: o.get(
+            "kind",
+            "\"approval\", \"input\" or \"notification\"",
+            problems,
+        ),
+        timeout_s: o.get("timeout_s", SECONDS, problems),
+        on_timeout: o.get("on_timeout", "\"fail\", \"approve\" or \"wait\"", problems),
+    };
+    o.finish(&[], problems);
+    human
+}
+
+/// Claude Studio's `type: "human"` step: its `prompt` is the question, not an agent prompt.
+fn studio_human(raw: &mut RawStep, o: &mut Obj<'_>, label: &str, problems: &mut Vec<Problem>) {
+    let studio = StudioHuman {
+        prompt: raw.prompt.take().or_else(|| raw.task.take()),
+        approval_required: o.get("approvalRequired", "true or false", problems),
+        interaction_type: o.get("interactionType", STRING, problems),
+        timeout_behavior: o.get("timeoutBehavior", STRING, problems),
+        timeout_seconds: o.get("timeoutSeconds", SECONDS, problems),
+    };
+    raw.human = Some(human::from_studio(studio, label, problems));
+    raw.kind = None;
 }
 
 fn decode_defaults(value: &Value, problems: &mut Vec<Problem>) -> RawDefaults {

@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::workflow::expr::Expr;
+use crate::workflow::human::Human;
 use crate::workflow::retry::RetryPolicy;
 use crate::workflow::template::Template;
 
@@ -208,6 +209,8 @@ pub enum Action {
     /// A script for `sh -c` (values expanded from the environment, see
     /// [`Template::render_shell`]).
     Shell(Template),
+    /// A question for a person, or a message to them; runs no process.
+    Human(Human),
 }
 
 impl Action {
@@ -216,15 +219,17 @@ impl Action {
         match self {
             Self::Prompt(t) | Self::Shell(t) => vec![t],
             Self::Run(argv) => argv.iter().collect(),
+            Self::Human(h) => vec![&h.prompt],
         }
     }
 
-    /// `prompt`, `run` or `shell`.
+    /// `prompt`, `run`, `shell` or `human`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Prompt(_) => "prompt",
             Self::Run(_) => "run",
             Self::Shell(_) => "shell",
+            Self::Human(_) => "human",
         }
     }
 }
@@ -399,7 +404,14 @@ mod tests {
     fn instance_ids_round_trip() {
         assert_eq!(instance_id("review", 3), "review[3]");
         assert_eq!(parse_instance("review[3]"), Some(("review", 3)));
-        for bad in ["review", "review[]", "[1]", "review[x]", "review[1", "review[-1]"] {
+        for bad in [
+            "review",
+            "review[]",
+            "[1]",
+            "review[x]",
+            "review[1",
+            "review[-1]",
+        ] {
             assert_eq!(parse_instance(bad), None, "{bad}");
         }
     }

@@ -119,7 +119,10 @@ impl Expr {
     /// `inputs.files` may be `["a", "b"]` or one file per line).
     pub fn items(&self, scope: &Scope<'_>) -> Result<Vec<serde_json::Value>, String> {
         let value = self.evaluate(scope)?;
-        match value.json().map_err(|e| format!("the list cannot be stored: {e}"))? {
+        match value
+            .json()
+            .map_err(|e| format!("the list cannot be stored: {e}"))?
+        {
             serde_json::Value::Array(items) => Ok(items),
             serde_json::Value::String(text) => {
                 if let Ok(serde_json::Value::Array(items)) = serde_json::from_str(&text) {
@@ -370,7 +373,10 @@ mod tests {
         let items = |src: &str| Expr::parse(src).unwrap().items(&s);
         assert_eq!(items("['a', 'b']").unwrap(), [json!("a"), json!("b")]);
         assert_eq!(items("inputs.json").unwrap(), [json!("a"), json!({"f": 1})]);
-        assert_eq!(items("inputs.lines").unwrap(), [json!("x.rs"), json!("y.rs")]);
+        assert_eq!(
+            items("inputs.lines").unwrap(),
+            [json!("x.rs"), json!("y.rs")]
+        );
         assert_eq!(items("steps.p.json.files").unwrap(), [json!(1), json!(2)]);
         assert!(items("[]").unwrap().is_empty());
         assert!(items("{'a': 1}").unwrap_err().contains("a map, not a list"));

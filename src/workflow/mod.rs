@@ -14,6 +14,7 @@
 //! - `definition.rs`: the resolved [`Workflow`] the engine runs and the store keeps.
 //! - `template.rs`: `{step.output}` templates and shell rendering; `shell_lint.rs`:
 //!   where a reference may sit in a shell script and how it is spelled there.
+//! - `human.rs`: human steps (approval, input, notification) and Studio's `type: "human"`.
 //! - `expr.rs`: CEL expressions (`when`), checked at submission, evaluated by the scheduler.
 //! - `retry.rs`: [`RetryPolicy`] arithmetic; `resolve_retry.rs`: a written `retry` → policy.
 //! - `problem.rs`: [`Problem`], [`Problems`] and "did you mean" suggestions.
@@ -26,6 +27,7 @@ mod dag;
 mod decode;
 mod definition;
 mod expr;
+mod human;
 mod problem;
 mod raw;
 mod resolve;
@@ -44,9 +46,10 @@ pub use definition::{
     instance_id, parse_instance,
 };
 pub use expr::{Expr, Scope};
-pub use resolve::MAX_ITEMS;
+pub use human::{Human, HumanKind, OnTimeout};
 pub use problem::{Problem, Problems};
 use raw::RawDefinition;
+pub use resolve::MAX_ITEMS;
 pub use retry::RetryPolicy;
 pub use template::{Quoting, Reference, SHELL_REF_PREFIX, Segment, Template};
 

@@ -241,6 +241,10 @@ pub struct RawStep {
     /// as a shell-quoted variable expansion (`"$BATON_REF_1"`), never as script text.
     #[serde(default)]
     pub shell: Option<String>,
+    /// Human step: a question for a person (`approval`, `input`) or a message to them
+    /// (`notification`); the answer is the step's output.
+    #[serde(default)]
+    pub human: Option<crate::workflow::human::RawHuman>,
     /// Working directory (relative paths resolve against the submission directory).
     #[serde(default)]
     pub cwd: Option<String>,
@@ -301,7 +305,8 @@ pub struct RawStep {
     /// Free-form configuration (Claude Studio); ignored.
     #[serde(default)]
     pub config: Option<serde_json::Value>,
-    /// Claude Studio step type: only `task` (the default) is supported.
+    /// Claude Studio step type: `task` (the default) or `human` (with `prompt`,
+    /// `approvalRequired`, `interactionType`, `timeoutBehavior`, `timeoutSeconds`).
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
     /// Claude Studio session id to resume; ignored (baton tracks sessions itself).

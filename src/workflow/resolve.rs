@@ -368,6 +368,7 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
         ("task", raw.task.is_some()),
         ("run", raw.run.is_some()),
         ("shell", raw.shell.is_some()),
+        ("human", raw.human.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, present)| present.then_some(name))
@@ -379,13 +380,13 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
             // A wrongly typed action field was already reported by the decoder.
             let already = problems.iter().any(|p| {
                 p.step.as_deref() == Some(id)
-                    && ["prompt", "task", "run", "shell"].contains(&p.field.as_str())
+                    && ["prompt", "task", "run", "shell", "human"].contains(&p.field.as_str())
             });
             if !already {
                 problems.push(Problem::step(
                     id,
                     "prompt",
-                    "a step needs one of prompt (or task), run or shell",
+                    "a step needs one of prompt (or task), run, shell or human",
                 ));
             }
             return placeholder;
@@ -399,11 +400,26 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
             problems.push(Problem::step(
                 id,
                 rest[0],
-                format!("a step has exactly one of prompt (or task), run or shell; this one has {first:?} and {others}"),
+                format!("a step has exactly one of prompt (or task), run, shell or human; this one has {first:?} and {others}"),
             ));
             return placeholder;
         }
     };
+    if field == "human" {
+        let human = crate::workflow::human::resolve(
+            raw.human.as_ref().unwrap_or(&Default::default()),
+            id,
+            problems,
+        );
+        if raw.for_each.is_some() {
+            problems.push(Problem::step(
+                id,
+                "for_each",
+                "a human step cannot fan out; ask once, or put the question before the for_each step",
+            ));
+        }
+        return (Action::Human(human), field);
+    }
     let parse = |field: String, src: &str, problems: &mut Vec<Problem>| match Template::parse(src) {
         // No argv element, script or prompt can carry a NUL byte to the process.
         _ if src.contains('\0') => {

@@ -219,6 +219,7 @@ fn check_ids(steps: &[Step], problems: &mut Vec<Problem>) {
 fn templates<'a>(step: &'a Step, action_field: &str) -> Vec<(String, &'a Template)> {
     match &step.action {
         Action::Prompt(t) | Action::Shell(t) => vec![(action_field.to_owned(), t)],
+        Action::Human(h) => vec![("human.prompt".to_owned(), &h.prompt)],
         Action::Run(argv) => argv
             .iter()
             .enumerate()

@@ -39,8 +39,7 @@ pub(super) struct Fan {
 
 impl Fan {
     pub(super) fn has_room(&self) -> bool {
-        self.max_parallel
-            .is_none_or(|m| self.running < m as usize)
+        self.max_parallel.is_none_or(|m| self.running < m as usize)
     }
 }
 
@@ -195,7 +194,8 @@ impl Scheduler {
             let r = self.steps.len();
             self.index.insert(id, r);
             self.steps.push(inst);
-            self.origin.push(super::fan_out::Origin { def, item: Some(i) });
+            self.origin
+                .push(super::fan_out::Origin { def, item: Some(i) });
             self.retry_at.push(None);
             self.stalled.push(false);
             rows.push(r);
@@ -274,11 +274,7 @@ impl Scheduler {
             outputs.push(serde_json::Value::String(out.to_owned()));
             if row.status == StepStatus::Failed {
                 let error = row.error.as_deref().unwrap_or("unknown error");
-                failed.push(format!(
-                    "{}: {}",
-                    row.step_id,
-                    crate::api::tail(error, 200)
-                ));
+                failed.push(format!("{}: {}", row.step_id, crate::api::tail(error, 200)));
             }
         }
         let total = fan.rows.len();

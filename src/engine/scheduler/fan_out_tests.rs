@@ -117,12 +117,19 @@ fn a_failed_instance_fails_its_step_once_every_instance_settled() {
     let mut s = fan(None);
     plan_done(&mut s, "a\nb\n");
     finish_attempt(&mut s, "review[0]", fail(FailureClass::Fatal), 2);
-    assert_eq!(status(&s, "review"), StepStatus::Running, "review[1] still runs");
+    assert_eq!(
+        status(&s, "review"),
+        StepStatus::Running,
+        "review[1] still runs"
+    );
     let (_, started) = finish_attempt(&mut s, "review[1]", ok("fine"), 3);
     assert!(started.is_empty(), "sum does not run after a failure");
     assert_eq!(status(&s, "review"), StepStatus::Failed);
     let err = s.steps()[idx(&s, "review")].error.clone().unwrap();
-    assert!(err.starts_with("1 of 2 instances failed: review[0]"), "{err}");
+    assert!(
+        err.starts_with("1 of 2 instances failed: review[0]"),
+        "{err}"
+    );
     assert!(s.is_settled(0));
     let mut ch = Changes::default();
     s.finish(&mut ch);
@@ -135,10 +142,7 @@ fn an_empty_list_completes_the_step_at_once() {
     let (_, started) = plan_done(&mut s, "\n");
     assert_eq!(started, ["sum"]);
     assert_eq!(status(&s, "review"), StepStatus::Completed);
-    assert_eq!(
-        s.steps()[idx(&s, "review")].output.as_deref(),
-        Some("[]")
-    );
+    assert_eq!(s.steps()[idx(&s, "review")].output.as_deref(), Some("[]"));
 }
 
 #[test]
@@ -151,7 +155,10 @@ fn a_list_that_is_not_one_fails_the_step_with_the_expression_named() {
     finish_attempt(&mut s, "n", ok("x"), 1);
     assert_eq!(status(&s, "f"), StepStatus::Failed);
     let err = s.steps()[idx(&s, "f")].error.clone().unwrap();
-    assert!(err.contains("steps.n.attempts") && err.contains("not a list"), "{err}");
+    assert!(
+        err.contains("steps.n.attempts") && err.contains("not a list"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -161,7 +168,11 @@ fn a_reloaded_expansion_reuses_its_stored_items_and_keeps_completed_instances() 
     finish_attempt(&mut s, "review[0]", ok("A"), 2);
     let mut ch = Changes::default();
     s.stop(&mut ch, Stop::Shutdown, 3);
-    assert_eq!(status(&s, "review"), StepStatus::Running, "kept across a shutdown");
+    assert_eq!(
+        status(&s, "review"),
+        StepStatus::Running,
+        "kept across a shutdown"
+    );
     // The next owner reads the rows back; plan's output changed meanwhile, which must not
     // change the items.
     let mut rows = s.steps().to_vec();
@@ -171,13 +182,21 @@ fn a_reloaded_expansion_reuses_its_stored_items_and_keeps_completed_instances() 
         {"id": "review", "deps": ["plan"], "for_each": "steps.plan.output", "run": ["echo", "{index}:{item}"]},
         {"id": "sum", "deps": ["review"], "run": ["echo", "{review.output}"]},
     ]}));
-    let mut again = Scheduler::new(ThreadId::from("t"), def, WorkflowStatus::Interrupted, rows, 4);
+    let mut again = Scheduler::new(
+        ThreadId::from("t"),
+        def,
+        WorkflowStatus::Interrupted,
+        rows,
+        4,
+    );
     let mut ch = Changes::default();
     let specs = again.start_ready(&mut ch, 4, "me", || Some(()));
     let rendered: Vec<Vec<String>> = specs.iter().map(|(a, ())| argv(a)).collect();
     assert_eq!(rendered, [["echo", "1:b"], ["echo", "2:c"]]);
     assert!(
-        !ch.steps.iter().any(|r| r.step_id == "review" && r.items.is_some()),
+        !ch.steps
+            .iter()
+            .any(|r| r.step_id == "review" && r.items.is_some()),
         "no second expansion"
     );
 }
@@ -219,8 +238,13 @@ fn failed_fan() -> Scheduler {
 fn a_retry_reruns_only_the_failed_instances() {
     let s = failed_fan();
     let none = BTreeSet::new();
-    let ch = resume_changes(WorkflowStatus::Failed, s.steps(), &plan(None, &none, false), 9)
-        .unwrap();
+    let ch = resume_changes(
+        WorkflowStatus::Failed,
+        s.steps(),
+        &plan(None, &none, false),
+        9,
+    )
+    .unwrap();
     let mut changed: Vec<(&str, StepStatus)> = ch
         .steps
         .iter()
@@ -229,7 +253,10 @@ fn a_retry_reruns_only_the_failed_instances() {
     changed.sort_by(|a, b| a.0.cmp(b.0));
     assert_eq!(
         changed,
-        [("review", StepStatus::Running), ("review[1]", StepStatus::Pending)]
+        [
+            ("review", StepStatus::Running),
+            ("review[1]", StepStatus::Pending)
+        ]
     );
     assert!(ch.dropped_instances.is_empty());
 }
@@ -238,8 +265,13 @@ fn a_retry_reruns_only_the_failed_instances() {
 fn skipping_the_failed_instance_lets_its_step_complete() {
     let s = failed_fan();
     let none = BTreeSet::new();
-    let ch = resume_changes(WorkflowStatus::Failed, s.steps(), &plan(None, &none, true), 9)
-        .unwrap();
+    let ch = resume_changes(
+        WorkflowStatus::Failed,
+        s.steps(),
+        &plan(None, &none, true),
+        9,
+    )
+    .unwrap();
     let mut rows = s.steps().to_vec();
     for c in &ch.steps {
         let i = rows.iter().position(|r| r.step_id == c.step_id).unwrap();

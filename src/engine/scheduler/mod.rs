@@ -14,6 +14,7 @@
 //! - `condition`: whether a pending step runs, is skipped or waits (`when`, skips, joins,
 //!   failure handlers, `continue_on_error`).
 //! - `fan_out`: `for_each` steps, their stored items and their instances `ID[i]`.
+//! - `human`: human steps — asking, answers, deadlines, parking a workflow that only waits.
 //! - `prepare`: rendering a step's templates into the attempt to run.
 //! - `stored`: transitions of a stored workflow that no driver runs — resume, cancel,
 //!   adoption after a crash.
@@ -24,11 +25,15 @@ mod condition_tests;
 mod fan_out;
 #[cfg(test)]
 mod fan_out_tests;
+mod human;
+#[cfg(test)]
+mod human_tests;
 mod prepare;
 mod stored;
 #[cfg(test)]
 mod tests;
 
+pub(super) use human::{Answer, Waiting};
 pub(super) use stored::{ResumePlan, adopt_changes, cancel_changes, resume_changes};
 
 use std::collections::HashMap;
@@ -353,7 +358,7 @@ impl Scheduler {
         // A skip or a failed condition settles a step, which may decide steps before it in
         // definition order: pass again until a pass settles nothing.
         let mut again = true;
-        let mut settled = false;
+        let mut settled = self.settle_humans(ch, now);
         let mut memo = Memo::new(self.steps.len());
         self.aggregate_settled(ch, now);
         while again && !self.starved {
@@ -364,7 +369,9 @@ impl Scheduler {
                     StepStatus::Pending if instance => self.instance_has_room(idx),
                     StepStatus::Pending => match self.decide(idx, &mut memo) {
                         Decision::Wait => false,
-                        Decision::Run if self.step_def(idx).is_some_and(|s| s.for_each.is_some()) => {
+                        Decision::Run
+                            if self.step_def(idx).is_some_and(|s| s.for_each.is_some()) =>
+                        {
                             if let Err(error) = self.expand(ch, idx, now) {
                                 let data = EventData {
                                     reason: Some("the for_each list could not be made".to_owned()),
@@ -373,6 +380,13 @@ impl Scheduler {
                                 self.settle(ch, idx, StepStatus::Failed, now, Some(error), data);
                             }
                             memo = Memo::new(self.steps.len());
+                            again = true;
+                            settled = true;
+                            false
+                        }
+                        Decision::Run if self.human_of(idx).is_some() => {
+                            self.ask(ch, idx, now);
+                            memo.clear();
                             again = true;
                             settled = true;
                             false

@@ -10,43 +10,14 @@ use std::time::Duration;
 use super::Scheduler;
 use crate::api::tail;
 use crate::engine::executor::{AttemptSpec, Prepared};
-use crate::workflow::{Action, AgentOptions, Quoting, Reference};
+use crate::workflow::{Action, AgentOptions, Quoting, Reference, Template};
 
 impl Scheduler {
     /// The attempt step `idx` would run next (its `number` is set by the caller).
     pub(super) fn prepare(&self, idx: usize) -> AttemptSpec {
         let step = &self.def.steps[self.origin[idx].def];
         let row = &self.steps[idx];
-        let item = self.item_of(idx);
-        let lookup = |r: &Reference| -> String {
-            let get = |id: &String| self.index.get(id).map(|&j| &self.steps[j]);
-            match r {
-                Reference::StepOutput(id) => get(id)
-                    .and_then(|s| s.output.as_deref())
-                    .map(|o| o.trim_end().to_owned())
-                    .unwrap_or_default(),
-                Reference::StepStatus(id) => get(id)
-                    .map(|s| s.status.as_str().to_owned())
-                    .unwrap_or_default(),
-                Reference::StepSession(id) => get(id)
-                    .and_then(|s| s.session_id.clone())
-                    .unwrap_or_default(),
-                Reference::Input(name) => self.def.inputs.get(name).cloned().unwrap_or_default(),
-                Reference::Item(field) => {
-                    let value = item.map(|(v, _)| v);
-                    let value = match field {
-                        None => value,
-                        Some(f) => value.and_then(|v| v.get(f.as_str())),
-                    };
-                    match value {
-                        None | Some(serde_json::Value::Null) => String::new(),
-                        Some(serde_json::Value::String(s)) => s.clone(),
-                        Some(other) => other.to_string(),
-                    }
-                }
-                Reference::Index => item.map(|(_, i)| i.to_string()).unwrap_or_default(),
-            }
-        };
+        let lookup = |r: &Reference| self.value_of(idx, r);
         let prepared = match &step.action {
             Action::Run(argv) => Prepared::Run(
                 argv.iter()
@@ -57,6 +28,9 @@ impl Scheduler {
                 let (script, env) = t.render_shell(&lookup);
                 Prepared::Shell { script, env }
             }
+            // Never started: the scheduler asks human steps itself (an empty argv would fail
+            // the attempt as not retryable).
+            Action::Human(_) => Prepared::Run(Vec::new()),
             Action::Prompt(t) => {
                 let prompt = t.render(&lookup, Quoting::Verbatim);
                 let overrides: AgentOptions = row
@@ -101,5 +75,43 @@ impl Scheduler {
             timeout: step.timeout_s.map(Duration::from_secs),
             success: step.success.clone(),
         }
+    }
+
+    /// The value a template reference of row `idx` stands for (verbatim).
+    fn value_of(&self, idx: usize, r: &Reference) -> String {
+        let item = self.item_of(idx);
+
+        let get = |id: &String| self.index.get(id).map(|&j| &self.steps[j]);
+        match r {
+            Reference::StepOutput(id) => get(id)
+                .and_then(|s| s.output.as_deref())
+                .map(|o| o.trim_end().to_owned())
+                .unwrap_or_default(),
+            Reference::StepStatus(id) => get(id)
+                .map(|s| s.status.as_str().to_owned())
+                .unwrap_or_default(),
+            Reference::StepSession(id) => get(id)
+                .and_then(|s| s.session_id.clone())
+                .unwrap_or_default(),
+            Reference::Input(name) => self.def.inputs.get(name).cloned().unwrap_or_default(),
+            Reference::Item(field) => {
+                let value = item.map(|(v, _)| v);
+                let value = match field {
+                    None => value,
+                    Some(f) => value.and_then(|v| v.get(f.as_str())),
+                };
+                match value {
+                    None | Some(serde_json::Value::Null) => String::new(),
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                }
+            }
+            Reference::Index => item.map(|(_, i)| i.to_string()).unwrap_or_default(),
+        }
+    }
+
+    /// Template `t` rendered for row `idx`, values inserted verbatim.
+    pub(super) fn render(&self, idx: usize, t: &Template) -> String {
+        t.render(&|r: &Reference| self.value_of(idx, r), Quoting::Verbatim)
     }
 }

@@ -99,9 +99,10 @@ pub(in crate::engine) fn resume_changes(
     // A kept for_each step whose instances changed runs again: the scheduler settles it once
     // they all have.
     for row in steps.iter().filter(|s| s.items.is_some()) {
-        let changed = ch.steps.iter().any(|c| {
-            parse_instance(&c.step_id).is_some_and(|(p, _)| p == row.step_id)
-        });
+        let changed = ch
+            .steps
+            .iter()
+            .any(|c| parse_instance(&c.step_id).is_some_and(|(p, _)| p == row.step_id));
         if changed && row.status != StepStatus::Running {
             let mut s = row.clone();
             s.status = StepStatus::Running;
@@ -141,6 +142,8 @@ fn reset(s: &mut StepRow, keep_session: bool) {
     s.guidance = None;
     s.agent_overrides = None;
     s.fresh_session = !keep_session;
+    s.waiting = None;
+    s.answer = None;
 }
 
 /// A cancel of a workflow nobody runs (interrupted, orphaned, blocked).

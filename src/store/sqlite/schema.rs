@@ -118,8 +118,14 @@ const V3: &str = r#"
 ALTER TABLE steps ADD COLUMN items TEXT;
 "#;
 
+/// Human steps keep their open question and a recorded answer on their row.
+const V4: &str = r#"
+ALTER TABLE steps ADD COLUMN waiting TEXT;
+ALTER TABLE steps ADD COLUMN answer TEXT;
+"#;
+
 pub(super) fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)])
 }
 
 /// Brings the schema up to date. Several servers may open a new database at the same moment:
