@@ -99,6 +99,9 @@ pub(super) struct Driver {
     signals: Arc<Signals>,
     /// A new workflow's record and the submitter waiting for its first commit.
     new_record: Option<(NewWorkflow, oneshot::Sender<store::Result<()>>)>,
+    /// The store's change notices, followed while a human step waits (its answer may be
+    /// recorded by any process).
+    feed: Option<store::ChangeFeed>,
 }
 
 impl Driver {
@@ -121,6 +124,7 @@ impl Driver {
             reason,
             signals: Arc::new(Signals::default()),
             new_record: None,
+            feed: None,
         }
     }
 
@@ -146,11 +150,20 @@ impl Driver {
             return Box::pin(self.finish_stopped()).await;
         }
         loop {
-            if self.sched.status().is_terminal() {
+            // A workflow parked on a human deadline is blocked but still driven.
+            let parked = self.sched.next_deadline().is_some();
+            if self.sched.status().is_terminal() && !parked {
                 tracing::debug!(thread_id = %self.fence.id, status = %self.sched.status(), "workflow stopped");
                 return;
             }
-            let next_retry = self.sched.next_retry().map(at_store_time);
+            if self.sched.is_waiting() != self.feed.is_some() {
+                self.feed = self.sched.is_waiting().then(|| self.sh.store.changes());
+            }
+            let next_retry = [self.sched.next_retry(), self.sched.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(at_store_time);
             let next_stall = self.next_stall_check();
             let next_progress = self.next_progress_flush();
             let sem = self.sh.permits.clone();
@@ -171,6 +184,9 @@ impl Driver {
                 }
                 () = sleep_until(next_retry) => {
                     if !Box::pin(self.advance(Vec::new())).await { break; }
+                }
+                change = next_change(self.feed.as_mut()) => {
+                    if !Box::pin(self.on_change(change)).await { break; }
                 }
                 () = sleep_until(next_stall) => self.restart_stalled(),
                 () = sleep_until(next_progress) => {
@@ -241,10 +257,37 @@ impl Driver {
         });
         // An unused spare slot goes back to the pool here.
         drop(spare);
-        if started.is_empty() && self.sched.is_settled(self.running.len()) {
+        if started.is_empty() && self.sched.is_settled(self.running.len()) && !self.sched.park(ch) {
             self.sched.finish(ch);
         }
         started
+    }
+
+    /// A change in the store while a human step waits: applies the answers recorded for it.
+    async fn on_change(&mut self, change: Option<store::Change>) -> bool {
+        match change {
+            None => {
+                self.feed = None;
+                return true;
+            }
+            Some(store::Change::Workflow(id)) if id != self.fence.id => return true,
+            Some(_) => {}
+        }
+        let answers = match self.sh.store.answers(self.fence.id.clone()).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(thread_id = %self.fence.id, error = %e, "cannot read answers");
+                return true;
+            }
+        };
+        let mut any = false;
+        for (step, answer) in answers {
+            any |= self.sched.set_answer(&step, &answer);
+        }
+        if !any {
+            return true;
+        }
+        Box::pin(self.advance(Vec::new())).await
     }
 
     /// The first commit of a new workflow: inserts it and starts its first steps, once. Its
@@ -557,6 +600,14 @@ fn at_store_time(ms: i64) -> Instant {
     // A deadline beyond what the clock can represent is as good as never.
     now.checked_add(wait)
         .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// The next change notice, or never without a feed.
+async fn next_change(feed: Option<&mut store::ChangeFeed>) -> Option<store::Change> {
+    match feed {
+        Some(f) => f.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(t: Option<Instant>) {

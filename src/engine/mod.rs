@@ -10,7 +10,7 @@
 //! - `scheduler`: the pure state machine of a workflow (readiness, outcomes, retries, finish,
 //!   stop) and the transitions of stored workflows (resume, cancel, adoption).
 //! - `driver`: one task per owned workflow; the I/O loop around its scheduler.
-//! - `control`: submit, cancel and resume requests.
+//! - `control`: submit, cancel and resume requests; `answer`: answers to human steps.
 //! - `lease`: owner registration, lease renewal, liveness of other owners, adoption.
 //! - `operator`: what an operator surface needs beyond the tools: filtered listing, delete,
 //!   full step output, metrics.
@@ -21,6 +21,7 @@
 //!   running attempt reports; `outcome`: typed attempt outcomes.
 
 mod agent;
+mod answer;
 mod control;
 mod driver;
 mod error;
@@ -35,6 +36,7 @@ mod scheduler;
 mod signals;
 mod view;
 
+pub use answer::AnswerRequest;
 pub use control::{MAX_DEFINITION_BYTES, ResumeMode, ResumeRequest, SubmitRequest, Submitted};
 pub use error::{EngineError, Result};
 pub use follow::{Follow, GlobalFollow, Page};

@@ -82,7 +82,7 @@ impl Engine {
         }
         let row = snap.workflow;
         let steps = snap.steps;
-        let step_views = steps
+        let step_views: Vec<StepView> = steps
             .iter()
             .map(|s| {
                 let (output, output_truncated) = match &s.output {
@@ -112,6 +112,7 @@ impl Engine {
                         .step(&s.step_id)
                         .map(|d| d.deps.clone())
                         .unwrap_or_default(),
+                    waiting_for: super::scheduler::waiting_for(s),
                 }
             })
             .collect();
@@ -128,6 +129,10 @@ impl Engine {
             total_cost_usd: row.total_cost_usd,
             owner: row.owner,
             inputs: def.inputs,
+            waiting_for: step_views
+                .iter()
+                .filter_map(|s| s.waiting_for.clone())
+                .collect(),
             steps: step_views,
         })
     }

@@ -30,6 +30,7 @@ impl From<EngineError> for ApiError {
             | EngineError::AlreadyCompleted { .. }
             | EngineError::NothingToResume { .. }
             | EngineError::Contended { .. }
+            | EngineError::NotWaiting { .. }
             | EngineError::NotStarted { .. } => StatusCode::CONFLICT,
             EngineError::CancelPending { .. } => StatusCode::ACCEPTED,
             EngineError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -40,6 +40,25 @@ impl Waiting {
     }
 }
 
+/// The view of the open question on `row`, if it waits.
+pub(in crate::engine) fn waiting_for(row: &StepRow) -> Option<crate::api::WaitingFor> {
+    let w = Waiting::of(row)?;
+    Some(crate::api::WaitingFor {
+        step: row.step_id.clone(),
+        kind: w.kind.as_str().to_owned(),
+        prompt: w.prompt,
+        since: rfc3339(w.since),
+        deadline: w.deadline.map(rfc3339),
+        on_timeout: match w.on_timeout {
+            OnTimeout::Approve => "approve",
+            OnTimeout::Wait => "wait",
+            _ => "fail",
+        }
+        .to_owned(),
+        answered: row.answer.is_some(),
+    })
+}
+
 /// An answer to an open question, as recorded on the step's row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(in crate::engine) struct Answer {

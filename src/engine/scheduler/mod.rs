@@ -33,7 +33,7 @@ mod stored;
 #[cfg(test)]
 mod tests;
 
-pub(super) use human::{Answer, Waiting};
+pub(super) use human::{Answer, Waiting, waiting_for};
 pub(super) use stored::{ResumePlan, adopt_changes, cancel_changes, resume_changes};
 
 use std::collections::HashMap;
