@@ -117,6 +117,18 @@ pub enum Command {
         #[arg(long)]
         prompt: Option<String>,
     },
+    /// Answer a human step that waits (approve it, deny it, or give the text it asks for),
+    /// then follow the workflow.
+    Approve {
+        thread_id: String,
+        step: String,
+        /// Deny instead of approving: the step fails.
+        #[arg(long)]
+        deny: bool,
+        /// The text an input step asks for (or a comment on the approval or denial).
+        #[arg(long)]
+        input: Option<String>,
+    },
     /// Cancel a workflow (it stays resumable).
     Cancel { thread_id: String },
     /// Print a workflow's events as they happen, from the start (or after --cursor).
@@ -441,6 +453,12 @@ pub async fn run(command: Command, engine: &Engine, stop: &Stop) -> Result<ExitC
             mode,
             prompt,
         } => resume(engine, stop, thread_id.into(), from_step, mode, prompt).await,
+        Command::Approve {
+            thread_id,
+            step,
+            deny,
+            input,
+        } => approve(engine, stop, thread_id.into(), step, deny, input).await,
         Command::Watch { thread_id, cursor } => {
             follow(engine, stop, &thread_id.into(), cursor, false).await
         }
@@ -542,6 +560,40 @@ async fn resume(
         agent: None,
     };
     engine.resume(req).await?;
+    follow(engine, stop, &thread_id, cursor, true).await
+}
+
+/// `baton approve`: answers a waiting human step, then follows what the answer sets off.
+async fn approve(
+    engine: &Engine,
+    stop: &Stop,
+    thread_id: ThreadId,
+    step: String,
+    deny: bool,
+    input: Option<String>,
+) -> Result<ExitCode, CliError> {
+    // Follow from the current end of the log: only what the answer sets off is printed.
+    let mut cursor = 0;
+    loop {
+        let page = engine.events(&thread_id, cursor, 10_000).await?;
+        if let Some(last) = page.events.last() {
+            cursor = last.seq;
+        }
+        if page.caught_up {
+            break;
+        }
+    }
+    let req = engine::AnswerRequest {
+        thread_id: thread_id.clone(),
+        step: step.clone(),
+        approve: Some(!deny),
+        input,
+    };
+    engine.answer(req).await?;
+    eprintln!(
+        "{thread_id}: {step} {}",
+        if deny { "denied" } else { "answered" }
+    );
     follow(engine, stop, &thread_id, cursor, true).await
 }
 

@@ -135,6 +135,8 @@ mod tests {
             "continue_on_error",
             "failure()",
             "Claude Studio",
+            "on_timeout",
+            "notification",
         ] {
             assert!(text.contains(needle), "schema lacks {needle}");
         }
@@ -168,6 +170,8 @@ mod tests {
             studio_file,
             single,
             json!([{"task": "t", "agentId": "x"}]),
+            json!([{"id": "h", "human": {"prompt": "ok?", "kind": "input", "timeout_s": 5,
+                "on_timeout": "approve"}}]),
         ] {
             let derived: RawDefinition = serde_json::from_value(value.clone()).unwrap();
             assert_eq!(derived, parse_raw(&value).unwrap(), "{value}");
