@@ -6,6 +6,8 @@
 //! that takes the lease and restarts it), or by a dead owner (the adopter applies it). A
 //! rejected answer changes nothing.
 
+use std::time::Duration;
+
 use super::scheduler::{Answer, Waiting};
 use super::{DriverInit, Engine, EngineError, Result};
 use crate::api::{EventData, EventKind, NewEvent, ResumedBy, ThreadId, WorkflowStatus};
@@ -28,6 +30,20 @@ impl Engine {
     /// Answers the open question of a waiting human step. Returns the workflow's status
     /// after the answer was recorded (`running`: it goes on).
     pub async fn answer(&self, req: AnswerRequest) -> Result<WorkflowStatus> {
+        // The owner may release the workflow (a shutdown) or another process take it over
+        // between the read and the write: read again and take the other path.
+        for _ in 0..5 {
+            if let Some(status) = self.answer_once(&req).await? {
+                return Ok(status);
+            }
+        }
+        Err(EngineError::Contended {
+            thread_id: req.thread_id,
+        })
+    }
+
+    /// One try at [`Engine::answer`]; `None`: the workflow changed hands meanwhile.
+    async fn answer_once(&self, req: &AnswerRequest) -> Result<Option<WorkflowStatus>> {
         let id = req.thread_id.clone();
         let snap =
             self.sh
@@ -52,19 +68,20 @@ impl Engine {
         if row.answer.is_some() {
             return Err(not_waiting());
         }
-        let answer = answer_of(&req, waiting.kind)?;
+        let answer = answer_of(req, waiting.kind)?;
         let json = answer.to_json();
         if snap.workflow.owner.is_some() {
             // Driven (here or elsewhere) or orphaned: its driver, or its adopter, applies it.
-            if !self
+            let mut feed = self.sh.store.changes();
+            let recorded = self
                 .sh
                 .store
                 .record_answer(id.clone(), req.step.clone(), json)
-                .await?
-            {
-                return Err(EngineError::Contended { thread_id: id });
+                .await?;
+            if !recorded {
+                return Ok(None);
             }
-            return Ok(WorkflowStatus::Running);
+            return self.applied(&id, &req.step, &mut feed).await.map(Some);
         }
         // Nobody drives it: record the answer as the workflow is taken over and restarted.
         let claim = Claim {
@@ -74,7 +91,7 @@ impl Engine {
         };
         let execute = self.sh.cfg.execute;
         let step = req.step.clone();
-        let (epoch, after, ()) = self
+        let taken = self
             .sh
             .store
             .transition(id.clone(), claim, move |snap| {
@@ -103,19 +120,51 @@ impl Engine {
                 ));
                 Ok((ch, ()))
             })
-            .await
-            .map_err(|e| match e {
-                StoreError::Fenced(_) | StoreError::Conflict(_) => EngineError::Contended {
-                    thread_id: id.clone(),
-                },
-                other => EngineError::Store(other),
-            })?;
+            .await;
+        let (epoch, after, ()) = match taken {
+            Ok(t) => t,
+            Err(StoreError::Fenced(_) | StoreError::Conflict(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         if execute {
             self.sh.spawn_driver(&id, epoch, DriverInit::Loaded(after));
         } else {
             self.sh.hand_over();
         }
-        Ok(WorkflowStatus::Running)
+        Ok(Some(WorkflowStatus::Running))
+    }
+}
+
+impl Engine {
+    /// Waits (bounded by two leases: an owner that died meanwhile is adopted by then) until
+    /// the owner applied the answer recorded for `step`; returns the workflow's status then.
+    async fn applied(
+        &self,
+        id: &ThreadId,
+        step: &str,
+        feed: &mut crate::store::ChangeFeed,
+    ) -> Result<WorkflowStatus> {
+        let deadline = tokio::time::Instant::now() + self.sh.cfg.lease * 2;
+        loop {
+            let snap =
+                self.sh
+                    .store
+                    .snapshot(id.clone())
+                    .await?
+                    .ok_or_else(|| EngineError::NotFound {
+                        thread_id: id.clone(),
+                    })?;
+            let pending = snap
+                .steps
+                .iter()
+                .any(|s| s.step_id == step && s.answer.is_some() && Waiting::of(s).is_some());
+            if !pending || tokio::time::Instant::now() >= deadline {
+                return Ok(snap.workflow.status);
+            }
+            // A notice, or a slow poll in case one was missed.
+            let wait = deadline.min(tokio::time::Instant::now() + Duration::from_millis(500));
+            let _ = tokio::time::timeout_at(wait, feed.recv()).await;
+        }
     }
 }
 

@@ -150,8 +150,9 @@ impl Driver {
             return Box::pin(self.finish_stopped()).await;
         }
         loop {
-            // A workflow parked on a human deadline is blocked but still driven.
-            let parked = self.sched.next_deadline().is_some();
+            // A workflow parked on a human step is blocked but still driven.
+            let parked = self.sched.status() == crate::api::WorkflowStatus::Blocked
+                && self.sched.is_waiting();
             if self.sched.status().is_terminal() && !parked {
                 tracing::debug!(thread_id = %self.fence.id, status = %self.sched.status(), "workflow stopped");
                 return;

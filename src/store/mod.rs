@@ -202,9 +202,9 @@ impl Store {
         }
     }
 
-    /// Records an answer (JSON) to the open question of a waiting human step, without the
-    /// lease: the workflow's owner applies it. False if the step is not waiting any more or
-    /// was answered already.
+    /// Records an answer (JSON) to the open question of a waiting human step of an owned
+    /// workflow, without the lease: its owner applies it. False if the step is not waiting
+    /// any more, was answered already, or the workflow has no owner (any more).
     pub async fn record_answer(
         &self,
         id: ThreadId,

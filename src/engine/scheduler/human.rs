@@ -253,12 +253,12 @@ impl Scheduler {
         self.steps.iter().any(|r| Waiting::of(r).is_some())
     }
 
-    /// Nothing runs or can start, and a waiting step has a deadline: the workflow becomes
-    /// `blocked` but stays owned, so its driver applies the deadline. Returns false (the
-    /// caller finishes the workflow instead) when there is no deadline to watch or a failure
-    /// decides the outcome already.
+    /// Nothing runs or can start, and a human step waits: the workflow becomes `blocked`
+    /// but stays owned, so its driver applies the answer the moment it is recorded (by any
+    /// process) and the deadline when it comes. Returns false (the caller finishes the
+    /// workflow instead) when nothing waits or a failure decides the outcome already.
     pub(in crate::engine) fn park(&mut self, ch: &mut Changes) -> bool {
-        if self.next_deadline().is_none() {
+        if !self.is_waiting() {
             return false;
         }
         let failed = self

@@ -167,20 +167,35 @@ fn the_deadline_applies_on_timeout_only_once_it_has_passed() {
 }
 
 #[test]
-fn on_timeout_wait_has_no_deadline_and_releases_the_workflow() {
+fn on_timeout_wait_has_no_deadline_and_still_parks_the_workflow() {
     let mut s = gated("wait");
     ask_at(&mut s, 1_000);
     assert_eq!(waiting(&s).deadline, None);
     let (ch, parked) = settle(&mut s);
-    assert!(!parked);
+    assert!(parked, "the driver stays to apply the answer when it comes");
     let st = ch.status.unwrap();
     assert_eq!(st.status, WorkflowStatus::Blocked);
-    assert!(
-        st.release,
-        "nobody needs to watch a wait without a deadline"
-    );
+    assert!(!st.release);
     let (ch, _) = start(&mut s, i64::MAX / 2);
     assert!(ch.is_empty(), "no deadline ever fires");
+}
+
+#[test]
+fn a_failure_elsewhere_finishes_the_workflow_instead_of_parking_it() {
+    let mut s = fresh(workflow(json!({"steps": [
+        {"id": "ship", "human": {"prompt": "Go?"}},
+        {"id": "lint", "run": ["false"], "retry": {"max_attempts": 1}},
+    ]})));
+    start(&mut s, 0);
+    finish_attempt(
+        &mut s,
+        "lint",
+        super::tests::fail(FailureClass::Retryable),
+        5,
+    );
+    let (ch, parked) = settle(&mut s);
+    assert!(!parked);
+    assert_eq!(ch.status.unwrap().status, WorkflowStatus::Failed);
 }
 
 #[test]

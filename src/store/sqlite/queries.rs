@@ -705,8 +705,9 @@ pub use super::operator_queries::*;
 
 // ---------------------------------------------------------------- human answers
 
-/// Records an answer to the open question of step `step_id`, unless it is no longer waiting
-/// or already answered. Returns whether it was recorded.
+/// Records an answer to the open question of step `step_id` of an owned workflow (its owner
+/// applies it), unless the step no longer waits, was answered already, or nobody owns the
+/// workflow any more. Returns whether it was recorded.
 pub fn record_answer(
     ctx: &mut WriteCtx<'_>,
     workflow_id: &str,
@@ -716,7 +717,8 @@ pub fn record_answer(
     let n = ctx
         .conn
         .prepare_cached(
-            "UPDATE steps SET answer = ?3 WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) \
+            "UPDATE steps SET answer = ?3 WHERE wid = (SELECT wid FROM workflows \
+             WHERE id = ?1 AND owner IS NOT NULL) \
              AND step_id = ?2 AND status = 'blocked' AND waiting IS NOT NULL AND answer IS NULL",
         )?
         .execute(params![workflow_id, step_id, answer])?;
