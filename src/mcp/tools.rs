@@ -418,6 +418,7 @@ workflow stops or `wait_s` passes. Each event is also sent as a progress notific
         let mut follow = self.engine.follow(&id, cursor);
         let mut out: Vec<Event> = Vec::new();
         let mut progress = Progress::default();
+        let mut asked = std::collections::BTreeSet::new();
         // Steps done as of the cursor; each completion event replayed adds one.
         let mut done_steps = if cursor == 0 {
             0
@@ -474,6 +475,15 @@ workflow stops or `wait_s` passes. Each event is also sent as a progress notific
             }
             out.extend(events);
             let page_full = out.len() as i64 >= STREAM_PAGE;
+            // A workflow that waits for a human: ask through the host when it can be asked.
+            if done
+                && status == WorkflowStatus::Blocked
+                && !page_full
+                && super::elicit::can_ask(&ctx)
+                && super::elicit::ask_waiting(&self.engine, &ctx, &id, &mut asked).await
+            {
+                continue;
+            }
             if done || page_full || tokio::time::Instant::now() >= deadline {
                 return Ok(Json(InvokeStreamResult {
                     links: self.link_fields(&id),

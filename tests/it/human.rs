@@ -342,3 +342,110 @@ async fn a_waiting_step_is_an_input_required_task_answered_by_tasks_update() {
     );
     client.cancel().await.unwrap();
 }
+
+#[test]
+fn the_http_approve_answers_the_waiting_step() {
+    let sb = Sandbox::new();
+    let (_server, h) = crate::http::serve_http(&sb, &[]);
+    let id = h.start(gated(json!({"prompt": "Merge {a.output}?"})));
+    eventually("ship to wait", || {
+        h.get_json(&format!("/api/workflows/{id}"))["status"] == "blocked"
+    });
+    let view = h.get_json(&format!("/api/workflows/{id}"));
+    assert_eq!(view["waiting_for"][0]["prompt"], "Merge main?");
+    let path = format!("/api/workflows/{id}/approve");
+    let (code, r) = h.send(
+        "POST",
+        &path,
+        Some(json!({"step": "nope", "approve": true})),
+    );
+    assert_eq!(code, 400, "{r}");
+    // Without `step`, the one waiting step is answered.
+    let (code, r) = h.send("POST", &path, Some(json!({"approve": true})));
+    assert_eq!(code, 200, "{r}");
+    eventually("the workflow to complete", || {
+        h.get_json(&format!("/api/workflows/{id}"))["status"] == "completed"
+    });
+    let view = h.get_json(&format!("/api/workflows/{id}"));
+    assert_eq!(step(&view, "deploy")["output"], "deployed approved");
+    let (code, r) = h.send(
+        "POST",
+        &path,
+        Some(json!({"step": "ship", "approve": true})),
+    );
+    assert_eq!(code, 409, "nothing waits any more: {r}");
+}
+
+/// A host that declared elicitation and approves every question it is asked.
+#[derive(Clone)]
+struct Approver(tokio::sync::mpsc::UnboundedSender<String>);
+
+impl rmcp::ClientHandler for Approver {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        let caps: rmcp::model::ClientCapabilities =
+            serde_json::from_value(json!({"elicitation": {"form": {}}})).unwrap();
+        rmcp::model::ClientConfig::new(caps, rmcp::model::Implementation::new("baton-tests", "0"))
+            .with_protocol_version(rmcp::model::ProtocolVersion::V_2025_11_25)
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: rmcp::model::ElicitRequestParams,
+        _: rmcp::service::RequestContext<rmcp::RoleClient>,
+    ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
+        let asked = serde_json::to_value(&request).unwrap();
+        let _ = self
+            .0
+            .send(asked["message"].as_str().unwrap_or("").to_owned());
+        Ok(
+            rmcp::model::ElicitResult::new(rmcp::model::ElicitationAction::Accept)
+                .with_content(json!({"approve": true})),
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_waiting_invoke_stream_asks_through_elicitation_when_the_host_declared_it() {
+    use rmcp::ServiceExt;
+    use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+    let sb = Sandbox::new();
+    let (db, dir) = (sb.db(), sb.dir.path().to_owned());
+    let cmd = tokio::process::Command::new(BIN).configure(|c| {
+        c.arg("serve")
+            .env("BATON_DB", &db)
+            .env("BATON_IN_PROCESS", "1")
+            .env("RUST_LOG", "warn")
+            .current_dir(&dir);
+    });
+    let (tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+    let client = Approver(tx)
+        .serve(TokioChildProcess::new(cmd).unwrap())
+        .await
+        .unwrap();
+    let call = |name: &'static str, args: Value| {
+        let client = &client;
+        async move {
+            let Value::Object(args) = args else {
+                unreachable!()
+            };
+            let r = client
+                .call_tool(rmcp::model::CallToolRequestParams::new(name).with_arguments(args))
+                .await
+                .unwrap();
+            r.structured_content.unwrap()
+        }
+    };
+    let started = call(
+        "invoke_async",
+        json!({"workflow": gated(json!({"prompt": "Merge {a.output}?"}))}),
+    )
+    .await;
+    let id = started["thread_id"].as_str().unwrap().to_owned();
+    let r = call("invoke_stream", json!({"thread_id": id, "wait_s": 60})).await;
+    assert_eq!(r["status"], "completed", "{r}");
+    let question = asked.recv().await.unwrap();
+    assert!(question.contains("Merge main?"), "{question}");
+    let st = call("invoke_status", json!({"thread_id": id})).await;
+    assert_eq!(step(&st, "deploy")["output"], "deployed approved");
+    client.cancel().await.unwrap();
+}
