@@ -253,7 +253,12 @@ pub fn outcome(
             detail,
         };
     }
-    let output = text.unwrap_or_default();
+    // With `--json-schema` the CLI reports the value as `structured_output`: it is the
+    // step's output (as JSON text).
+    let output = match result.get("structured_output") {
+        Some(v) if !v.is_null() => v.to_string(),
+        _ => text.unwrap_or_default(),
+    };
     match success.check_output(&output) {
         Some(reason) => Outcome::Failed {
             class: FailureClass::Retryable,

@@ -18,7 +18,8 @@
 //! - `handover`: the per-database background worker that runs what `baton serve` stores.
 //! - `view`: status and monitor read models.
 //! - `executor`, `agent`, `process`: running attempts as child processes; `signals`: what a
-//!   running attempt reports; `outcome`: typed attempt outcomes.
+//!   running attempt reports; `outcome`: typed attempt outcomes; `structured`: checking
+//!   JSON outputs against their schema.
 
 mod agent;
 mod answer;
@@ -34,6 +35,7 @@ mod outcome;
 mod process;
 mod scheduler;
 mod signals;
+mod structured;
 mod view;
 
 pub use answer::AnswerRequest;

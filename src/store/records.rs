@@ -59,6 +59,8 @@ pub struct StepRow {
     /// An answer to the open question (JSON), recorded by whoever answered and applied by
     /// the workflow's driver.
     pub answer: Option<String>,
+    /// The exit code of the latest finished attempt (`steps.ID.exit_code` in conditions).
+    pub exit_code: Option<i64>,
 }
 
 impl StepRow {
@@ -82,6 +84,7 @@ impl StepRow {
             items: None,
             waiting: None,
             answer: None,
+            exit_code: None,
         }
     }
 }

@@ -176,6 +176,8 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
             problems,
         ),
         max_parallel: o.get("max_parallel", "a positive integer", problems),
+        output: o.get("output", "\"json\" or \"text\"", problems),
+        output_schema: o.raw("output_schema").cloned(),
         ..RawStep::default()
     };
     if let Some(v) = o.raw("retry") {

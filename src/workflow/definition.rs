@@ -98,6 +98,14 @@ pub struct Step {
     /// Fan-out: the step runs once per item of this list, as instances `ID[i]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<ForEach>,
+    /// The output is JSON (`output: "json"`, or an `output_schema`): an attempt whose output
+    /// does not parse (or does not match the schema) fails, retryably.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub output_json: bool,
+    /// JSON Schema the output must match; for an agent step, passed to Claude Code as its
+    /// structured-output schema. Checked to compile at submission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<serde_json::Value>,
 }
 
 /// The id of instance `index` of `for_each` step `step_id`: `ID[index]`.

@@ -277,7 +277,7 @@ pub struct RawStep {
     #[serde(default)]
     pub success: Option<RawSuccess>,
     /// A CEL condition, evaluated once when every dep has settled; false skips the step.
-    /// Reads `inputs.NAME` and `steps.ID.{status,output,attempts,session_id}` (ancestors
+    /// Reads `inputs.NAME` and `steps.ID.{status,output,json,exit_code,attempts,session_id}` (ancestors
     /// only). Without `failure()` or `always()` it means `success() && (…)`: a failed dep
     /// stops the step; with them it is evaluated after a failure too (`"failure()"` is an
     /// on-failure handler).
@@ -293,6 +293,16 @@ pub struct RawStep {
     /// Most instances of a `for_each` step running at once (default: no limit of its own).
     #[serde(default)]
     pub max_parallel: Option<u32>,
+    /// `json`: the output must be JSON (it is then `steps.ID.json` in conditions and
+    /// `{ID.json.PATH}` in templates); an attempt whose output is not fails and is retried.
+    /// Default `text`.
+    #[serde(default)]
+    pub output: Option<RawOutput>,
+    /// A JSON Schema the output must match (implies `output: "json"`). On an agent step it
+    /// is passed to Claude Code (`--json-schema`), whose structured output becomes the
+    /// step's output.
+    #[serde(default)]
+    pub output_schema: Option<serde_json::Value>,
     /// Display name; ignored.
     #[serde(default)]
     pub name: Option<String>,
@@ -322,6 +332,16 @@ impl RawStep {
             .or(self.depends_on.as_ref())
             .or(self.depends_on_camel.as_ref())
     }
+}
+
+/// The form of a step's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawOutput {
+    /// Text, as printed (the default).
+    Text,
+    /// JSON, parsed and checked after each attempt.
+    Json,
 }
 
 /// A string, or an array of strings.

@@ -268,6 +268,7 @@ fn resolve_step(
         AgentOptions::default()
     };
 
+    let output_schema = resolve_output_schema(raw, &action, &id, problems);
     let step = Step {
         deps,
         action,
@@ -295,9 +296,56 @@ fn resolve_step(
         }),
         continue_on_error: raw.continue_on_error.unwrap_or(false),
         for_each: resolve_for_each(raw, &id, &base.inputs, problems),
+        output_json: raw.output == Some(crate::workflow::raw::RawOutput::Json)
+            || raw.output_schema.is_some(),
+        output_schema,
         id,
     };
     (step, field)
+}
+
+/// `output_schema`: an object that compiles as a JSON Schema, on a step that produces output.
+fn resolve_output_schema(
+    raw: &RawStep,
+    action: &Action,
+    id: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<serde_json::Value> {
+    if matches!(action, Action::Human(_))
+        && raw.output == Some(crate::workflow::raw::RawOutput::Json)
+    {
+        problems.push(Problem::step(
+            id,
+            "output",
+            "a human step's output is its answer; output: json applies to prompt, run and shell steps",
+        ));
+    }
+    let schema = raw.output_schema.as_ref()?;
+    if matches!(action, Action::Human(_)) {
+        problems.push(Problem::step(
+            id,
+            "output_schema",
+            "a human step's output is its answer; output_schema applies to prompt, run and shell steps",
+        ));
+        return None;
+    }
+    if !schema.is_object() {
+        problems.push(Problem::step(
+            id,
+            "output_schema",
+            "expected a JSON Schema object, e.g. {\"type\": \"object\", \"properties\": {…}}",
+        ));
+        return None;
+    }
+    if let Err(e) = jsonschema::validator_for(schema) {
+        problems.push(Problem::step(
+            id,
+            "output_schema",
+            format!("is not a valid JSON Schema: {e}"),
+        ));
+        return None;
+    }
+    Some(schema.clone())
 }
 
 /// The most items a `for_each` may expand to.

@@ -24,4 +24,5 @@ mod resume;
 mod shell_fuzz;
 mod stall;
 mod steps;
+mod structured;
 mod tools;

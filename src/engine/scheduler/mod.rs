@@ -227,6 +227,7 @@ impl Scheduler {
         if let Some(sid) = &detail.session_id {
             row.session_id = Some(sid.clone());
         }
+        row.exit_code = detail.exit_code.map(i64::from);
         row.fresh_session = detail.session_unusable;
         let sid = row.step_id.clone();
         match outcome {

@@ -74,6 +74,8 @@ impl Scheduler {
             env: step.env.clone(),
             timeout: step.timeout_s.map(Duration::from_secs),
             success: step.success.clone(),
+            output_json: step.output_json,
+            output_schema: step.output_schema.clone(),
         }
     }
 
@@ -92,6 +94,10 @@ impl Scheduler {
                 .unwrap_or_default(),
             Reference::StepSession(id) => get(id)
                 .and_then(|s| s.session_id.clone())
+                .unwrap_or_default(),
+            Reference::StepJson(id, path) => get(id)
+                .and_then(|s| s.output.as_deref())
+                .map(|o| json_at(o, path))
                 .unwrap_or_default(),
             Reference::Input(name) => self.def.inputs.get(name).cloned().unwrap_or_default(),
             Reference::Item(field) => {
@@ -113,5 +119,33 @@ impl Scheduler {
     /// Template `t` rendered for row `idx`, values inserted verbatim.
     pub(super) fn render(&self, idx: usize, t: &Template) -> String {
         t.render(&|r: &Reference| self.value_of(idx, r), Quoting::Verbatim)
+    }
+}
+
+/// The value at `path` (keys, array indices) of `output` parsed as JSON: a string as is,
+/// anything else as JSON, nothing for null, a missing value or an output that is not JSON.
+pub(super) fn json_at(output: &str, path: &[String]) -> String {
+    let Ok(mut value) = serde_json::from_str::<serde_json::Value>(output) else {
+        return String::new();
+    };
+    for key in path {
+        let next = match &mut value {
+            serde_json::Value::Object(m) => m.remove(key),
+            serde_json::Value::Array(a) => key
+                .parse::<usize>()
+                .ok()
+                .filter(|&i| i < a.len())
+                .map(|i| a.swap_remove(i)),
+            _ => None,
+        };
+        let Some(next) = next else {
+            return String::new();
+        };
+        value = next;
+    }
+    match value {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
     }
 }

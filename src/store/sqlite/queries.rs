@@ -36,7 +36,7 @@ fn workflow_row(r: &Row<'_>) -> rusqlite::Result<WorkflowRow> {
 
 const STEP_COLS: &str = "step_id, idx, status, attempts, failures, crashes, session_id, \
     started_at, finished_at, output, error, last_activity_at, guidance, agent_overrides, \
-    fresh_session, items, waiting, answer";
+    fresh_session, items, waiting, answer, exit_code";
 
 fn step_row(r: &Row<'_>) -> rusqlite::Result<StepRow> {
     Ok(StepRow {
@@ -58,6 +58,7 @@ fn step_row(r: &Row<'_>) -> rusqlite::Result<StepRow> {
         items: r.get(15)?,
         waiting: r.get(16)?,
         answer: r.get(17)?,
+        exit_code: r.get(18)?,
     })
 }
 
@@ -313,14 +314,14 @@ pub fn save_step(ctx: &mut WriteCtx<'_>, workflow_id: &str, s: &StepRow) -> Resu
         .prepare_cached(
             "INSERT INTO steps (wid, step_id, idx, status, attempts, failures, crashes, \
              session_id, started_at, finished_at, output, error, last_activity_at, guidance, \
-             agent_overrides, fresh_session, items, waiting, answer) \
+             agent_overrides, fresh_session, items, waiting, answer, exit_code) \
              VALUES ((SELECT wid FROM workflows WHERE id = ?1), ?2, ?16, ?3, ?4, ?5, ?6, ?7, \
-             ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?17, ?18, ?19) \
+             ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?17, ?18, ?19, ?20) \
              ON CONFLICT (wid, step_id) DO UPDATE SET status = ?3, attempts = ?4, \
              failures = ?5, crashes = ?6, session_id = ?7, started_at = ?8, finished_at = ?9, \
              output = ?10, error = ?11, last_activity_at = ?12, guidance = ?13, \
              agent_overrides = ?14, fresh_session = ?15, items = ?17, waiting = ?18, \
-             answer = ?19",
+             answer = ?19, exit_code = ?20",
         )?
         .execute(params![
             workflow_id,
@@ -341,7 +342,8 @@ pub fn save_step(ctx: &mut WriteCtx<'_>, workflow_id: &str, s: &StepRow) -> Resu
             s.idx,
             s.items,
             s.waiting,
-            s.answer
+            s.answer,
+            s.exit_code
         ])?;
     ctx.touched(workflow_id);
     Ok(())

@@ -118,10 +118,12 @@ const V3: &str = r#"
 ALTER TABLE steps ADD COLUMN items TEXT;
 "#;
 
-/// Human steps keep their open question and a recorded answer on their row.
+/// Human steps keep their open question and a recorded answer on their row; every step
+/// keeps the exit code of its latest attempt (read by conditions).
 const V4: &str = r#"
 ALTER TABLE steps ADD COLUMN waiting TEXT;
 ALTER TABLE steps ADD COLUMN answer TEXT;
+ALTER TABLE steps ADD COLUMN exit_code INTEGER;
 "#;
 
 pub(super) fn migrations() -> Migrations<'static> {
