@@ -233,6 +233,8 @@ mod tests {
             when: None,
             continue_on_error: false,
             for_each: None,
+            output_json: false,
+            output_schema: None,
         }
     }
 

@@ -350,8 +350,25 @@ mod tests {
             Reference::Input(n) => format!("<{n}>"),
             Reference::Item(f) => format!("<item {f:?}>"),
             Reference::Index => "<index>".to_owned(),
+            Reference::StepJson(s, path) => format!("<{s} json {}>", path.join("/")),
         };
         Template::parse(src).unwrap().render(&lookup, quoting)
+    }
+
+    #[test]
+    fn json_references_parse_with_their_path() {
+        assert_eq!(
+            refs("{plan.json} {plan.json.files.0}"),
+            [
+                Reference::StepJson("plan".into(), vec![]),
+                Reference::StepJson("plan".into(), vec!["files".into(), "0".into()]),
+            ]
+        );
+        assert_eq!(render("{a.json.x.y}", Quoting::Verbatim), "<a json x/y>");
+        let r = Reference::StepJson("plan".into(), vec!["files".into(), "0".into()]);
+        assert_eq!(r.to_string(), "{plan.json.files.0}");
+        assert_eq!(r.step(), Some("plan"));
+        assert!(Template::parse("{plan.json.}").is_err());
     }
 
     #[test]
