@@ -116,6 +116,9 @@ pub enum Command {
         /// Guidance for a retried agent step, sent into its resumed session.
         #[arg(long)]
         prompt: Option<String>,
+        /// A higher cost budget (USD), for a workflow blocked by its max_cost_usd.
+        #[arg(long)]
+        max_cost_usd: Option<f64>,
     },
     /// Answer a human step that waits (approve it, deny it, or give the text it asks for),
     /// then follow the workflow.
@@ -452,7 +455,11 @@ pub async fn run(command: Command, engine: &Engine, stop: &Stop) -> Result<ExitC
             from_step,
             mode,
             prompt,
-        } => resume(engine, stop, thread_id.into(), from_step, mode, prompt).await,
+            max_cost_usd,
+        } => {
+            let how = (mode, prompt, max_cost_usd);
+            resume(engine, stop, thread_id.into(), from_step, how).await
+        }
         Command::Approve {
             thread_id,
             step,
@@ -535,8 +542,7 @@ async fn resume(
     stop: &Stop,
     thread_id: ThreadId,
     from_step: Option<String>,
-    mode: CliResumeMode,
-    prompt: Option<String>,
+    (mode, prompt, max_cost_usd): (CliResumeMode, Option<String>, Option<f64>),
 ) -> Result<ExitCode, CliError> {
     // Follow from the current end of the log: only what the resume does is printed.
     let mut cursor = 0;
@@ -558,6 +564,7 @@ async fn resume(
         },
         prompt,
         agent: None,
+        max_cost_usd,
     };
     engine.resume(req).await?;
     follow(engine, stop, &thread_id, cursor, true).await

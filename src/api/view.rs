@@ -133,6 +133,10 @@ pub struct WorkflowView {
     pub error: Option<String>,
     /// Sum of agent costs over all attempts.
     pub total_cost_usd: f64,
+    /// The cost budget in force (`defaults.max_cost_usd`, or a resume's higher one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "f64")]
+    pub max_cost_usd: Option<f64>,
     /// Owner id of the process running it, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "String")]

@@ -240,8 +240,16 @@ pub fn outcome(
         };
     }
     let exit_ok = matches!(r.ending, Ending::Exited(0));
+    let subtype = result.get("subtype").and_then(Value::as_str).unwrap_or("");
+    if subtype == "error_max_budget_usd" {
+        // The run reached its --max-budget-usd: more money, not another try, is the answer.
+        return Outcome::Blocked {
+            reason: "budget: the agent run reached its max_cost_usd; resume with a higher max_cost_usd to go on".to_owned(),
+            denials: Value::Array(Vec::new()),
+            detail,
+        };
+    }
     if is_error || !exit_ok {
-        let subtype = result.get("subtype").and_then(Value::as_str).unwrap_or("");
         let error = text
             .filter(|t| !t.is_empty())
             .or(errors)

@@ -74,6 +74,9 @@ pub struct ResumeRequest {
     pub prompt: Option<String>,
     /// Agent-option overrides for retried agent steps (e.g. another permission mode).
     pub agent: Option<AgentOptions>,
+    /// A new cost budget for the workflow (USD), above what it has cost so far: steps
+    /// blocked by the budget go on.
+    pub max_cost_usd: Option<f64>,
 }
 
 /// Reads a workflow file (JSON): a regular file only (never a FIFO, a device or the server's
@@ -370,6 +373,14 @@ impl Engine {
         if row.status == WorkflowStatus::Completed && req.from_step.is_none() {
             return Err(EngineError::AlreadyCompleted { thread_id: id });
         }
+        if let Some(budget) = req.max_cost_usd
+            && !(budget.is_finite() && budget > row.total_cost_usd)
+        {
+            return Err(EngineError::BadRequest(format!(
+                "max_cost_usd {budget} must be a number above what the workflow has cost so far (${:.4})",
+                row.total_cost_usd
+            )));
+        }
         let overrides = match &req.agent {
             Some(a) => Some(
                 serde_json::to_string(a)
@@ -429,6 +440,7 @@ impl Engine {
                 let mut ch =
                     scheduler::resume_changes(snap.workflow.status, &snap.steps, &plan, now)
                         .map_err(|_| StoreError::Conflict("nothing to resume any more".into()))?;
+                ch.max_cost_usd = req2.max_cost_usd;
                 if !execute && let Some(st) = &mut ch.status {
                     // Left for the background worker to adopt.
                     st.release = true;

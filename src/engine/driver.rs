@@ -102,6 +102,8 @@ pub(super) struct Driver {
     /// The store's change notices, followed while a human step waits (its answer may be
     /// recorded by any process).
     feed: Option<store::ChangeFeed>,
+    /// The budget held steps back on an estimate: read the exact cost after the commit.
+    recount: bool,
 }
 
 impl Driver {
@@ -125,6 +127,7 @@ impl Driver {
             signals: Arc::new(Signals::default()),
             new_record: None,
             feed: None,
+            recount: false,
         }
     }
 
@@ -220,6 +223,9 @@ impl Driver {
             return false;
         }
         self.spawn_attempts(started);
+        if self.recount {
+            return self.recount_cost().await;
+        }
         true
     }
 
@@ -258,10 +264,37 @@ impl Driver {
         });
         // An unused spare slot goes back to the pool here.
         drop(spare);
-        if started.is_empty() && self.sched.is_settled(self.running.len()) && !self.sched.park(ch) {
-            self.sched.finish(ch);
+        if started.is_empty() && self.sched.is_settled(self.running.len()) {
+            match self.sched.budget_blocks() {
+                // Held back by an estimate: read the exact total after this commit first.
+                Some(false) => self.recount = true,
+                Some(true) => {
+                    self.sched.block_for_budget(ch, now);
+                    if !self.sched.park(ch) {
+                        self.sched.finish_over_budget(ch);
+                    }
+                }
+                None if !self.sched.park(ch) => self.sched.finish(ch),
+                None => {}
+            }
         }
         started
+    }
+
+    /// Reads the workflow's exact cost after a commit that charged attempts, and goes on
+    /// with it (steps the estimate held back may start). Returns false if the driver must
+    /// stop.
+    async fn recount_cost(&mut self) -> bool {
+        self.recount = false;
+        match self.sh.store.workflow(self.fence.id.clone()).await {
+            Ok(Some(row)) => self.sched.set_spent(row.total_cost_usd),
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::warn!(thread_id = %self.fence.id, error = %e, "cannot read the workflow's cost");
+                return true;
+            }
+        }
+        Box::pin(self.advance(Vec::new())).await
     }
 
     /// A change in the store while a human step waits: applies the answers recorded for it.

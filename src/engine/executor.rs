@@ -63,6 +63,9 @@ pub struct AttemptSpec {
     pub output_json: bool,
     /// For an agent step, also passed to the CLI as its structured-output schema.
     pub output_schema: Option<serde_json::Value>,
+    /// For an agent step, the most this run may cost (`--max-budget-usd`): the step's
+    /// `max_cost_usd` or what is left of the workflow's, whichever is less.
+    pub max_budget_usd: Option<f64>,
 }
 
 impl AttemptSpec {
@@ -123,6 +126,9 @@ pub async fn execute(
             args.extend(agent::cli_args(options, resume.as_deref()));
             if let Some(schema) = &spec.output_schema {
                 args.extend(["--json-schema".to_owned(), schema.to_string()]);
+            }
+            if let Some(usd) = spec.max_budget_usd {
+                args.extend(["--max-budget-usd".to_owned(), format!("{usd:.4}")]);
             }
             // On stdin, never in argv: not parseable as an option, not in /proc/PID/cmdline.
             stdin = Some(prompt.as_bytes().to_vec());

@@ -380,9 +380,11 @@ impl Shared {
         reason: Arc<StopCell>,
     ) -> crate::store::Result<driver::Driver> {
         let now = now_ms();
+        let mut spent = (0.0, None);
         let (def, status, steps, new) = match init {
             DriverInit::Loaded(snap) => {
                 let def = parse_definition(&snap)?;
+                spent = (snap.workflow.total_cost_usd, snap.workflow.max_cost_usd);
                 (Arc::new(def), snap.workflow.status, snap.steps, None)
             }
             DriverInit::New { def, record, reply } => {
@@ -395,7 +397,8 @@ impl Shared {
                 (def, WorkflowStatus::Queued, steps, Some((record, reply)))
             }
         };
-        let sched = Scheduler::new(id.clone(), def, status, steps, now);
+        let mut sched = Scheduler::new(id.clone(), def, status, steps, now);
+        sched.set_budget(spent.0, spent.1);
         let driver = driver::Driver::new(self.clone(), fence, sched, stop, reason);
         Ok(match new {
             Some((record, reply)) => driver.with_new_record(record, reply),

@@ -127,6 +127,7 @@ impl Engine {
             finished_at: opt_ts(row.finished_at),
             error: row.error,
             total_cost_usd: row.total_cost_usd,
+            max_cost_usd: row.max_cost_usd.or(def.max_cost_usd),
             owner: row.owner,
             inputs: def.inputs,
             waiting_for: step_views

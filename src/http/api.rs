@@ -220,6 +220,9 @@ pub(crate) struct ResumeBody {
     mode: ResumeMode,
     #[serde(default)]
     prompt: Option<String>,
+    /// A higher cost budget, for a workflow blocked by its `max_cost_usd`.
+    #[serde(default)]
+    max_cost_usd: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -252,6 +255,7 @@ pub(crate) async fn resume(
             mode: body.mode,
             prompt: body.prompt,
             agent: None,
+            max_cost_usd: body.max_cost_usd,
         })
         .await?;
     Ok(Json(ControlResult { thread_id, status }))
@@ -350,6 +354,7 @@ pub(crate) async fn approve(
             },
             prompt: body.input,
             agent: None,
+            max_cost_usd: None,
         })
         .await?;
     Ok(Json(ControlResult { thread_id, status }))

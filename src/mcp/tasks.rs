@@ -298,6 +298,7 @@ pub async fn update(
             mode,
             prompt,
             agent,
+            max_cost_usd: None,
         })
         .await
         .map_err(|e| McpError::invalid_params(super::tools::refusal(e), None))?;

@@ -181,6 +181,11 @@ pub struct InvokeResumeArgs {
     #[serde(default)]
     #[schemars(with = "AgentOptions")]
     pub agent: Option<AgentOptions>,
+    /// A higher cost budget (USD) for the workflow, to continue one blocked by its
+    /// `max_cost_usd` (reason `budget`).
+    #[serde(default)]
+    #[schemars(with = "f64")]
+    pub max_cost_usd: Option<f64>,
     /// Answer the human step with this id (one listed in `waiting_for` of invoke_status)
     /// instead of resuming: give `approve` and/or `input`.
     #[serde(default)]
@@ -504,7 +509,8 @@ interrupted. By default only the stopped steps run again (completed steps are ne
 `mode: skip` skips the stopped steps instead of retrying them. For agent steps, `prompt` adds \
 guidance to the resumed Claude session and `agent` overrides options such as permission_mode. \
 To answer a human step that waits (listed in `waiting_for` of invoke_status), give `step` with \
-`approve: true|false` and, for an input step, `input`. Returns at once; follow with invoke_stream.",
+`approve: true|false` and, for an input step, `input`. A workflow blocked by its budget goes on \
+with a higher `max_cost_usd`. Returns at once; follow with invoke_stream.",
         annotations(
             title = "Resume workflow",
             read_only_hint = false,
@@ -551,6 +557,7 @@ To answer a human step that waits (listed in `waiting_for` of invoke_status), gi
                 mode: args.mode,
                 prompt: args.prompt,
                 agent: args.agent,
+                max_cost_usd: args.max_cost_usd,
             })
             .await
             .map_err(refusal)?;

@@ -24,6 +24,8 @@ pub struct WorkflowRow {
     pub cancel_requested: bool,
     pub last_activity_at: Option<i64>,
     pub total_cost_usd: f64,
+    /// The workflow's cost budget as raised by a resume (`None`: the definition's).
+    pub max_cost_usd: Option<f64>,
 }
 
 /// The durable state of one step of one workflow.
@@ -171,6 +173,8 @@ pub struct Changes {
     /// `for_each` steps whose instance rows (`ID[i]`) and their attempts are deleted before
     /// `steps` is written: the step expands afresh.
     pub dropped_instances: Vec<String>,
+    /// A new cost budget for the workflow (a resume that raises `max_cost_usd`).
+    pub max_cost_usd: Option<f64>,
 }
 
 impl Changes {
@@ -180,6 +184,7 @@ impl Changes {
             && self.attempts.is_empty()
             && self.events.is_empty()
             && self.status.is_none()
+            && self.max_cost_usd.is_none()
     }
 
     /// Records `row` as changed, replacing an earlier copy in this change set.

@@ -235,6 +235,7 @@ mod tests {
             for_each: None,
             output_json: false,
             output_schema: None,
+            max_cost_usd: None,
         }
     }
 
@@ -312,6 +313,7 @@ mod tests {
         let wf = Workflow {
             name: None,
             inputs: BTreeMap::new(),
+            max_cost_usd: None,
             steps: vec![
                 step("a", &[]),
                 step("b", &["a"]),

@@ -178,6 +178,7 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
         max_parallel: o.get("max_parallel", "a positive integer", problems),
         output: o.get("output", "\"json\" or \"text\"", problems),
         output_schema: o.raw("output_schema").cloned(),
+        max_cost_usd: o.get("max_cost_usd", "a positive number of US dollars", problems),
         ..RawStep::default()
     };
     if let Some(v) = o.raw("retry") {
@@ -252,6 +253,7 @@ fn decode_defaults(value: &Value, problems: &mut Vec<Problem>) -> RawDefaults {
         timeout_s: o.get("timeout_s", SECONDS, problems),
         stall_timeout_s: o.get("stall_timeout_s", SECONDS, problems),
         on_stall: o.get("on_stall", "\"report\" or \"restart\"", problems),
+        max_cost_usd: o.get("max_cost_usd", "a positive number of US dollars", problems),
         ..RawDefaults::default()
     };
     if let Some(v) = o.raw("retry") {

@@ -33,6 +33,10 @@ pub struct Workflow {
     pub inputs: BTreeMap<String, String>,
     /// The steps, in definition order.
     pub steps: Vec<Step>,
+    /// Cost budget (USD) of the whole workflow: once its agent attempts cost this much, no
+    /// new agent attempt starts (`defaults.max_cost_usd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
 }
 
 impl Workflow {
@@ -106,6 +110,10 @@ pub struct Step {
     /// structured-output schema. Checked to compile at submission.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_schema: Option<serde_json::Value>,
+    /// Most one agent run of this step may cost (USD), passed to Claude Code as
+    /// `--max-budget-usd`; a run that reaches it blocks the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
 }
 
 /// The id of instance `index` of `for_each` step `step_id`: `ID[index]`.
@@ -145,6 +153,8 @@ struct StoredWorkflow {
     #[serde(default, skip_serializing_if = "is_empty_path")]
     cwd: PathBuf,
     steps: Vec<Step>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_cost_usd: Option<f64>,
 }
 
 impl From<Workflow> for StoredWorkflow {
@@ -165,6 +175,7 @@ impl From<Workflow> for StoredWorkflow {
             inputs: wf.inputs,
             cwd,
             steps,
+            max_cost_usd: wf.max_cost_usd,
         }
     }
 }
@@ -185,6 +196,7 @@ impl From<StoredWorkflow> for Workflow {
             name: stored.name,
             inputs: stored.inputs,
             steps,
+            max_cost_usd: stored.max_cost_usd,
         }
     }
 }

@@ -128,6 +128,11 @@ pub struct RawDefaults {
     /// Agent options (or a profile name) for every prompt step.
     #[serde(default)]
     pub agent: Option<RawAgentRef>,
+    /// Cost budget (USD) of the whole workflow: once its agent runs cost this much, no new
+    /// agent attempt starts and the workflow is blocked (reason `budget`) until resumed with
+    /// a higher `max_cost_usd`. Each agent run also gets what is left as its own limit.
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
 }
 
 /// A partial retry policy: unset fields inherit (step ← defaults ← built-in).
@@ -303,6 +308,10 @@ pub struct RawStep {
     /// step's output.
     #[serde(default)]
     pub output_schema: Option<serde_json::Value>,
+    /// Most one agent run of this step may cost (USD): passed to Claude Code as
+    /// `--max-budget-usd`; a run that reaches it blocks the step (reason `budget`).
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
     /// Display name; ignored.
     #[serde(default)]
     pub name: Option<String>,

@@ -141,10 +141,17 @@ pub fn resolve(
             step
         })
         .collect();
+    check_budget(
+        base.defaults.max_cost_usd,
+        None,
+        "defaults.max_cost_usd",
+        problems,
+    );
     let workflow = Workflow {
         name: wf.and_then(|w| w.name.clone()),
         inputs,
         steps: resolved_steps,
+        max_cost_usd: base.defaults.max_cost_usd,
     };
     Resolved {
         workflow,
@@ -269,6 +276,14 @@ fn resolve_step(
     };
 
     let output_schema = resolve_output_schema(raw, &action, &id, problems);
+    check_budget(raw.max_cost_usd, at, "max_cost_usd", problems);
+    if raw.max_cost_usd.is_some() && !matches!(action, Action::Prompt(_)) {
+        problems.push(Problem::step(
+            &id,
+            "max_cost_usd",
+            format!("a cost limit applies to agent (prompt) steps; this is a {field} step"),
+        ));
+    }
     let step = Step {
         deps,
         action,
@@ -299,6 +314,7 @@ fn resolve_step(
         output_json: raw.output == Some(crate::workflow::raw::RawOutput::Json)
             || raw.output_schema.is_some(),
         output_schema,
+        max_cost_usd: raw.max_cost_usd,
         id,
     };
     (step, field)
@@ -621,6 +637,19 @@ fn push_retry_problems(
 ) {
     for (name, message) in retry_problems(raw) {
         problems.push(Problem::at(step, format!("{field}.{name}"), message));
+    }
+}
+
+/// A cost budget is a positive, finite number of dollars.
+fn check_budget(value: Option<f64>, step: Option<&str>, field: &str, problems: &mut Vec<Problem>) {
+    if let Some(v) = value
+        && !(v.is_finite() && v > 0.0)
+    {
+        problems.push(Problem::at(
+            step,
+            field,
+            format!("{v} is not a positive number of US dollars"),
+        ));
     }
 }
 

@@ -7,6 +7,7 @@ mod util;
 
 mod agent;
 mod browser;
+mod budget;
 mod cancel;
 mod claude_e2e;
 mod cli;

@@ -11,6 +11,7 @@
 //! when nothing runs, nothing waits for a retry and nothing more can start.
 //!
 //! # Layout
+//! - `budget`: `max_cost_usd`: holding and blocking agent steps past the workflow's budget.
 //! - `condition`: whether a pending step runs, is skipped or waits (`when`, skips, joins,
 //!   failure handlers, `continue_on_error`).
 //! - `fan_out`: `for_each` steps, their stored items and their instances `ID[i]`.
@@ -19,6 +20,9 @@
 //! - `stored`: transitions of a stored workflow that no driver runs — resume, cancel,
 //!   adoption after a crash.
 
+mod budget;
+#[cfg(test)]
+mod budget_tests;
 mod condition;
 #[cfg(test)]
 mod condition_tests;
@@ -79,6 +83,8 @@ pub(super) struct Scheduler {
     fans: HashMap<usize, Fan>,
     /// The last start found no free step slot; more steps are ready than could start.
     starved: bool,
+    /// Spending against the workflow's `max_cost_usd`.
+    budget: budget::Budget,
 }
 
 impl Scheduler {
@@ -101,6 +107,7 @@ impl Scheduler {
             .map(|s| (s.status == StepStatus::Retrying).then_some(now))
             .collect();
         let stalled = vec![false; steps.len()];
+        let budget = budget::Budget::new(def.max_cost_usd);
         Scheduler {
             id,
             def,
@@ -110,6 +117,7 @@ impl Scheduler {
             stalled,
             index,
             origin,
+            budget,
             fans,
             starved: false,
         }
@@ -228,6 +236,7 @@ impl Scheduler {
             row.session_id = Some(sid.clone());
         }
         row.exit_code = detail.exit_code.map(i64::from);
+        let cost = detail.cost_usd;
         row.fresh_session = detail.session_unusable;
         let sid = row.step_id.clone();
         match outcome {
@@ -339,6 +348,7 @@ impl Scheduler {
         }
         ch.step(row);
         ch.attempts.push(att);
+        self.charge(cost);
         if self.origin[idx].item.is_some() {
             self.instance_ended(ch, idx, now);
         }
@@ -356,6 +366,7 @@ impl Scheduler {
     ) -> Vec<(AttemptSpec, P)> {
         let mut out = Vec::new();
         self.starved = false;
+        self.clear_held();
         // A skip or a failed condition settles a step, which may decide steps before it in
         // definition order: pass again until a pass settles nothing.
         let mut again = true;
@@ -392,6 +403,7 @@ impl Scheduler {
                             settled = true;
                             false
                         }
+                        Decision::Run if self.hold_for_budget(idx) => false,
                         Decision::Run => true,
                         Decision::Skip(data) => {
                             self.settle(ch, idx, StepStatus::Skipped, now, None, data);
@@ -409,8 +421,15 @@ impl Scheduler {
                         }
                     },
                     StepStatus::Retrying => {
-                        self.retry_at[idx].is_none_or(|t| t <= now)
-                            && (!instance || self.instance_has_room(idx))
+                        let due = self.retry_at[idx].is_none_or(|t| t <= now)
+                            && (!instance || self.instance_has_room(idx));
+                        if due && self.hold_for_budget(idx) {
+                            // Held, not waiting: nothing is due any more.
+                            self.retry_at[idx] = None;
+                            false
+                        } else {
+                            due
+                        }
                     }
                     _ => false,
                 };

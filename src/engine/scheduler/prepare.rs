@@ -76,6 +76,11 @@ impl Scheduler {
             success: step.success.clone(),
             output_json: step.output_json,
             output_schema: step.output_schema.clone(),
+            max_budget_usd: match (step.max_cost_usd, self.budget_left()) {
+                _ if !matches!(step.action, Action::Prompt(_)) => None,
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
         }
     }
 

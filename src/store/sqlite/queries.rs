@@ -28,7 +28,7 @@ pub(super) fn status_of<T>(s: String, parse: fn(&str) -> Option<T>) -> rusqlite:
 
 pub(super) const WORKFLOW_COLS: &str = "id, name, status, step_count, created_at, updated_at, \
     started_at, finished_at, error, owner, lease_expires_at, epoch, cancel_requested, \
-    last_activity_at, total_cost_usd";
+    last_activity_at, total_cost_usd, max_cost_usd";
 
 fn workflow_row(r: &Row<'_>) -> rusqlite::Result<WorkflowRow> {
     workflow_row_at(r, 0)
@@ -655,6 +655,11 @@ pub fn apply(ctx: &mut WriteCtx<'_>, fence: &Fence, changes: &Changes, now: i64)
     }
     if let Some(st) = &changes.status {
         set_workflow_status(ctx, id, st.status, st.error.as_deref(), st.release, now)?;
+    }
+    if let Some(budget) = changes.max_cost_usd {
+        ctx.conn
+            .prepare_cached("UPDATE workflows SET max_cost_usd = ?2 WHERE id = ?1")?
+            .execute(params![id, budget])?;
     }
     insert_events(ctx, id, first_seq, &changes.events, now)?;
     Ok(())
