@@ -241,7 +241,6 @@ async fn update_human(
 }
 
 /// `tasks/update`: the answer to a blocked workflow's question resumes it.
-
 pub async fn update(
     engine: &Engine,
     task_id: &str,
