@@ -362,8 +362,11 @@ impl Driver {
             }
             let signals = self.signals.clone();
             let fence = self.fence.clone();
+            let reason = self.reason.clone();
             self.running.spawn(async move {
-                let _permit = permit;
+                // A sub-workflow waits for its child, whose steps need the slots.
+                let sub = matches!(spec.prepared, executor::Prepared::Workflow { .. });
+                let _permit = (!sub).then_some(permit);
                 // Last look before the fork (nothing is awaited between it and the spawn): a
                 // process frozen past its lease since the commit must not start the attempt,
                 // which another process may have adopted and re-run meanwhile.
@@ -378,8 +381,13 @@ impl Driver {
                     let detail = super::outcome::AttemptDetail::default();
                     return (spec.step_idx, spec.number, Outcome::Stopped { detail });
                 }
-                let out = executor::execute(&sh.exec, &spec, &stop, signals).await;
-                (spec.step_idx, spec.number, out)
+                let (idx, number) = (spec.step_idx, spec.number);
+                let out = if sub {
+                    super::subworkflow::run(sh, spec, stop, reason).await
+                } else {
+                    executor::execute(&sh.exec, &spec, &stop, signals).await
+                };
+                (idx, number, out)
             });
         }
     }

@@ -36,6 +36,7 @@ mod process;
 mod scheduler;
 mod signals;
 mod structured;
+mod subworkflow;
 mod view;
 
 pub use answer::AnswerRequest;
@@ -301,16 +302,25 @@ fn parse_definition(snap: &Snapshot) -> crate::store::Result<Workflow> {
         StoreError::Corrupt(format!("stored definition of {}: {e}", snap.workflow.id))
     })?;
     // A row per defined step, plus the instances `ID[i]` of expanded for_each steps.
+    // A row per defined step outside repeat groups, plus the instances `ID[i]` of expanded
+    // for_each steps and the iterations `ID#k` of the groups' steps.
     let known = |id: &str| {
-        def.step(id).is_some()
+        def.step(id).is_some_and(|s| s.group.is_none())
             || crate::workflow::parse_instance(id)
                 .and_then(|(parent, _)| def.step(parent))
                 .is_some_and(|s| s.for_each.is_some())
+            || crate::workflow::parse_iteration(id)
+                .and_then(|(step, _)| def.step(step))
+                .is_some_and(|s| s.group.is_some())
     };
     let rows: std::collections::HashSet<&str> =
         snap.steps.iter().map(|s| s.step_id.as_str()).collect();
     if !snap.steps.iter().all(|s| known(&s.step_id))
-        || !def.steps.iter().all(|s| rows.contains(s.id.as_str()))
+        || !def
+            .steps
+            .iter()
+            .filter(|s| s.group.is_none())
+            .all(|s| rows.contains(s.id.as_str()))
     {
         return Err(StoreError::Corrupt(format!(
             "steps of {} do not match its definition",
@@ -388,10 +398,12 @@ impl Shared {
                 (Arc::new(def), snap.workflow.status, snap.steps, None)
             }
             DriverInit::New { def, record, reply } => {
+                // A repeat group's steps get rows per iteration (`ID#k`), not up front.
                 let steps = def
                     .steps
                     .iter()
                     .enumerate()
+                    .filter(|(_, s)| s.group.is_none())
                     .map(|(i, s)| StepRow::new(&s.id, i))
                     .collect();
                 (def, WorkflowStatus::Queued, steps, Some((record, reply)))

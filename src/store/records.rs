@@ -170,9 +170,9 @@ pub struct Changes {
     pub attempts: Vec<AttemptRow>,
     pub events: Vec<NewEvent>,
     pub status: Option<StatusChange>,
-    /// `for_each` steps whose instance rows (`ID[i]`) and their attempts are deleted before
-    /// `steps` is written: the step expands afresh.
-    pub dropped_instances: Vec<String>,
+    /// Rows deleted, with their attempts, before `steps` is written: the instances of a
+    /// `for_each` step that expands afresh, the iterations of a loop that starts over.
+    pub dropped: Vec<String>,
     /// A new cost budget for the workflow (a resume that raises `max_cost_usd`).
     pub max_cost_usd: Option<f64>,
 }
@@ -180,7 +180,7 @@ pub struct Changes {
 impl Changes {
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
-            && self.dropped_instances.is_empty()
+            && self.dropped.is_empty()
             && self.attempts.is_empty()
             && self.events.is_empty()
             && self.status.is_none()

@@ -236,6 +236,7 @@ mod tests {
             output_json: false,
             output_schema: None,
             max_cost_usd: None,
+            group: None,
         }
     }
 

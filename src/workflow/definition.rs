@@ -114,6 +114,36 @@ pub struct Step {
     /// `--max-budget-usd`; a run that reaches it blocks the step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cost_usd: Option<f64>,
+    /// For a step inside a `repeat` group, the group's id: the step runs once per iteration,
+    /// as `ID#k`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// A `repeat` group (its action is [`Action::Repeat`]): its steps, listed after it in
+/// [`Workflow::steps`] with `group` set, run as one iteration until `until` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Repeat {
+    /// Ids of the group's steps, in definition order.
+    pub steps: Vec<String>,
+    /// Ends the loop, completed, once true after an iteration; `None`: run every iteration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Expr>,
+    pub max_iterations: u32,
+}
+
+/// The id of iteration `k` (1-based) of step `step_id` inside a `repeat` group: `ID#k`.
+pub fn iteration_id(step_id: &str, k: u32) -> String {
+    format!("{step_id}#{k}")
+}
+
+/// The step and iteration of an iteration id `ID#k`.
+pub fn parse_iteration(id: &str) -> Option<(&str, u32)> {
+    let (step, k) = id.split_once('#')?;
+    if step.is_empty() || k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((step, k.parse().ok().filter(|k| *k > 0)?))
 }
 
 /// The id of instance `index` of `for_each` step `step_id`: `ID[index]`.
@@ -229,8 +259,30 @@ pub enum Action {
     /// A script for `sh -c` (values expanded from the environment, see
     /// [`Template::render_shell`]).
     Shell(Template),
+    /// A loop group: runs its steps (see [`Step::repeat`]), no process of its own.
+    Repeat(Repeat),
+    /// A child workflow, run and awaited; no process of its own.
+    Workflow(SubWorkflow),
+    /// A decision without a process (Claude Studio's `conditional`): the output is `true`
+    /// or `false`, what the expression evaluated to.
+    Condition(Expr),
+    /// A join without a process (Claude Studio's `loop` and `parallel`): completes once
+    /// its deps have, with a JSON object of their outputs as its output.
+    Join,
     /// A question for a person, or a message to them; runs no process.
     Human(Human),
+}
+
+/// A sub-workflow step's child: exactly one of `file` (absolute) and `definition`, and its
+/// inputs as templates over the parent's values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubWorkflow {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, Template>,
 }
 
 impl Action {
@@ -240,6 +292,9 @@ impl Action {
             Self::Prompt(t) | Self::Shell(t) => vec![t],
             Self::Run(argv) => argv.iter().collect(),
             Self::Human(h) => vec![&h.prompt],
+            Self::Repeat(_) => Vec::new(),
+            Self::Workflow(w) => w.inputs.values().collect(),
+            Self::Condition(_) | Self::Join => Vec::new(),
         }
     }
 
@@ -250,6 +305,10 @@ impl Action {
             Self::Run(_) => "run",
             Self::Shell(_) => "shell",
             Self::Human(_) => "human",
+            Self::Repeat(_) => "repeat",
+            Self::Workflow(_) => "workflow",
+            Self::Condition(_) => "condition",
+            Self::Join => "join",
         }
     }
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 const STATUS_FUNCTIONS: &[&str] = &["failure", "always"];
 
 /// The variables an expression may read.
-const VARIABLES: &[&str] = &["inputs", "steps"];
+const VARIABLES: &[&str] = &["inputs", "steps", "previous", "iteration"];
 
 /// A compiled expression. Stored as its source text and compiled again when read.
 #[derive(Debug, Clone)]
@@ -45,6 +45,9 @@ pub struct Scope<'a> {
     pub steps: serde_json::Map<String, serde_json::Value>,
     /// Some dep failed (and did not `continue_on_error`).
     pub failed: bool,
+    /// Inside a `repeat` group: the iteration (1-based) and the previous iteration's
+    /// `steps` (empty in the first).
+    pub iteration: Option<(u32, serde_json::Map<String, serde_json::Value>)>,
 }
 
 impl Expr {
@@ -66,7 +69,7 @@ impl Expr {
         walk(&ast, &mut found, &mut Vec::new());
         if let Some(unknown) = found.unknown.first() {
             return Err(format!(
-                "unknown variable {unknown:?}; an expression reads `inputs.NAME` and `steps.ID.FIELD`"
+                "unknown variable {unknown:?}; an expression reads `inputs.NAME` and `steps.ID.FIELD` (and inside a repeat group `previous.ID.FIELD`, `iteration`)"
             ));
         }
         Ok(Expr {
@@ -152,6 +155,11 @@ impl Expr {
         let steps = cel_interpreter::to_value(&scope.steps).map_err(|e| e.to_string())?;
         ctx.add_variable_from_value("inputs", inputs);
         ctx.add_variable_from_value("steps", steps);
+        if let Some((k, previous)) = &scope.iteration {
+            let previous = cel_interpreter::to_value(previous).map_err(|e| e.to_string())?;
+            ctx.add_variable_from_value("previous", previous);
+            ctx.add_variable_from_value("iteration", i64::from(*k));
+        }
         Value::resolve(&self.ast, &ctx).map_err(|e| format!("evaluation failed: {e}"))
     }
 }
@@ -290,6 +298,7 @@ mod tests {
             inputs,
             steps: steps.as_object().cloned().unwrap_or_default(),
             failed,
+            iteration: None,
         }
     }
 

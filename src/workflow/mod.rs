@@ -34,6 +34,7 @@ mod resolve;
 mod resolve_retry;
 mod retry;
 mod shell_lint;
+mod studio;
 mod template;
 mod validate;
 
@@ -42,8 +43,8 @@ mod compile_tests;
 
 pub use dag::{ancestors, descendants, topo_order};
 pub use definition::{
-    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, ForEach, OnStall, Step, SuccessCheck, Workflow,
-    instance_id, parse_instance,
+    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, ForEach, OnStall, Repeat, Step, SubWorkflow,
+    SuccessCheck, Workflow, instance_id, iteration_id, parse_instance, parse_iteration,
 };
 pub use expr::{Expr, Scope};
 pub use human::{Human, HumanKind, OnTimeout};

@@ -56,6 +56,9 @@ pub enum Reference {
     Item(Option<String>),
     /// `{index}`: the 0-based position of a `for_each` instance's item.
     Index,
+    /// `{previous.STEP.output}`: inside a `repeat` group, the output of sibling `STEP` in
+    /// the previous iteration (empty in the first).
+    Previous(String),
 }
 
 impl Reference {
@@ -66,7 +69,7 @@ impl Reference {
             | Self::StepStatus(s)
             | Self::StepSession(s)
             | Self::StepJson(s, _) => Some(s),
-            Self::Input(_) | Self::Item(_) | Self::Index => None,
+            Self::Input(_) | Self::Item(_) | Self::Index | Self::Previous(_) => None,
         }
     }
 
@@ -89,6 +92,7 @@ impl fmt::Display for Reference {
             Self::Item(None) => f.write_str("{item}"),
             Self::Item(Some(field)) => write!(f, "{{item.{field}}}"),
             Self::Index => f.write_str("{index}"),
+            Self::Previous(s) => write!(f, "{{previous.{s}.output}}"),
         }
     }
 }
@@ -282,6 +286,9 @@ fn parse_reference(text: &str) -> Result<(Reference, usize), String> {
         ["item"] => Reference::Item(None),
         ["index"] => Reference::Index,
         ["item", field] if !field.is_empty() => Reference::Item(Some((*field).to_owned())),
+        ["previous", step, "output" | "response"] if !step.is_empty() => {
+            Reference::Previous((*step).to_owned())
+        }
         [_] => {
             return Err(format!(
                 "`{{{body}}}` is not a reference: it has no `.FIELD` ({FIELDS_HINT})"
@@ -351,6 +358,7 @@ mod tests {
             Reference::Item(f) => format!("<item {f:?}>"),
             Reference::Index => "<index>".to_owned(),
             Reference::StepJson(s, path) => format!("<{s} json {}>", path.join("/")),
+            Reference::Previous(s) => format!("<previous {s}>"),
         };
         Template::parse(src).unwrap().render(&lookup, quoting)
     }

@@ -210,6 +210,8 @@ fn a_step_skipped_by_a_resume_lets_its_dependents_run() {
         downstream: &downstream,
         guidance: None,
         overrides: None,
+        groups: &Default::default(),
+        dropped: &Default::default(),
     };
     let ch = resume_changes(WorkflowStatus::Failed, s.steps(), &plan, 2).unwrap();
     let mut rows = s.steps().to_vec();

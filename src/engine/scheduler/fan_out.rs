@@ -13,7 +13,7 @@ use super::Scheduler;
 use super::condition::step_value;
 use crate::api::{EventData, EventKind, NewEvent, StepStatus};
 use crate::store::{Changes, StepRow};
-use crate::workflow::{MAX_ITEMS, Scope, instance_id, parse_instance};
+use crate::workflow::{MAX_ITEMS, Scope, instance_id, parse_instance, parse_iteration};
 
 /// Where a row comes from: its step in the definition, and for an instance its item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub(super) struct Origin {
     pub def: usize,
     /// For an instance `ID[i]`, `i`.
     pub item: Option<usize>,
+    /// For a step of a `repeat` group (`ID#k`), `k`.
+    pub iteration: Option<u32>,
 }
 
 /// The instances of one expanded `for_each` step.
@@ -81,12 +83,24 @@ pub(super) fn origins(
         .enumerate()
         .map(|(r, row)| {
             if let Some(d) = def.position(&row.step_id) {
-                return Origin { def: d, item: None };
+                return Origin {
+                    def: d,
+                    item: None,
+                    iteration: None,
+                };
+            }
+            if let Some((step, k)) = parse_iteration(&row.step_id) {
+                return Origin {
+                    def: def.position(step).unwrap_or(usize::MAX),
+                    item: None,
+                    iteration: Some(k),
+                };
             }
             let Some((parent, i)) = parse_instance(&row.step_id) else {
                 return Origin {
                     def: usize::MAX,
                     item: None,
+                    iteration: None,
                 };
             };
             let d = def.position(parent).unwrap_or(usize::MAX);
@@ -101,6 +115,7 @@ pub(super) fn origins(
             Origin {
                 def: d,
                 item: Some(i),
+                iteration: None,
             }
         })
         .collect();
@@ -150,6 +165,7 @@ impl Scheduler {
                 })
                 .collect(),
             failed: false,
+            iteration: None,
         };
         let max_parallel = fan.max_parallel;
         let items = fan
@@ -183,19 +199,21 @@ impl Scheduler {
             },
         ));
         let def = self.origin[idx].def;
-        let mut next_idx = self.steps.iter().map(|s| s.idx).max().unwrap_or(0) + 1;
+        let first_idx = self.steps.iter().map(|s| s.idx).max().unwrap_or(0) + 1;
         let mut rows = Vec::with_capacity(items.len());
         for i in 0..items.len() {
             let id = instance_id(&step_id, i);
             let mut inst = StepRow::new(&id, 0);
-            inst.idx = next_idx;
-            next_idx += 1;
+            inst.idx = first_idx + i as i64;
             ch.steps.push(inst.clone());
             let r = self.steps.len();
             self.index.insert(id, r);
             self.steps.push(inst);
-            self.origin
-                .push(super::fan_out::Origin { def, item: Some(i) });
+            self.origin.push(Origin {
+                def,
+                item: Some(i),
+                iteration: None,
+            });
             self.retry_at.push(None);
             self.stalled.push(false);
             rows.push(r);

@@ -16,6 +16,7 @@
 //!   failure handlers, `continue_on_error`).
 //! - `fan_out`: `for_each` steps, their stored items and their instances `ID[i]`.
 //! - `human`: human steps — asking, answers, deadlines, parking a workflow that only waits.
+//! - `repeat`: loop groups, their iterations `ID#k`, `until` and `max_iterations`.
 //! - `prepare`: rendering a step's templates into the attempt to run.
 //! - `stored`: transitions of a stored workflow that no driver runs — resume, cancel,
 //!   adoption after a crash.
@@ -33,12 +34,15 @@ mod human;
 #[cfg(test)]
 mod human_tests;
 mod prepare;
+mod repeat;
+#[cfg(test)]
+mod repeat_tests;
 mod stored;
 #[cfg(test)]
 mod tests;
 
 pub(super) use human::{Answer, Waiting, waiting_for};
-pub(super) use stored::{ResumePlan, adopt_changes, cancel_changes, resume_changes};
+pub(super) use stored::{ResumePlan, adopt_changes, cancel_changes, resume_changes, resume_scope};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,9 +53,10 @@ use crate::api::{
     AttemptOutcome, EventData, EventKind, NewEvent, StepStatus, ThreadId, WorkflowStatus, tail,
 };
 use crate::store::{AttemptRow, Changes, StepRow};
-use crate::workflow::{Step, Workflow};
+use crate::workflow::{Action, Step, Workflow};
 use condition::{Decision, Memo};
 use fan_out::{Fan, Origin};
+use repeat::Group;
 
 /// Bytes of an attempt's stderr kept in its record.
 const STDERR_KEPT: usize = 64 * 1024;
@@ -81,6 +86,10 @@ pub(super) struct Scheduler {
     origin: Vec<Origin>,
     /// The expanded `for_each` steps, by row.
     fans: HashMap<usize, Fan>,
+    /// The started `repeat` groups, by row.
+    groups: HashMap<usize, Group>,
+    /// Position of each step in the definition, by id.
+    def_index: HashMap<String, usize>,
     /// The last start found no free step slot; more steps are ready than could start.
     starved: bool,
     /// Spending against the workflow's `max_cost_usd`.
@@ -102,6 +111,13 @@ impl Scheduler {
             .map(|(i, s)| (s.step_id.clone(), i))
             .collect();
         let (origin, fans) = fan_out::origins(&def, &steps, &index);
+        let def_index: HashMap<String, usize> = def
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect();
+        let groups = repeat::groups(&def, &def_index, &steps, &index, &origin);
         let retry_at = steps
             .iter()
             .map(|s| (s.status == StepStatus::Retrying).then_some(now))
@@ -119,6 +135,8 @@ impl Scheduler {
             origin,
             budget,
             fans,
+            groups,
+            def_index,
             starved: false,
         }
     }
@@ -382,6 +400,28 @@ impl Scheduler {
                     StepStatus::Pending => match self.decide(idx, &mut memo) {
                         Decision::Wait => false,
                         Decision::Run
+                            if self
+                                .step_def(idx)
+                                .is_some_and(|s| matches!(s.action, Action::Repeat(_))) =>
+                        {
+                            self.start_iteration(ch, idx, 1, now);
+                            memo = Memo::new(self.steps.len());
+                            again = true;
+                            settled = true;
+                            false
+                        }
+                        Decision::Run
+                            if self.step_def(idx).is_some_and(|s| {
+                                matches!(s.action, Action::Condition(_) | Action::Join)
+                            }) =>
+                        {
+                            self.decide_without_process(ch, idx, now);
+                            memo.clear();
+                            again = true;
+                            settled = true;
+                            false
+                        }
+                        Decision::Run
                             if self.step_def(idx).is_some_and(|s| s.for_each.is_some()) =>
                         {
                             if let Err(error) = self.expand(ch, idx, now) {
@@ -441,6 +481,11 @@ impl Scheduler {
                     break;
                 };
                 out.push(self.start(ch, idx, now, owner, permit));
+            }
+            if self.advance_groups(ch, now) {
+                memo = Memo::new(self.steps.len());
+                again = true;
+                settled = true;
             }
         }
         if (!out.is_empty() || settled) && self.status != WorkflowStatus::Running {
@@ -572,7 +617,7 @@ impl Scheduler {
         for (idx, row) in self.steps.iter_mut().enumerate() {
             // An expanded for_each step stays running across a shutdown: its stored items
             // and instances carry on under the next owner.
-            let expanded = self.fans.contains_key(&idx);
+            let expanded = self.fans.contains_key(&idx) || self.groups.contains_key(&idx);
             if row.status.is_current() && !(expanded && stop == Stop::Shutdown) {
                 if stop == Stop::Cancel {
                     row.status = StepStatus::Cancelled;

@@ -12,6 +12,20 @@ use crate::api::tail;
 use crate::engine::executor::{AttemptSpec, Prepared};
 use crate::workflow::{Action, AgentOptions, Quoting, Reference, Template};
 
+/// The thread id of the child workflow a sub-workflow step row runs: `PARENT/STEP`, with
+/// the instance and iteration marks of the row spelled `.i`.
+pub(in crate::engine) fn child_thread_id(parent: &str, row_id: &str) -> String {
+    let step: String = row_id
+        .chars()
+        .filter_map(|c| match c {
+            '[' | '#' => Some('.'),
+            ']' => None,
+            c => Some(c),
+        })
+        .collect();
+    format!("{parent}/{step}")
+}
+
 impl Scheduler {
     /// The attempt step `idx` would run next (its `number` is set by the caller).
     pub(super) fn prepare(&self, idx: usize) -> AttemptSpec {
@@ -19,6 +33,18 @@ impl Scheduler {
         let row = &self.steps[idx];
         let lookup = |r: &Reference| self.value_of(idx, r);
         let prepared = match &step.action {
+            // A group runs its steps, never a process; nothing prepares it.
+            Action::Repeat(_) | Action::Condition(_) | Action::Join => Prepared::Run(Vec::new()),
+            Action::Workflow(sub) => Prepared::Workflow {
+                thread_id: child_thread_id(self.id.as_str(), &row.step_id),
+                file: sub.file.clone(),
+                definition: sub.definition.clone(),
+                inputs: sub
+                    .inputs
+                    .iter()
+                    .map(|(k, t)| (k.clone(), t.render(&lookup, Quoting::Verbatim)))
+                    .collect(),
+            },
             Action::Run(argv) => Prepared::Run(
                 argv.iter()
                     .map(|t| t.render(&lookup, Quoting::Verbatim))
@@ -46,6 +72,8 @@ impl Scheduler {
                 };
                 let prompt = match (&resume, &row.guidance) {
                     (Some(_), Some(g)) => g.clone(),
+                    // A new iteration of a loop continues the session with its own prompt.
+                    (Some(_), None) if row.attempts == 0 => prompt,
                     (Some(_), None) => format!(
                         "Your previous attempt at this task did not finish{}. Continue from \
                          where you left off and complete the task:\n\n{prompt}",
@@ -87,8 +115,7 @@ impl Scheduler {
     /// The value a template reference of row `idx` stands for (verbatim).
     fn value_of(&self, idx: usize, r: &Reference) -> String {
         let item = self.item_of(idx);
-
-        let get = |id: &String| self.index.get(id).map(|&j| &self.steps[j]);
+        let get = |id: &String| self.dep_row(idx, id).map(|j| &self.steps[j]);
         match r {
             Reference::StepOutput(id) => get(id)
                 .and_then(|s| s.output.as_deref())
@@ -118,6 +145,11 @@ impl Scheduler {
                 }
             }
             Reference::Index => item.map(|(_, i)| i.to_string()).unwrap_or_default(),
+            Reference::Previous(id) => self
+                .previous_row(idx, id)
+                .and_then(|j| self.steps[j].output.as_deref())
+                .map(|o| o.trim_end().to_owned())
+                .unwrap_or_default(),
         }
     }
 

@@ -349,16 +349,15 @@ pub fn save_step(ctx: &mut WriteCtx<'_>, workflow_id: &str, s: &StepRow) -> Resu
     Ok(())
 }
 
-/// Deletes the instance rows (`ID[i]`) of `for_each` step `step_id`, with their attempts.
-fn drop_instances(ctx: &mut WriteCtx<'_>, workflow_id: &str, step_id: &str) -> Result<()> {
-    let prefix = format!("{step_id}[");
+/// Deletes step `step_id` with its attempts.
+fn drop_step(ctx: &mut WriteCtx<'_>, workflow_id: &str, step_id: &str) -> Result<()> {
     for table in ["attempts", "steps"] {
         ctx.conn
             .prepare_cached(&format!(
                 "DELETE FROM {table} WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) \
-                 AND substr(step_id, 1, ?3) = ?2"
+                 AND step_id = ?2"
             ))?
-            .execute(params![workflow_id, prefix, prefix.len() as i64])?;
+            .execute(params![workflow_id, step_id])?;
     }
     Ok(())
 }
@@ -640,8 +639,8 @@ pub fn apply(ctx: &mut WriteCtx<'_>, fence: &Fence, changes: &Changes, now: i64)
         changes.events.len() as i64,
         now,
     )?;
-    for parent in &changes.dropped_instances {
-        drop_instances(ctx, id, parent)?;
+    for step_id in &changes.dropped {
+        drop_step(ctx, id, step_id)?;
     }
     for s in &changes.steps {
         save_step(ctx, id, s)?;
