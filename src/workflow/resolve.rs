@@ -609,8 +609,10 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
             // A wrongly typed action field was already reported by the decoder.
             let already = problems.iter().any(|p| {
                 p.step.as_deref() == Some(id)
-                    && ["prompt", "task", "run", "shell", "human", "repeat", "workflow"]
-                        .contains(&p.field.as_str())
+                    && [
+                        "prompt", "task", "run", "shell", "human", "repeat", "workflow",
+                    ]
+                    .contains(&p.field.as_str())
             });
             if !already {
                 problems.push(Problem::step(

@@ -449,3 +449,70 @@ async fn a_waiting_invoke_stream_asks_through_elicitation_when_the_host_declared
     assert_eq!(step(&st, "deploy")["output"], "deployed approved");
     client.cancel().await.unwrap();
 }
+
+#[test]
+fn a_question_waits_in_the_background_worker_and_the_serving_process_answers_it() {
+    use crate::handover::{HANDOVER, Reap};
+    let sb = Sandbox::new();
+    let _reap = Reap(&sb.db());
+    let mut s = sb.server_with(&HANDOVER, Protocol::V2025);
+    let id = s.start(gated(
+        json!({"prompt": "Merge {a.output}?", "timeout_s": 600}),
+    ));
+    assert_eq!(s.wait_done(&id)["status"], "blocked");
+    let st = s.status(&id);
+    assert!(st["owner"].is_string(), "the worker keeps it: {st}");
+    answer(&mut s, &id, json!({"step": "ship", "approve": true}));
+    assert_eq!(s.wait_done(&id)["status"], "completed");
+    assert_eq!(
+        step(&s.status(&id), "deploy")["output"],
+        "deployed approved"
+    );
+}
+
+#[test]
+fn a_waiting_workflow_can_be_cancelled_and_a_resume_asks_again() {
+    let sb = Sandbox::new();
+    let mut s = sb.server();
+    let id = s.start(gated(json!({"prompt": "Merge?"})));
+    assert_eq!(s.wait_done(&id)["status"], "blocked");
+    let r = s.call("invoke_cancel", json!({"thread_id": id}));
+    assert_eq!(r["status"], "cancelled", "{r}");
+    s.call("invoke_resume", json!({"thread_id": id}));
+    assert_eq!(s.wait_done(&id)["status"], "blocked");
+    assert_eq!(waiting(&s.status(&id))["prompt"], "Merge?");
+    answer(&mut s, &id, json!({"step": "ship", "approve": true}));
+    assert_eq!(s.wait_done(&id)["status"], "completed");
+}
+
+#[test]
+fn a_human_step_inside_a_repeat_group_asks_once_per_iteration() {
+    let sb = Sandbox::new();
+    let mut s = sb.server();
+    let id = s.start(json!({"steps": [
+        {"id": "loop", "repeat": {"max_iterations": 3,
+            "until": "steps.ok.output == 'done'",
+            "steps": [{"id": "ok", "human": {"kind": "input",
+                "prompt": "Last time: {previous.ok.output}. More?"}}]}},
+    ]}));
+    assert_eq!(s.wait_done(&id)["status"], "blocked");
+    let first = waiting(&s.status(&id)).clone();
+    assert_eq!(first["prompt"], "Last time: . More?");
+    answer(
+        &mut s,
+        &id,
+        json!({"step": first["step"], "input": "again"}),
+    );
+    eventually("the second iteration to ask", || {
+        let st = s.status(&id);
+        st["waiting_for"][0]["step"].is_string() && st["waiting_for"][0]["step"] != first["step"]
+    });
+    let second = waiting(&s.status(&id)).clone();
+    assert_eq!(second["prompt"], "Last time: again. More?");
+    answer(
+        &mut s,
+        &id,
+        json!({"step": second["step"], "input": "done"}),
+    );
+    assert_eq!(s.wait_done(&id)["status"], "completed");
+}

@@ -15,7 +15,7 @@ mod control_flow;
 mod fan_out;
 mod faults;
 mod floods;
-mod handover;
+pub mod handover;
 pub mod http;
 mod human;
 mod loops;
