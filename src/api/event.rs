@@ -242,6 +242,11 @@ impl Event {
                 d.duration_ms.unwrap_or(0) as f64 / 1000.0
             ),
             K::StepFailed => format!("{step}: failed: {}", tail(&text(&d.error), 300)),
+            K::StepBlocked if d.question.is_some() => format!(
+                "{step}: {}: {}",
+                text(&d.reason),
+                text(&d.question).chars().take(300).collect::<String>()
+            ),
             K::StepBlocked => format!("{step}: blocked: {}", text(&d.reason)),
             K::StepSkipped => format!("{step}: skipped"),
             K::StepCancelled => format!("{step}: cancelled"),
