@@ -38,6 +38,11 @@ fn a_loop_runs_iterations_until_its_condition_holds_and_shows_each_in_status() {
     assert_eq!(step(&st, "test#3")["output"], "PASS");
     assert_eq!(step(&st, "fix#3")["status"], "skipped");
     assert_eq!(step(&st, "loop")["output"], "PASS");
+    assert_eq!(
+        step(&st, "fix#2")["deps"],
+        json!(["test#2", "impl"]),
+        "an iteration's own deps"
+    );
     assert_eq!(step(&st, "after")["output"], "loop said PASS");
     assert_eq!((sb.lines("tests.txt"), sb.lines("fixes.txt")), (3, 2));
 }
