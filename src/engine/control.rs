@@ -353,10 +353,17 @@ impl Engine {
             });
         };
         let row = snap.workflow;
+        // A parked workflow (a human step waits) keeps its driver: nothing to wait for.
+        let waiting = snap
+            .steps
+            .iter()
+            .find_map(scheduler::waiting_for)
+            .filter(|_| row.status == WorkflowStatus::Blocked);
         // A driver that has just ended the workflow (its terminal state is committed) may not
         // have deregistered yet; let it, rather than refusing the resume.
         if let Some(mut done) = self.sh.driver_done(&id)
             && row.status.is_terminal()
+            && waiting.is_none()
         {
             let _ = tokio::time::timeout(Duration::from_secs(5), done.wait_for(|d| *d)).await;
         }
@@ -365,6 +372,13 @@ impl Engine {
             && row.owner.as_deref() != Some(&self.sh.owner)
             && lease::is_owned_by_live(&self.sh, row.owner.clone()).await?;
         if running_here || live_elsewhere {
+            // A parked workflow waits for an answer, not for a resume.
+            if let Some(w) = waiting {
+                return Err(EngineError::BadRequest(format!(
+                    "workflow {id} waits for an answer to step {:?} ({:?}): answer it (step with approve or input), or cancel the workflow first",
+                    w.step, w.prompt
+                )));
+            }
             return Err(EngineError::Busy {
                 thread_id: id,
                 status: row.status,

@@ -214,7 +214,7 @@ impl Driver {
             return self.first_commit(record, reply, ch, started).await;
         }
         if ch.is_empty() {
-            return true;
+            return !self.recount || self.recount_cost().await;
         }
         if !self.commit(ch).await {
             return false;

@@ -55,6 +55,11 @@ fn an_approval_through_invoke_resume_completes_the_step_and_runs_its_dependents(
         "{st}"
     );
     assert_eq!(step(&st, "deploy")["status"], "pending");
+    let err = s.call_err("invoke_resume", json!({"thread_id": id}));
+    assert!(
+        err.contains("waits for an answer to step \"ship\""),
+        "{err}"
+    );
 
     let r = answer(&mut s, &id, json!({"step": "ship", "approve": true}));
     assert_eq!(r["status"], "running", "{r}");
