@@ -111,3 +111,20 @@ fn a_run_that_reaches_its_own_limit_blocks_the_step_instead_of_retrying() {
         "{big}"
     );
 }
+
+#[test]
+fn a_retry_due_after_the_budget_was_spent_is_blocked_not_started() {
+    let sb = Sandbox::new();
+    let mut s = agent_server(&sb);
+    let id = s.start(json!({"defaults": {"max_cost_usd": 0.05}, "steps": [
+        {"id": "flaky", "prompt": "try [[fail-once]] [[cost:0.05]]",
+         "retry": {"max_attempts": 3, "initial_interval_ms": 50, "jitter": false}},
+    ]}));
+    assert_eq!(s.wait_done(&id)["status"], "blocked");
+    let st = s.status(&id);
+    let flaky = step(&st, "flaky");
+    assert_eq!(flaky["attempts"], 1, "the retry never started");
+    assert!(flaky["error"].as_str().unwrap().starts_with("budget:"), "{flaky}");
+    s.call("invoke_resume", json!({"thread_id": id, "max_cost_usd": 0.5}));
+    assert_eq!(s.wait_done(&id)["status"], "completed");
+}
