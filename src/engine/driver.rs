@@ -69,6 +69,9 @@ impl StopCell {
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Shortest interval between two activity writes of one step.
 const ACTIVITY_EVERY: Duration = Duration::from_secs(5);
+/// Shortest interval between two reads of a waiting workflow's answers on notices of other
+/// processes' commits.
+const FOREIGN_ANSWERS_EVERY: Duration = Duration::from_millis(250);
 /// Longest wait between two tries of a commit the store refused.
 const COMMIT_RETRY_MAX: Duration = Duration::from_secs(2);
 
@@ -104,6 +107,10 @@ pub(super) struct Driver {
     feed: Option<store::ChangeFeed>,
     /// The budget held steps back on an estimate: read the exact cost after the commit.
     recount: bool,
+    /// When answers were last read on a notice from another process, and when to read
+    /// them again for notices that came too soon after (at most one read per interval).
+    answers_read_at: Option<Instant>,
+    answers_recheck: Option<Instant>,
 }
 
 impl Driver {
@@ -128,6 +135,8 @@ impl Driver {
             new_record: None,
             feed: None,
             recount: false,
+            answers_read_at: None,
+            answers_recheck: None,
         }
     }
 
@@ -191,6 +200,10 @@ impl Driver {
                 }
                 change = next_change(self.feed.as_mut()) => {
                     if !Box::pin(self.on_change(change)).await { break; }
+                }
+                () = sleep_until(self.answers_recheck) => {
+                    self.answers_recheck = None;
+                    if !Box::pin(self.on_change(Some(store::Change::Unknown))).await { break; }
                 }
                 () = sleep_until(next_stall) => self.restart_stalled(),
                 () = sleep_until(next_progress) => {
@@ -305,7 +318,20 @@ impl Driver {
                 return true;
             }
             Some(store::Change::Workflow(id)) if id != self.fence.id => return true,
-            Some(_) => {}
+            Some(store::Change::Workflow(_)) => {}
+            // Another process committed something: read at most once per interval, since
+            // every waiting workflow of this process hears every such notice.
+            Some(store::Change::Unknown) => {
+                let now = Instant::now();
+                if let Some(at) = self.answers_read_at
+                    && now.saturating_duration_since(at) < FOREIGN_ANSWERS_EVERY
+                {
+                    self.answers_recheck
+                        .get_or_insert(at + FOREIGN_ANSWERS_EVERY);
+                    return true;
+                }
+                self.answers_read_at = Some(now);
+            }
         }
         let answers = match self.sh.store.answers(self.fence.id.clone()).await {
             Ok(a) => a,

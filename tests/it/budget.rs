@@ -124,7 +124,13 @@ fn a_retry_due_after_the_budget_was_spent_is_blocked_not_started() {
     let st = s.status(&id);
     let flaky = step(&st, "flaky");
     assert_eq!(flaky["attempts"], 1, "the retry never started");
-    assert!(flaky["error"].as_str().unwrap().starts_with("budget:"), "{flaky}");
-    s.call("invoke_resume", json!({"thread_id": id, "max_cost_usd": 0.5}));
+    assert!(
+        flaky["error"].as_str().unwrap().starts_with("budget:"),
+        "{flaky}"
+    );
+    s.call(
+        "invoke_resume",
+        json!({"thread_id": id, "max_cost_usd": 0.5}),
+    );
     assert_eq!(s.wait_done(&id)["status"], "completed");
 }
