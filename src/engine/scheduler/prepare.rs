@@ -186,3 +186,22 @@ pub(super) fn json_at(output: &str, path: &[String]) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::json_at;
+
+    #[test]
+    fn json_paths_walk_keys_and_indices_and_render_strings_raw() {
+        let out = r#"{"files": ["a.rs", {"name": "b"}], "n": 2, "none": null}"#;
+        let at = |p: &[&str]| json_at(out, &p.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert_eq!(at(&["files", "0"]), "a.rs");
+        assert_eq!(at(&["files", "1"]), r#"{"name":"b"}"#);
+        assert_eq!(at(&["files", "1", "name"]), "b");
+        assert_eq!(at(&["n"]), "2");
+        assert_eq!(at(&["none"]), "");
+        assert_eq!(at(&["files", "9"]), "", "out of range");
+        assert_eq!(at(&["n", "x"]), "", "a number has no fields");
+        assert_eq!(json_at("not json", &[]), "");
+    }
+}
