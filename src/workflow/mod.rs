@@ -17,6 +17,8 @@
 //! - `expr.rs`: CEL expressions (`when`), checked at submission, evaluated by the scheduler.
 //! - `retry.rs`: [`RetryPolicy`] arithmetic; `resolve_retry.rs`: a written `retry` → policy.
 //! - `problem.rs`: [`Problem`], [`Problems`] and "did you mean" suggestions.
+//! - `source.rs`: definition text (JSON or YAML) and a definition's signature (name,
+//!   description, declared inputs).
 //! - `compile_tests.rs`: end-to-end tests of [`compile`].
 
 use std::collections::BTreeMap;
@@ -32,6 +34,7 @@ mod resolve;
 mod resolve_retry;
 mod retry;
 mod shell_lint;
+mod source;
 mod template;
 mod validate;
 
@@ -46,6 +49,7 @@ pub use expr::{Expr, Scope};
 pub use problem::{Problem, Problems};
 use raw::RawDefinition;
 pub use retry::RetryPolicy;
+pub use source::{Format, InputSpec, Signature, parse_text, signature};
 pub use template::{Quoting, Reference, SHELL_REF_PREFIX, Segment, Template};
 
 /// Result of compiling a definition: the workflow, or every problem with it.
