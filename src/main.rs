@@ -15,7 +15,16 @@ fn main() -> ExitCode {
     // stdout belongs to JSON-RPC in `serve`: logs go to stderr only.
     let filter = match &cli.global.log_level {
         Some(level) => EnvFilter::new(level),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        // Routine INFO lines (migrations, recovery) are for logs, not for a person at a
+        // terminal: they see warnings and errors unless they ask for more.
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            use std::io::IsTerminal;
+            EnvFilter::new(if std::io::stderr().is_terminal() {
+                "warn"
+            } else {
+                "info"
+            })
+        }),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -396,7 +396,11 @@ mod tests {
             .iter()
             .find(|b| b.name.as_deref() == Some("broken"))
             .unwrap();
-        assert!(broken.report().contains("broken.json"), "{}", broken.report());
+        assert!(
+            broken.report().contains("broken.json"),
+            "{}",
+            broken.report()
+        );
         assert!(!broken.problems.is_empty());
         let syntax = listing
             .bad
@@ -414,7 +418,11 @@ mod tests {
     fn a_project_file_wins_over_a_user_file_of_the_same_name() {
         let dir = tempfile::tempdir().unwrap();
         let (lib, project, user) = lib(dir.path());
-        std::fs::write(project.join("same.json"), r#"{"steps": [{"run": ["true"]}]}"#).unwrap();
+        std::fs::write(
+            project.join("same.json"),
+            r#"{"steps": [{"run": ["true"]}]}"#,
+        )
+        .unwrap();
         std::fs::write(user.join("same.yaml"), GOOD_YAML).unwrap();
         std::fs::write(user.join("mine.yaml"), GOOD_YAML).unwrap();
         let listing = lib.scan();
