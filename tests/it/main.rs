@@ -20,6 +20,7 @@ mod processes;
 mod protocol;
 mod recovery;
 mod resume;
+mod retention;
 mod saved;
 mod shell_fuzz;
 mod stall;
