@@ -1,10 +1,13 @@
 //! `baton run`, `resume` and `watch`: start or resume a workflow and follow its events until
-//! it stops.
+//! it stops: a live view on a terminal, plain lines on a pipe.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::io::IsTerminal;
+
+use super::live::Live;
 use super::{CliError, CliResumeMode, Stop};
 use crate::api::{Event, ThreadId, WorkflowStatus};
 use crate::engine::{Engine, ResumeMode, ResumeRequest, SubmitRequest};
@@ -61,8 +64,24 @@ pub(super) async fn resume(
     follow(engine, stop, &thread_id, cursor, true).await
 }
 
+/// Where events go: plain lines (a pipe, as scripts read them) or the live view (a terminal).
+enum Output {
+    Plain,
+    Live(Box<Live>),
+}
+
+impl Output {
+    fn show(&mut self, events: &[Event]) {
+        match self {
+            Output::Plain => print_events(events),
+            Output::Live(live) => live.show(events),
+        }
+    }
+}
+
 /// Prints events from `cursor` until the workflow stops. With `cancel_on_ctrl_c`, Ctrl-C
-/// cancels the workflow (it stays resumable) instead of just detaching.
+/// cancels the workflow (it stays resumable) instead of just detaching. On a terminal the
+/// events drive the live view and the final step's output is printed at the end.
 pub(super) async fn follow(
     engine: &Engine,
     stop: &Stop,
@@ -70,6 +89,12 @@ pub(super) async fn follow(
     cursor: i64,
     cancel_on_ctrl_c: bool,
 ) -> Result<ExitCode, CliError> {
+    let mut out = if std::io::stdout().is_terminal() {
+        let view = engine.status(thread_id, 0).await?;
+        Output::Live(Box::new(Live::new(&view, cursor == 0)))
+    } else {
+        Output::Plain
+    };
     let mut follow = engine.follow(thread_id, cursor);
     loop {
         let until = tokio::time::Instant::now() + Duration::from_secs(3600);
@@ -80,13 +105,23 @@ pub(super) async fn follow(
                     eprintln!("cancelling {thread_id} (resume it with: baton resume {thread_id})");
                     engine.cancel(thread_id).await?;
                     let page = engine.events(thread_id, follow.cursor(), i64::MAX).await?;
-                    print_events(&page.events);
+                    out.show(&page.events);
+                    if let Output::Live(live) = &mut out {
+                        live.finish(WorkflowStatus::Cancelled, None);
+                    }
+                } else if let Output::Live(live) = &mut out {
+                    let status = engine.status(thread_id, 0).await?.status;
+                    live.finish(status, None);
                 }
                 return Ok(ExitCode::from(130));
             }
         };
-        print_events(&page.events);
+        out.show(&page.events);
         if page.done() {
+            if let Output::Live(live) = &mut out {
+                let view = engine.status(thread_id, FINAL_OUTPUT_CHARS).await.ok();
+                live.finish(page.status, view.as_ref());
+            }
             return Ok(if page.status == WorkflowStatus::Completed {
                 ExitCode::SUCCESS
             } else {
@@ -95,6 +130,9 @@ pub(super) async fn follow(
         }
     }
 }
+
+/// Characters of the final step's output printed under the live view.
+const FINAL_OUTPUT_CHARS: usize = 64 * 1024;
 
 fn print_events(events: &[Event]) {
     for e in events {

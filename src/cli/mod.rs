@@ -7,12 +7,13 @@
 //!
 //! # Layout
 //! - `args`: flags and subcommands; `open`: opening the engine, the worker loop.
-//! - `follow`: `run`, `resume`, `watch`; `list`: `list`; `prune`: `prune`;
+//! - `follow`: `run`, `resume`, `watch` (`live`: their terminal view); `list`: `list`; `prune`: `prune`;
 //!   `validate`: `validate`.
 
 mod args;
 mod follow;
 mod list;
+mod live;
 mod open;
 mod prune;
 mod validate;

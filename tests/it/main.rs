@@ -26,3 +26,4 @@ mod shell_fuzz;
 mod stall;
 mod steps;
 mod tools;
+mod tty;
