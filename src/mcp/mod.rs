@@ -116,19 +116,24 @@ fn engine_error(e: EngineError) -> McpError {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for BatonServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(
-            ServerCapabilities::builder()
-                .enable_logging()
-                .enable_resources()
-                .enable_tools()
-                .enable_prompts()
-                .enable_prompts_list_changed()
-                .enable_resources_subscribe()
-                .enable_tasks()
-                .build(),
-        )
-        .with_server_info(Implementation::new("baton", env!("CARGO_PKG_VERSION")))
-        .with_instructions(INSTRUCTIONS)
+        let mut capabilities = ServerCapabilities::builder()
+            .enable_logging()
+            .enable_resources()
+            .enable_tools()
+            .enable_prompts()
+            .enable_prompts_list_changed()
+            .enable_resources_subscribe()
+            .enable_tasks()
+            .build();
+        // Claude Code's channel contract: the key's presence registers the listener for
+        // `notifications/claude/channel` (the user opts in with `--channels`).
+        capabilities
+            .experimental
+            .get_or_insert_with(Default::default)
+            .insert("claude/channel".to_owned(), Default::default());
+        ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new("baton", env!("CARGO_PKG_VERSION")))
+            .with_instructions(INSTRUCTIONS)
     }
 
     async fn set_level(

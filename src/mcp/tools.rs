@@ -337,7 +337,9 @@ Returns at once; follow with invoke_stream.",
     async fn invoke_resume(
         &self,
         Parameters(args): Parameters<InvokeResumeArgs>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<Json<ControlResult>, String> {
+        self.session.attach(&ctx.peer);
         let thread_id = ThreadId::from(args.thread_id);
         let status = self
             .engine
@@ -350,6 +352,7 @@ Returns at once; follow with invoke_stream.",
             })
             .await
             .map_err(refusal)?;
+        self.session.watch_stop(&thread_id);
         Ok(Json(ControlResult {
             next: format!("Resumed. Follow it with invoke_stream (thread_id {thread_id:?})."),
             thread_id,

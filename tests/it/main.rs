@@ -8,6 +8,7 @@ mod util;
 mod agent;
 mod browser;
 mod cancel;
+mod channel;
 mod claude_e2e;
 mod cli;
 mod control_flow;
