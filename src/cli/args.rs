@@ -169,6 +169,10 @@ pub struct ServeArgs {
     /// interrupted when it stops and resumed by the next baton process).
     #[arg(long, env = "BATON_IN_PROCESS", value_parser = clap::builder::FalseyValueParser::new())]
     pub in_process: bool,
+    /// Newest MCP protocol version to offer, e.g. 2025-11-25: Claude Code delivers channel
+    /// messages (completion pushed to the model) only on 2025-11-25 connections.
+    #[arg(long, env = "BATON_MCP_PROTOCOL", value_parser = ["2025-06-18", "2025-11-25", "2026-07-28"])]
+    pub mcp_protocol: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -25,7 +25,7 @@ use rmcp::{
     model::{
         CancelTaskParams, GetPromptRequestParams, GetPromptResponse, GetTaskParams, GetTaskResult,
         Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
-        PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse,
+        PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
         ReadResourceResult, Resource, ResourceContents, ResourceTemplate, ServerCapabilities,
         ServerConfig, SetLevelRequestParams, SubscribeRequestParams, SubscriptionFilter,
         UnsubscribeRequestParams, UpdateTaskParams,
@@ -50,6 +50,8 @@ pub struct BatonServer {
     session: Session,
     /// Saved workflows of the server's working directory and of the user.
     library: Library,
+    /// Newest protocol version offered (`None`: every version rmcp knows).
+    max_protocol: Option<ProtocolVersion>,
     tool_router: ToolRouter<BatonServer>,
 }
 
@@ -58,6 +60,7 @@ impl BatonServer {
         BatonServer {
             session: Session::new(engine.clone()),
             library: Library::new(&engine.config().base_dir),
+            max_protocol: None,
             engine,
             links,
             tool_router: Self::tool_router() + Self::tool_router_delete(),
@@ -115,6 +118,13 @@ fn engine_error(e: EngineError) -> McpError {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for BatonServer {
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        match &self.max_protocol {
+            Some(max) => std::borrow::Cow::Borrowed(ProtocolVersion::known_up_to(max)),
+            None => std::borrow::Cow::Borrowed(ProtocolVersion::KNOWN_VERSIONS),
+        }
+    }
+
     fn get_info(&self) -> ServerConfig {
         let mut capabilities = ServerCapabilities::builder()
             .enable_logging()
@@ -314,16 +324,19 @@ pub enum ServeError {
 /// Serves MCP on stdin/stdout until stdin closes or `shutdown` fires. The caller owns the
 /// lifecycle: it shuts the engine down afterwards (running attempts are interrupted and
 /// handed to the next process). With `links` (this process serves HTTP too), tool results
-/// carry `dashboard_url` and `events_url`.
+/// carry `dashboard_url` and `events_url`. With `max_protocol`, newer protocol versions are
+/// not offered (`2025-11-25` makes Claude Code connect the way its channels need).
 pub async fn serve_stdio(
     engine: Engine,
     shutdown: CancellationToken,
     links: Option<Links>,
+    max_protocol: Option<ProtocolVersion>,
 ) -> Result<(), ServeError> {
     let stdin = transport::Stdin::start();
     let serve = async {
         loop {
-            let server = BatonServer::new(engine.clone(), links.clone());
+            let mut server = BatonServer::new(engine.clone(), links.clone());
+            server.max_protocol = max_protocol.clone();
             let session = server.session.clone();
             let library = server.library.clone();
             match server
@@ -334,6 +347,7 @@ pub async fn serve_stdio(
                     let watching = CancellationToken::new();
                     tokio::spawn(prompts::watch(
                         library,
+                        session.clone(),
                         service.peer().clone(),
                         watching.clone(),
                     ));

@@ -16,6 +16,7 @@ use rmcp::{
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::session::Session;
 use crate::saved::{FindError, Library, Listing, SavedWorkflow};
 
 /// How often the folders are looked at for changes (a directory read and a stat per file).
@@ -155,8 +156,13 @@ pub fn get(
 }
 
 /// Sends `notifications/prompts/list_changed` whenever the folders' files change, until
-/// `stop` fires or the peer goes away.
-pub async fn watch(library: Library, peer: Peer<RoleServer>, stop: CancellationToken) {
+/// `stop` fires.
+pub async fn watch(
+    library: Library,
+    session: Session,
+    peer: Peer<RoleServer>,
+    stop: CancellationToken,
+) {
     let stamp = |l: &Library| {
         let l = l.clone();
         async move {
@@ -174,9 +180,7 @@ pub async fn watch(library: Library, peer: Peer<RoleServer>, stop: CancellationT
         let now = stamp(&library).await;
         if now != last {
             last = now;
-            if peer.notify_prompt_list_changed().await.is_err() {
-                return;
-            }
+            session.prompts_changed(&peer).await;
         }
     }
 }

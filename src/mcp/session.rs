@@ -336,7 +336,7 @@ pub fn channel_text(view: &WorkflowView) -> String {
                 .iter()
                 .rev()
                 .find_map(|s| s.output.as_deref().filter(|o| !o.trim().is_empty()))
-                .map(|o| format!(" Final output: {}", crate::api::tail(o.trim(), 300)))
+                .map(|o| format!(" Final output: «{}».", crate::api::tail(o.trim(), 300)))
                 .unwrap_or_default();
             format!(
                 "{who} completed ({steps}).{out} Read every step's output with invoke_status {{\"thread_id\": \"{id}\"}}."
@@ -357,6 +357,28 @@ pub fn channel_text(view: &WorkflowView) -> String {
                 "{who} is blocked at step {step:?} ({steps}): {}. Check invoke_status, then continue with invoke_resume {{\"thread_id\": \"{id}\"}} (e.g. with an agent permission override).",
                 crate::api::tail(&error, 300)
             )
+        }
+    }
+}
+
+impl Session {
+    /// Whether the client started with `initialize` (2025-11-25), so notifications outside a
+    /// `subscriptions/listen` stream reach it.
+    fn legacy(peer: &Peer<RoleServer>) -> bool {
+        peer.peer_info().is_some()
+    }
+
+    /// Tells the client the prompt list changed: on a 2025-11-25 session directly, on a
+    /// 2026-07-28 session through every listen stream that asked for it.
+    pub async fn prompts_changed(&self, peer: &Peer<RoleServer>) {
+        if Session::legacy(peer) {
+            let _ = peer.notify_prompt_list_changed().await;
+        }
+        let sinks = self.with(|s| s.sinks.clone()).unwrap_or_default();
+        for sink in sinks {
+            if sink.accepted().prompts_list_changed == Some(true) {
+                let _ = sink.notify_prompt_list_changed().await;
+            }
         }
     }
 }

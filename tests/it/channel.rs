@@ -94,3 +94,24 @@ fn workflows_of_other_sessions_push_nothing() {
         channel_messages(&s)
     );
 }
+
+#[test]
+fn mcp_protocol_caps_the_offered_versions_so_hosts_fall_back_to_initialize() {
+    let sb = Sandbox::new();
+    let mut s = sb.server_with(&[("BATON_MCP_PROTOCOL", "2025-11-25")], Protocol::V2026);
+    let r = s.request("server/discover", json!({}));
+    let offered = r["result"]["supportedVersions"]
+        .as_array()
+        .cloned()
+        .or_else(|| r["error"]["data"]["supported"].as_array().cloned())
+        .unwrap_or_default();
+    assert!(
+        r.get("error").is_some() || !offered.contains(&json!("2026-07-28")),
+        "{r}"
+    );
+    // A 2025-11-25 session works as usual.
+    let mut legacy = sb.server_with(&[("BATON_MCP_PROTOCOL", "2025-11-25")], Protocol::V2025);
+    let id = legacy.start(json!({"steps": [{"run": ["true"]}]}));
+    let n = legacy.wait_notification("notifications/claude/channel");
+    assert_eq!(n["params"]["meta"]["thread_id"], id.as_str());
+}

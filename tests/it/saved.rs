@@ -243,3 +243,30 @@ fn yaml_files_are_accepted_wherever_json_is() {
     let done = s.wait_done(r["thread_id"].as_str().unwrap());
     assert_eq!(done["status"], "completed");
 }
+
+#[test]
+fn prompt_list_changes_reach_a_2026_listen_stream() {
+    let (sb, project, _) = saved_sandbox();
+    let xdg = sb.path("user");
+    let mut s = sb.server_with(
+        &[("XDG_CONFIG_HOME", xdg.to_str().unwrap())],
+        Protocol::V2026,
+    );
+    s.send(
+        "subscriptions/listen",
+        json!({"notifications": {"promptsListChanged": true}}),
+        None,
+    );
+    let ack = s.wait_notification("notifications/subscriptions/acknowledged");
+    assert_eq!(
+        ack["params"]["notifications"]["promptsListChanged"], true,
+        "{ack}"
+    );
+    std::fs::write(project.join("greet.yaml"), GREET_YAML).unwrap();
+    let n = s.wait_notification("notifications/prompts/list_changed");
+    assert!(
+        n["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"].is_number()
+            || n["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"].is_string(),
+        "{n}"
+    );
+}
