@@ -182,3 +182,56 @@ fn connected_the_way_channels_need(debug: &Path) {
     );
     assert!(line.contains(r#""hasPrompts":true"#), "{line}");
 }
+
+#[test]
+fn the_repository_is_a_plugin_marketplace_whose_plugin_adds_baton_connected() {
+    let Some(bin) = claude_bin("the_repository_is_a_plugin_marketplace") else {
+        return;
+    };
+    let host = Host::new(bin);
+    let repo = env!("CARGO_MANIFEST_DIR");
+    // The plugin runs `baton` from PATH, as an installed baton would be.
+    let bin_dir = Path::new(BIN).parent().unwrap().display().to_string();
+    let path = format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default());
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(&host.bin);
+        cmd.args(args)
+            .current_dir(&host.project)
+            .env("HOME", &host.home)
+            .env("PATH", &path)
+            .env("BATON_DB", host.sb.db())
+            .env("ANTHROPIC_API_KEY", "test")
+            .env("DISABLE_AUTOUPDATER", "1")
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+            .stdin(std::process::Stdio::null());
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "claude {args:?}: {}", text(&out));
+        text(&out)
+    };
+    run(&["plugin", "validate", &format!("{repo}/plugin")]);
+    run(&["plugin", "marketplace", "add", repo]);
+    run(&["plugin", "install", "baton@baton"]);
+    let listed = run(&["mcp", "list"]);
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with("plugin:baton:baton:"))
+        .unwrap_or_else(|| panic!("the plugin's server is not listed:\n{listed}"));
+    assert!(line.contains("Connected"), "{line}");
+    // Only the plugin folder is copied into the CLI's cache, never the repository.
+    let size: u64 = walk(&host.home.join(".claude/plugins"));
+    assert!(size < 5 * 1024 * 1024, "{size} bytes copied");
+}
+
+fn walk(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => walk(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
