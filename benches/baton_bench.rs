@@ -40,6 +40,7 @@ const ALL: &[&str] = &[
     "recovery",
     "memory",
     "growth",
+    "flow",
 ];
 
 // ---------------------------------------------------------------- statistics and report
@@ -163,6 +164,7 @@ fn main() {
             "recovery" => recovery(&mut r),
             "memory" => memory(&mut r),
             "growth" => rt.block_on(growth(&mut r)),
+            "flow" => rt.block_on(flow(&mut r)),
             _ => unreachable!(),
         }
         println!("  ({s} took {:.1} s)", started.elapsed().as_secs_f64());
@@ -560,6 +562,97 @@ async fn concurrency(r: &mut Report) {
 }
 
 // ---------------------------------------------------------------- target 6 (store)
+
+// ---------------------------------------------------------------- control flow
+
+/// A 1,000-item `for_each` of `/bin/true`, and a 100-iteration `repeat` of two `true`
+/// steps, against the spawns and commits they cannot avoid, in the same run.
+async fn flow(r: &mut Report) {
+    r.section("control flow: 1,000-item for_each, 100-iteration repeat");
+    let db = r.dir.join("flow.db");
+    let e = start_engine(&db, Durability::Full, false, 32).await;
+    let fan = json!({"name": "fan", "steps": [
+        {"id": "f", "for_each": serde_json::to_string(&(0..1000).collect::<Vec<u32>>()).unwrap(),
+         "run": ["/bin/true"]}
+    ]});
+    run_one(&e, &fan).await;
+    let mut spawns = Samples::default();
+    let mut fans = Samples::default();
+    let mut commits = 0.0;
+    let mut bytes = 0.0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        for _ in 0..1000 {
+            Command::new("/bin/true").status().unwrap();
+        }
+        spawns.push(t.elapsed());
+        let (c0, b0) = (e.store().commit_count(), file_size(&db));
+        fans.push(run_one(&e, &fan).await);
+        commits = (e.store().commit_count() - c0) as f64 / 1000.0;
+        bytes = (file_size(&db) - b0) as f64 / 1000.0;
+    }
+    r.row(
+        "1,000 x Command::status(/bin/true) (3)",
+        p50_95(&spawns),
+        "",
+        None,
+    );
+    r.row(
+        "for_each of 1,000 x /bin/true, 32 at once (3)",
+        p50_95(&fans),
+        "",
+        None,
+    );
+    r.row(
+        "   for_each / 1,000 sequential spawns",
+        format!("{:.2}x", fans.p50() / spawns.p50()),
+        "",
+        None,
+    );
+    r.row("   commits per instance", format!("{commits:.2}"), "", None);
+    r.row(
+        "   store bytes per instance",
+        format!("{bytes:.0}"),
+        "",
+        None,
+    );
+    let looped = json!({"name": "loop", "steps": [
+        {"id": "l", "repeat": {"steps": [
+            {"id": "a", "run": ["/bin/true"]},
+            {"id": "b", "deps": ["a"], "run": ["/bin/true"]}
+        ], "max_iterations": 100}}
+    ]});
+    run_one(&e, &looped).await;
+    let mut loops = Samples::default();
+    let mut pair = Samples::default();
+    for _ in 0..3 {
+        let t = Instant::now();
+        for _ in 0..200 {
+            Command::new("/bin/true").status().unwrap();
+        }
+        pair.push(t.elapsed());
+        loops.push(run_one(&e, &looped).await);
+    }
+    stop_engine(e).await;
+    let raw = r.get("raw_commit_p50_ms").unwrap_or(0.0);
+    let per_iteration = loops.p50() / 100.0;
+    let floor = pair.p50() / 100.0 + 2.0 * raw;
+    r.row(
+        "repeat of 2 x /bin/true, 100 iterations (3)",
+        p50_95(&loops),
+        "",
+        None,
+    );
+    r.row(
+        "   per iteration vs 2 spawns + 2 raw commits",
+        format!(
+            "{per_iteration:.3} vs {floor:.3} ms ({:.2}x)",
+            per_iteration / floor
+        ),
+        "",
+        None,
+    );
+}
 
 fn file_size(db: &Path) -> u64 {
     let conn = rusqlite::Connection::open(db).unwrap();

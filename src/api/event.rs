@@ -70,6 +70,9 @@ pub enum ResumedBy {
 pub struct EventData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_count: Option<i64>,
+    /// The iteration a `repeat` group starts or ended in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iteration: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_session: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -202,6 +205,12 @@ impl Event {
         let attempt = self.attempt.unwrap_or(1);
         match self.kind {
             K::WorkflowStarted => "workflow started".to_owned(),
+            K::StepStarted if d.iteration.is_some_and(|k| k > 1) => {
+                format!("{step}: iteration {}", d.iteration.unwrap_or_default())
+            }
+            K::StepStarted if d.total.is_some() => {
+                format!("{step}: started, {} instances", d.total.unwrap_or_default())
+            }
             K::StepStarted if attempt > 1 => format!("{step}: started (attempt {attempt})"),
             K::StepStarted => format!("{step}: started"),
             K::StepProgress => format!("{step}: {}", text(&d.message)),
@@ -210,6 +219,14 @@ impl Event {
                 tail(&text(&d.error), 300),
                 d.delay_ms.unwrap_or(0) as f64 / 1000.0
             ),
+            K::StepCompleted if d.iteration.is_some() => {
+                let k = d.iteration.unwrap_or_default();
+                format!(
+                    "{step}: completed after {k} iteration{} in {:.1}s",
+                    if k == 1 { "" } else { "s" },
+                    d.duration_ms.unwrap_or(0) as f64 / 1000.0
+                )
+            }
             K::StepCompleted => format!(
                 "{step}: completed in {:.1}s",
                 d.duration_ms.unwrap_or(0) as f64 / 1000.0

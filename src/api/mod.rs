@@ -140,7 +140,7 @@ impl ThreadId {
             && id.len() <= MAX_THREAD_ID
             && id
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'));
         ok.then(|| ThreadId(Arc::from(id)))
     }
 
@@ -209,10 +209,11 @@ mod tests {
     }
 
     #[test]
-    fn client_chosen_thread_ids_are_restricted() {
+    fn thread_ids_are_restricted_to_url_safe_characters() {
         assert!(ThreadId::parse_new("job-1.a:b_c").is_some());
         assert!(ThreadId::parse_new("").is_none());
-        assert!(ThreadId::parse_new("a/b").is_none());
+        assert!(ThreadId::parse_new("a/b").is_some(), "a sub-workflow's id");
+        assert!(ThreadId::parse_new("a b").is_none());
         assert!(ThreadId::parse_new(&"x".repeat(129)).is_none());
         assert_eq!(ThreadId::generate().len(), 36);
     }

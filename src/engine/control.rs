@@ -4,7 +4,7 @@
 //! happens in one store transition that first takes (or checks) the workflow's lease — a
 //! rejected request changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -164,7 +164,12 @@ impl Engine {
             id: id.clone(),
             name: wf.name.clone(),
             definition,
-            step_ids: wf.steps.iter().map(|s| s.id.clone()).collect(),
+            step_ids: wf
+                .steps
+                .iter()
+                .filter(|s| s.group.is_none())
+                .map(|s| s.id.clone())
+                .collect(),
             owner: execute.then(|| self.sh.owner.clone()),
             lease_expires_at: execute.then(|| self.sh.lease_until()),
         };
@@ -337,14 +342,17 @@ impl Engine {
                     thread_id: id.clone(),
                 })?;
         let def = super::parse_definition(&snap)?;
-        if let Some(from) = &req.from_step
-            && def.step(from).is_none()
-        {
+        let Ok(scope) = scheduler::resume_scope(&def, &snap.steps, req.from_step.as_deref()) else {
             return Err(EngineError::UnknownStep {
-                step: from.clone(),
-                known: def.steps.iter().map(|s| s.id.clone()).collect(),
+                step: req.from_step.clone().unwrap_or_default(),
+                known: snap
+                    .steps
+                    .iter()
+                    .map(|s| s.step_id.clone())
+                    .filter(|s| s.as_str() != req.from_step.as_deref().unwrap_or_default())
+                    .collect(),
             });
-        }
+        };
         let row = snap.workflow;
         // A driver that has just ended the workflow (its terminal state is committed) may not
         // have deregistered yet; let it, rather than refusing the resume.
@@ -373,18 +381,16 @@ impl Engine {
             ),
             None => None,
         };
-        let downstream: BTreeSet<String> = match &req.from_step {
-            Some(from) => workflow::descendants(&def, from),
-            None => BTreeSet::new(),
-        };
         let now = now_ms();
         let plan = |status: WorkflowStatus, steps: &[crate::store::StepRow]| {
             let plan = ResumePlan {
                 from_step: req.from_step.as_deref(),
-                downstream: &downstream,
+                downstream: &scope.downstream,
                 skip: req.mode == ResumeMode::Skip,
                 guidance: req.prompt.as_deref(),
                 overrides: overrides.as_deref(),
+                groups: &scope.groups,
+                dropped: &scope.dropped,
             };
             scheduler::resume_changes(status, steps, &plan, now)
         };
@@ -402,7 +408,7 @@ impl Engine {
             lease_until: self.sh.lease_until(),
         };
         let req2 = req.clone();
-        let (downstream2, overrides2) = (downstream.clone(), overrides.clone());
+        let overrides2 = overrides.clone();
         let execute = self.sh.cfg.execute;
         let (epoch, after, ()) = self
             .sh
@@ -410,10 +416,12 @@ impl Engine {
             .transition(id.clone(), claim, move |snap| {
                 let plan = ResumePlan {
                     from_step: req2.from_step.as_deref(),
-                    downstream: &downstream2,
+                    downstream: &scope.downstream,
                     skip: req2.mode == ResumeMode::Skip,
                     guidance: req2.prompt.as_deref(),
                     overrides: overrides2.as_deref(),
+                    groups: &scope.groups,
+                    dropped: &scope.dropped,
                 };
                 let mut ch =
                     scheduler::resume_changes(snap.workflow.status, &snap.steps, &plan, now)

@@ -274,6 +274,10 @@ impl Driver {
         for (spec, permit) in started {
             let sh = self.sh.clone();
             let stop = self.stop.child_token();
+            if self.live.len() <= spec.step_idx {
+                // A for_each step's instances are rows added while the workflow runs.
+                self.live.resize_with(spec.step_idx + 1, Live::default);
+            }
             if let Some(l) = self.live.get_mut(spec.step_idx) {
                 l.stop = Some(stop.clone());
                 l.last_output = Some(Instant::now());
@@ -281,8 +285,11 @@ impl Driver {
             }
             let signals = self.signals.clone();
             let fence = self.fence.clone();
+            let reason = self.reason.clone();
             self.running.spawn(async move {
-                let _permit = permit;
+                // A sub-workflow waits for its child, whose steps need the slots.
+                let sub = matches!(spec.prepared, executor::Prepared::Workflow { .. });
+                let _permit = (!sub).then_some(permit);
                 // Last look before the fork (nothing is awaited between it and the spawn): a
                 // process frozen past its lease since the commit must not start the attempt,
                 // which another process may have adopted and re-run meanwhile.
@@ -297,8 +304,13 @@ impl Driver {
                     let detail = super::outcome::AttemptDetail::default();
                     return (spec.step_idx, spec.number, Outcome::Stopped { detail });
                 }
-                let out = executor::execute(&sh.exec, &spec, &stop, signals).await;
-                (spec.step_idx, spec.number, out)
+                let (idx, number) = (spec.step_idx, spec.number);
+                let out = if sub {
+                    super::subworkflow::run(sh, spec, stop, reason).await
+                } else {
+                    executor::execute(&sh.exec, &spec, &stop, signals).await
+                };
+                (idx, number, out)
             });
         }
     }
@@ -310,7 +322,7 @@ impl Driver {
             .enumerate()
             .filter(|(_, l)| !l.stall_fired)
             .filter_map(|(idx, l)| {
-                let step = self.sched.def().steps.get(idx)?;
+                let step = self.sched.step_def(idx)?;
                 let last = l.last_output?;
                 (step.on_stall == OnStall::Restart)
                     .then(|| last.checked_add(Duration::from_secs(step.stall_timeout_s)))
@@ -323,7 +335,7 @@ impl Driver {
     fn restart_stalled(&mut self) {
         let now = Instant::now();
         for idx in 0..self.live.len() {
-            let Some(step) = self.sched.def().steps.get(idx) else {
+            let Some(step) = self.sched.step_def(idx) else {
                 continue;
             };
             let limit = Duration::from_secs(step.stall_timeout_s);
@@ -369,7 +381,9 @@ impl Driver {
             }
             SignalKind::Activity => {
                 let now = Instant::now();
-                let l = &mut self.live[idx];
+                let Some(l) = self.live.get_mut(idx) else {
+                    return true;
+                };
                 l.last_output = Some(now);
                 if l.last_activity
                     .is_some_and(|last| now.saturating_duration_since(last) < ACTIVITY_EVERY)
@@ -389,7 +403,9 @@ impl Driver {
             SignalKind::Progress(message) => {
                 // Throttled, keeping the latest: a message arriving too soon waits for the end
                 // of the interval and replaces any message already waiting.
-                let l = &mut self.live[idx];
+                let Some(l) = self.live.get_mut(idx) else {
+                    return true;
+                };
                 l.held_progress = Some((attempt, message));
                 if l.last_progress.is_some_and(|last| {
                     Instant::now().saturating_duration_since(last) < PROGRESS_EVERY

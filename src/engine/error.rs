@@ -16,7 +16,7 @@ pub enum EngineError {
     /// The request itself is malformed (e.g. both an inline workflow and a file).
     #[error("{0}")]
     BadRequest(String),
-    #[error("invalid thread_id {thread_id:?}: use 1-128 characters from A-Z a-z 0-9 - _ . :")]
+    #[error("invalid thread_id {thread_id:?}: use 1-128 characters from A-Z a-z 0-9 - _ . : /")]
     InvalidThreadId { thread_id: String },
     #[error("unknown thread_id {thread_id:?}: no workflow with this id exists in this store")]
     NotFound { thread_id: ThreadId },

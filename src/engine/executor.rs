@@ -45,6 +45,13 @@ pub enum Prepared {
         /// Session to continue with `--resume`.
         resume: Option<String>,
     },
+    /// A child workflow to start (or find) and await; run by the engine, not a process.
+    Workflow {
+        thread_id: String,
+        file: Option<PathBuf>,
+        definition: Option<serde_json::Value>,
+        inputs: BTreeMap<String, String>,
+    },
 }
 
 /// One attempt of one step, ready to run.
@@ -120,6 +127,12 @@ pub async fn execute(
             // On stdin, never in argv: not parseable as an option, not in /proc/PID/cmdline.
             stdin = Some(prompt.as_bytes().to_vec());
             (p.clone(), args, true)
+        }
+        Prepared::Workflow { .. } => {
+            return fatal(
+                "a sub-workflow is run by the engine, not as a process".into(),
+                started,
+            );
         }
     };
     let pspec = ProcessSpec {

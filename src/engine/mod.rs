@@ -35,6 +35,7 @@ mod process;
 mod retention;
 mod scheduler;
 mod signals;
+mod subworkflow;
 mod view;
 
 pub use control::{MAX_DEFINITION_BYTES, ResumeMode, ResumeRequest, SubmitRequest, Submitted};
@@ -299,7 +300,27 @@ fn parse_definition(snap: &Snapshot) -> crate::store::Result<Workflow> {
     let def: Workflow = serde_json::from_str(&snap.definition).map_err(|e| {
         StoreError::Corrupt(format!("stored definition of {}: {e}", snap.workflow.id))
     })?;
-    if def.steps.len() != snap.steps.len() {
+    // A row per defined step, plus the instances `ID[i]` of expanded for_each steps.
+    // A row per defined step outside repeat groups, plus the instances `ID[i]` of expanded
+    // for_each steps and the iterations `ID#k` of the groups' steps.
+    let known = |id: &str| {
+        def.step(id).is_some_and(|s| s.group.is_none())
+            || crate::workflow::parse_instance(id)
+                .and_then(|(parent, _)| def.step(parent))
+                .is_some_and(|s| s.for_each.is_some())
+            || crate::workflow::parse_iteration(id)
+                .and_then(|(step, _)| def.step(step))
+                .is_some_and(|s| s.group.is_some())
+    };
+    let rows: std::collections::HashSet<&str> =
+        snap.steps.iter().map(|s| s.step_id.as_str()).collect();
+    if !snap.steps.iter().all(|s| known(&s.step_id))
+        || !def
+            .steps
+            .iter()
+            .filter(|s| s.group.is_none())
+            .all(|s| rows.contains(s.id.as_str()))
+    {
         return Err(StoreError::Corrupt(format!(
             "steps of {} do not match its definition",
             snap.workflow.id
@@ -374,10 +395,12 @@ impl Shared {
                 (Arc::new(def), snap.workflow.status, snap.steps, None)
             }
             DriverInit::New { def, record, reply } => {
+                // A repeat group's steps get rows per iteration (`ID#k`), not up front.
                 let steps = def
                     .steps
                     .iter()
                     .enumerate()
+                    .filter(|(_, s)| s.group.is_none())
                     .map(|(i, s)| StepRow::new(&s.id, i))
                     .collect();
                 (def, WorkflowStatus::Queued, steps, Some((record, reply)))

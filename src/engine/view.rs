@@ -108,10 +108,7 @@ impl Engine {
                     error: s.error.clone(),
                     last_activity_at: opt_ts(s.last_activity_at),
                     attempt_history: by_step.remove(s.step_id.as_str()).unwrap_or_default(),
-                    deps: def
-                        .step(&s.step_id)
-                        .map(|d| d.deps.clone())
-                        .unwrap_or_default(),
+                    deps: row_deps(&def, &s.step_id),
                 }
             })
             .collect();
@@ -235,4 +232,30 @@ impl Engine {
                 .collect(),
         }
     }
+}
+
+/// The deps of a row as the status shows them: an instance `ID[i]` has its step's deps; an
+/// iteration `STEP#k` has its siblings of the same iteration (`test#2`) and its outer deps.
+fn row_deps(def: &Workflow, row_id: &str) -> Vec<String> {
+    if let Some(step) = def.step(row_id) {
+        return step.deps.clone();
+    }
+    if let Some((parent, _)) = crate::workflow::parse_instance(row_id) {
+        return def.step(parent).map(|s| s.deps.clone()).unwrap_or_default();
+    }
+    let Some((step, k)) = crate::workflow::parse_iteration(row_id) else {
+        return Vec::new();
+    };
+    let Some(s) = def.step(step) else {
+        return Vec::new();
+    };
+    s.deps
+        .iter()
+        .map(|d| match def.step(d) {
+            Some(dep) if dep.group.is_some() && dep.group == s.group => {
+                crate::workflow::iteration_id(d, k)
+            }
+            _ => d.clone(),
+        })
+        .collect()
 }

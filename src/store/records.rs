@@ -50,6 +50,9 @@ pub struct StepRow {
     pub agent_overrides: Option<String>,
     /// The next attempt starts a new agent session instead of resuming `session_id`.
     pub fresh_session: bool,
+    /// A `for_each` step's items (a JSON array), stored once when the step expands into its
+    /// instances; `None` for every other row.
+    pub items: Option<String>,
 }
 
 impl StepRow {
@@ -70,6 +73,7 @@ impl StepRow {
             guidance: None,
             agent_overrides: None,
             fresh_session: false,
+            items: None,
         }
     }
 }
@@ -153,11 +157,15 @@ pub struct Changes {
     pub attempts: Vec<AttemptRow>,
     pub events: Vec<NewEvent>,
     pub status: Option<StatusChange>,
+    /// Rows deleted, with their attempts, before `steps` is written: the instances of a
+    /// `for_each` step that expands afresh, the iterations of a loop that starts over.
+    pub dropped: Vec<String>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
+            && self.dropped.is_empty()
             && self.attempts.is_empty()
             && self.events.is_empty()
             && self.status.is_none()

@@ -232,6 +232,8 @@ mod tests {
             success: SuccessCheck::default(),
             when: None,
             continue_on_error: false,
+            for_each: None,
+            group: None,
         }
     }
 

@@ -18,20 +18,13 @@ use serde_json::{Map, Value};
 
 use crate::workflow::problem::{Problem, did_you_mean};
 use crate::workflow::raw::{
-    RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawInputSpec, RawRetry, RawStep,
-    RawSteps, RawSuccess, RawWorkflow,
+    RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawInputSpec, RawRepeat, RawRetry,
+    RawStep, RawSteps, RawSubWorkflow, RawSuccess, RawWorkflow,
 };
 
 /// Step fields Claude Studio emits for step types baton does not have (`loop`,
 /// `conditional`, `parallel`, `human`); ignored on such steps, whose `type` is reported.
 const STUDIO_STEP_FIELDS: &[&str] = &[
-    "condition",
-    "trueBranch",
-    "falseBranch",
-    "items",
-    "loopVar",
-    "maxIterations",
-    "parallelSteps",
     "approvalRequired",
     "interactionType",
     "timeoutBehavior",
@@ -168,7 +161,21 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
         kind: o.get("type", STRING, problems),
         session_id: o.get("sessionId", STRING, problems),
         when: o.get("when", "a CEL expression (a string)", problems),
+        condition: o.raw("condition").cloned(),
+        true_branch: o.get("trueBranch", "a step id", problems),
+        false_branch: o.get("falseBranch", "a step id", problems),
+        items: o.get("items", STRINGS, problems),
+        loop_var: o.get("loopVar", STRING, problems),
+        max_iterations: o.get("maxIterations", "a positive integer", problems),
+        loop_steps: o.get("loopSteps", "an array of step ids", problems),
+        parallel_steps: o.get("parallelSteps", "an array of step ids", problems),
         continue_on_error: o.get("continue_on_error", "true or false", problems),
+        for_each: o.get(
+            "for_each",
+            "a CEL expression giving a list (a string)",
+            problems,
+        ),
+        max_parallel: o.get("max_parallel", "a positive integer", problems),
         ..RawStep::default()
     };
     if let Some(v) = o.raw("retry") {
@@ -179,6 +186,12 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
     }
     if let Some(v) = o.raw("success") {
         raw.success = Some(decode_success(v, step, problems));
+    }
+    if let Some(v) = o.raw("repeat") {
+        raw.repeat = Some(decode_repeat(v, step, problems));
+    }
+    if let Some(v) = o.raw("workflow") {
+        raw.workflow = decode_sub_workflow(v, step, problems);
     }
     // Studio's loop/condition/human fields only come with those step types, which are
     // reported as unsupported; on a task step they are just unknown fields.
@@ -192,6 +205,45 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
         problems,
     );
     raw
+}
+
+fn decode_sub_workflow(
+    value: &Value,
+    step: Option<&str>,
+    problems: &mut Vec<Problem>,
+) -> Option<RawSubWorkflow> {
+    let mut o = Obj::new(value, step.map(str::to_owned), "workflow", problems)?;
+    let sub = RawSubWorkflow {
+        file: o.get("file", STRING, problems),
+        definition: o.raw("definition").cloned(),
+        inputs: o
+            .get("inputs", "an object of string values", problems)
+            .unwrap_or_default(),
+    };
+    o.finish(&[], problems);
+    Some(sub)
+}
+
+fn decode_repeat(value: &Value, step: Option<&str>, problems: &mut Vec<Problem>) -> RawRepeat {
+    let Some(mut o) = Obj::new(value, step.map(str::to_owned), "repeat", problems) else {
+        return RawRepeat::default();
+    };
+    let mut repeat = RawRepeat {
+        until: o.get("until", "a CEL expression (a string)", problems),
+        max_iterations: o.get("max_iterations", "a positive integer", problems),
+        ..RawRepeat::default()
+    };
+    match o.raw("steps") {
+        Some(Value::Array(items)) => repeat.steps = decode_step_list(items, problems),
+        Some(other) => problems.push(Problem::step(
+            step.unwrap_or("step"),
+            "repeat.steps",
+            format!("expected an array of steps, got {}", describe(other)),
+        )),
+        None => {}
+    }
+    o.finish(&[], problems);
+    repeat
 }
 
 fn decode_defaults(value: &Value, problems: &mut Vec<Problem>) -> RawDefaults {

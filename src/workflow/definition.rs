@@ -94,6 +94,65 @@ pub struct Step {
     /// A failure of this step does not fail the workflow and does not stop its dependents.
     #[serde(default, skip_serializing_if = "is_default")]
     pub continue_on_error: bool,
+    /// Fan-out: the step runs once per item of this list, as instances `ID[i]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<ForEach>,
+    /// For a step inside a `repeat` group, the group's id: the step runs once per iteration,
+    /// as `ID#k`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// A `repeat` group (its action is [`Action::Repeat`]): its steps, listed after it in
+/// [`Workflow::steps`] with `group` set, run as one iteration until `until` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Repeat {
+    /// Ids of the group's steps, in definition order.
+    pub steps: Vec<String>,
+    /// Ends the loop, completed, once true after an iteration; `None`: run every iteration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Expr>,
+    pub max_iterations: u32,
+}
+
+/// The id of iteration `k` (1-based) of step `step_id` inside a `repeat` group: `ID#k`.
+pub fn iteration_id(step_id: &str, k: u32) -> String {
+    format!("{step_id}#{k}")
+}
+
+/// The step and iteration of an iteration id `ID#k`.
+pub fn parse_iteration(id: &str) -> Option<(&str, u32)> {
+    let (step, k) = id.split_once('#')?;
+    if step.is_empty() || k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((step, k.parse().ok().filter(|k| *k > 0)?))
+}
+
+/// The id of instance `index` of `for_each` step `step_id`: `ID[index]`.
+pub fn instance_id(step_id: &str, index: usize) -> String {
+    format!("{step_id}[{index}]")
+}
+
+/// The step and item index of an instance id `ID[index]`.
+pub fn parse_instance(id: &str) -> Option<(&str, usize)> {
+    let (step, rest) = id.split_once('[')?;
+    let index = rest.strip_suffix(']')?;
+    if step.is_empty() || index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((step, index.parse().ok()?))
+}
+
+/// A `for_each` fan-out: the list expression (evaluated once, when the step is ready, and
+/// stored) and how many instances may run at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForEach {
+    /// A CEL expression giving the items.
+    pub items: Expr,
+    /// Most instances running at once; `None`: only the step-slot limit applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
 }
 
 /// The stored form of a [`Workflow`]: `cwd` holds the directory of the first step, and steps
@@ -179,6 +238,28 @@ pub enum Action {
     /// A script for `sh -c` (values expanded from the environment, see
     /// [`Template::render_shell`]).
     Shell(Template),
+    /// A loop group: runs its steps (see [`Step::repeat`]), no process of its own.
+    Repeat(Repeat),
+    /// A child workflow, run and awaited; no process of its own.
+    Workflow(SubWorkflow),
+    /// A decision without a process (Claude Studio's `conditional`): the output is `true`
+    /// or `false`, what the expression evaluated to.
+    Condition(Expr),
+    /// A join without a process (Claude Studio's `loop` and `parallel`): completes once
+    /// its deps have, with a JSON object of their outputs as its output.
+    Join,
+}
+
+/// A sub-workflow step's child: exactly one of `file` (absolute) and `definition`, and its
+/// inputs as templates over the parent's values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubWorkflow {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, Template>,
 }
 
 impl Action {
@@ -187,6 +268,9 @@ impl Action {
         match self {
             Self::Prompt(t) | Self::Shell(t) => vec![t],
             Self::Run(argv) => argv.iter().collect(),
+            Self::Repeat(_) => Vec::new(),
+            Self::Workflow(w) => w.inputs.values().collect(),
+            Self::Condition(_) | Self::Join => Vec::new(),
         }
     }
 
@@ -196,6 +280,10 @@ impl Action {
             Self::Prompt(_) => "prompt",
             Self::Run(_) => "run",
             Self::Shell(_) => "shell",
+            Self::Repeat(_) => "repeat",
+            Self::Workflow(_) => "workflow",
+            Self::Condition(_) => "condition",
+            Self::Join => "join",
         }
     }
 }
@@ -364,6 +452,22 @@ mod tests {
         assert!(reason.contains(r#"contains "FAIL""#), "{reason}");
         assert!(reason.contains("does not match regex"), "{reason}");
         assert_eq!(SuccessCheck::default().check_output("anything"), None);
+    }
+
+    #[test]
+    fn instance_ids_round_trip() {
+        assert_eq!(instance_id("review", 3), "review[3]");
+        assert_eq!(parse_instance("review[3]"), Some(("review", 3)));
+        for bad in [
+            "review",
+            "review[]",
+            "[1]",
+            "review[x]",
+            "review[1",
+            "review[-1]",
+        ] {
+            assert_eq!(parse_instance(bad), None, "{bad}");
+        }
     }
 
     #[test]

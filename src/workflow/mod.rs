@@ -35,6 +35,7 @@ mod resolve_retry;
 mod retry;
 mod shell_lint;
 mod source;
+mod studio;
 mod template;
 mod validate;
 
@@ -43,11 +44,13 @@ mod compile_tests;
 
 pub use dag::{ancestors, descendants, topo_order};
 pub use definition::{
-    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, OnStall, Step, SuccessCheck, Workflow,
+    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, ForEach, OnStall, Repeat, Step, SubWorkflow,
+    SuccessCheck, Workflow, instance_id, iteration_id, parse_instance, parse_iteration,
 };
 pub use expr::{Expr, Scope};
 pub use problem::{Problem, Problems};
 use raw::RawDefinition;
+pub use resolve::MAX_ITEMS;
 pub use retry::RetryPolicy;
 pub use source::{Format, InputSpec, Signature, parse_text, signature};
 pub use template::{Quoting, Reference, SHELL_REF_PREFIX, Segment, Template};

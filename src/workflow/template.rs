@@ -44,6 +44,14 @@ pub enum Reference {
     StepSession(String),
     /// `{inputs.NAME}`.
     Input(String),
+    /// `{item}` (`None`) or `{item.FIELD}`: the item of a `for_each` instance; a string is
+    /// inserted as is, any other value as JSON.
+    Item(Option<String>),
+    /// `{index}`: the 0-based position of a `for_each` instance's item.
+    Index,
+    /// `{previous.STEP.output}`: inside a `repeat` group, the output of sibling `STEP` in
+    /// the previous iteration (empty in the first).
+    Previous(String),
 }
 
 impl Reference {
@@ -51,8 +59,13 @@ impl Reference {
     pub fn step(&self) -> Option<&str> {
         match self {
             Self::StepOutput(s) | Self::StepStatus(s) | Self::StepSession(s) => Some(s),
-            Self::Input(_) => None,
+            Self::Input(_) | Self::Item(_) | Self::Index | Self::Previous(_) => None,
         }
+    }
+
+    /// Whether it reads the item of a `for_each` instance (`{item…}`, `{index}`).
+    pub fn reads_item(&self) -> bool {
+        matches!(self, Self::Item(_) | Self::Index)
     }
 }
 
@@ -64,6 +77,10 @@ impl fmt::Display for Reference {
             Self::StepStatus(s) => write!(f, "{{{s}.status}}"),
             Self::StepSession(s) => write!(f, "{{{s}.session_id}}"),
             Self::Input(name) => write!(f, "{{inputs.{name}}}"),
+            Self::Item(None) => f.write_str("{item}"),
+            Self::Item(Some(field)) => write!(f, "{{item.{field}}}"),
+            Self::Index => f.write_str("{index}"),
+            Self::Previous(s) => write!(f, "{{previous.{s}.output}}"),
         }
     }
 }
@@ -94,7 +111,7 @@ pub struct Template {
     segments: Vec<Segment>,
 }
 
-const FIELDS_HINT: &str = "expected {STEP.output}, {STEP.status}, {STEP.session_id} or {inputs.NAME}; write {{ for a literal {";
+const FIELDS_HINT: &str = "expected {STEP.output}, {STEP.status}, {STEP.session_id}, {inputs.NAME}, or in a for_each step {item}, {item.FIELD}, {index}; write {{ for a literal {";
 
 impl Template {
     /// Parses `src`; the error says where and what is wrong, with a fix.
@@ -254,6 +271,12 @@ fn parse_reference(text: &str) -> Result<(Reference, usize), String> {
     }
     let parts: Vec<&str> = body.split('.').collect();
     let reference = match parts.as_slice() {
+        ["item"] => Reference::Item(None),
+        ["index"] => Reference::Index,
+        ["item", field] if !field.is_empty() => Reference::Item(Some((*field).to_owned())),
+        ["previous", step, "output" | "response"] if !step.is_empty() => {
+            Reference::Previous((*step).to_owned())
+        }
         [_] => {
             return Err(format!(
                 "`{{{body}}}` is not a reference: it has no `.FIELD` ({FIELDS_HINT})"
@@ -314,6 +337,9 @@ mod tests {
             Reference::StepStatus(_) => "completed".to_owned(),
             Reference::StepSession(_) => "sess-1".to_owned(),
             Reference::Input(n) => format!("<{n}>"),
+            Reference::Item(f) => format!("<item {f:?}>"),
+            Reference::Index => "<index>".to_owned(),
+            Reference::Previous(s) => format!("<previous {s}>"),
         };
         Template::parse(src).unwrap().render(&lookup, quoting)
     }

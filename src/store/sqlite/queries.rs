@@ -36,7 +36,7 @@ fn workflow_row(r: &Row<'_>) -> rusqlite::Result<WorkflowRow> {
 
 const STEP_COLS: &str = "step_id, idx, status, attempts, failures, crashes, session_id, \
     started_at, finished_at, output, error, last_activity_at, guidance, agent_overrides, \
-    fresh_session";
+    fresh_session, items";
 
 fn step_row(r: &Row<'_>) -> rusqlite::Result<StepRow> {
     Ok(StepRow {
@@ -55,6 +55,7 @@ fn step_row(r: &Row<'_>) -> rusqlite::Result<StepRow> {
         guidance: r.get(12)?,
         agent_overrides: r.get(13)?,
         fresh_session: r.get(14)?,
+        items: r.get(15)?,
     })
 }
 
@@ -301,14 +302,19 @@ pub fn load_steps(conn: &Connection, workflow_id: &str) -> Result<Vec<StepRow>> 
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Writes every mutable field of a step.
+/// Writes every mutable field of a step, inserting it if it is new (a `for_each` instance).
 pub fn save_step(ctx: &mut WriteCtx<'_>, workflow_id: &str, s: &StepRow) -> Result<()> {
     ctx.conn
         .prepare_cached(
-            "UPDATE steps SET status = ?3, attempts = ?4, failures = ?5, crashes = ?6, \
-             session_id = ?7, started_at = ?8, finished_at = ?9, output = ?10, error = ?11, \
-             last_activity_at = ?12, guidance = ?13, agent_overrides = ?14, fresh_session = ?15 \
-             WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) AND step_id = ?2",
+            "INSERT INTO steps (wid, step_id, idx, status, attempts, failures, crashes, \
+             session_id, started_at, finished_at, output, error, last_activity_at, guidance, \
+             agent_overrides, fresh_session, items) \
+             VALUES ((SELECT wid FROM workflows WHERE id = ?1), ?2, ?16, ?3, ?4, ?5, ?6, ?7, \
+             ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?17) \
+             ON CONFLICT (wid, step_id) DO UPDATE SET status = ?3, attempts = ?4, \
+             failures = ?5, crashes = ?6, session_id = ?7, started_at = ?8, finished_at = ?9, \
+             output = ?10, error = ?11, last_activity_at = ?12, guidance = ?13, \
+             agent_overrides = ?14, fresh_session = ?15, items = ?17",
         )?
         .execute(params![
             workflow_id,
@@ -325,9 +331,24 @@ pub fn save_step(ctx: &mut WriteCtx<'_>, workflow_id: &str, s: &StepRow) -> Resu
             s.last_activity_at,
             s.guidance,
             s.agent_overrides,
-            s.fresh_session
+            s.fresh_session,
+            s.idx,
+            s.items
         ])?;
     ctx.touched(workflow_id);
+    Ok(())
+}
+
+/// Deletes step `step_id` with its attempts.
+fn drop_step(ctx: &mut WriteCtx<'_>, workflow_id: &str, step_id: &str) -> Result<()> {
+    for table in ["attempts", "steps"] {
+        ctx.conn
+            .prepare_cached(&format!(
+                "DELETE FROM {table} WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) \
+                 AND step_id = ?2"
+            ))?
+            .execute(params![workflow_id, step_id])?;
+    }
     Ok(())
 }
 
@@ -608,6 +629,9 @@ pub fn apply(ctx: &mut WriteCtx<'_>, fence: &Fence, changes: &Changes, now: i64)
         changes.events.len() as i64,
         now,
     )?;
+    for step_id in &changes.dropped {
+        drop_step(ctx, id, step_id)?;
+    }
     for s in &changes.steps {
         save_step(ctx, id, s)?;
     }

@@ -113,8 +113,13 @@ UPDATE events SET gseq = x.n
 CREATE UNIQUE INDEX events_by_gseq ON events(gseq);
 "#;
 
+/// `for_each` steps store their items once, on the step's own row.
+const V3: &str = r#"
+ALTER TABLE steps ADD COLUMN items TEXT;
+"#;
+
 pub(super) fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
 }
 
 /// Brings the schema up to date. Several servers may open a new database at the same moment:
