@@ -339,6 +339,7 @@ pub async fn serve_stdio(
             server.max_protocol = max_protocol.clone();
             let session = server.session.clone();
             let library = server.library.clone();
+            let before = library.fingerprint();
             match server
                 .serve(transport::StdioTransport::new(stdin.clone()))
                 .await
@@ -347,6 +348,7 @@ pub async fn serve_stdio(
                     let watching = CancellationToken::new();
                     tokio::spawn(prompts::watch(
                         library,
+                        before,
                         session.clone(),
                         service.peer().clone(),
                         watching.clone(),

@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::session::Session;
-use crate::saved::{FindError, Library, Listing, SavedWorkflow};
+use crate::saved::{FindError, Fingerprint, Library, Listing, SavedWorkflow};
 
 /// How often the folders are looked at for changes (a directory read and a stat per file).
 pub const POLL: Duration = Duration::from_secs(2);
@@ -157,8 +157,11 @@ pub fn get(
 
 /// Sends `notifications/prompts/list_changed` whenever the folders' files change, until
 /// `stop` fires.
+/// `last` is the folders' fingerprint from before the session began serving, so a change made
+/// as soon as the client is connected is never taken for the starting state.
 pub async fn watch(
     library: Library,
+    mut last: Fingerprint,
     session: Session,
     peer: Peer<RoleServer>,
     stop: CancellationToken,
@@ -171,7 +174,6 @@ pub async fn watch(
                 .unwrap_or_default()
         }
     };
-    let mut last = stamp(&library).await;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
