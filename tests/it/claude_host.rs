@@ -145,6 +145,20 @@ fn claude_code_lists_baton_connected_and_starts_a_saved_workflow_from_its_slash_
     ]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
+    // The saved workflow is in the CLI's slash-command list (its stream-json `init` line).
+    let init: Value = all
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["type"] == "system" && v["subtype"] == "init")
+        .unwrap_or_else(|| panic!("no init line:\n{all}"));
+    let commands = init["slash_commands"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        commands.contains(&Value::from("mcp__baton__greet")),
+        "{commands:?}"
+    );
     // The slash command expanded baton's prompt: the model was asked to call invoke_async.
     let asked = host.api.requests().iter().any(|r| {
         r.to_string()
