@@ -195,3 +195,33 @@ fn retention_keeps_the_database_file_bounded_under_a_steady_load() {
     );
     assert!(late < 16 * 1024 * 1024, "{sizes:?}");
 }
+
+#[test]
+fn a_blocked_workflow_survives_a_bulk_delete_and_retention() {
+    const FAKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake_agent/claude.py");
+    let sb = Sandbox::new();
+    let home = sb.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let agent = format!("python3 {FAKE}");
+    let mut s = sb.server_with(
+        &[
+            ("BATON_AGENT_COMMAND", agent.as_str()),
+            ("HOME", home.to_str().unwrap()),
+            ("BATON_RETENTION_DAYS", "0"),
+            ("BATON_RETENTION_INTERVAL_S", "0.05"),
+        ],
+        Protocol::V2025,
+    );
+    let blocked = s.start(json!({"defaults": {"cwd": sb.dir.path()}, "steps": [
+        {"id": "build", "prompt": "Build it [[deny:Bash]]"}]}));
+    assert_eq!(s.wait_done(&blocked)["status"], "blocked");
+    // Retention deletes a workflow that finishes meanwhile, never the blocked one.
+    let done = s.start(json!({"steps": [{"run": ["true"]}]}));
+    crate::util::eventually("retention to delete the finished workflow", || {
+        s.call_raw("invoke_status", json!({"thread_id": done}), None)["result"]["isError"]
+            == json!(true)
+    });
+    let r = s.call("workflow_delete", json!({"older_than_days": 0}));
+    assert_eq!(r["deleted"], 0, "{r}");
+    assert_eq!(s.status(&blocked)["status"], "blocked");
+}
