@@ -41,6 +41,7 @@ const ALL: &[&str] = &[
     "memory",
     "growth",
     "flow",
+    "xproc",
 ];
 
 // ---------------------------------------------------------------- statistics and report
@@ -165,6 +166,7 @@ fn main() {
             "memory" => memory(&mut r),
             "growth" => rt.block_on(growth(&mut r)),
             "flow" => rt.block_on(flow(&mut r)),
+            "xproc" => xproc(&mut r),
             _ => unreachable!(),
         }
         println!("  ({s} took {:.1} s)", started.elapsed().as_secs_f64());
@@ -651,6 +653,82 @@ async fn flow(r: &mut Report) {
         ),
         "",
         None,
+    );
+}
+
+// ---------------------------------------------------------------- target 3 (cross-process)
+
+/// The gap from one step's last side effect to the next step's first, in a chain of shell
+/// steps run by `baton run`: exit noticed, boundary committed (waiting for the write lock
+/// when other processes hold it), next process spawned. One process alone, then three
+/// processes on the same database at once.
+fn xproc(r: &mut Report) {
+    r.section("target 3: cross-process step-to-step gap, 1 vs 3 processes on one file");
+    let steps: Vec<Value> = (0..150)
+        .map(|i| {
+            let mut s = json!({"id": format!("s{i}"),
+                "shell": "printf 's %s\\n' \"$(date +%s%N)\" >> \"$TS\"; printf 'e %s\\n' \"$(date +%s%N)\" >> \"$TS\""});
+            if i > 0 {
+                s["deps"] = json!([format!("s{}", i - 1)]);
+            }
+            s
+        })
+        .collect();
+    let def = r.dir.join("xproc.json");
+    std::fs::write(&def, json!({"name": "xproc", "steps": steps}).to_string()).unwrap();
+    let mut p99 = BTreeMap::new();
+    for n in [1usize, 3] {
+        let db = r.dir.join(format!("xproc-{n}.db"));
+        let logs: Vec<PathBuf> = (0..n).map(|i| r.dir.join(format!("ts-{n}-{i}.log"))).collect();
+        let children: Vec<std::process::Child> = logs
+            .iter()
+            .map(|log| {
+                Command::new(BIN)
+                    .args(["run", def.to_str().unwrap()])
+                    .env("BATON_DB", &db)
+                    .env("TS", log)
+                    .env("RUST_LOG", "error")
+                    .current_dir(&r.dir)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success(), "baton run failed");
+        }
+        let mut gaps = Samples::default();
+        for log in &logs {
+            let text = std::fs::read_to_string(log).unwrap();
+            let mut last_end: Option<u64> = None;
+            for line in text.lines() {
+                let (kind, ns) = line.split_once(' ').unwrap();
+                let ns: u64 = ns.parse().unwrap();
+                match kind {
+                    "s" => {
+                        if let Some(e) = last_end {
+                            gaps.push(Duration::from_nanos(ns.saturating_sub(e)));
+                        }
+                    }
+                    _ => last_end = Some(ns),
+                }
+            }
+        }
+        r.row(
+            &format!("step-to-step gap, {n} process{} ({} gaps)", if n == 1 { "" } else { "es" }, gaps.0.len()),
+            format!("{} / p99 {:.3} ms", p50_95(&gaps), gaps.pct(0.99)),
+            "",
+            None,
+        );
+        p99.insert(n, gaps.pct(0.99));
+    }
+    let ratio = p99[&3] / p99[&1];
+    r.row(
+        "T3x p99 gap, 3 processes / 1 process",
+        format!("{ratio:.2}x"),
+        "<= 2x",
+        Some(ratio <= 2.0),
     );
 }
 
