@@ -679,7 +679,9 @@ fn xproc(r: &mut Report) {
     let mut p99 = BTreeMap::new();
     for n in [1usize, 3] {
         let db = r.dir.join(format!("xproc-{n}.db"));
-        let logs: Vec<PathBuf> = (0..n).map(|i| r.dir.join(format!("ts-{n}-{i}.log"))).collect();
+        let logs: Vec<PathBuf> = (0..n)
+            .map(|i| r.dir.join(format!("ts-{n}-{i}.log")))
+            .collect();
         let children: Vec<std::process::Child> = logs
             .iter()
             .map(|log| {
@@ -716,7 +718,11 @@ fn xproc(r: &mut Report) {
             }
         }
         r.row(
-            &format!("step-to-step gap, {n} process{} ({} gaps)", if n == 1 { "" } else { "es" }, gaps.0.len()),
+            &format!(
+                "step-to-step gap, {n} process{} ({} gaps)",
+                if n == 1 { "" } else { "es" },
+                gaps.0.len()
+            ),
             format!("{} / p99 {:.3} ms", p50_95(&gaps), gaps.pct(0.99)),
             "",
             None,

@@ -15,7 +15,8 @@ pub use event::{Event, EventData, EventKind, NewEvent, ResumedBy, tail};
 pub use links::Links;
 pub use time::{now_ms, rfc3339};
 pub use view::{
-    AttemptView, MonitorView, MonitoredWorkflow, Progress, StepView, WorkflowView, is_overdue,
+    AttemptView, MonitorView, MonitoredWorkflow, Progress, StepView, WaitingFor, WorkflowView,
+    is_overdue,
 };
 
 use std::fmt;

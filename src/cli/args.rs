@@ -128,6 +128,21 @@ pub enum Command {
         /// Guidance for a retried agent step, sent into its resumed session.
         #[arg(long)]
         prompt: Option<String>,
+        /// A higher cost budget (USD), for a workflow blocked by its max_cost_usd.
+        #[arg(long)]
+        max_cost_usd: Option<f64>,
+    },
+    /// Answer a human step that waits (approve it, deny it, or give the text it asks for),
+    /// then follow the workflow.
+    Approve {
+        thread_id: String,
+        step: String,
+        /// Deny instead of approving: the step fails.
+        #[arg(long)]
+        deny: bool,
+        /// The text an input step asks for (or a comment on the approval or denial).
+        #[arg(long)]
+        input: Option<String>,
     },
     /// Cancel a workflow (it stays resumable).
     Cancel { thread_id: String },

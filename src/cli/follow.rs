@@ -36,20 +36,10 @@ pub(super) async fn resume(
     stop: &Stop,
     thread_id: ThreadId,
     from_step: Option<String>,
-    mode: CliResumeMode,
-    prompt: Option<String>,
+    (mode, prompt, max_cost_usd): (CliResumeMode, Option<String>, Option<f64>),
 ) -> Result<ExitCode, CliError> {
     // Follow from the current end of the log: only what the resume does is printed.
-    let mut cursor = 0;
-    loop {
-        let page = engine.events(&thread_id, cursor, 10_000).await?;
-        if let Some(last) = page.events.last() {
-            cursor = last.seq;
-        }
-        if page.caught_up {
-            break;
-        }
-    }
+    let cursor = end_cursor(engine, &thread_id).await?;
     let req = ResumeRequest {
         thread_id: thread_id.clone(),
         from_step,
@@ -59,6 +49,7 @@ pub(super) async fn resume(
         },
         prompt,
         agent: None,
+        max_cost_usd,
     };
     engine.resume(req).await?;
     follow(engine, stop, &thread_id, cursor, true).await
@@ -151,4 +142,19 @@ pub(super) fn resolve_target(base: &std::path::Path, target: &str) -> Result<Pat
         .find(target)
         .map(|w| w.path)
         .map_err(|e| CliError::Other(e.to_string()))
+}
+
+/// The seq of a workflow's last event (0 if none): following from it prints only what
+/// happens next.
+pub(super) async fn end_cursor(engine: &Engine, thread_id: &ThreadId) -> Result<i64, CliError> {
+    let mut cursor = 0;
+    loop {
+        let page = engine.events(thread_id, cursor, 10_000).await?;
+        if let Some(last) = page.events.last() {
+            cursor = last.seq;
+        }
+        if page.caught_up {
+            return Ok(cursor);
+        }
+    }
 }

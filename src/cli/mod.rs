@@ -1,5 +1,5 @@
 //! The terminal front-end: arguments of `baton serve`, `run`, `status`, `list`, `resume`,
-//! `cancel`, `watch`, `validate`, `prune`, `schema`, and one function per terminal command.
+//! `cancel`, `watch`, `approve`, `validate`, `prune`, `schema`, and one function per terminal command.
 //!
 //! Invariant: this module only translates between a terminal and the engine; every state
 //! change goes through the same engine calls the MCP tools use. `main` owns the lifecycle:
@@ -7,9 +7,10 @@
 //!
 //! # Layout
 //! - `args`: flags and subcommands; `open`: opening the engine, the worker loop.
-//! - `follow`: `run`, `resume`, `watch` (`live`: their terminal view); `list`: `list`; `prune`: `prune`;
+//! - `follow`: `run`, `resume`, `watch` (`live`: their terminal view); `approve`: `approve`; `list`: `list`; `prune`: `prune`;
 //!   `validate`: `validate`.
 
+mod approve;
 mod args;
 mod follow;
 mod list;
@@ -94,7 +95,17 @@ pub async fn run(command: Command, engine: &Engine, stop: &Stop) -> Result<ExitC
             from_step,
             mode,
             prompt,
-        } => follow::resume(engine, stop, thread_id.into(), from_step, mode, prompt).await,
+            max_cost_usd,
+        } => {
+            let how = (mode, prompt, max_cost_usd);
+            follow::resume(engine, stop, thread_id.into(), from_step, how).await
+        }
+        Command::Approve {
+            thread_id,
+            step,
+            deny,
+            input,
+        } => approve::approve(engine, stop, thread_id.into(), step, deny, input).await,
         Command::Watch { thread_id, cursor } => {
             follow::follow(engine, stop, &thread_id.into(), cursor, false).await
         }

@@ -74,6 +74,9 @@ pub struct ResumeRequest {
     pub prompt: Option<String>,
     /// Agent-option overrides for retried agent steps (e.g. another permission mode).
     pub agent: Option<AgentOptions>,
+    /// A new cost budget for the workflow (USD), above what it has cost so far: steps
+    /// blocked by the budget go on.
+    pub max_cost_usd: Option<f64>,
 }
 
 /// Reads a workflow file (JSON, or YAML for `.yaml`/`.yml`): a regular file only (never a FIFO, a device or the server's
@@ -354,10 +357,17 @@ impl Engine {
             });
         };
         let row = snap.workflow;
+        // A parked workflow (a human step waits) keeps its driver: nothing to wait for.
+        let waiting = snap
+            .steps
+            .iter()
+            .find_map(scheduler::waiting_for)
+            .filter(|_| row.status == WorkflowStatus::Blocked);
         // A driver that has just ended the workflow (its terminal state is committed) may not
         // have deregistered yet; let it, rather than refusing the resume.
         if let Some(mut done) = self.sh.driver_done(&id)
             && row.status.is_terminal()
+            && waiting.is_none()
         {
             let _ = tokio::time::timeout(Duration::from_secs(5), done.wait_for(|d| *d)).await;
         }
@@ -366,6 +376,13 @@ impl Engine {
             && row.owner.as_deref() != Some(&self.sh.owner)
             && lease::is_owned_by_live(&self.sh, row.owner.clone()).await?;
         if running_here || live_elsewhere {
+            // A parked workflow waits for an answer, not for a resume.
+            if let Some(w) = waiting {
+                return Err(EngineError::BadRequest(format!(
+                    "workflow {id} waits for an answer to step {:?} ({:?}): answer it (step with approve or input), or cancel the workflow first",
+                    w.step, w.prompt
+                )));
+            }
             return Err(EngineError::Busy {
                 thread_id: id,
                 status: row.status,
@@ -373,6 +390,14 @@ impl Engine {
         }
         if row.status == WorkflowStatus::Completed && req.from_step.is_none() {
             return Err(EngineError::AlreadyCompleted { thread_id: id });
+        }
+        if let Some(budget) = req.max_cost_usd
+            && !(budget.is_finite() && budget > row.total_cost_usd)
+        {
+            return Err(EngineError::BadRequest(format!(
+                "max_cost_usd {budget} must be a number above what the workflow has cost so far (${:.4})",
+                row.total_cost_usd
+            )));
         }
         let overrides = match &req.agent {
             Some(a) => Some(
@@ -426,6 +451,7 @@ impl Engine {
                 let mut ch =
                     scheduler::resume_changes(snap.workflow.status, &snap.steps, &plan, now)
                         .map_err(|_| StoreError::Conflict("nothing to resume any more".into()))?;
+                ch.max_cost_usd = req2.max_cost_usd;
                 if !execute && let Some(st) = &mut ch.status {
                     // Left for the background worker to adopt.
                     st.release = true;

@@ -10,7 +10,7 @@
 //! - `scheduler`: the pure state machine of a workflow (readiness, outcomes, retries, finish,
 //!   stop) and the transitions of stored workflows (resume, cancel, adoption).
 //! - `driver`: one task per owned workflow; the I/O loop around its scheduler.
-//! - `control`: submit, cancel and resume requests.
+//! - `control`: submit, cancel and resume requests; `answer`: answers to human steps.
 //! - `lease`: owner registration, lease renewal, liveness of other owners, adoption.
 //! - `operator`: what an operator surface needs beyond the tools: filtered listing, delete,
 //!   full step output, metrics.
@@ -19,9 +19,11 @@
 //! - `handover`: the per-database background worker that runs what `baton serve` stores.
 //! - `view`: status and monitor read models.
 //! - `executor`, `agent`, `process`: running attempts as child processes; `signals`: what a
-//!   running attempt reports; `outcome`: typed attempt outcomes.
+//!   running attempt reports; `outcome`: typed attempt outcomes; `structured`: checking
+//!   JSON outputs against their schema.
 
 mod agent;
+mod answer;
 mod control;
 mod driver;
 mod error;
@@ -35,9 +37,11 @@ mod process;
 mod retention;
 mod scheduler;
 mod signals;
+mod structured;
 mod subworkflow;
 mod view;
 
+pub use answer::AnswerRequest;
 pub use control::{MAX_DEFINITION_BYTES, ResumeMode, ResumeRequest, SubmitRequest, Submitted};
 pub use error::{EngineError, Result};
 pub use follow::{Follow, GlobalFollow, Page};
@@ -389,9 +393,11 @@ impl Shared {
         reason: Arc<StopCell>,
     ) -> crate::store::Result<driver::Driver> {
         let now = now_ms();
+        let mut spent = (0.0, None);
         let (def, status, steps, new) = match init {
             DriverInit::Loaded(snap) => {
                 let def = parse_definition(&snap)?;
+                spent = (snap.workflow.total_cost_usd, snap.workflow.max_cost_usd);
                 (Arc::new(def), snap.workflow.status, snap.steps, None)
             }
             DriverInit::New { def, record, reply } => {
@@ -406,7 +412,8 @@ impl Shared {
                 (def, WorkflowStatus::Queued, steps, Some((record, reply)))
             }
         };
-        let sched = Scheduler::new(id.clone(), def, status, steps, now);
+        let mut sched = Scheduler::new(id.clone(), def, status, steps, now);
+        sched.set_budget(spent.0, spent.1);
         let driver = driver::Driver::new(self.clone(), fence, sched, stop, reason);
         Ok(match new {
             Some((record, reply)) => driver.with_new_record(record, reply),

@@ -77,6 +77,7 @@ pub(super) async fn run(
                 mode: ResumeMode::Retry,
                 prompt: None,
                 agent: None,
+                max_cost_usd: None,
             })
             .await;
         if let Err(e) = resumed {

@@ -82,7 +82,7 @@ impl Engine {
         }
         let row = snap.workflow;
         let steps = snap.steps;
-        let step_views = steps
+        let step_views: Vec<StepView> = steps
             .iter()
             .map(|s| {
                 let (output, output_truncated) = match &s.output {
@@ -109,6 +109,7 @@ impl Engine {
                     last_activity_at: opt_ts(s.last_activity_at),
                     attempt_history: by_step.remove(s.step_id.as_str()).unwrap_or_default(),
                     deps: row_deps(&def, &s.step_id),
+                    waiting_for: super::scheduler::waiting_for(s),
                 }
             })
             .collect();
@@ -123,8 +124,13 @@ impl Engine {
             finished_at: opt_ts(row.finished_at),
             error: row.error,
             total_cost_usd: row.total_cost_usd,
+            max_cost_usd: row.max_cost_usd.or(def.max_cost_usd),
             owner: row.owner,
             inputs: def.inputs,
+            waiting_for: step_views
+                .iter()
+                .filter_map(|s| s.waiting_for.clone())
+                .collect(),
             steps: step_views,
         })
     }

@@ -15,7 +15,9 @@ use crate::workflow::AgentOptions;
 pub struct InvokeAsyncArgs {
     /// The workflow definition, inline: `{"name": ..., "steps": [{"id": "plan", "prompt": "..."},
     /// {"id": "test", "deps": ["plan"], "run": ["cargo", "test"]}]}`. Each step has exactly one
-    /// of `prompt` (a Claude Code sub-agent), `run` (argv, no shell) or `shell` (sh -c).
+    /// of `prompt` (a Claude Code sub-agent), `run` (argv, no shell), `shell` (sh -c) or
+    /// `human` (a question for a person: `{"prompt": "Merge?", "kind": "approval" | "input" |
+    /// "notification", "timeout_s": 3600, "on_timeout": "fail" | "approve" | "wait"}`).
     /// Reference earlier results with `{step_id.output}` and inputs with `{inputs.NAME}`.
     /// Run `baton schema` for the full format. Give this, `file` or `name`.
     #[serde(default)]
@@ -149,6 +151,26 @@ pub struct InvokeResumeArgs {
     #[serde(default)]
     #[schemars(with = "AgentOptions")]
     pub agent: Option<AgentOptions>,
+    /// A higher cost budget (USD) for the workflow, to continue one blocked by its
+    /// `max_cost_usd` (reason `budget`).
+    #[serde(default)]
+    #[schemars(with = "f64")]
+    pub max_cost_usd: Option<f64>,
+    /// Answer the human step with this id (one listed in `waiting_for` of invoke_status)
+    /// instead of resuming: give `approve` and/or `input`.
+    #[serde(default)]
+    #[schemars(with = "String")]
+    pub step: Option<String>,
+    /// With `step`: approve (`true`: the step's output is `approved`) or deny (`false`: the
+    /// step fails). May be left out when `input` is given.
+    #[serde(default)]
+    #[schemars(with = "bool")]
+    pub approve: Option<bool>,
+    /// With `step`: the text an `input` step asks for (it becomes the step's output), or a
+    /// comment on an approval or denial.
+    #[serde(default)]
+    #[schemars(with = "String")]
+    pub input: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

@@ -10,9 +10,11 @@
 //! - `prompts`: saved workflows as prompts, and the folder watch behind `list_changed`.
 //! - `tasks`: `tasks/get`, `tasks/update`, `tasks/cancel` mapped onto workflows.
 //! - `session`: per-session subscriptions and log forwarding.
+//! - `elicit`: asking a waiting human step's question through the host (`elicitation/create`).
 #![allow(deprecated)] // logging and resources/subscribe are deprecated in 2026-07-28
 
 mod args;
+mod elicit;
 mod prompts;
 mod session;
 mod tasks;
@@ -91,7 +93,9 @@ or orphaned ones.
 
 When a workflow fails or blocks: read the error in invoke_status, fix the cause, then \
 invoke_resume (retry the stopped steps; mode skip to skip them; prompt adds guidance to a \
-retried agent step; from_step re-runs a step and everything after it). invoke_cancel stops \
+retried agent step; from_step re-runs a step and everything after it). A human step that \
+waits (waiting_for in invoke_status) is answered with invoke_resume {step, approve, input}. \
+invoke_cancel stops \
 one (resumable). workflow_delete removes finished ones.
 
 Each workflow is also the resource baton://workflows/{thread_id}.";

@@ -20,7 +20,7 @@ use serde_json::Value;
 use super::BatonServer;
 use super::args::*;
 use crate::api::{Event, EventKind, MonitorView, ThreadId, WorkflowStatus};
-use crate::engine::{EngineError, MonitorFilter, ResumeRequest, SubmitRequest};
+use crate::engine::{AnswerRequest, EngineError, MonitorFilter, ResumeRequest, SubmitRequest};
 
 /// Default and longest wait of `invoke_stream`, seconds.
 const STREAM_WAIT_DEFAULT_S: f64 = 60.0;
@@ -63,6 +63,13 @@ pub(super) fn refusal(e: EngineError) -> String {
         ),
         EngineError::Contended { thread_id } => format!(
             "workflow {thread_id} was changed by another process meanwhile; check invoke_status and try again"
+        ),
+        EngineError::NotWaiting {
+            thread_id,
+            step,
+            status,
+        } => format!(
+            "step {step:?} of {thread_id} is not waiting for an answer (it is {status}); invoke_status lists the questions under waiting_for"
         ),
         EngineError::CancelPending { thread_id } => format!(
             "cancel of {thread_id} was requested, but its owning process has not confirmed yet; check invoke_status shortly"
@@ -250,6 +257,7 @@ workflow stops or `wait_s` passes. Each event is also sent as a progress notific
         let mut follow = self.engine.follow(&id, cursor);
         let mut out: Vec<Event> = Vec::new();
         let mut progress = Progress::default();
+        let mut asked = std::collections::BTreeSet::new();
         // Steps done as of the cursor; each completion event replayed adds one.
         let mut done_steps = if cursor == 0 {
             0
@@ -306,6 +314,15 @@ workflow stops or `wait_s` passes. Each event is also sent as a progress notific
             }
             out.extend(events);
             let page_full = out.len() as i64 >= STREAM_PAGE;
+            // A workflow that waits for a human: ask through the host when it can be asked.
+            if done
+                && status == WorkflowStatus::Blocked
+                && !page_full
+                && super::elicit::can_ask(&ctx)
+                && super::elicit::ask_waiting(&self.engine, &ctx, &id, &mut asked).await
+            {
+                continue;
+            }
             if done || page_full || tokio::time::Instant::now() >= deadline {
                 return Ok(Json(InvokeStreamResult {
                     links: self.link_fields(&id),
@@ -325,7 +342,9 @@ interrupted. By default only the stopped steps run again (completed steps are ne
 `from_step` re-runs that step and everything downstream instead, even on a completed workflow. \
 `mode: skip` skips the stopped steps instead of retrying them. For agent steps, `prompt` adds \
 guidance to the resumed Claude session and `agent` overrides options such as permission_mode. \
-Returns at once; follow with invoke_stream.",
+To answer a human step that waits (listed in `waiting_for` of invoke_status), give `step` with \
+`approve: true|false` and, for an input step, `input`. A workflow blocked by its budget goes on \
+with a higher `max_cost_usd`. Returns at once; follow with invoke_stream.",
         annotations(
             title = "Resume workflow",
             read_only_hint = false,
@@ -341,6 +360,32 @@ Returns at once; follow with invoke_stream.",
     ) -> Result<Json<ControlResult>, String> {
         self.session.attach(&ctx.peer);
         let thread_id = ThreadId::from(args.thread_id);
+        if let Some(step) = args.step {
+            let status = self
+                .engine
+                .answer(AnswerRequest {
+                    thread_id: thread_id.clone(),
+                    step,
+                    approve: args.approve,
+                    input: args.input,
+                })
+                .await
+                .map_err(refusal)?;
+            self.session.watch_stop(&thread_id);
+            return Ok(Json(ControlResult {
+                next: format!(
+                    "Answered. Follow the workflow with invoke_stream (thread_id {thread_id:?})."
+                ),
+                thread_id,
+                status,
+            }));
+        }
+        if args.approve.is_some() || args.input.is_some() {
+            return Err(
+                "approve and input answer a human step: give `step` too (see waiting_for in invoke_status)"
+                    .to_owned(),
+            );
+        }
         let status = self
             .engine
             .resume(ResumeRequest {
@@ -349,6 +394,7 @@ Returns at once; follow with invoke_stream.",
                 mode: args.mode,
                 prompt: args.prompt,
                 agent: args.agent,
+                max_cost_usd: args.max_cost_usd,
             })
             .await
             .map_err(refusal)?;

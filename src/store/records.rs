@@ -24,6 +24,8 @@ pub struct WorkflowRow {
     pub cancel_requested: bool,
     pub last_activity_at: Option<i64>,
     pub total_cost_usd: f64,
+    /// The workflow's cost budget as raised by a resume (`None`: the definition's).
+    pub max_cost_usd: Option<f64>,
 }
 
 /// The durable state of one step of one workflow.
@@ -53,6 +55,14 @@ pub struct StepRow {
     /// A `for_each` step's items (a JSON array), stored once when the step expands into its
     /// instances; `None` for every other row.
     pub items: Option<String>,
+    /// A human step's open question (JSON: kind, rendered prompt, since, deadline,
+    /// on_timeout), written when it starts waiting; `None` for every other row.
+    pub waiting: Option<String>,
+    /// An answer to the open question (JSON), recorded by whoever answered and applied by
+    /// the workflow's driver.
+    pub answer: Option<String>,
+    /// The exit code of the latest finished attempt (`steps.ID.exit_code` in conditions).
+    pub exit_code: Option<i64>,
 }
 
 impl StepRow {
@@ -74,6 +84,9 @@ impl StepRow {
             agent_overrides: None,
             fresh_session: false,
             items: None,
+            waiting: None,
+            answer: None,
+            exit_code: None,
         }
     }
 }
@@ -160,6 +173,8 @@ pub struct Changes {
     /// Rows deleted, with their attempts, before `steps` is written: the instances of a
     /// `for_each` step that expands afresh, the iterations of a loop that starts over.
     pub dropped: Vec<String>,
+    /// A new cost budget for the workflow (a resume that raises `max_cost_usd`).
+    pub max_cost_usd: Option<f64>,
 }
 
 impl Changes {
@@ -169,6 +184,7 @@ impl Changes {
             && self.attempts.is_empty()
             && self.events.is_empty()
             && self.status.is_none()
+            && self.max_cost_usd.is_none()
     }
 
     /// Records `row` as changed, replacing an earlier copy in this change set.

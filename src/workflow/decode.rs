@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use crate::workflow::human::{self, RawHuman, StudioHuman};
 use crate::workflow::problem::{Problem, did_you_mean};
 use crate::workflow::raw::{
     RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawInputSpec, RawRepeat, RawRetry,
@@ -176,6 +177,9 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
             problems,
         ),
         max_parallel: o.get("max_parallel", "a positive integer", problems),
+        output: o.get("output", "\"json\" or \"text\"", problems),
+        output_schema: o.raw("output_schema").cloned(),
+        max_cost_usd: o.get("max_cost_usd", "a positive number of US dollars", problems),
         ..RawStep::default()
     };
     if let Some(v) = o.raw("retry") {
@@ -186,6 +190,12 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
     }
     if let Some(v) = o.raw("success") {
         raw.success = Some(decode_success(v, step, problems));
+    }
+    if let Some(v) = o.raw("human") {
+        raw.human = Some(decode_human(v, step, problems));
+    }
+    if raw.kind.as_deref() == Some("human") {
+        studio_human(&mut raw, &mut o, &label, problems);
     }
     if let Some(v) = o.raw("repeat") {
         raw.repeat = Some(decode_repeat(v, step, problems));
@@ -205,6 +215,37 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
         problems,
     );
     raw
+}
+
+fn decode_human(value: &Value, step: Option<&str>, problems: &mut Vec<Problem>) -> RawHuman {
+    let Some(mut o) = Obj::new(value, step.map(str::to_owned), "human", problems) else {
+        return RawHuman::default();
+    };
+    let human = RawHuman {
+        prompt: o.get("prompt", STRING, problems),
+        kind: o.get(
+            "kind",
+            "\"approval\", \"input\" or \"notification\"",
+            problems,
+        ),
+        timeout_s: o.get("timeout_s", SECONDS, problems),
+        on_timeout: o.get("on_timeout", "\"fail\", \"approve\" or \"wait\"", problems),
+    };
+    o.finish(&[], problems);
+    human
+}
+
+/// Claude Studio's `type: "human"` step: its `prompt` is the question, not an agent prompt.
+fn studio_human(raw: &mut RawStep, o: &mut Obj<'_>, label: &str, problems: &mut Vec<Problem>) {
+    let studio = StudioHuman {
+        prompt: raw.prompt.take().or_else(|| raw.task.take()),
+        approval_required: o.get("approvalRequired", "true or false", problems),
+        interaction_type: o.get("interactionType", STRING, problems),
+        timeout_behavior: o.get("timeoutBehavior", STRING, problems),
+        timeout_seconds: o.get("timeoutSeconds", SECONDS, problems),
+    };
+    raw.human = Some(human::from_studio(studio, label, problems));
+    raw.kind = None;
 }
 
 fn decode_sub_workflow(
@@ -258,6 +299,7 @@ fn decode_defaults(value: &Value, problems: &mut Vec<Problem>) -> RawDefaults {
         timeout_s: o.get("timeout_s", SECONDS, problems),
         stall_timeout_s: o.get("stall_timeout_s", SECONDS, problems),
         on_stall: o.get("on_stall", "\"report\" or \"restart\"", problems),
+        max_cost_usd: o.get("max_cost_usd", "a positive number of US dollars", problems),
         ..RawDefaults::default()
     };
     if let Some(v) = o.raw("retry") {

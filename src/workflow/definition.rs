@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::workflow::expr::Expr;
+use crate::workflow::human::Human;
 use crate::workflow::retry::RetryPolicy;
 use crate::workflow::template::Template;
 
@@ -32,6 +33,10 @@ pub struct Workflow {
     pub inputs: BTreeMap<String, String>,
     /// The steps, in definition order.
     pub steps: Vec<Step>,
+    /// Cost budget (USD) of the whole workflow: once its agent attempts cost this much, no
+    /// new agent attempt starts (`defaults.max_cost_usd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
 }
 
 impl Workflow {
@@ -97,6 +102,18 @@ pub struct Step {
     /// Fan-out: the step runs once per item of this list, as instances `ID[i]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_each: Option<ForEach>,
+    /// The output is JSON (`output: "json"`, or an `output_schema`): an attempt whose output
+    /// does not parse (or does not match the schema) fails, retryably.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub output_json: bool,
+    /// JSON Schema the output must match; for an agent step, passed to Claude Code as its
+    /// structured-output schema. Checked to compile at submission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<serde_json::Value>,
+    /// Most one agent run of this step may cost (USD), passed to Claude Code as
+    /// `--max-budget-usd`; a run that reaches it blocks the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
     /// For a step inside a `repeat` group, the group's id: the step runs once per iteration,
     /// as `ID#k`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,6 +183,8 @@ struct StoredWorkflow {
     #[serde(default, skip_serializing_if = "is_empty_path")]
     cwd: PathBuf,
     steps: Vec<Step>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_cost_usd: Option<f64>,
 }
 
 impl From<Workflow> for StoredWorkflow {
@@ -186,6 +205,7 @@ impl From<Workflow> for StoredWorkflow {
             inputs: wf.inputs,
             cwd,
             steps,
+            max_cost_usd: wf.max_cost_usd,
         }
     }
 }
@@ -206,6 +226,7 @@ impl From<StoredWorkflow> for Workflow {
             name: stored.name,
             inputs: stored.inputs,
             steps,
+            max_cost_usd: stored.max_cost_usd,
         }
     }
 }
@@ -248,6 +269,8 @@ pub enum Action {
     /// A join without a process (Claude Studio's `loop` and `parallel`): completes once
     /// its deps have, with a JSON object of their outputs as its output.
     Join,
+    /// A question for a person, or a message to them; runs no process.
+    Human(Human),
 }
 
 /// A sub-workflow step's child: exactly one of `file` (absolute) and `definition`, and its
@@ -268,18 +291,20 @@ impl Action {
         match self {
             Self::Prompt(t) | Self::Shell(t) => vec![t],
             Self::Run(argv) => argv.iter().collect(),
+            Self::Human(h) => vec![&h.prompt],
             Self::Repeat(_) => Vec::new(),
             Self::Workflow(w) => w.inputs.values().collect(),
             Self::Condition(_) | Self::Join => Vec::new(),
         }
     }
 
-    /// `prompt`, `run` or `shell`.
+    /// `prompt`, `run`, `shell` or `human`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Prompt(_) => "prompt",
             Self::Run(_) => "run",
             Self::Shell(_) => "shell",
+            Self::Human(_) => "human",
             Self::Repeat(_) => "repeat",
             Self::Workflow(_) => "workflow",
             Self::Condition(_) => "condition",

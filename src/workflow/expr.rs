@@ -40,7 +40,7 @@ impl PartialEq for Expr {
 pub struct Scope<'a> {
     /// Input values by name.
     pub inputs: &'a std::collections::BTreeMap<String, String>,
-    /// `steps.ID` → `{status, output, attempts, session_id}` for the steps the expression
+    /// `steps.ID` → `{status, output, json, exit_code, attempts, session_id}` for the steps the expression
     /// names.
     pub steps: serde_json::Map<String, serde_json::Value>,
     /// Some dep failed (and did not `continue_on_error`).

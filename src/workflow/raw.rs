@@ -128,6 +128,11 @@ pub struct RawDefaults {
     /// Agent options (or a profile name) for every prompt step.
     #[serde(default)]
     pub agent: Option<RawAgentRef>,
+    /// Cost budget (USD) of the whole workflow: once its agent runs cost this much, no new
+    /// agent attempt starts and the workflow is blocked (reason `budget`) until resumed with
+    /// a higher `max_cost_usd`. Each agent run also gets what is left as its own limit.
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
 }
 
 /// A partial retry policy: unset fields inherit (step ← defaults ← built-in).
@@ -274,6 +279,10 @@ pub struct RawStep {
     /// as a shell-quoted variable expansion (`"$BATON_REF_1"`), never as script text.
     #[serde(default)]
     pub shell: Option<String>,
+    /// Human step: a question for a person (`approval`, `input`) or a message to them
+    /// (`notification`); the answer is the step's output.
+    #[serde(default)]
+    pub human: Option<crate::workflow::human::RawHuman>,
     /// Working directory (relative paths resolve against the submission directory).
     #[serde(default)]
     pub cwd: Option<String>,
@@ -306,7 +315,7 @@ pub struct RawStep {
     #[serde(default)]
     pub success: Option<RawSuccess>,
     /// A CEL condition, evaluated once when every dep has settled; false skips the step.
-    /// Reads `inputs.NAME` and `steps.ID.{status,output,attempts,session_id}` (ancestors
+    /// Reads `inputs.NAME` and `steps.ID.{status,output,json,exit_code,attempts,session_id}` (ancestors
     /// only). Without `failure()` or `always()` it means `success() && (…)`: a failed dep
     /// stops the step; with them it is evaluated after a failure too (`"failure()"` is an
     /// on-failure handler).
@@ -322,6 +331,20 @@ pub struct RawStep {
     /// Most instances of a `for_each` step running at once (default: no limit of its own).
     #[serde(default)]
     pub max_parallel: Option<u32>,
+    /// `json`: the output must be JSON (it is then `steps.ID.json` in conditions and
+    /// `{ID.json.PATH}` in templates); an attempt whose output is not fails and is retried.
+    /// Default `text`.
+    #[serde(default)]
+    pub output: Option<RawOutput>,
+    /// A JSON Schema the output must match (implies `output: "json"`). On an agent step it
+    /// is passed to Claude Code (`--json-schema`), whose structured output becomes the
+    /// step's output.
+    #[serde(default)]
+    pub output_schema: Option<serde_json::Value>,
+    /// Most one agent run of this step may cost (USD): passed to Claude Code as
+    /// `--max-budget-usd`; a run that reaches it blocks the step (reason `budget`).
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
     /// A loop group: its own steps run as one iteration, again and again, until `until`
     /// holds or `max_iterations` ran. Replaces prompt/run/shell.
     #[serde(default)]
@@ -343,7 +366,8 @@ pub struct RawStep {
     /// Free-form configuration (Claude Studio); ignored.
     #[serde(default)]
     pub config: Option<serde_json::Value>,
-    /// Claude Studio step type: only `task` (the default) is supported.
+    /// Claude Studio step type: `task` (the default) or `human` (with `prompt`,
+    /// `approvalRequired`, `interactionType`, `timeoutBehavior`, `timeoutSeconds`).
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
     /// Claude Studio session id to resume; ignored (baton tracks sessions itself).
@@ -398,6 +422,16 @@ impl RawStep {
             .or(self.depends_on.as_ref())
             .or(self.depends_on_camel.as_ref())
     }
+}
+
+/// The form of a step's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawOutput {
+    /// Text, as printed (the default).
+    Text,
+    /// JSON, parsed and checked after each attempt.
+    Json,
 }
 
 /// A string, or an array of strings.

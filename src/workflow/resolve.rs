@@ -196,10 +196,17 @@ pub fn resolve(
             resolved_steps.push(sub);
         }
     }
+    check_budget(
+        base.defaults.max_cost_usd,
+        None,
+        "defaults.max_cost_usd",
+        problems,
+    );
     let workflow = Workflow {
         name: wf.and_then(|w| w.name.clone()),
         inputs,
         steps: resolved_steps,
+        max_cost_usd: base.defaults.max_cost_usd,
     };
     Resolved {
         workflow,
@@ -266,7 +273,7 @@ fn resolve_step(
         problems.push(Problem::step(
             &id,
             "type",
-            format!("Claude Studio step type {kind:?} is not supported; baton runs task, conditional, loop and parallel steps"),
+            format!("Claude Studio step type {kind:?} is not supported; baton runs task, conditional, loop, parallel and human steps"),
         ));
     }
     let (action, field) = resolve_action(raw, &id, problems);
@@ -327,6 +334,15 @@ fn resolve_step(
         AgentOptions::default()
     };
 
+    let output_schema = resolve_output_schema(raw, &action, &id, problems);
+    check_budget(raw.max_cost_usd, at, "max_cost_usd", problems);
+    if raw.max_cost_usd.is_some() && !matches!(action, Action::Prompt(_)) {
+        problems.push(Problem::step(
+            &id,
+            "max_cost_usd",
+            format!("a cost limit applies to agent (prompt) steps; this is a {field} step"),
+        ));
+    }
     let step = Step {
         deps,
         action,
@@ -354,10 +370,58 @@ fn resolve_step(
         }),
         continue_on_error: raw.continue_on_error.unwrap_or(false),
         for_each: resolve_for_each(raw, &id, &base.inputs, problems),
+        output_json: raw.output == Some(crate::workflow::raw::RawOutput::Json)
+            || raw.output_schema.is_some(),
+        output_schema,
+        max_cost_usd: raw.max_cost_usd,
         group: None,
         id,
     };
     (step, field)
+}
+
+/// `output_schema`: an object that compiles as a JSON Schema, on a step that produces output.
+fn resolve_output_schema(
+    raw: &RawStep,
+    action: &Action,
+    id: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<serde_json::Value> {
+    if matches!(action, Action::Human(_))
+        && raw.output == Some(crate::workflow::raw::RawOutput::Json)
+    {
+        problems.push(Problem::step(
+            id,
+            "output",
+            "a human step's output is its answer; output: json applies to prompt, run and shell steps",
+        ));
+    }
+    let schema = raw.output_schema.as_ref()?;
+    if matches!(action, Action::Human(_)) {
+        problems.push(Problem::step(
+            id,
+            "output_schema",
+            "a human step's output is its answer; output_schema applies to prompt, run and shell steps",
+        ));
+        return None;
+    }
+    if !schema.is_object() {
+        problems.push(Problem::step(
+            id,
+            "output_schema",
+            "expected a JSON Schema object, e.g. {\"type\": \"object\", \"properties\": {…}}",
+        ));
+        return None;
+    }
+    if let Err(e) = jsonschema::validator_for(schema) {
+        problems.push(Problem::step(
+            id,
+            "output_schema",
+            format!("is not a valid JSON Schema: {e}"),
+        ));
+        return None;
+    }
+    Some(schema.clone())
 }
 
 /// A sub-workflow names exactly one child, a file (made absolute against the step's `cwd`)
@@ -531,6 +595,7 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
         ("task", raw.task.is_some()),
         ("run", raw.run.is_some()),
         ("shell", raw.shell.is_some()),
+        ("human", raw.human.is_some()),
         ("repeat", raw.repeat.is_some()),
         ("workflow", raw.workflow.is_some()),
     ]
@@ -544,13 +609,16 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
             // A wrongly typed action field was already reported by the decoder.
             let already = problems.iter().any(|p| {
                 p.step.as_deref() == Some(id)
-                    && ["prompt", "task", "run", "shell"].contains(&p.field.as_str())
+                    && [
+                        "prompt", "task", "run", "shell", "human", "repeat", "workflow",
+                    ]
+                    .contains(&p.field.as_str())
             });
             if !already {
                 problems.push(Problem::step(
                     id,
                     "prompt",
-                    "a step needs one of prompt (or task), run, shell, repeat or workflow",
+                    "a step needs one of prompt (or task), run, shell, human, repeat or workflow",
                 ));
             }
             return placeholder;
@@ -564,11 +632,26 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
             problems.push(Problem::step(
                 id,
                 rest[0],
-                format!("a step has exactly one of prompt (or task), run, shell, repeat or workflow; this one has {first:?} and {others}"),
+                format!("a step has exactly one of prompt (or task), run, shell, human, repeat or workflow; this one has {first:?} and {others}"),
             ));
             return placeholder;
         }
     };
+    if field == "human" {
+        let human = crate::workflow::human::resolve(
+            raw.human.as_ref().unwrap_or(&Default::default()),
+            id,
+            problems,
+        );
+        if raw.for_each.is_some() {
+            problems.push(Problem::step(
+                id,
+                "for_each",
+                "a human step cannot fan out; ask once, or put the question before the for_each step",
+            ));
+        }
+        return (Action::Human(human), field);
+    }
     let parse = |field: String, src: &str, problems: &mut Vec<Problem>| match Template::parse(src) {
         // No argv element, script or prompt can carry a NUL byte to the process.
         _ if src.contains('\0') => {
@@ -748,6 +831,19 @@ fn push_retry_problems(
 ) {
     for (name, message) in retry_problems(raw) {
         problems.push(Problem::at(step, format!("{field}.{name}"), message));
+    }
+}
+
+/// A cost budget is a positive, finite number of dollars.
+fn check_budget(value: Option<f64>, step: Option<&str>, field: &str, problems: &mut Vec<Problem>) {
+    if let Some(v) = value
+        && !(v.is_finite() && v > 0.0)
+    {
+        problems.push(Problem::at(
+            step,
+            field,
+            format!("{v} is not a positive number of US dollars"),
+        ));
     }
 }
 

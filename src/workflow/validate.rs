@@ -318,6 +318,7 @@ fn templates<'a>(step: &'a Step, action_field: &str) -> Vec<(String, &'a Templat
             .map(|(name, t)| (format!("workflow.inputs.{name}"), t))
             .collect(),
         Action::Prompt(t) | Action::Shell(t) => vec![(action_field.to_owned(), t)],
+        Action::Human(h) => vec![("human.prompt".to_owned(), &h.prompt)],
         Action::Run(argv) => argv
             .iter()
             .enumerate()

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::util::{PATIENCE, Protocol, Sandbox, alive};
 
 /// `baton worker` processes running on `db`.
-fn workers(db: &Path) -> Vec<i32> {
+pub(crate) fn workers(db: &Path) -> Vec<i32> {
     let needle = db.to_string_lossy().into_owned();
     std::fs::read_dir("/proc")
         .unwrap()
@@ -31,7 +31,7 @@ fn workers(db: &Path) -> Vec<i32> {
 }
 
 /// Kills whatever worker is left when a test ends.
-struct Reap<'a>(&'a Path);
+pub(crate) struct Reap<'a>(pub(crate) &'a Path);
 
 impl Drop for Reap<'_> {
     fn drop(&mut self) {
@@ -72,7 +72,7 @@ fn wait_status(sb: &Sandbox, id: &str, want: &str) -> Value {
     }
 }
 
-const HANDOVER: [(&str, &str); 3] = [
+pub(crate) const HANDOVER: [(&str, &str); 3] = [
     ("BATON_IN_PROCESS", "0"),
     ("BATON_WORKER_IDLE_S", "2"),
     ("BATON_LEASE_MS", "900"),

@@ -48,7 +48,8 @@ pub(super) enum Decision {
     Fail(String, EventData),
 }
 
-/// A step's values as expressions see them (`steps.ID`); outputs cut to `cut` characters.
+/// A step's values as expressions see them (`steps.ID`); outputs cut to `cut` characters
+/// (and `json`, the output parsed as JSON, left null when the output is longer).
 pub(super) fn step_value(row: &StepRow, cut: usize) -> serde_json::Value {
     let output: String = row
         .output
@@ -58,9 +59,18 @@ pub(super) fn step_value(row: &StepRow, cut: usize) -> serde_json::Value {
         .chars()
         .take(cut)
         .collect();
+    // The whole output parsed as JSON (null when it is not JSON).
+    let json = row
+        .output
+        .as_deref()
+        .filter(|o| o.len() <= cut)
+        .and_then(|o| serde_json::from_str::<serde_json::Value>(o).ok())
+        .unwrap_or(serde_json::Value::Null);
     serde_json::json!({
         "status": row.status.as_str(),
         "output": output,
+        "json": json,
+        "exit_code": row.exit_code,
         "attempts": row.attempts,
         "session_id": row.session_id.as_deref().unwrap_or_default(),
     })

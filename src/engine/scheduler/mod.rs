@@ -11,20 +11,28 @@
 //! when nothing runs, nothing waits for a retry and nothing more can start.
 //!
 //! # Layout
+//! - `budget`: `max_cost_usd`: holding and blocking agent steps past the workflow's budget.
 //! - `condition`: whether a pending step runs, is skipped or waits (`when`, skips, joins,
 //!   failure handlers, `continue_on_error`).
 //! - `fan_out`: `for_each` steps, their stored items and their instances `ID[i]`.
+//! - `human`: human steps — asking, answers, deadlines, parking a workflow that only waits.
 //! - `repeat`: loop groups, their iterations `ID#k`, `until` and `max_iterations`.
 //! - `prepare`: rendering a step's templates into the attempt to run.
 //! - `stored`: transitions of a stored workflow that no driver runs — resume, cancel,
 //!   adoption after a crash.
 
+mod budget;
+#[cfg(test)]
+mod budget_tests;
 mod condition;
 #[cfg(test)]
 mod condition_tests;
 mod fan_out;
 #[cfg(test)]
 mod fan_out_tests;
+mod human;
+#[cfg(test)]
+mod human_tests;
 mod prepare;
 mod repeat;
 #[cfg(test)]
@@ -33,6 +41,7 @@ mod stored;
 #[cfg(test)]
 mod tests;
 
+pub(super) use human::{Answer, Waiting, waiting_for};
 pub(super) use stored::{ResumePlan, adopt_changes, cancel_changes, resume_changes, resume_scope};
 
 use std::collections::HashMap;
@@ -83,6 +92,8 @@ pub(super) struct Scheduler {
     def_index: HashMap<String, usize>,
     /// The last start found no free step slot; more steps are ready than could start.
     starved: bool,
+    /// Spending against the workflow's `max_cost_usd`.
+    budget: budget::Budget,
 }
 
 impl Scheduler {
@@ -112,6 +123,7 @@ impl Scheduler {
             .map(|s| (s.status == StepStatus::Retrying).then_some(now))
             .collect();
         let stalled = vec![false; steps.len()];
+        let budget = budget::Budget::new(def.max_cost_usd);
         Scheduler {
             id,
             def,
@@ -121,6 +133,7 @@ impl Scheduler {
             stalled,
             index,
             origin,
+            budget,
             fans,
             groups,
             def_index,
@@ -240,6 +253,8 @@ impl Scheduler {
         if let Some(sid) = &detail.session_id {
             row.session_id = Some(sid.clone());
         }
+        row.exit_code = detail.exit_code.map(i64::from);
+        let cost = detail.cost_usd;
         row.fresh_session = detail.session_unusable;
         let sid = row.step_id.clone();
         match outcome {
@@ -351,6 +366,7 @@ impl Scheduler {
         }
         ch.step(row);
         ch.attempts.push(att);
+        self.charge(cost);
         if self.origin[idx].item.is_some() {
             self.instance_ended(ch, idx, now);
         }
@@ -368,10 +384,11 @@ impl Scheduler {
     ) -> Vec<(AttemptSpec, P)> {
         let mut out = Vec::new();
         self.starved = false;
+        self.clear_held();
         // A skip or a failed condition settles a step, which may decide steps before it in
         // definition order: pass again until a pass settles nothing.
         let mut again = true;
-        let mut settled = false;
+        let mut settled = self.settle_humans(ch, now);
         let mut memo = Memo::new(self.steps.len());
         self.aggregate_settled(ch, now);
         while again && !self.starved {
@@ -419,6 +436,14 @@ impl Scheduler {
                             settled = true;
                             false
                         }
+                        Decision::Run if self.human_of(idx).is_some() => {
+                            self.ask(ch, idx, now);
+                            memo.clear();
+                            again = true;
+                            settled = true;
+                            false
+                        }
+                        Decision::Run if self.hold_for_budget(idx) => false,
                         Decision::Run => true,
                         Decision::Skip(data) => {
                             self.settle(ch, idx, StepStatus::Skipped, now, None, data);
@@ -436,8 +461,15 @@ impl Scheduler {
                         }
                     },
                     StepStatus::Retrying => {
-                        self.retry_at[idx].is_none_or(|t| t <= now)
-                            && (!instance || self.instance_has_room(idx))
+                        let due = self.retry_at[idx].is_none_or(|t| t <= now)
+                            && (!instance || self.instance_has_room(idx));
+                        if due && self.hold_for_budget(idx) {
+                            // Held, not waiting: nothing is due any more.
+                            self.retry_at[idx] = None;
+                            false
+                        } else {
+                            due
+                        }
                     }
                     _ => false,
                 };

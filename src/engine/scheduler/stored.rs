@@ -282,6 +282,8 @@ fn reset(s: &mut StepRow, keep_session: bool) {
     s.guidance = None;
     s.agent_overrides = None;
     s.fresh_session = !keep_session;
+    s.waiting = None;
+    s.answer = None;
 }
 
 /// A cancel of a workflow nobody runs (interrupted, orphaned, blocked).

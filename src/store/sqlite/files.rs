@@ -133,7 +133,7 @@ pub(super) fn open_conn(path: &Path, durability: Durability) -> Result<Connectio
     // SQLite's own busy handler backs off in steps of up to 100 ms, so a commit that finds
     // another process's write lock waits for the next step long after the lock is free;
     // polling finely keeps a cross-process wait close to the holder's transaction time.
-    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.busy_handler(Some(busy_wait))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Corrupt(format!(
