@@ -28,6 +28,9 @@ pub struct ExecConfig {
     pub owner_id: String,
     /// Complete every attempt at once without a process (engine benchmarks).
     pub noop: bool,
+    /// Refuses a spawn once this process could not renew its leases for a whole lease
+    /// (see [`process::ProcessSpec::gate`]).
+    pub gate: Option<process::SpawnGate>,
 }
 
 /// What an attempt runs, after templating.
@@ -157,6 +160,7 @@ pub async fn execute(
         output_cap: cfg.output_cap,
         kill_grace: cfg.kill_grace,
         stdin,
+        gate: cfg.gate.clone(),
     };
     let (step_idx, attempt) = (spec.step_idx, spec.number);
     let send = move |kind| signals.send(step_idx, attempt, kind);
@@ -193,6 +197,15 @@ fn fatal(error: String, started: Instant) -> Outcome {
 }
 
 fn spawn_failure(program: &str, e: std::io::Error, started: Instant) -> Outcome {
+    if process::is_not_now(&e) {
+        // Never started: the next owner runs it.
+        return Outcome::Stopped {
+            detail: AttemptDetail {
+                duration_ms: Some(started.elapsed().as_millis() as i64),
+                ..Default::default()
+            },
+        };
+    }
     let class = match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => FailureClass::Fatal,
         _ => FailureClass::Retryable,

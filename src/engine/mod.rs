@@ -144,7 +144,7 @@ pub(crate) struct Shared {
     tracker: TaskTracker,
     /// When this process last renewed its leases (store clock, ms): its own view of how long
     /// it may still act as owner without looking at the store.
-    renewed_at: AtomicI64,
+    renewed_at: Arc<AtomicI64>,
     /// Starts the worker that runs what this process does not (`execute: false`).
     launcher: OnceLock<Arc<dyn handover::Launcher>>,
     /// Workflows this process took over from dead owners (metrics).
@@ -208,12 +208,23 @@ impl Engine {
     pub async fn start(store: Store, cfg: EngineConfig) -> Result<Engine> {
         let owner = uuid::Uuid::now_v7().simple().to_string();
         let host = lease::host_key();
+        let renewed_at = Arc::new(AtomicI64::new(now_ms()));
+        // Self-fencing at the spawn: past a whole lease without a renewal, another process
+        // may have adopted this one's workflows, so none of their attempts may start here.
+        let gate: process::SpawnGate = {
+            let renewed_at = renewed_at.clone();
+            let lease_ms = cfg.lease.as_millis() as i64;
+            process::SpawnGate(Arc::new(move || {
+                now_ms() < renewed_at.load(Ordering::Relaxed) + lease_ms
+            }))
+        };
         let exec = ExecConfig {
             agent_command: cfg.agent_command.clone(),
             output_cap: cfg.output_cap,
             kill_grace: cfg.kill_grace,
             owner_id: owner.clone(),
             noop: cfg.noop_executor,
+            gate: Some(gate),
         };
         let sh = Arc::new(Shared {
             permits: Arc::new(Semaphore::new(cfg.max_concurrent_steps.max(1))),
@@ -225,7 +236,7 @@ impl Engine {
             runs: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            renewed_at: AtomicI64::new(now_ms()),
+            renewed_at,
             launcher: OnceLock::new(),
             adoptions: std::sync::atomic::AtomicU64::new(0),
         });

@@ -30,6 +30,39 @@ mod contain;
 /// Environment variable naming the owner (server process) that started a child.
 pub const OWNER_ENV: &str = "BATON_OWNER";
 
+/// Asked right before a process is spawned; false refuses the spawn with [`NotNow`].
+#[derive(Clone)]
+pub struct SpawnGate(pub std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl SpawnGate {
+    pub fn allows(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for SpawnGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpawnGate")
+    }
+}
+
+/// The spawn was refused by the gate (this process may no longer act as owner).
+#[derive(Debug)]
+pub struct NotNow;
+
+impl std::fmt::Display for NotNow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not started: this process could not renew its lease in time")
+    }
+}
+
+impl std::error::Error for NotNow {}
+
+/// Whether `e` is a spawn refused by the gate.
+pub fn is_not_now(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<NotNow>())
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ProcessSpec {
@@ -44,6 +77,10 @@ pub struct ProcessSpec {
     /// Written to the child's stdin, which is then closed; `None` gives it no stdin at all.
     /// Data here stays out of argv, which every user can read in `/proc/PID/cmdline`.
     pub stdin: Option<Vec<u8>>,
+    /// Checked as the very last thing before the spawn (after the cgroup and the command are
+    /// prepared), so a process paused before it, and woken after another process took its
+    /// work over, never starts the attempt.
+    pub gate: Option<SpawnGate>,
 }
 
 /// How a process ended.
@@ -109,6 +146,9 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if spec.gate.as_ref().is_some_and(|g| !g.allows()) {
+        return Err(std::io::Error::other(NotNow));
+    }
     let mut child = contain::spawn(&mut cgroup, || cmd.spawn(), tokio::process::Child::id)?;
     let pid = child.id();
     // The command's arguments and environment are not needed while the process runs.
@@ -428,7 +468,21 @@ mod tests {
             output_cap: 1024,
             kill_grace: Duration::from_millis(500),
             stdin: None,
+            gate: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_closed_gate_refuses_the_spawn_and_nothing_runs() {
+        let marker = tempfile::tempdir().unwrap().keep().join("ran");
+        let mut s = spec("sh", &["-c", &format!("touch {}", marker.display())]);
+        s.gate = Some(SpawnGate(std::sync::Arc::new(|| false)));
+        let err = run(&s, &CancellationToken::new(), None).await.unwrap_err();
+        assert!(is_not_now(&err), "{err}");
+        assert!(!marker.exists(), "the process never started");
+        s.gate = Some(SpawnGate(std::sync::Arc::new(|| true)));
+        run(&s, &CancellationToken::new(), None).await.unwrap();
+        assert!(marker.exists());
     }
 
     #[tokio::test]
