@@ -31,6 +31,8 @@ pub struct ExecConfig {
     /// Refuses a spawn once this process could not renew its leases for a whole lease
     /// (see [`process::ProcessSpec::gate`]).
     pub gate: Option<process::SpawnGate>,
+    /// The live tails of the command attempts running here.
+    pub tails: Arc<super::live::LiveTails>,
 }
 
 /// What an attempt runs, after templating.
@@ -161,6 +163,7 @@ pub async fn execute(
         kill_grace: cfg.kill_grace,
         stdin,
         gate: cfg.gate.clone(),
+        live: None,
     };
     let (step_idx, attempt) = (spec.step_idx, spec.number);
     let send = move |kind| signals.send(step_idx, attempt, kind);
@@ -176,7 +179,13 @@ pub async fn execute(
         structured::check(out, spec.output_json, spec.output_schema.as_ref())
     } else {
         let sink: process::LineSink = Box::new(move |_| send(SignalKind::Activity));
+        let tail = cfg.tails.open(&spec.workflow_id, &spec.step_id);
+        let pspec = ProcessSpec {
+            live: Some(tail.live()),
+            ..pspec
+        };
         let result = process::run(&pspec, stop, Some(sink)).await;
+        drop(tail);
         let out = match result {
             Ok(r) => command_outcome(r, &spec.success, spec.timeout, started),
             Err(e) => spawn_failure(&pspec.program, e, started),

@@ -31,6 +31,8 @@ mod executor;
 mod follow;
 mod handover;
 mod lease;
+mod live;
+pub use live::{LiveOutput, Stream as LiveStream};
 mod operator;
 mod outcome;
 mod process;
@@ -225,6 +227,7 @@ impl Engine {
             owner_id: owner.clone(),
             noop: cfg.noop_executor,
             gate: Some(gate),
+            tails: Arc::default(),
         };
         let sh = Arc::new(Shared {
             permits: Arc::new(Semaphore::new(cfg.max_concurrent_steps.max(1))),

@@ -5,8 +5,10 @@
 //! Invariant: like every read model, these are answered from the store alone; a delete never
 //! removes a queued or running workflow (the store checks it in the deleting transaction).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::live::{LiveOutput, Stream as LiveStream};
 use super::{Engine, EngineError, Result};
 use crate::api::{MonitorView, ThreadId};
 use crate::store::{CommitStats, Deleted, ListFilter, MetricCounts};
@@ -62,12 +64,25 @@ impl Engine {
     }
 
     /// The full kept text of one stream of a step (empty if nothing was kept yet).
+    /// The live tail of a command step running in this process, if it is.
+    pub fn live_output(&self, thread_id: &ThreadId, step_id: &str) -> Option<Arc<LiveOutput>> {
+        self.sh.exec.tails.get(thread_id, step_id)
+    }
+
+    /// The step's output: the full kept output of its last attempt, or, while a command
+    /// attempt runs in this process, its live tail.
     pub async fn step_output(
         &self,
         thread_id: &ThreadId,
         step_id: &str,
         stream: StepStream,
     ) -> Result<String> {
+        if let Some(live) = self.live_output(thread_id, step_id) {
+            return Ok(live.text(match stream {
+                StepStream::Stderr => LiveStream::Stderr,
+                _ => LiveStream::Stdout,
+            }));
+        }
         let found = self
             .sh
             .store

@@ -81,6 +81,8 @@ pub struct ProcessSpec {
     /// prepared), so a process paused before it, and woken after another process took its
     /// work over, never starts the attempt.
     pub gate: Option<SpawnGate>,
+    /// Receives every chunk of stdout and stderr as it is read (the live tail).
+    pub live: Option<std::sync::Arc<super::live::LiveOutput>>,
 }
 
 /// How a process ended.
@@ -172,6 +174,10 @@ pub async fn run(
     };
     let mut out = Capture::new(spec.output_cap, on_line);
     let mut err = Capture::new(spec.output_cap, None);
+    if let Some(live) = &spec.live {
+        out.live = Some((live.clone(), super::live::Stream::Stdout));
+        err.live = Some((live.clone(), super::live::Stream::Stderr));
+    }
     let ending = {
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         // Both pipes are read by this same task, beside the wait: no extra tasks per attempt.
@@ -292,6 +298,7 @@ struct Capture {
     on_line: Option<LineSink>,
     line: Vec<u8>,
     line_cut: bool,
+    live: Option<(std::sync::Arc<super::live::LiveOutput>, super::live::Stream)>,
 }
 
 impl Capture {
@@ -304,6 +311,7 @@ impl Capture {
             on_line,
             line: Vec::new(),
             line_cut: false,
+            live: None,
         }
     }
 
@@ -327,6 +335,9 @@ impl Capture {
     }
 
     fn take(&mut self, chunk: &[u8]) {
+        if let Some((live, stream)) = &self.live {
+            live.push(*stream, chunk);
+        }
         let n = chunk.len();
         let room = self.cap.saturating_sub(self.kept.len());
         let take = room.min(n);
@@ -469,6 +480,7 @@ mod tests {
             kill_grace: Duration::from_millis(500),
             stdin: None,
             gate: None,
+            live: None,
         }
     }
 

@@ -244,6 +244,7 @@ fn router(state: AppState) -> Router {
         .route("/workflows/{id}/cancel", post(api::cancel))
         .route("/workflows/{id}/approve", post(api::approve))
         .route("/workflows/{id}/steps/{step}/output", get(api::output))
+        .route("/workflows/{id}/steps/{step}/tail", get(sse::step_tail))
         .route("/workflows/{id}/events", get(sse::workflow_events))
         .route("/events", get(sse::all_events))
         .route("/schema/events", get(api::event_schema))

@@ -233,3 +233,64 @@ pub(crate) async fn all_events(
     });
     Ok(resp)
 }
+
+/// Smallest interval between two messages of a step's live tail.
+const TAIL_EVERY: Duration = Duration::from_millis(250);
+
+/// `GET /api/workflows/{id}/steps/{step}/tail`: the live tail of a command step running in
+/// this process — `event: output` with `{stdout, stderr}` (the last 32 KiB of each) at most
+/// every 250 ms while it prints, then `event: end` when the attempt ends (or at once when
+/// the step is not running here). Each message replaces the previous one.
+pub(crate) async fn step_tail(
+    State(st): State<AppState>,
+    Extension(disconnect): Extension<Disconnect>,
+    Path((id, step)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = ThreadId::from(id);
+    st.engine.events(&id, 0, 1).await?;
+    // Only a weak handle: the tail (and with it the change feed) goes when the attempt ends.
+    let live = st.engine.live_output(&id, &step);
+    let weak = live.as_ref().map(std::sync::Arc::downgrade);
+    let changes = live.as_ref().map(|l| l.changes());
+    drop(live);
+    let (sink, resp) = open(&st, disconnect);
+    tokio::spawn(async move {
+        let (Some(weak), Some(mut changes)) = (weak, changes) else {
+            let _ = sink.send("event: end\ndata: {}\n\n".into()).await;
+            return;
+        };
+        loop {
+            let Some(live) = weak.upgrade() else { break };
+            let msg = serde_json::json!({
+                "stdout": live.text(crate::engine::LiveStream::Stdout),
+                "stderr": live.text(crate::engine::LiveStream::Stderr),
+            });
+            drop(live);
+            if !sink.send(format!("event: output\ndata: {msg}\n\n")).await {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(TAIL_EVERY) => {}
+                () = sink.tx.closed() => return,
+                () = st.shutdown.cancelled() => return,
+            }
+            let ended = loop {
+                tokio::select! {
+                    r = changes.changed() => break r.is_err(),
+                    () = tokio::time::sleep(st.cfg.keepalive) => {
+                        if !sink.send(KEEPALIVE.into()).await {
+                            return;
+                        }
+                    }
+                    () = sink.tx.closed() => return,
+                    () = st.shutdown.cancelled() => return,
+                }
+            };
+            if ended {
+                break;
+            }
+        }
+        let _ = sink.send("event: end\ndata: {}\n\n".into()).await;
+    });
+    Ok(resp)
+}
