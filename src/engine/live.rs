@@ -160,7 +160,7 @@ mod tests {
         let t = ThreadId::from("t");
         let guard = tails.open(&t, "s");
         let live = tails.get(&t, "s").unwrap();
-        let mut changes = live.changes();
+        let changes = live.changes();
         live.push(Stream::Stdout, b"hello ");
         live.push(Stream::Stdout, b"world");
         live.push(Stream::Stderr, b"warn");
