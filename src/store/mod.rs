@@ -10,7 +10,10 @@
 //! # Layout
 //! - `records`: the rows and change sets that cross this interface.
 //! - `sqlite`: the SQLite backend (schema, migrations, queries, group commit).
+//! - `postgres`: the PostgreSQL backend (the same operations for many processes on many
+//!   machines: database clock, `SKIP LOCKED` claims, LISTEN/NOTIFY).
 
+mod postgres;
 mod records;
 mod sqlite;
 
@@ -97,6 +100,7 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Sqlite(sqlite::Sqlite),
+    Postgres(postgres::Postgres),
 }
 
 impl Store {
@@ -107,10 +111,31 @@ impl Store {
         })
     }
 
-    /// Where the database is (a file path), for messages and for files kept beside it.
+    /// Connects to and migrates the PostgreSQL database named by `url`
+    /// (`postgres://…` or `postgresql://…`).
+    pub async fn connect(url: &str, durability: Durability) -> Result<Store> {
+        Ok(Store {
+            backend: Backend::Postgres(postgres::Postgres::open(url, durability).await?),
+        })
+    }
+
+    /// Whether `db` names a PostgreSQL database (a URL) rather than an SQLite file.
+    pub fn is_url(db: &str) -> bool {
+        postgres::is_url(db)
+    }
+
+    /// Whether other machines may share this store (PostgreSQL): then process ids say nothing
+    /// about other owners, and work is spread over the processes that run it.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Where files kept beside the database go: the SQLite file itself, or for PostgreSQL a
+    /// path in a private per-database directory under the platform data dir.
     pub fn location(&self) -> &Path {
         match &self.backend {
             Backend::Sqlite(s) => s.path(),
+            Backend::Postgres(p) => p.location(),
         }
     }
 
@@ -119,6 +144,7 @@ impl Store {
     pub fn commit_count(&self) -> u64 {
         match &self.backend {
             Backend::Sqlite(s) => s.commit_count(),
+            Backend::Postgres(p) => p.commit_count(),
         }
     }
 
@@ -127,6 +153,7 @@ impl Store {
         ChangeFeed {
             rx: match &self.backend {
                 Backend::Sqlite(s) => s.subscribe(),
+                Backend::Postgres(p) => p.subscribe(),
             },
         }
     }
@@ -135,6 +162,7 @@ impl Store {
     pub fn close(&self) {
         match &self.backend {
             Backend::Sqlite(s) => s.close(),
+            Backend::Postgres(p) => p.close(),
         }
     }
 
@@ -146,6 +174,7 @@ impl Store {
     pub async fn insert_workflow(&self, new: NewWorkflow, first: Changes) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.insert_workflow(new, first).await,
+            Backend::Postgres(p) => p.insert_workflow(new, first).await,
         }
     }
 
@@ -153,6 +182,7 @@ impl Store {
     pub async fn commit(&self, fence: Fence, changes: Changes) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.commit(fence, changes).await,
+            Backend::Postgres(p) => p.commit(fence, changes).await,
         }
     }
 
@@ -172,6 +202,7 @@ impl Store {
     {
         match &self.backend {
             Backend::Sqlite(s) => s.transition(id, claim, f).await,
+            Backend::Postgres(p) => p.transition(id, claim, f).await,
         }
     }
 
@@ -185,6 +216,7 @@ impl Store {
     ) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.record_session(fence, step_id, attempt, session_id).await,
+            Backend::Postgres(p) => p.record_session(fence, step_id, attempt, session_id).await,
         }
     }
 
@@ -192,6 +224,7 @@ impl Store {
     pub async fn record_activity(&self, id: ThreadId, step_id: String, at: i64) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.record_activity(id, step_id, at).await,
+            Backend::Postgres(p) => p.record_activity(id, step_id, at).await,
         }
     }
 
@@ -199,18 +232,21 @@ impl Store {
     pub async fn request_cancel(&self, id: ThreadId) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.request_cancel(id).await,
+            Backend::Postgres(p) => p.request_cancel(id).await,
         }
     }
 
     pub async fn register_owner(&self, owner: OwnerRow) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.register_owner(owner).await,
+            Backend::Postgres(p) => p.register_owner(owner).await,
         }
     }
 
     pub async fn remove_owner(&self, id: String) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.remove_owner(id).await,
+            Backend::Postgres(p) => p.remove_owner(id).await,
         }
     }
 
@@ -219,6 +255,7 @@ impl Store {
     pub async fn renew(&self, owner: String, lease_until: i64, now: i64) -> Result<Renewal> {
         match &self.backend {
             Backend::Sqlite(s) => s.renew(owner, lease_until, now).await,
+            Backend::Postgres(p) => p.renew(owner, lease_until, now).await,
         }
     }
 
@@ -228,12 +265,14 @@ impl Store {
     pub async fn check_fence(&self, fence: Fence) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.check_fence(fence).await,
+            Backend::Postgres(p) => p.check_fence(fence).await,
         }
     }
 
     pub async fn workflow(&self, id: ThreadId) -> Result<Option<WorkflowRow>> {
         match &self.backend {
             Backend::Sqlite(s) => s.workflow(id).await,
+            Backend::Postgres(p) => p.workflow(id).await,
         }
     }
 
@@ -241,6 +280,7 @@ impl Store {
     pub async fn snapshot(&self, id: ThreadId) -> Result<Option<Snapshot>> {
         match &self.backend {
             Backend::Sqlite(s) => s.snapshot(id).await,
+            Backend::Postgres(p) => p.snapshot(id).await,
         }
     }
 
@@ -248,6 +288,7 @@ impl Store {
     pub async fn detail(&self, id: ThreadId) -> Result<Option<(Snapshot, Vec<AttemptRow>)>> {
         match &self.backend {
             Backend::Sqlite(s) => s.detail(id).await,
+            Backend::Postgres(p) => p.detail(id).await,
         }
     }
 
@@ -256,6 +297,7 @@ impl Store {
     pub async fn events(&self, id: ThreadId, after: i64, limit: i64) -> Result<Option<EventPage>> {
         match &self.backend {
             Backend::Sqlite(s) => s.events(id, after, limit).await,
+            Backend::Postgres(p) => p.events(id, after, limit).await,
         }
     }
 
@@ -263,6 +305,7 @@ impl Store {
     pub async fn done_at(&self, id: ThreadId, cursor: i64) -> Result<i64> {
         match &self.backend {
             Backend::Sqlite(s) => s.done_at(id, cursor).await,
+            Backend::Postgres(p) => p.done_at(id, cursor).await,
         }
     }
 
@@ -270,12 +313,14 @@ impl Store {
     pub async fn cancel_requests(&self, owner: String) -> Result<Vec<ThreadId>> {
         match &self.backend {
             Backend::Sqlite(s) => s.cancel_requests(owner).await,
+            Backend::Postgres(p) => p.cancel_requests(owner).await,
         }
     }
 
     pub async fn owner(&self, id: String) -> Result<Option<OwnerRow>> {
         match &self.backend {
             Backend::Sqlite(s) => s.owner(id).await,
+            Backend::Postgres(p) => p.owner(id).await,
         }
     }
 
@@ -283,6 +328,7 @@ impl Store {
     pub async fn adoptable(&self, me: String) -> Result<Vec<Adoptable>> {
         match &self.backend {
             Backend::Sqlite(s) => s.adoptable(me).await,
+            Backend::Postgres(p) => p.adoptable(me).await,
         }
     }
 
@@ -295,6 +341,7 @@ impl Store {
     ) -> Result<MonitorRows> {
         match &self.backend {
             Backend::Sqlite(s) => s.monitor(statuses, limit).await,
+            Backend::Postgres(p) => p.monitor(statuses, limit).await,
         }
     }
 
@@ -303,6 +350,7 @@ impl Store {
     pub async fn step_medians(&self, name: String) -> Result<BTreeMap<String, i64>> {
         match &self.backend {
             Backend::Sqlite(s) => s.step_medians(name).await,
+            Backend::Postgres(p) => p.step_medians(name).await,
         }
     }
 
@@ -313,6 +361,7 @@ impl Store {
     pub async fn list(&self, filter: ListFilter) -> Result<MonitorRows> {
         match &self.backend {
             Backend::Sqlite(s) => s.list(filter).await,
+            Backend::Postgres(p) => p.list(filter).await,
         }
     }
 
@@ -320,6 +369,7 @@ impl Store {
     pub async fn delete_workflow(&self, id: ThreadId) -> Result<Deleted> {
         match &self.backend {
             Backend::Sqlite(s) => s.delete_workflow(id).await,
+            Backend::Postgres(p) => p.delete_workflow(id).await,
         }
     }
 
@@ -333,6 +383,7 @@ impl Store {
     ) -> Result<Option<Option<String>>> {
         match &self.backend {
             Backend::Sqlite(s) => s.step_stream(id, step_id, stderr).await,
+            Backend::Postgres(p) => p.step_stream(id, step_id, stderr).await,
         }
     }
 
@@ -345,6 +396,7 @@ impl Store {
     ) -> Result<Vec<(i64, ThreadId, crate::api::Event)>> {
         match &self.backend {
             Backend::Sqlite(s) => s.events_global(after, limit).await,
+            Backend::Postgres(p) => p.events_global(after, limit).await,
         }
     }
 
@@ -352,6 +404,7 @@ impl Store {
     pub async fn last_global_cursor(&self) -> Result<i64> {
         match &self.backend {
             Backend::Sqlite(s) => s.last_gseq().await,
+            Backend::Postgres(p) => p.last_gseq().await,
         }
     }
 
@@ -359,6 +412,7 @@ impl Store {
     pub async fn metric_counts(&self) -> Result<MetricCounts> {
         match &self.backend {
             Backend::Sqlite(s) => s.metric_counts().await,
+            Backend::Postgres(p) => p.metric_counts().await,
         }
     }
 
@@ -366,6 +420,7 @@ impl Store {
     pub fn commit_stats(&self) -> CommitStats {
         match &self.backend {
             Backend::Sqlite(s) => s.commit_stats(),
+            Backend::Postgres(p) => p.commit_stats(),
         }
     }
 }
