@@ -34,7 +34,8 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Database file (default: the platform data dir, e.g. ~/.local/share/baton/baton.db).
+    /// Database: an SQLite file (default: the platform data dir, e.g.
+    /// ~/.local/share/baton/baton.db) or a PostgreSQL URL (postgres://USER@HOST/DB).
     #[arg(long, env = "BATON_DB", global = true)]
     pub db: Option<PathBuf>,
     /// Agent CLI command for prompt steps (split like a shell would: "claude" or "node cli.js").
@@ -147,6 +148,10 @@ pub struct ServeArgs {
     /// interrupted when it stops and resumed by the next baton process).
     #[arg(long, env = "BATON_IN_PROCESS", value_parser = clap::builder::FalseyValueParser::new())]
     pub in_process: bool,
+    /// Submit and observe only: run no steps here and start no worker (workers elsewhere,
+    /// e.g. `baton worker` on other machines sharing a PostgreSQL store, run them).
+    #[arg(long, env = "BATON_NO_EXECUTE", value_parser = clap::builder::FalseyValueParser::new(), conflicts_with = "in_process")]
+    pub no_execute: bool,
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +242,8 @@ pub enum EngineUse {
     None,
     /// The MCP server handing execution to the background worker.
     Serve,
+    /// The MCP server that only submits and observes (`--no-execute`).
+    Observe,
     /// The MCP server running and adopting workflows itself (`--in-process`).
     ServeInProcess,
     /// The background worker: runs and adopts workflows.
@@ -253,6 +260,7 @@ impl Command {
         match self {
             Command::Reap { .. } | Command::Schema | Command::Validate { .. } => EngineUse::None,
             Command::Serve(args) if args.in_process => EngineUse::ServeInProcess,
+            Command::Serve(args) if args.no_execute => EngineUse::Observe,
             Command::Serve(_) => EngineUse::Serve,
             Command::Ui(_) => EngineUse::Ui,
             Command::Worker { .. } => EngineUse::Worker,
@@ -284,6 +292,12 @@ impl Stop {
 }
 
 impl GlobalArgs {
+    /// The PostgreSQL URL given as --db or BATON_DB, if it is one.
+    pub fn db_url(&self) -> Option<String> {
+        let db = self.db.as_ref()?.to_str()?;
+        Store::is_url(db).then(|| db.to_owned())
+    }
+
     /// The database path: --db, BATON_DB, or the platform data dir.
     pub fn db_path(&self) -> Result<PathBuf, CliError> {
         if let Some(p) = &self.db {
@@ -313,10 +327,10 @@ impl GlobalArgs {
     }
 
     /// The global arguments a background worker for the same database runs with.
-    fn worker_args(&self, db: &std::path::Path) -> Vec<String> {
+    fn worker_args(&self, db: &str) -> Vec<String> {
         let mut args = vec![
             "--db".to_owned(),
-            db.display().to_string(),
+            db.to_owned(),
             "--agent-command".to_owned(),
             self.agent_command.clone(),
             "--max-concurrent-steps".to_owned(),
@@ -343,10 +357,17 @@ impl GlobalArgs {
     /// Opens the store and starts an engine for `usage`: servers in process and workers also
     /// take over orphaned workflows; a handing-over server starts the worker when work waits.
     pub async fn open_engine(&self, usage: EngineUse) -> Result<Engine, CliError> {
-        let db = std::path::absolute(self.db_path()?)
-            .map_err(|e| CliError::Other(format!("--db: {e}")))?;
-        let store = Store::open(&db, self.durability)?;
-        let execute = usage != EngineUse::Serve;
+        let (store, db_arg) = match self.db_url() {
+            Some(url) => (Store::connect(&url, self.durability).await?, url),
+            None => {
+                let db = std::path::absolute(self.db_path()?)
+                    .map_err(|e| CliError::Other(format!("--db: {e}")))?;
+                let store = Store::open(&db, self.durability)?;
+                (store, db.display().to_string())
+            }
+        };
+        let db = store.location().to_owned();
+        let execute = !matches!(usage, EngineUse::Serve | EngineUse::Observe);
         let adopt = matches!(usage, EngineUse::ServeInProcess | EngineUse::Worker);
         let cfg = EngineConfig {
             adopt_orphans: adopt,
@@ -361,16 +382,17 @@ impl GlobalArgs {
                     tracing::warn!(error = %e, "cannot start the reaper; background children of steps may outlive a killed baton");
                 }
             }
+            Ok(_) if usage == EngineUse::Observe => {}
             Ok(exe) => engine.set_launcher(std::sync::Arc::new(engine::WorkerLauncher::new(
                 exe.clone(),
-                self.worker_args(&db),
+                self.worker_args(&db_arg),
                 db.clone(),
             ))),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot find baton's own executable to start the reaper or the worker")
             }
         }
-        if adopt || !execute {
+        if adopt || usage == EngineUse::Serve {
             // Serve at once; workflows left by stopped processes are taken over meanwhile.
             let recovering = engine.clone();
             tokio::spawn(async move {

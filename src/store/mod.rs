@@ -119,6 +119,12 @@ impl Store {
         })
     }
 
+    /// Where [`Store::location`] of the PostgreSQL database named by `url` is, without
+    /// connecting to it.
+    pub fn url_location(url: &str) -> Result<std::path::PathBuf> {
+        postgres::url_location(url)
+    }
+
     /// Whether `db` names a PostgreSQL database (a URL) rather than an SQLite file.
     pub fn is_url(db: &str) -> bool {
         postgres::is_url(db)

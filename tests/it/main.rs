@@ -3,6 +3,7 @@
 // Helpers outside #[test] functions may fail loudly too: a failed helper is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
 mod util;
 
 mod agent;

@@ -43,7 +43,12 @@ use crate::store::{AttemptRow, WorkflowRow};
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> StoreError {
         let detail = match e.as_db_error() {
-            Some(db) => format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code()),
+            Some(db) => format!(
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            ),
             None => e.to_string(),
         };
         StoreError::Database(detail)
@@ -53,6 +58,20 @@ impl From<tokio_postgres::Error> for StoreError {
 /// Whether `url` names a PostgreSQL database rather than an SQLite file.
 pub(super) fn is_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Where the files kept beside the store go for the database named by `url`.
+pub(super) fn url_location(url: &str) -> Result<PathBuf> {
+    let config: tokio_postgres::Config =
+        url.parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::Open {
+                path: redact(url),
+                reason: e.to_string(),
+            })?;
+    location_for(&config).map_err(|reason| StoreError::Open {
+        path: redact(url),
+        reason,
+    })
 }
 
 /// Largest number of writes folded into one transaction.
@@ -179,8 +198,9 @@ impl Postgres {
             path: shown.clone(),
             reason,
         };
-        let mut config: tokio_postgres::Config =
-            url.parse().map_err(|e: tokio_postgres::Error| open_err(e.to_string()))?;
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| open_err(e.to_string()))?;
         config
             .connect_timeout(Duration::from_secs(5))
             .keepalives(true)
@@ -276,9 +296,8 @@ impl Postgres {
         {
             // Writes still queued are committed before the process goes on to exit.
             let waited = tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(async {
-                    tokio::time::timeout(Duration::from_secs(10), task).await
-                })
+                tokio::runtime::Handle::current()
+                    .block_on(async { tokio::time::timeout(Duration::from_secs(10), task).await })
             });
             if waited.is_err() {
                 tracing::warn!("the PostgreSQL writer did not finish within 10 s");
@@ -648,10 +667,8 @@ impl Postgres {
         step_id: String,
         stderr: bool,
     ) -> Result<Option<Option<String>>> {
-        self.read(|c| async move {
-            operator_queries::step_stream(&c, &id, &step_id, stderr).await
-        })
-        .await
+        self.read(|c| async move { operator_queries::step_stream(&c, &id, &step_id, stderr).await })
+            .await
     }
 
     pub(super) async fn events_global(
@@ -747,7 +764,13 @@ fn location_for(config: &tokio_postgres::Config) -> std::result::Result<PathBuf,
         .unwrap_or("postgres");
     let name: String = format!("{host}_{port}_{db}")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let dir = base.join("postgres").join(name.trim_matches('_'));
     {
@@ -762,7 +785,9 @@ fn location_for(config: &tokio_postgres::Config) -> std::result::Result<PathBuf,
 }
 
 /// A new connection whose driving task runs on the runtime.
-async fn connect(config: &tokio_postgres::Config) -> std::result::Result<Client, tokio_postgres::Error> {
+async fn connect(
+    config: &tokio_postgres::Config,
+) -> std::result::Result<Client, tokio_postgres::Error> {
     let (client, conn) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -795,9 +820,14 @@ fn transient(e: &StoreError) -> bool {
     match e {
         StoreError::Database(m) => {
             !m.contains("(SQLSTATE ")
-                || ["(SQLSTATE 40", "(SQLSTATE 57P", "(SQLSTATE 08", "(SQLSTATE 53"]
-                    .iter()
-                    .any(|c| m.contains(c))
+                || [
+                    "(SQLSTATE 40",
+                    "(SQLSTATE 57P",
+                    "(SQLSTATE 08",
+                    "(SQLSTATE 53",
+                ]
+                .iter()
+                .any(|c| m.contains(c))
         }
         _ => false,
     }

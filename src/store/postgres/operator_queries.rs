@@ -41,9 +41,8 @@ pub(super) async fn list_filtered(c: &Client, f: &ListFilter) -> Result<Vec<(i64
 /// Deletes a workflow with everything stored about it unless it is queued or running,
 /// checked under the row's lock so no adoption can slip in between.
 pub(super) async fn delete_workflow(tx: &Tx, id: &str) -> Result<Deleted> {
-    let row = tx
-        .c
-        .query_opt(
+    let row =
+        tx.c.query_opt(
             "SELECT wid, status FROM workflows WHERE id = $1 FOR UPDATE",
             &[&id],
         )
@@ -111,8 +110,7 @@ pub(super) async fn events_global(
 
 /// The newest global event cursor (0 if there are no events).
 pub(super) async fn last_gseq(c: &Client) -> Result<i64> {
-    Ok(c
-        .query_one("SELECT value FROM event_cursor", &[])
+    Ok(c.query_one("SELECT value FROM event_cursor", &[])
         .await?
         .try_get(0)?)
 }
@@ -124,7 +122,10 @@ pub(super) async fn metric_counts(c: &Client) -> Result<MetricCounts> {
         ..MetricCounts::default()
     };
     out.attempts = c
-        .query("SELECT outcome, count(*) FROM attempts GROUP BY outcome", &[])
+        .query(
+            "SELECT outcome, count(*) FROM attempts GROUP BY outcome",
+            &[],
+        )
         .await?
         .iter()
         .map(|r| {

@@ -78,9 +78,8 @@ fn step_row(r: &Row) -> Result<StepRow> {
 pub(super) async fn insert_workflow(tx: &Tx, w: &NewWorkflow) -> Result<i64> {
     let now = tx.now();
     let lease = w.lease_expires_at.map(|l| tx.to_db(l));
-    let row = tx
-        .c
-        .query_opt(
+    let row =
+        tx.c.query_opt(
             "INSERT INTO workflows (id, name, status, step_count, created_at, updated_at, \
              owner, lease_expires_at, epoch) VALUES ($1, $2, 'queued', $3, $4, $4, $5, $6, 1) \
              ON CONFLICT (id) DO NOTHING RETURNING wid",
@@ -152,16 +151,19 @@ pub(super) async fn list_workflows(
 }
 
 pub(super) async fn count_by_status(c: &Client) -> Result<Vec<(WorkflowStatus, i64)>> {
-    c.query("SELECT status, count(*) FROM workflows GROUP BY status", &[])
-        .await?
-        .iter()
-        .map(|r| {
-            Ok((
-                parse(&r.try_get::<_, String>(0)?, WorkflowStatus::parse)?,
-                r.try_get(1)?,
-            ))
-        })
-        .collect()
+    c.query(
+        "SELECT status, count(*) FROM workflows GROUP BY status",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok((
+            parse(&r.try_get::<_, String>(0)?, WorkflowStatus::parse)?,
+            r.try_get(1)?,
+        ))
+    })
+    .collect()
 }
 
 /// Fails with [`StoreError::Fenced`] unless `owner` holds the workflow at `epoch`.
@@ -191,9 +193,8 @@ pub(super) async fn take_lease(
     expected: i64,
     lease_until: i64,
 ) -> Result<i64> {
-    let locked = tx
-        .c
-        .query_opt(
+    let locked =
+        tx.c.query_opt(
             "SELECT epoch FROM workflows WHERE id = $1 FOR UPDATE SKIP LOCKED",
             &[&id],
         )
@@ -486,9 +487,8 @@ pub(super) async fn median_step_durations(
 /// `epoch` and reserves `n` event `seq`s, in one statement that locks the workflow row until
 /// the transaction ends. Returns the row's `wid` and the first reserved `seq`.
 async fn fenced_reserve(tx: &Tx, fence: &Fence, n: i64) -> Result<(i64, i64)> {
-    let row = tx
-        .c
-        .query_opt(
+    let row =
+        tx.c.query_opt(
             "UPDATE workflows SET next_seq = next_seq + $4, updated_at = $5 \
              WHERE id = $1 AND owner = $2 AND epoch = $3 RETURNING wid, next_seq - $4",
             &[
@@ -556,9 +556,8 @@ pub(super) async fn register_owner(tx: &Tx, o: &OwnerRow) -> Result<()> {
 
 /// An owner's record, its heartbeat moved onto this process's clock (see [`adoptable`]).
 pub(super) async fn find_owner(c: &Client, id: &str) -> Result<Option<OwnerRow>> {
-    let sql = format!(
-        "SELECT id, pid, host, heartbeat_at, lease_ms, {DB_NOW} FROM owners WHERE id = $1"
-    );
+    let sql =
+        format!("SELECT id, pid, host, heartbeat_at, lease_ms, {DB_NOW} FROM owners WHERE id = $1");
     let local = crate::api::now_ms();
     match c.query_opt(&sql, &[&id]).await? {
         Some(r) => Ok(Some(OwnerRow {
@@ -649,9 +648,8 @@ async fn set_workflow_status(
 async fn charged(tx: &Tx, wid: i64, a: &AttemptRow) -> Result<AttemptRow> {
     let mut a = a.clone();
     if let (Some(reported), Some(session)) = (a.cost_usd, a.session_id.as_deref()) {
-        let before: f64 = tx
-            .c
-            .query_one(
+        let before: f64 =
+            tx.c.query_one(
                 "SELECT coalesce(sum(cost_usd), 0)::double precision FROM attempts \
                  WHERE wid = $1 AND session_id = $2 AND NOT (step_id = $3 AND number = $4)",
                 &[&wid, &session, &a.step_id, &a.number],
@@ -678,19 +676,18 @@ pub(super) async fn snapshot(c: &Client, id: &str) -> Result<Option<Snapshot>> {
 
 /// Steps completed or skipped by events up to `cursor`.
 pub(super) async fn done_at(c: &Client, id: &str, cursor: i64) -> Result<i64> {
-    Ok(c
-        .query_one(
-            "SELECT count(*) FROM events WHERE wid = (SELECT wid FROM workflows WHERE id = $1) \
+    Ok(c.query_one(
+        "SELECT count(*) FROM events WHERE wid = (SELECT wid FROM workflows WHERE id = $1) \
              AND seq <= $2 AND type IN ($3, $4)",
-            &[
-                &id,
-                &cursor,
-                &EventKind::StepCompleted.code(),
-                &EventKind::StepSkipped.code(),
-            ],
-        )
-        .await?
-        .try_get(0)?)
+        &[
+            &id,
+            &cursor,
+            &EventKind::StepCompleted.code(),
+            &EventKind::StepSkipped.code(),
+        ],
+    )
+    .await?
+    .try_get(0)?)
 }
 
 /// An event's payload as stored.

@@ -124,10 +124,7 @@ pub(super) async fn migrate(client: &mut Client) -> Result<()> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     let has_schema: bool = tx
-        .query_one(
-            "SELECT to_regclass('baton_schema') IS NOT NULL",
-            &[],
-        )
+        .query_one("SELECT to_regclass('baton_schema') IS NOT NULL", &[])
         .await?
         .get(0);
     let version: i64 = if has_schema {
