@@ -137,7 +137,12 @@ pub enum Command {
     /// Internal: started by every baton process that runs steps; kills the processes it
     /// started once it exits, even by `kill -9`.
     #[command(name = "__reap", hide = true)]
-    Reap { owner: String },
+    Reap {
+        owner: String,
+        /// Also kill the owner's attempts whenever it sent no heartbeat for this long.
+        #[arg(long)]
+        fence_ms: Option<u64>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -378,7 +383,12 @@ impl GlobalArgs {
         let exe = std::env::current_exe();
         match &exe {
             Ok(exe) if execute => {
-                if let Err(e) = engine::spawn_reaper(exe, engine.owner_id()) {
+                // On a store other machines share, the reaper also self-fences.
+                let fence = engine
+                    .store()
+                    .is_shared()
+                    .then(|| engine::self_fence_after(engine.config().lease));
+                if let Err(e) = engine::spawn_reaper(exe, engine.owner_id(), fence) {
                     tracing::warn!(error = %e, "cannot start the reaper; background children of steps may outlive a killed baton");
                 }
             }
@@ -439,7 +449,7 @@ pub async fn worker(engine: &Engine, stop: &Stop, idle: Duration) -> Result<Exit
 /// Runs a command that needs no engine.
 pub async fn run_offline(command: Command) -> Result<ExitCode, CliError> {
     match command {
-        Command::Reap { owner } => reap(owner).await,
+        Command::Reap { owner, fence_ms } => reap(owner, fence_ms.map(Duration::from_millis)).await,
         Command::Schema => {
             println!("{}", pretty(&crate::workflow::workflow_schema()));
             Ok(ExitCode::SUCCESS)
@@ -483,8 +493,8 @@ pub async fn run(command: Command, engine: &Engine, stop: &Stop) -> Result<ExitC
     }
 }
 
-async fn reap(owner: String) -> Result<ExitCode, CliError> {
-    let killed = tokio::task::spawn_blocking(move || engine::reap_after_parent_exits(&owner))
+async fn reap(owner: String, fence: Option<Duration>) -> Result<ExitCode, CliError> {
+    let killed = tokio::task::spawn_blocking(move || engine::reap_after_parent_exits(&owner, fence))
         .await
         .unwrap_or(0);
     if killed > 0 {

@@ -40,6 +40,7 @@ pub use error::{EngineError, Result};
 pub use follow::{Follow, GlobalFollow, Page};
 pub use handover::{Launcher, WorkerLauncher, WorkerLock, worker_files};
 pub use operator::{Metrics, StepStream};
+pub use lease::self_fence_after;
 pub use process::{reap_after_parent_exits, spawn_reaper};
 pub use view::MonitorFilter;
 
@@ -141,6 +142,8 @@ pub(crate) struct Shared {
     launcher: OnceLock<Arc<dyn handover::Launcher>>,
     /// Workflows this process took over from dead owners (metrics).
     adoptions: std::sync::atomic::AtomicU64,
+    /// Workflows whose drivers self-fencing stopped, taken up again once leases renew.
+    self_fenced: Mutex<Vec<ThreadId>>,
 }
 
 impl Shared {
@@ -220,10 +223,14 @@ impl Engine {
             renewed_at: AtomicI64::new(now_ms()),
             launcher: OnceLock::new(),
             adoptions: std::sync::atomic::AtomicU64::new(0),
+            self_fenced: Mutex::new(Vec::new()),
         });
         lease::register(&sh).await?;
         let ticker = sh.clone();
         sh.tracker.spawn(lease::tick_loop(ticker));
+        if sh.store.is_shared() {
+            sh.tracker.spawn(lease::fence_loop(sh.clone()));
+        }
         Ok(Engine { sh })
     }
 
