@@ -6,6 +6,7 @@
 #   scripts/pg-cluster.sh start [DIR]    prints the connection URL on stdout
 #   scripts/pg-cluster.sh url [DIR]      prints it again
 #   scripts/pg-cluster.sh restart [DIR]  pg_ctl restart -m fast (tests of a database restart)
+#   scripts/pg-cluster.sh stop-keep [DIR] stops the server, keeps its data (start resumes it)
 #   scripts/pg-cluster.sh stop [DIR]     stops the server and removes DIR
 #
 # DIR defaults to $BATON_PG_DIR or /tmp/baton-pg.
@@ -68,6 +69,10 @@ case "$cmd" in
     bin="$(bindir)"
     as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -m fast restart >&2
     ;;
+  stop-keep)
+    bin="$(bindir)"
+    as_owner "$bin/pg_ctl" -D "$dir/data" -w -t 60 -m fast stop >&2
+    ;;
   stop)
     bin="$(bindir)"
     if [ -f "$dir/data/postmaster.pid" ]; then
@@ -76,7 +81,7 @@ case "$cmd" in
     rm -rf "$dir"
     ;;
   *)
-    echo "usage: $0 start|url|restart|stop [DIR]" >&2
+    echo "usage: $0 start|url|restart|stop-keep|stop [DIR]" >&2
     exit 2
     ;;
 esac

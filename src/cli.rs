@@ -154,8 +154,9 @@ pub struct ServeArgs {
     #[arg(long, env = "BATON_IN_PROCESS", value_parser = clap::builder::FalseyValueParser::new())]
     pub in_process: bool,
     /// Submit and observe only: run no steps here and start no worker (workers elsewhere,
-    /// e.g. `baton worker` on other machines sharing a PostgreSQL store, run them).
-    #[arg(long, env = "BATON_NO_EXECUTE", value_parser = clap::builder::FalseyValueParser::new(), conflicts_with = "in_process")]
+    /// e.g. `baton worker` on other machines sharing a PostgreSQL store, run them). Wins
+    /// over --in-process.
+    #[arg(long, env = "BATON_NO_EXECUTE", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_execute: bool,
 }
 
@@ -264,8 +265,8 @@ impl Command {
     pub fn engine_use(&self) -> EngineUse {
         match self {
             Command::Reap { .. } | Command::Schema | Command::Validate { .. } => EngineUse::None,
-            Command::Serve(args) if args.in_process => EngineUse::ServeInProcess,
             Command::Serve(args) if args.no_execute => EngineUse::Observe,
+            Command::Serve(args) if args.in_process => EngineUse::ServeInProcess,
             Command::Serve(_) => EngineUse::Serve,
             Command::Ui(_) => EngineUse::Ui,
             Command::Worker { .. } => EngineUse::Worker,
@@ -494,9 +495,10 @@ pub async fn run(command: Command, engine: &Engine, stop: &Stop) -> Result<ExitC
 }
 
 async fn reap(owner: String, fence: Option<Duration>) -> Result<ExitCode, CliError> {
-    let killed = tokio::task::spawn_blocking(move || engine::reap_after_parent_exits(&owner, fence))
-        .await
-        .unwrap_or(0);
+    let killed =
+        tokio::task::spawn_blocking(move || engine::reap_after_parent_exits(&owner, fence))
+            .await
+            .unwrap_or(0);
     if killed > 0 {
         tracing::info!(killed, "killed processes left by an exited baton");
     }

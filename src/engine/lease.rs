@@ -77,13 +77,11 @@ fn fenced_here(sh: &Shared) -> std::sync::MutexGuard<'_, Vec<ThreadId>> {
     sh.self_fenced.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Takes up again the workflows this process stopped by self-fencing and still holds.
-async fn resume_fenced(sh: &Arc<Shared>, held: &[ThreadId]) {
+/// Takes up again the workflows whose drivers this process stopped because it could not
+/// renew their leases, and that nobody else took meanwhile (they still name this process).
+async fn resume_fenced(sh: &Arc<Shared>) {
     let ids: Vec<ThreadId> = std::mem::take(&mut *fenced_here(sh));
     for id in ids {
-        if !held.contains(&id) {
-            continue;
-        }
         if sh.is_running_here(&id) {
             // Its driver is still stopping: try again at the next renewal.
             fenced_here(sh).push(id);
@@ -101,9 +99,11 @@ async fn resume_fenced(sh: &Arc<Shared>, held: &[ThreadId]) {
         if row.owner.as_deref() != Some(sh.owner.as_str()) {
             continue;
         }
-        match adopt(sh, &id, Some(sh.owner.clone()), row.epoch).await {
+        match adopt(sh, &id, Some(sh.owner.clone()), row.epoch, true).await {
             Ok(()) => tracing::info!(thread_id = %id, "took up a workflow stopped by self-fencing"),
-            Err(e) => tracing::warn!(thread_id = %id, error = %e, "cannot take up a self-fenced workflow"),
+            Err(e) => {
+                tracing::warn!(thread_id = %id, error = %e, "cannot take up a self-fenced workflow")
+            }
         }
     }
 }
@@ -197,15 +197,17 @@ async fn tick(sh: &Arc<Shared>) -> Result<()> {
     let local: Vec<ThreadId> = sh.runs().keys().cloned().collect();
     for id in local {
         if !renewal.held.contains(&id) {
-            tracing::warn!(thread_id = %id, "lease taken by another process; stopping here");
+            tracing::warn!(thread_id = %id, "lease taken by another process or ended; stopping here");
             sh.stop_driver(&id, StopReason::Fenced);
+            // If nobody took it, this process takes it up again once its driver stopped.
+            fenced_here(sh.as_ref()).push(id);
         }
     }
     sh.renewed_at
         .store(now, std::sync::atomic::Ordering::Relaxed);
     super::process::reaper_heartbeat();
     honour_cancels(sh, &renewal.cancels);
-    resume_fenced(sh, &renewal.held).await;
+    resume_fenced(sh).await;
     if !sh.cfg.execute {
         hand_over_waiting(sh).await?;
     } else if sh.cfg.adopt_orphans {
@@ -325,7 +327,7 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
     let results = futures::future::join_all(candidates.into_iter().map(|(id, prev, epoch, _)| {
         let sh = sh.clone();
         async move {
-            let r = adopt(&sh, &id, prev.clone(), epoch).await;
+            let r = adopt(&sh, &id, prev.clone(), epoch, false).await;
             (id, prev, r)
         }
     }))
@@ -346,8 +348,16 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
 }
 
 /// Takes over a workflow whose owner is gone and starts driving it: in-flight steps are
-/// counted as crashed and re-run (or failed, past the crash cap).
-async fn adopt(sh: &Arc<Shared>, id: &ThreadId, prev: Option<String>, epoch: i64) -> Result<()> {
+/// counted as crashed and re-run (or failed, past the crash cap). `fenced`: this process
+/// takes up its own workflow after stopping it by self-fencing; its attempts were stopped on
+/// purpose, so they count as interrupted, not as crashes.
+async fn adopt(
+    sh: &Arc<Shared>,
+    id: &ThreadId,
+    prev: Option<String>,
+    epoch: i64,
+    fenced: bool,
+) -> Result<()> {
     let claim = Claim {
         owner: sh.owner.clone(),
         expected_epoch: epoch,
@@ -358,11 +368,32 @@ async fn adopt(sh: &Arc<Shared>, id: &ThreadId, prev: Option<String>, epoch: i64
     let (new_epoch, after, ()) = sh
         .store
         .transition(id.clone(), claim, move |snap| {
-            let ch = scheduler::adopt_changes(&snap.steps, prev.as_deref(), max_crashes, now);
+            let ch = if fenced {
+                // Past any crash count: the cap is applied to none of these.
+                let mut ch = scheduler::adopt_changes(&snap.steps, prev.as_deref(), i64::MAX, now);
+                as_interrupted(&mut ch);
+                ch
+            } else {
+                scheduler::adopt_changes(&snap.steps, prev.as_deref(), max_crashes, now)
+            };
             Ok((ch, ()))
         })
         .await?;
     // What the new driver needs was read in the same transaction.
     sh.spawn_driver(id, new_epoch, DriverInit::Loaded(after));
     Ok(())
+}
+
+/// Rewrites an adoption's change set for attempts stopped by self-fencing: interrupted, and
+/// not counted towards the crash cap.
+fn as_interrupted(ch: &mut crate::store::Changes) {
+    for a in &mut ch.attempts {
+        if a.outcome == crate::api::AttemptOutcome::Crashed {
+            a.outcome = crate::api::AttemptOutcome::Interrupted;
+            a.error = Some("stopped here: its leases could not be renewed in time".into());
+        }
+    }
+    for s in &mut ch.steps {
+        s.crashes = (s.crashes - 1).max(0);
+    }
 }

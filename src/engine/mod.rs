@@ -39,8 +39,8 @@ pub use control::{MAX_DEFINITION_BYTES, ResumeMode, ResumeRequest, SubmitRequest
 pub use error::{EngineError, Result};
 pub use follow::{Follow, GlobalFollow, Page};
 pub use handover::{Launcher, WorkerLauncher, WorkerLock, worker_files};
-pub use operator::{Metrics, StepStream};
 pub use lease::self_fence_after;
+pub use operator::{Metrics, StepStream};
 pub use process::{reap_after_parent_exits, spawn_reaper};
 pub use view::MonitorFilter;
 

@@ -257,7 +257,8 @@ impl Store {
     }
 
     /// Extends an owner's leases and heartbeat; says which workflows it still holds and
-    /// which of them others asked to cancel.
+    /// which of them others asked to cancel. On PostgreSQL the lease runs from the database's
+    /// clock and a lease that has already ended is not extended (nor counted as held).
     pub async fn renew(&self, owner: String, lease_until: i64, now: i64) -> Result<Renewal> {
         match &self.backend {
             Backend::Sqlite(s) => s.renew(owner, lease_until, now).await,

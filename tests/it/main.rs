@@ -17,6 +17,7 @@ mod floods;
 mod handover;
 pub mod http;
 mod mcp_native;
+mod postgres;
 mod processes;
 mod protocol;
 mod recovery;

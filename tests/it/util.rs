@@ -98,14 +98,32 @@ impl Sandbox {
     }
     /// A sandbox on a fresh database of the `BATON_TEST_POSTGRES` server; `None` when unset.
     pub fn postgres() -> Option<Sandbox> {
-        let admin = postgres_server()?;
+        Some(Sandbox::postgres_at(&postgres_server()?))
+    }
+    /// A sandbox on a fresh database of the server `admin` names.
+    pub fn postgres_at(admin: &str) -> Sandbox {
+        let admin = admin.to_owned();
         let name = format!("baton_t{}", uuid::Uuid::now_v7().simple());
         pg_admin(&admin, &format!("CREATE DATABASE {name}"));
         let url = with_dbname(&admin, &name);
-        Some(Sandbox {
+        Sandbox {
             dir: tempfile::tempdir().unwrap(),
             pg: Some(PgDatabase { admin, name, url }),
-        })
+        }
+    }
+    /// A file kept beside the database (`baton.http`, `baton.token`): in the sandbox for
+    /// SQLite, in the per-database data dir for PostgreSQL.
+    pub fn beside(&self, name: &str) -> PathBuf {
+        if self.pg.is_none() {
+            return self.path(name);
+        }
+        let root = self.dir.path().join("data/baton/postgres");
+        std::fs::read_dir(&root)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.path().join(name))
+            .unwrap_or_else(|| root.join(name))
     }
     pub fn is_postgres(&self) -> bool {
         self.pg.is_some()

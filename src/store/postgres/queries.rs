@@ -216,12 +216,15 @@ pub(super) async fn take_lease(
     Ok(expected + 1)
 }
 
-/// Extends the leases `owner` holds and its heartbeat, by the database's clock.
+/// Extends the leases `owner` holds and its heartbeat, by the database's clock. A lease that
+/// has ended is not revived: another process may be claiming it at this moment, having seen
+/// it end, and the owner stopped its attempts before then (self-fencing).
 pub(super) async fn renew_leases(tx: &Tx, owner: &str, lease_ms: i64) -> Result<()> {
     let now = tx.now();
     tx.c.execute(
-        "UPDATE workflows SET lease_expires_at = $2 WHERE owner = $1",
-        &[&owner, &(now + lease_ms)],
+        "UPDATE workflows SET lease_expires_at = $2 WHERE owner = $1 \
+         AND (lease_expires_at IS NULL OR lease_expires_at >= $3)",
+        &[&owner, &(now + lease_ms), &now],
     )
     .await?;
     tx.c.execute(
@@ -232,8 +235,13 @@ pub(super) async fn renew_leases(tx: &Tx, owner: &str, lease_ms: i64) -> Result<
     Ok(())
 }
 
+/// Workflows `owner` holds with a lease that has not ended.
 pub(super) async fn held_by(c: &Client, owner: &str) -> Result<Vec<String>> {
-    c.query("SELECT id FROM workflows WHERE owner = $1", &[&owner])
+    let sql = format!(
+        "SELECT id FROM workflows WHERE owner = $1 \
+         AND (lease_expires_at IS NULL OR lease_expires_at >= {DB_NOW})"
+    );
+    c.query(&sql, &[&owner])
         .await?
         .iter()
         .map(|r| Ok(r.try_get(0)?))
