@@ -68,13 +68,20 @@ pub(super) async fn fence_loop(sh: Arc<Shared>) {
         );
         for id in local {
             sh.stop_driver(&id, StopReason::Fenced);
-            fenced_here(sh.as_ref()).push(id);
+            remember_fenced(sh.as_ref(), id);
         }
     }
 }
 
 fn fenced_here(sh: &Shared) -> std::sync::MutexGuard<'_, Vec<ThreadId>> {
     sh.self_fenced.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn remember_fenced(sh: &Shared, id: ThreadId) {
+    let mut ids = fenced_here(sh);
+    if !ids.contains(&id) {
+        ids.push(id);
+    }
 }
 
 /// Takes up again the workflows whose drivers this process stopped because it could not
@@ -200,7 +207,7 @@ async fn tick(sh: &Arc<Shared>) -> Result<()> {
             tracing::warn!(thread_id = %id, "lease taken by another process or ended; stopping here");
             sh.stop_driver(&id, StopReason::Fenced);
             // If nobody took it, this process takes it up again once its driver stopped.
-            fenced_here(sh.as_ref()).push(id);
+            remember_fenced(sh.as_ref(), id);
         }
     }
     sh.renewed_at

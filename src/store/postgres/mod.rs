@@ -97,8 +97,6 @@ pub(super) struct Tx {
 struct TxState {
     /// The database's clock when the transaction began (ms since the epoch).
     now: i64,
-    /// The database's clock minus this process's, measured at the same moment.
-    offset: i64,
     touched: Vec<ThreadId>,
     events: Vec<PendingEvent>,
 }
@@ -122,11 +120,6 @@ impl Tx {
     /// The database's clock at the start of the transaction.
     pub(super) fn now(&self) -> i64 {
         self.state().now
-    }
-
-    /// A time of this process's clock on the database's clock.
-    pub(super) fn to_db(&self, local: i64) -> i64 {
-        local + self.state().offset
     }
 
     pub(super) fn touched(&self, id: &str) {
@@ -362,11 +355,14 @@ impl Postgres {
                 "an unowned workflow cannot be stored with changes".into(),
             ));
         }
+        // The lease runs from the database's clock when the write commits (it may be retried
+        // after a lost connection), for the length the caller asked for.
+        let lease_ms = new.lease_expires_at.map(|l| (l - now_ms()).max(0));
         let (new, first) = (Arc::new(new), Arc::new(first));
         self.write(move |tx| {
             let (new, first) = (new.clone(), first.clone());
             async move {
-                queries::insert_workflow(&tx, &new).await?;
+                queries::insert_workflow(&tx, &new, lease_ms).await?;
                 if let Some(owner) = &new.owner {
                     let fence = Fence {
                         id: new.id.clone(),
@@ -403,18 +399,14 @@ impl Postgres {
         // `f` runs once; a batch run again after a lost connection reports a conflict
         // instead of deciding twice.
         let f = Arc::new(Mutex::new(Some(f)));
+        let lease_ms = (claim.lease_until - now_ms()).max(0);
         let (id, claim) = (Arc::new(id), Arc::new(claim));
         self.write(move |tx| {
             let (f, id, claim) = (f.clone(), id.clone(), claim.clone());
             async move {
-                let epoch = queries::take_lease(
-                    &tx,
-                    &id,
-                    &claim.owner,
-                    claim.expected_epoch,
-                    claim.lease_until,
-                )
-                .await?;
+                let epoch =
+                    queries::take_lease(&tx, &id, &claim.owner, claim.expected_epoch, lease_ms)
+                        .await?;
                 let before = queries::snapshot(&tx.c, &id)
                     .await?
                     .ok_or_else(|| StoreError::Corrupt(format!("workflow {id} vanished")))?;
@@ -958,7 +950,6 @@ impl Writer {
     /// One transaction for the whole batch, each write in its own savepoint (a lone write
     /// needs none). The global event cursor is taken last, just before `COMMIT`.
     async fn try_batch(&self, c: &Arc<Client>, batch: &[Job]) -> std::result::Result<Done, Lost> {
-        let local = now_ms();
         let begun = c
             .simple_query(&format!("BEGIN; SELECT {}", queries::DB_NOW))
             .await
@@ -974,7 +965,6 @@ impl Writer {
             c: c.clone(),
             st: Arc::new(Mutex::new(TxState {
                 now: db_now,
-                offset: db_now - local,
                 ..TxState::default()
             })),
         };
@@ -1217,4 +1207,44 @@ fn record_latency(stats: &Mutex<CommitStats>, took: Duration) {
     st.count += 1;
     st.sum_us += us;
     st.last_us = Some(us);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_shown_in_messages_never_carries_the_password() {
+        assert_eq!(
+            redact("postgres://baton:s3cret@db.internal/baton"),
+            "postgres://baton:***@db.internal/baton"
+        );
+        assert_eq!(
+            redact("postgresql://baton@localhost/b?host=/tmp/s"),
+            "postgresql://baton@localhost/b?host=/tmp/s"
+        );
+    }
+
+    #[test]
+    fn only_failures_that_say_nothing_about_the_write_are_retried() {
+        let db = |m: &str| StoreError::Database(m.to_owned());
+        assert!(transient(&db("error connecting to server")));
+        assert!(transient(&db("ERROR: deadlock detected (SQLSTATE 40P01)")));
+        assert!(transient(&db(
+            "FATAL: terminating connection due to administrator command (SQLSTATE 57P01)"
+        )));
+        assert!(!transient(&db(
+            "ERROR: duplicate key value violates unique constraint (SQLSTATE 23505)"
+        )));
+        assert!(!transient(&StoreError::Fenced("w".into())));
+        assert!(!transient(&StoreError::Conflict("exists".into())));
+    }
+
+    #[test]
+    fn postgres_urls_select_postgres_and_paths_do_not() {
+        assert!(is_url("postgres://u@h/db"));
+        assert!(is_url("postgresql:///db?host=/run/postgresql"));
+        assert!(!is_url("/var/lib/baton/baton.db"));
+        assert!(!is_url("postgres.db"));
+    }
 }

@@ -75,9 +75,14 @@ fn step_row(r: &Row) -> Result<StepRow> {
 // ---------------------------------------------------------------- workflows
 
 /// Inserts a queued workflow (owned at epoch 1 by `w.owner`, or unowned); returns its `wid`.
-pub(super) async fn insert_workflow(tx: &Tx, w: &NewWorkflow) -> Result<i64> {
+/// `lease_ms`: the length of the owner's lease, from the database's clock now.
+pub(super) async fn insert_workflow(
+    tx: &Tx,
+    w: &NewWorkflow,
+    lease_ms: Option<i64>,
+) -> Result<i64> {
     let now = tx.now();
-    let lease = w.lease_expires_at.map(|l| tx.to_db(l));
+    let lease = lease_ms.map(|l| now + l);
     let row =
         tx.c.query_opt(
             "INSERT INTO workflows (id, name, status, step_count, created_at, updated_at, \
@@ -191,7 +196,7 @@ pub(super) async fn take_lease(
     id: &str,
     owner: &str,
     expected: i64,
-    lease_until: i64,
+    lease_ms: i64,
 ) -> Result<i64> {
     let locked =
         tx.c.query_opt(
@@ -205,7 +210,7 @@ pub(super) async fn take_lease(
     if row.try_get::<_, i64>(0)? != expected {
         return Err(StoreError::Fenced(id.to_owned()));
     }
-    let lease = tx.to_db(lease_until);
+    let lease = tx.now() + lease_ms;
     tx.c.execute(
         "UPDATE workflows SET owner = $2, epoch = epoch + 1, lease_expires_at = $3, \
          cancel_requested = false WHERE id = $1",
