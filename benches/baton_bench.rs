@@ -40,6 +40,8 @@ const ALL: &[&str] = &[
     "recovery",
     "memory",
     "growth",
+    "flow",
+    "xproc",
 ];
 
 // ---------------------------------------------------------------- statistics and report
@@ -163,6 +165,8 @@ fn main() {
             "recovery" => recovery(&mut r),
             "memory" => memory(&mut r),
             "growth" => rt.block_on(growth(&mut r)),
+            "flow" => rt.block_on(flow(&mut r)),
+            "xproc" => xproc(&mut r),
             _ => unreachable!(),
         }
         println!("  ({s} took {:.1} s)", started.elapsed().as_secs_f64());
@@ -560,6 +564,179 @@ async fn concurrency(r: &mut Report) {
 }
 
 // ---------------------------------------------------------------- target 6 (store)
+
+// ---------------------------------------------------------------- control flow
+
+/// A 1,000-item `for_each` of `/bin/true`, and a 100-iteration `repeat` of two `true`
+/// steps, against the spawns and commits they cannot avoid, in the same run.
+async fn flow(r: &mut Report) {
+    r.section("control flow: 1,000-item for_each, 100-iteration repeat");
+    let db = r.dir.join("flow.db");
+    let e = start_engine(&db, Durability::Full, false, 32).await;
+    let fan = json!({"name": "fan", "steps": [
+        {"id": "f", "for_each": serde_json::to_string(&(0..1000).collect::<Vec<u32>>()).unwrap(),
+         "run": ["/bin/true"]}
+    ]});
+    run_one(&e, &fan).await;
+    let mut spawns = Samples::default();
+    let mut fans = Samples::default();
+    let mut commits = 0.0;
+    let mut bytes = 0.0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        for _ in 0..1000 {
+            Command::new("/bin/true").status().unwrap();
+        }
+        spawns.push(t.elapsed());
+        let (c0, b0) = (e.store().commit_count(), file_size(&db));
+        fans.push(run_one(&e, &fan).await);
+        commits = (e.store().commit_count() - c0) as f64 / 1000.0;
+        bytes = (file_size(&db) - b0) as f64 / 1000.0;
+    }
+    r.row(
+        "1,000 x Command::status(/bin/true) (3)",
+        p50_95(&spawns),
+        "",
+        None,
+    );
+    r.row(
+        "for_each of 1,000 x /bin/true, 32 at once (3)",
+        p50_95(&fans),
+        "",
+        None,
+    );
+    r.row(
+        "   for_each / 1,000 sequential spawns",
+        format!("{:.2}x", fans.p50() / spawns.p50()),
+        "",
+        None,
+    );
+    r.row("   commits per instance", format!("{commits:.2}"), "", None);
+    r.row(
+        "   store bytes per instance",
+        format!("{bytes:.0}"),
+        "",
+        None,
+    );
+    let looped = json!({"name": "loop", "steps": [
+        {"id": "l", "repeat": {"steps": [
+            {"id": "a", "run": ["/bin/true"]},
+            {"id": "b", "deps": ["a"], "run": ["/bin/true"]}
+        ], "max_iterations": 100}}
+    ]});
+    run_one(&e, &looped).await;
+    let mut loops = Samples::default();
+    let mut pair = Samples::default();
+    for _ in 0..3 {
+        let t = Instant::now();
+        for _ in 0..200 {
+            Command::new("/bin/true").status().unwrap();
+        }
+        pair.push(t.elapsed());
+        loops.push(run_one(&e, &looped).await);
+    }
+    stop_engine(e).await;
+    let raw = r.get("raw_commit_p50_ms").unwrap_or(0.0);
+    let per_iteration = loops.p50() / 100.0;
+    let floor = pair.p50() / 100.0 + 2.0 * raw;
+    r.row(
+        "repeat of 2 x /bin/true, 100 iterations (3)",
+        p50_95(&loops),
+        "",
+        None,
+    );
+    r.row(
+        "   per iteration vs 2 spawns + 2 raw commits",
+        format!(
+            "{per_iteration:.3} vs {floor:.3} ms ({:.2}x)",
+            per_iteration / floor
+        ),
+        "",
+        None,
+    );
+}
+
+// ---------------------------------------------------------------- target 3 (cross-process)
+
+/// The gap from one step's last side effect to the next step's first, in a chain of shell
+/// steps run by `baton run`: exit noticed, boundary committed (waiting for the write lock
+/// when other processes hold it), next process spawned. One process alone, then three
+/// processes on the same database at once.
+fn xproc(r: &mut Report) {
+    r.section("target 3: cross-process step-to-step gap, 1 vs 3 processes on one file");
+    let steps: Vec<Value> = (0..150)
+        .map(|i| {
+            let mut s = json!({"id": format!("s{i}"),
+                "shell": "printf 's %s\\n' \"$(date +%s%N)\" >> \"$TS\"; printf 'e %s\\n' \"$(date +%s%N)\" >> \"$TS\""});
+            if i > 0 {
+                s["deps"] = json!([format!("s{}", i - 1)]);
+            }
+            s
+        })
+        .collect();
+    let def = r.dir.join("xproc.json");
+    std::fs::write(&def, json!({"name": "xproc", "steps": steps}).to_string()).unwrap();
+    let mut p99 = BTreeMap::new();
+    for n in [1usize, 3] {
+        let db = r.dir.join(format!("xproc-{n}.db"));
+        let logs: Vec<PathBuf> = (0..n)
+            .map(|i| r.dir.join(format!("ts-{n}-{i}.log")))
+            .collect();
+        let children: Vec<std::process::Child> = logs
+            .iter()
+            .map(|log| {
+                Command::new(BIN)
+                    .args(["run", def.to_str().unwrap()])
+                    .env("BATON_DB", &db)
+                    .env("TS", log)
+                    .env("RUST_LOG", "error")
+                    .current_dir(&r.dir)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for mut c in children {
+            assert!(c.wait().unwrap().success(), "baton run failed");
+        }
+        let mut gaps = Samples::default();
+        for log in &logs {
+            let text = std::fs::read_to_string(log).unwrap();
+            let mut last_end: Option<u64> = None;
+            for line in text.lines() {
+                let (kind, ns) = line.split_once(' ').unwrap();
+                let ns: u64 = ns.parse().unwrap();
+                match kind {
+                    "s" => {
+                        if let Some(e) = last_end {
+                            gaps.push(Duration::from_nanos(ns.saturating_sub(e)));
+                        }
+                    }
+                    _ => last_end = Some(ns),
+                }
+            }
+        }
+        r.row(
+            &format!(
+                "step-to-step gap, {n} process{} ({} gaps)",
+                if n == 1 { "" } else { "es" },
+                gaps.0.len()
+            ),
+            format!("{} / p99 {:.3} ms", p50_95(&gaps), gaps.pct(0.99)),
+            "",
+            None,
+        );
+        p99.insert(n, gaps.pct(0.99));
+    }
+    let ratio = p99[&3] / p99[&1];
+    r.row(
+        "T3x p99 gap, 3 processes / 1 process",
+        format!("{ratio:.2}x"),
+        "<= 2x",
+        Some(ratio <= 2.0),
+    );
+}
 
 fn file_size(db: &Path) -> u64 {
     let conn = rusqlite::Connection::open(db).unwrap();

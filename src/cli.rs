@@ -117,6 +117,21 @@ pub enum Command {
         /// Guidance for a retried agent step, sent into its resumed session.
         #[arg(long)]
         prompt: Option<String>,
+        /// A higher cost budget (USD), for a workflow blocked by its max_cost_usd.
+        #[arg(long)]
+        max_cost_usd: Option<f64>,
+    },
+    /// Answer a human step that waits (approve it, deny it, or give the text it asks for),
+    /// then follow the workflow.
+    Approve {
+        thread_id: String,
+        step: String,
+        /// Deny instead of approving: the step fails.
+        #[arg(long)]
+        deny: bool,
+        /// The text an input step asks for (or a comment on the approval or denial).
+        #[arg(long)]
+        input: Option<String>,
     },
     /// Cancel a workflow (it stays resumable).
     Cancel { thread_id: String },
@@ -473,7 +488,17 @@ pub async fn run(command: Command, engine: &Engine, stop: &Stop) -> Result<ExitC
             from_step,
             mode,
             prompt,
-        } => resume(engine, stop, thread_id.into(), from_step, mode, prompt).await,
+            max_cost_usd,
+        } => {
+            let how = (mode, prompt, max_cost_usd);
+            resume(engine, stop, thread_id.into(), from_step, how).await
+        }
+        Command::Approve {
+            thread_id,
+            step,
+            deny,
+            input,
+        } => approve(engine, stop, thread_id.into(), step, deny, input).await,
         Command::Watch { thread_id, cursor } => {
             follow(engine, stop, &thread_id.into(), cursor, false).await
         }
@@ -551,8 +576,7 @@ async fn resume(
     stop: &Stop,
     thread_id: ThreadId,
     from_step: Option<String>,
-    mode: CliResumeMode,
-    prompt: Option<String>,
+    (mode, prompt, max_cost_usd): (CliResumeMode, Option<String>, Option<f64>),
 ) -> Result<ExitCode, CliError> {
     // Follow from the current end of the log: only what the resume does is printed.
     let mut cursor = 0;
@@ -574,8 +598,43 @@ async fn resume(
         },
         prompt,
         agent: None,
+        max_cost_usd,
     };
     engine.resume(req).await?;
+    follow(engine, stop, &thread_id, cursor, true).await
+}
+
+/// `baton approve`: answers a waiting human step, then follows what the answer sets off.
+async fn approve(
+    engine: &Engine,
+    stop: &Stop,
+    thread_id: ThreadId,
+    step: String,
+    deny: bool,
+    input: Option<String>,
+) -> Result<ExitCode, CliError> {
+    // Follow from the current end of the log: only what the answer sets off is printed.
+    let mut cursor = 0;
+    loop {
+        let page = engine.events(&thread_id, cursor, 10_000).await?;
+        if let Some(last) = page.events.last() {
+            cursor = last.seq;
+        }
+        if page.caught_up {
+            break;
+        }
+    }
+    let req = engine::AnswerRequest {
+        thread_id: thread_id.clone(),
+        step: step.clone(),
+        approve: Some(!deny),
+        input,
+    };
+    engine.answer(req).await?;
+    eprintln!(
+        "{thread_id}: {step} {}",
+        if deny { "denied" } else { "answered" }
+    );
     follow(engine, stop, &thread_id, cursor, true).await
 }
 

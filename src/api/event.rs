@@ -61,7 +61,8 @@ pub enum ResumedBy {
 /// - `step_completed`: `duration_ms`, `output_preview`, `session_cost_usd`.
 /// - `step_failed`: `error`, `attempts`, `reason` (`not retryable`, `retries exhausted`,
 ///   `crash loop`).
-/// - `step_blocked`: `reason`, `permission_denials`.
+/// - `step_blocked`: `reason`, `permission_denials`; for a human step `question`,
+///   `interaction` and `deadline_at`.
 /// - `workflow_completed|failed|blocked|cancelled`: `done`, `total`, `error`.
 /// - `workflow_interrupted`: `reason`.
 /// - `workflow_resumed`: `by`; for a user, `mode`, `from_step`, `steps`; for an adoption,
@@ -70,6 +71,9 @@ pub enum ResumedBy {
 pub struct EventData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_count: Option<i64>,
+    /// The iteration a `repeat` group starts or ended in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iteration: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_session: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,6 +124,15 @@ pub struct EventData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub values: Option<serde_json::Value>,
+    /// A human step's rendered prompt (`step_blocked` while it waits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question: Option<String>,
+    /// A human step's kind: `approval`, `input` or `notification`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interaction: Option<String>,
+    /// When a waiting human step's `on_timeout` applies (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_at: Option<String>,
 }
 
 impl EventData {
@@ -202,6 +215,12 @@ impl Event {
         let attempt = self.attempt.unwrap_or(1);
         match self.kind {
             K::WorkflowStarted => "workflow started".to_owned(),
+            K::StepStarted if d.iteration.is_some_and(|k| k > 1) => {
+                format!("{step}: iteration {}", d.iteration.unwrap_or_default())
+            }
+            K::StepStarted if d.total.is_some() => {
+                format!("{step}: started, {} instances", d.total.unwrap_or_default())
+            }
             K::StepStarted if attempt > 1 => format!("{step}: started (attempt {attempt})"),
             K::StepStarted => format!("{step}: started"),
             K::StepProgress => format!("{step}: {}", text(&d.message)),
@@ -210,11 +229,24 @@ impl Event {
                 tail(&text(&d.error), 300),
                 d.delay_ms.unwrap_or(0) as f64 / 1000.0
             ),
+            K::StepCompleted if d.iteration.is_some() => {
+                let k = d.iteration.unwrap_or_default();
+                format!(
+                    "{step}: completed after {k} iteration{} in {:.1}s",
+                    if k == 1 { "" } else { "s" },
+                    d.duration_ms.unwrap_or(0) as f64 / 1000.0
+                )
+            }
             K::StepCompleted => format!(
                 "{step}: completed in {:.1}s",
                 d.duration_ms.unwrap_or(0) as f64 / 1000.0
             ),
             K::StepFailed => format!("{step}: failed: {}", tail(&text(&d.error), 300)),
+            K::StepBlocked if d.question.is_some() => format!(
+                "{step}: {}: {}",
+                text(&d.reason),
+                text(&d.question).chars().take(300).collect::<String>()
+            ),
             K::StepBlocked => format!("{step}: blocked: {}", text(&d.reason)),
             K::StepSkipped => format!("{step}: skipped"),
             K::StepCancelled => format!("{step}: cancelled"),

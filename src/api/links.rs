@@ -34,7 +34,7 @@ impl Links {
     }
 }
 
-/// Thread ids are `[A-Za-z0-9-_.:]`; anything else is percent-encoded anyway.
+/// Thread ids are `[A-Za-z0-9-_.:/]`; anything else is percent-encoded anyway.
 fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {

@@ -15,7 +15,8 @@ pub use event::{Event, EventData, EventKind, NewEvent, ResumedBy, tail};
 pub use links::Links;
 pub use time::{now_ms, rfc3339};
 pub use view::{
-    AttemptView, MonitorView, MonitoredWorkflow, Progress, StepView, WorkflowView, is_overdue,
+    AttemptView, MonitorView, MonitoredWorkflow, Progress, StepView, WaitingFor, WorkflowView,
+    is_overdue,
 };
 
 use std::fmt;
@@ -140,7 +141,7 @@ impl ThreadId {
             && id.len() <= MAX_THREAD_ID
             && id
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'));
         ok.then(|| ThreadId(Arc::from(id)))
     }
 
@@ -209,10 +210,11 @@ mod tests {
     }
 
     #[test]
-    fn client_chosen_thread_ids_are_restricted() {
+    fn thread_ids_are_restricted_to_url_safe_characters() {
         assert!(ThreadId::parse_new("job-1.a:b_c").is_some());
         assert!(ThreadId::parse_new("").is_none());
-        assert!(ThreadId::parse_new("a/b").is_none());
+        assert!(ThreadId::parse_new("a/b").is_some(), "a sub-workflow's id");
+        assert!(ThreadId::parse_new("a b").is_none());
         assert!(ThreadId::parse_new(&"x".repeat(129)).is_none());
         assert_eq!(ThreadId::generate().len(), 36);
     }

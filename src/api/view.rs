@@ -49,6 +49,28 @@ pub struct AttemptView {
     pub num_turns: Option<i64>,
 }
 
+/// The open question of a human step that waits for an answer.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct WaitingFor {
+    /// The step that asks.
+    pub step: String,
+    /// `approval` (approve or deny) or `input` (a text answer).
+    pub kind: String,
+    /// The question, rendered.
+    pub prompt: String,
+    /// When the step began to wait.
+    pub since: String,
+    /// When `on_timeout` applies; absent: it waits until answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
+    pub deadline: Option<String>,
+    /// `fail`, `approve` or `wait`.
+    pub on_timeout: String,
+    /// An answer was recorded and is being applied.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub answered: bool,
+}
+
 /// One step's state.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct StepView {
@@ -84,6 +106,10 @@ pub struct StepView {
     /// The steps this one waits for (the DAG's edges, for drawing it).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub deps: Vec<String>,
+    /// A human step's open question, while it waits.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schemars(with = "WaitingFor")]
+    pub waiting_for: Option<WaitingFor>,
 }
 
 /// Status of one workflow, as `invoke_status` returns it.
@@ -107,12 +133,20 @@ pub struct WorkflowView {
     pub error: Option<String>,
     /// Sum of agent costs over all attempts.
     pub total_cost_usd: f64,
+    /// The cost budget in force (`defaults.max_cost_usd`, or a resume's higher one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "f64")]
+    pub max_cost_usd: Option<f64>,
     /// Owner id of the process running it, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "String")]
     pub owner: Option<String>,
     pub inputs: BTreeMap<String, String>,
     pub steps: Vec<StepView>,
+    /// The questions of the human steps that wait for an answer (answer with
+    /// `invoke_resume {thread_id, step, approve, input}`).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub waiting_for: Vec<WaitingFor>,
 }
 
 /// One workflow in the monitor.

@@ -240,8 +240,16 @@ pub fn outcome(
         };
     }
     let exit_ok = matches!(r.ending, Ending::Exited(0));
+    let subtype = result.get("subtype").and_then(Value::as_str).unwrap_or("");
+    if subtype == "error_max_budget_usd" {
+        // The run reached its --max-budget-usd: more money, not another try, is the answer.
+        return Outcome::Blocked {
+            reason: "budget: the agent run reached its max_cost_usd; resume with a higher max_cost_usd to go on".to_owned(),
+            denials: Value::Array(Vec::new()),
+            detail,
+        };
+    }
     if is_error || !exit_ok {
-        let subtype = result.get("subtype").and_then(Value::as_str).unwrap_or("");
         let error = text
             .filter(|t| !t.is_empty())
             .or(errors)
@@ -253,7 +261,12 @@ pub fn outcome(
             detail,
         };
     }
-    let output = text.unwrap_or_default();
+    // With `--json-schema` the CLI reports the value as `structured_output`: it is the
+    // step's output (as JSON text).
+    let output = match result.get("structured_output") {
+        Some(v) if !v.is_null() => v.to_string(),
+        _ => text.unwrap_or_default(),
+    };
     match success.check_output(&output) {
         Some(reason) => Outcome::Failed {
             class: FailureClass::Retryable,

@@ -4,7 +4,7 @@
 //! happens in one store transition that first takes (or checks) the workflow's lease — a
 //! rejected request changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -74,6 +74,9 @@ pub struct ResumeRequest {
     pub prompt: Option<String>,
     /// Agent-option overrides for retried agent steps (e.g. another permission mode).
     pub agent: Option<AgentOptions>,
+    /// A new cost budget for the workflow (USD), above what it has cost so far: steps
+    /// blocked by the budget go on.
+    pub max_cost_usd: Option<f64>,
 }
 
 /// Reads a workflow file (JSON): a regular file only (never a FIFO, a device or the server's
@@ -160,7 +163,12 @@ impl Engine {
             id: id.clone(),
             name: wf.name.clone(),
             definition,
-            step_ids: wf.steps.iter().map(|s| s.id.clone()).collect(),
+            step_ids: wf
+                .steps
+                .iter()
+                .filter(|s| s.group.is_none())
+                .map(|s| s.id.clone())
+                .collect(),
             owner: execute.then(|| self.sh.owner.clone()),
             lease_expires_at: execute.then(|| self.sh.lease_until()),
         };
@@ -333,19 +341,29 @@ impl Engine {
                     thread_id: id.clone(),
                 })?;
         let def = super::parse_definition(&snap)?;
-        if let Some(from) = &req.from_step
-            && def.step(from).is_none()
-        {
+        let Ok(scope) = scheduler::resume_scope(&def, &snap.steps, req.from_step.as_deref()) else {
             return Err(EngineError::UnknownStep {
-                step: from.clone(),
-                known: def.steps.iter().map(|s| s.id.clone()).collect(),
+                step: req.from_step.clone().unwrap_or_default(),
+                known: snap
+                    .steps
+                    .iter()
+                    .map(|s| s.step_id.clone())
+                    .filter(|s| s.as_str() != req.from_step.as_deref().unwrap_or_default())
+                    .collect(),
             });
-        }
+        };
         let row = snap.workflow;
+        // A parked workflow (a human step waits) keeps its driver: nothing to wait for.
+        let waiting = snap
+            .steps
+            .iter()
+            .find_map(scheduler::waiting_for)
+            .filter(|_| row.status == WorkflowStatus::Blocked);
         // A driver that has just ended the workflow (its terminal state is committed) may not
         // have deregistered yet; let it, rather than refusing the resume.
         if let Some(mut done) = self.sh.driver_done(&id)
             && row.status.is_terminal()
+            && waiting.is_none()
         {
             let _ = tokio::time::timeout(Duration::from_secs(5), done.wait_for(|d| *d)).await;
         }
@@ -354,6 +372,13 @@ impl Engine {
             && row.owner.as_deref() != Some(&self.sh.owner)
             && lease::is_owned_by_live(&self.sh, row.owner.clone()).await?;
         if running_here || live_elsewhere {
+            // A parked workflow waits for an answer, not for a resume.
+            if let Some(w) = waiting {
+                return Err(EngineError::BadRequest(format!(
+                    "workflow {id} waits for an answer to step {:?} ({:?}): answer it (step with approve or input), or cancel the workflow first",
+                    w.step, w.prompt
+                )));
+            }
             return Err(EngineError::Busy {
                 thread_id: id,
                 status: row.status,
@@ -362,6 +387,14 @@ impl Engine {
         if row.status == WorkflowStatus::Completed && req.from_step.is_none() {
             return Err(EngineError::AlreadyCompleted { thread_id: id });
         }
+        if let Some(budget) = req.max_cost_usd
+            && !(budget.is_finite() && budget > row.total_cost_usd)
+        {
+            return Err(EngineError::BadRequest(format!(
+                "max_cost_usd {budget} must be a number above what the workflow has cost so far (${:.4})",
+                row.total_cost_usd
+            )));
+        }
         let overrides = match &req.agent {
             Some(a) => Some(
                 serde_json::to_string(a)
@@ -369,18 +402,16 @@ impl Engine {
             ),
             None => None,
         };
-        let downstream: BTreeSet<String> = match &req.from_step {
-            Some(from) => workflow::descendants(&def, from),
-            None => BTreeSet::new(),
-        };
         let now = now_ms();
         let plan = |status: WorkflowStatus, steps: &[crate::store::StepRow]| {
             let plan = ResumePlan {
                 from_step: req.from_step.as_deref(),
-                downstream: &downstream,
+                downstream: &scope.downstream,
                 skip: req.mode == ResumeMode::Skip,
                 guidance: req.prompt.as_deref(),
                 overrides: overrides.as_deref(),
+                groups: &scope.groups,
+                dropped: &scope.dropped,
             };
             scheduler::resume_changes(status, steps, &plan, now)
         };
@@ -398,7 +429,7 @@ impl Engine {
             lease_until: self.sh.lease_until(),
         };
         let req2 = req.clone();
-        let (downstream2, overrides2) = (downstream.clone(), overrides.clone());
+        let overrides2 = overrides.clone();
         let execute = self.sh.cfg.execute;
         let (epoch, after, ()) = self
             .sh
@@ -406,14 +437,17 @@ impl Engine {
             .transition(id.clone(), claim, move |snap| {
                 let plan = ResumePlan {
                     from_step: req2.from_step.as_deref(),
-                    downstream: &downstream2,
+                    downstream: &scope.downstream,
                     skip: req2.mode == ResumeMode::Skip,
                     guidance: req2.prompt.as_deref(),
                     overrides: overrides2.as_deref(),
+                    groups: &scope.groups,
+                    dropped: &scope.dropped,
                 };
                 let mut ch =
                     scheduler::resume_changes(snap.workflow.status, &snap.steps, &plan, now)
                         .map_err(|_| StoreError::Conflict("nothing to resume any more".into()))?;
+                ch.max_cost_usd = req2.max_cost_usd;
                 if !execute && let Some(st) = &mut ch.status {
                     // Left for the background worker to adopt.
                     st.release = true;

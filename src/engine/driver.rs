@@ -69,6 +69,9 @@ impl StopCell {
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Shortest interval between two activity writes of one step.
 const ACTIVITY_EVERY: Duration = Duration::from_secs(5);
+/// Shortest interval between two reads of a waiting workflow's answers on notices of other
+/// processes' commits.
+const FOREIGN_ANSWERS_EVERY: Duration = Duration::from_millis(250);
 /// Longest wait between two tries of a commit the store refused.
 const COMMIT_RETRY_MAX: Duration = Duration::from_secs(2);
 
@@ -99,6 +102,15 @@ pub(super) struct Driver {
     signals: Arc<Signals>,
     /// A new workflow's record and the submitter waiting for its first commit.
     new_record: Option<(NewWorkflow, oneshot::Sender<store::Result<()>>)>,
+    /// The store's change notices, followed while a human step waits (its answer may be
+    /// recorded by any process).
+    feed: Option<store::ChangeFeed>,
+    /// The budget held steps back on an estimate: read the exact cost after the commit.
+    recount: bool,
+    /// When answers were last read on a notice from another process, and when to read
+    /// them again for notices that came too soon after (at most one read per interval).
+    answers_read_at: Option<Instant>,
+    answers_recheck: Option<Instant>,
 }
 
 impl Driver {
@@ -121,6 +133,10 @@ impl Driver {
             reason,
             signals: Arc::new(Signals::default()),
             new_record: None,
+            feed: None,
+            recount: false,
+            answers_read_at: None,
+            answers_recheck: None,
         }
     }
 
@@ -146,11 +162,21 @@ impl Driver {
             return Box::pin(self.finish_stopped()).await;
         }
         loop {
-            if self.sched.status().is_terminal() {
+            // A workflow parked on a human step is blocked but still driven.
+            let parked = self.sched.status() == crate::api::WorkflowStatus::Blocked
+                && self.sched.is_waiting();
+            if self.sched.status().is_terminal() && !parked {
                 tracing::debug!(thread_id = %self.fence.id, status = %self.sched.status(), "workflow stopped");
                 return;
             }
-            let next_retry = self.sched.next_retry().map(at_store_time);
+            if self.sched.is_waiting() != self.feed.is_some() {
+                self.feed = self.sched.is_waiting().then(|| self.sh.store.changes());
+            }
+            let next_retry = [self.sched.next_retry(), self.sched.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(at_store_time);
             let next_stall = self.next_stall_check();
             let next_progress = self.next_progress_flush();
             let sem = self.sh.permits.clone();
@@ -171,6 +197,13 @@ impl Driver {
                 }
                 () = sleep_until(next_retry) => {
                     if !Box::pin(self.advance(Vec::new())).await { break; }
+                }
+                change = next_change(self.feed.as_mut()) => {
+                    if !Box::pin(self.on_change(change)).await { break; }
+                }
+                () = sleep_until(self.answers_recheck) => {
+                    self.answers_recheck = None;
+                    if !Box::pin(self.on_change(Some(store::Change::Unknown))).await { break; }
                 }
                 () = sleep_until(next_stall) => self.restart_stalled(),
                 () = sleep_until(next_progress) => {
@@ -194,7 +227,7 @@ impl Driver {
             return self.first_commit(record, reply, ch, started).await;
         }
         if ch.is_empty() {
-            return true;
+            return !self.recount || self.recount_cost().await;
         }
         if !self.commit(ch).await {
             return false;
@@ -203,6 +236,9 @@ impl Driver {
             return false;
         }
         self.spawn_attempts(started);
+        if self.recount {
+            return self.recount_cost().await;
+        }
         true
     }
 
@@ -242,9 +278,76 @@ impl Driver {
         // An unused spare slot goes back to the pool here.
         drop(spare);
         if started.is_empty() && self.sched.is_settled(self.running.len()) {
-            self.sched.finish(ch);
+            match self.sched.budget_blocks() {
+                // Held back by an estimate: read the exact total after this commit first.
+                Some(false) => self.recount = true,
+                Some(true) => {
+                    self.sched.block_for_budget(ch, now);
+                    if !self.sched.park(ch) {
+                        self.sched.finish_over_budget(ch);
+                    }
+                }
+                None if !self.sched.park(ch) => self.sched.finish(ch),
+                None => {}
+            }
         }
         started
+    }
+
+    /// Reads the workflow's exact cost after a commit that charged attempts, and goes on
+    /// with it (steps the estimate held back may start). Returns false if the driver must
+    /// stop.
+    async fn recount_cost(&mut self) -> bool {
+        self.recount = false;
+        match self.sh.store.workflow(self.fence.id.clone()).await {
+            Ok(Some(row)) => self.sched.set_spent(row.total_cost_usd),
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::warn!(thread_id = %self.fence.id, error = %e, "cannot read the workflow's cost");
+                return true;
+            }
+        }
+        Box::pin(self.advance(Vec::new())).await
+    }
+
+    /// A change in the store while a human step waits: applies the answers recorded for it.
+    async fn on_change(&mut self, change: Option<store::Change>) -> bool {
+        match change {
+            None => {
+                self.feed = None;
+                return true;
+            }
+            Some(store::Change::Workflow(id)) if id != self.fence.id => return true,
+            Some(store::Change::Workflow(_)) => {}
+            // Another process committed something: read at most once per interval, since
+            // every waiting workflow of this process hears every such notice.
+            Some(store::Change::Unknown) => {
+                let now = Instant::now();
+                if let Some(at) = self.answers_read_at
+                    && now.saturating_duration_since(at) < FOREIGN_ANSWERS_EVERY
+                {
+                    self.answers_recheck
+                        .get_or_insert(at + FOREIGN_ANSWERS_EVERY);
+                    return true;
+                }
+                self.answers_read_at = Some(now);
+            }
+        }
+        let answers = match self.sh.store.answers(self.fence.id.clone()).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(thread_id = %self.fence.id, error = %e, "cannot read answers");
+                return true;
+            }
+        };
+        let mut any = false;
+        for (step, answer) in answers {
+            any |= self.sched.set_answer(&step, &answer);
+        }
+        if !any {
+            return true;
+        }
+        Box::pin(self.advance(Vec::new())).await
     }
 
     /// The first commit of a new workflow: inserts it and starts its first steps, once. Its
@@ -274,6 +377,10 @@ impl Driver {
         for (spec, permit) in started {
             let sh = self.sh.clone();
             let stop = self.stop.child_token();
+            if self.live.len() <= spec.step_idx {
+                // A for_each step's instances are rows added while the workflow runs.
+                self.live.resize_with(spec.step_idx + 1, Live::default);
+            }
             if let Some(l) = self.live.get_mut(spec.step_idx) {
                 l.stop = Some(stop.clone());
                 l.last_output = Some(Instant::now());
@@ -281,8 +388,11 @@ impl Driver {
             }
             let signals = self.signals.clone();
             let fence = self.fence.clone();
+            let reason = self.reason.clone();
             self.running.spawn(async move {
-                let _permit = permit;
+                // A sub-workflow waits for its child, whose steps need the slots.
+                let sub = matches!(spec.prepared, executor::Prepared::Workflow { .. });
+                let _permit = (!sub).then_some(permit);
                 // Last look before the fork (nothing is awaited between it and the spawn): a
                 // process frozen past its lease since the commit must not start the attempt,
                 // which another process may have adopted and re-run meanwhile.
@@ -297,8 +407,13 @@ impl Driver {
                     let detail = super::outcome::AttemptDetail::default();
                     return (spec.step_idx, spec.number, Outcome::Stopped { detail });
                 }
-                let out = executor::execute(&sh.exec, &spec, &stop, signals).await;
-                (spec.step_idx, spec.number, out)
+                let (idx, number) = (spec.step_idx, spec.number);
+                let out = if sub {
+                    super::subworkflow::run(sh, spec, stop, reason).await
+                } else {
+                    executor::execute(&sh.exec, &spec, &stop, signals).await
+                };
+                (idx, number, out)
             });
         }
     }
@@ -310,7 +425,7 @@ impl Driver {
             .enumerate()
             .filter(|(_, l)| !l.stall_fired)
             .filter_map(|(idx, l)| {
-                let step = self.sched.def().steps.get(idx)?;
+                let step = self.sched.step_def(idx)?;
                 let last = l.last_output?;
                 (step.on_stall == OnStall::Restart)
                     .then(|| last.checked_add(Duration::from_secs(step.stall_timeout_s)))
@@ -323,7 +438,7 @@ impl Driver {
     fn restart_stalled(&mut self) {
         let now = Instant::now();
         for idx in 0..self.live.len() {
-            let Some(step) = self.sched.def().steps.get(idx) else {
+            let Some(step) = self.sched.step_def(idx) else {
                 continue;
             };
             let limit = Duration::from_secs(step.stall_timeout_s);
@@ -369,7 +484,9 @@ impl Driver {
             }
             SignalKind::Activity => {
                 let now = Instant::now();
-                let l = &mut self.live[idx];
+                let Some(l) = self.live.get_mut(idx) else {
+                    return true;
+                };
                 l.last_output = Some(now);
                 if l.last_activity
                     .is_some_and(|last| now.saturating_duration_since(last) < ACTIVITY_EVERY)
@@ -389,7 +506,9 @@ impl Driver {
             SignalKind::Progress(message) => {
                 // Throttled, keeping the latest: a message arriving too soon waits for the end
                 // of the interval and replaces any message already waiting.
-                let l = &mut self.live[idx];
+                let Some(l) = self.live.get_mut(idx) else {
+                    return true;
+                };
                 l.held_progress = Some((attempt, message));
                 if l.last_progress.is_some_and(|last| {
                     Instant::now().saturating_duration_since(last) < PROGRESS_EVERY
@@ -549,6 +668,14 @@ fn at_store_time(ms: i64) -> Instant {
     // A deadline beyond what the clock can represent is as good as never.
     now.checked_add(wait)
         .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// The next change notice, or never without a feed.
+async fn next_change(feed: Option<&mut store::ChangeFeed>) -> Option<store::Change> {
+    match feed {
+        Some(f) => f.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(t: Option<Instant>) {

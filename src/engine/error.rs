@@ -2,7 +2,7 @@
 //! result that names the next tool to call, a CLI message that names the next command, an
 //! HTTP status). The texts here name no front-end.
 
-use crate::api::{ThreadId, WorkflowStatus};
+use crate::api::{StepStatus, ThreadId, WorkflowStatus};
 use crate::store::StoreError;
 use crate::workflow::Problems;
 
@@ -16,7 +16,7 @@ pub enum EngineError {
     /// The request itself is malformed (e.g. both an inline workflow and a file).
     #[error("{0}")]
     BadRequest(String),
-    #[error("invalid thread_id {thread_id:?}: use 1-128 characters from A-Z a-z 0-9 - _ . :")]
+    #[error("invalid thread_id {thread_id:?}: use 1-128 characters from A-Z a-z 0-9 - _ . : /")]
     InvalidThreadId { thread_id: String },
     #[error("unknown thread_id {thread_id:?}: no workflow with this id exists in this store")]
     NotFound { thread_id: ThreadId },
@@ -38,6 +38,13 @@ pub enum EngineError {
     NothingToResume {
         thread_id: ThreadId,
         status: WorkflowStatus,
+    },
+    /// An answer was given to a step that does not wait for one.
+    #[error("step {step:?} of workflow {thread_id} is not waiting for an answer (it is {status})")]
+    NotWaiting {
+        thread_id: ThreadId,
+        step: String,
+        status: StepStatus,
     },
     /// Another process changed the workflow between the check and the change.
     #[error(

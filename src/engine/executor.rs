@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-use super::agent;
 use super::outcome::{AttemptDetail, FailureClass, Outcome, STDERR_TAIL, SignalKind};
 use super::process::{self, Ending, OWNER_ENV, ProcessSpec};
 use super::signals::Signals;
+use super::{agent, structured};
 use crate::api::{ThreadId, tail};
 use crate::workflow::{AgentOptions, SuccessCheck};
 
@@ -45,6 +45,13 @@ pub enum Prepared {
         /// Session to continue with `--resume`.
         resume: Option<String>,
     },
+    /// A child workflow to start (or find) and await; run by the engine, not a process.
+    Workflow {
+        thread_id: String,
+        file: Option<PathBuf>,
+        definition: Option<serde_json::Value>,
+        inputs: BTreeMap<String, String>,
+    },
 }
 
 /// One attempt of one step, ready to run.
@@ -59,6 +66,13 @@ pub struct AttemptSpec {
     pub env: BTreeMap<String, String>,
     pub timeout: Option<Duration>,
     pub success: SuccessCheck,
+    /// The output must be JSON (matching `output_schema`, if any).
+    pub output_json: bool,
+    /// For an agent step, also passed to the CLI as its structured-output schema.
+    pub output_schema: Option<serde_json::Value>,
+    /// For an agent step, the most this run may cost (`--max-budget-usd`): the step's
+    /// `max_cost_usd` or what is left of the workflow's, whichever is less.
+    pub max_budget_usd: Option<f64>,
 }
 
 impl AttemptSpec {
@@ -117,9 +131,21 @@ pub async fn execute(
             };
             let mut args = lead.to_vec();
             args.extend(agent::cli_args(options, resume.as_deref()));
+            if let Some(schema) = &spec.output_schema {
+                args.extend(["--json-schema".to_owned(), schema.to_string()]);
+            }
+            if let Some(usd) = spec.max_budget_usd {
+                args.extend(["--max-budget-usd".to_owned(), format!("{usd:.4}")]);
+            }
             // On stdin, never in argv: not parseable as an option, not in /proc/PID/cmdline.
             stdin = Some(prompt.as_bytes().to_vec());
             (p.clone(), args, true)
+        }
+        Prepared::Workflow { .. } => {
+            return fatal(
+                "a sub-workflow is run by the engine, not as a process".into(),
+                started,
+            );
         }
     };
     let pspec = ProcessSpec {
@@ -139,17 +165,19 @@ pub async fn execute(
         let sink = agent::line_sink(stream.clone(), send);
         let result = process::run(&pspec, stop, Some(sink)).await;
         let elapsed = started.elapsed();
-        match result {
+        let out = match result {
             Ok(r) => agent::outcome(&r, &stream, &spec.success, elapsed),
             Err(e) => spawn_failure(&pspec.program, e, started),
-        }
+        };
+        structured::check(out, spec.output_json, spec.output_schema.as_ref())
     } else {
         let sink: process::LineSink = Box::new(move |_| send(SignalKind::Activity));
         let result = process::run(&pspec, stop, Some(sink)).await;
-        match result {
+        let out = match result {
             Ok(r) => command_outcome(r, &spec.success, spec.timeout, started),
             Err(e) => spawn_failure(&pspec.program, e, started),
-        }
+        };
+        structured::check(out, spec.output_json, spec.output_schema.as_ref())
     }
 }
 

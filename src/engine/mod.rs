@@ -10,7 +10,7 @@
 //! - `scheduler`: the pure state machine of a workflow (readiness, outcomes, retries, finish,
 //!   stop) and the transitions of stored workflows (resume, cancel, adoption).
 //! - `driver`: one task per owned workflow; the I/O loop around its scheduler.
-//! - `control`: submit, cancel and resume requests.
+//! - `control`: submit, cancel and resume requests; `answer`: answers to human steps.
 //! - `lease`: owner registration, lease renewal, liveness of other owners, adoption.
 //! - `operator`: what an operator surface needs beyond the tools: filtered listing, delete,
 //!   full step output, metrics.
@@ -18,9 +18,11 @@
 //! - `handover`: the per-database background worker that runs what `baton serve` stores.
 //! - `view`: status and monitor read models.
 //! - `executor`, `agent`, `process`: running attempts as child processes; `signals`: what a
-//!   running attempt reports; `outcome`: typed attempt outcomes.
+//!   running attempt reports; `outcome`: typed attempt outcomes; `structured`: checking
+//!   JSON outputs against their schema.
 
 mod agent;
+mod answer;
 mod control;
 mod driver;
 mod error;
@@ -33,8 +35,11 @@ mod outcome;
 mod process;
 mod scheduler;
 mod signals;
+mod structured;
+mod subworkflow;
 mod view;
 
+pub use answer::AnswerRequest;
 pub use control::{MAX_DEFINITION_BYTES, ResumeMode, ResumeRequest, SubmitRequest, Submitted};
 pub use error::{EngineError, Result};
 pub use follow::{Follow, GlobalFollow, Page};
@@ -303,7 +308,27 @@ fn parse_definition(snap: &Snapshot) -> crate::store::Result<Workflow> {
     let def: Workflow = serde_json::from_str(&snap.definition).map_err(|e| {
         StoreError::Corrupt(format!("stored definition of {}: {e}", snap.workflow.id))
     })?;
-    if def.steps.len() != snap.steps.len() {
+    // A row per defined step, plus the instances `ID[i]` of expanded for_each steps.
+    // A row per defined step outside repeat groups, plus the instances `ID[i]` of expanded
+    // for_each steps and the iterations `ID#k` of the groups' steps.
+    let known = |id: &str| {
+        def.step(id).is_some_and(|s| s.group.is_none())
+            || crate::workflow::parse_instance(id)
+                .and_then(|(parent, _)| def.step(parent))
+                .is_some_and(|s| s.for_each.is_some())
+            || crate::workflow::parse_iteration(id)
+                .and_then(|(step, _)| def.step(step))
+                .is_some_and(|s| s.group.is_some())
+    };
+    let rows: std::collections::HashSet<&str> =
+        snap.steps.iter().map(|s| s.step_id.as_str()).collect();
+    if !snap.steps.iter().all(|s| known(&s.step_id))
+        || !def
+            .steps
+            .iter()
+            .filter(|s| s.group.is_none())
+            .all(|s| rows.contains(s.id.as_str()))
+    {
         return Err(StoreError::Corrupt(format!(
             "steps of {} do not match its definition",
             snap.workflow.id
@@ -372,22 +397,27 @@ impl Shared {
         reason: Arc<StopCell>,
     ) -> crate::store::Result<driver::Driver> {
         let now = now_ms();
+        let mut spent = (0.0, None);
         let (def, status, steps, new) = match init {
             DriverInit::Loaded(snap) => {
                 let def = parse_definition(&snap)?;
+                spent = (snap.workflow.total_cost_usd, snap.workflow.max_cost_usd);
                 (Arc::new(def), snap.workflow.status, snap.steps, None)
             }
             DriverInit::New { def, record, reply } => {
+                // A repeat group's steps get rows per iteration (`ID#k`), not up front.
                 let steps = def
                     .steps
                     .iter()
                     .enumerate()
+                    .filter(|(_, s)| s.group.is_none())
                     .map(|(i, s)| StepRow::new(&s.id, i))
                     .collect();
                 (def, WorkflowStatus::Queued, steps, Some((record, reply)))
             }
         };
-        let sched = Scheduler::new(id.clone(), def, status, steps, now);
+        let mut sched = Scheduler::new(id.clone(), def, status, steps, now);
+        sched.set_budget(spent.0, spent.1);
         let driver = driver::Driver::new(self.clone(), fence, sched, stop, reason);
         Ok(match new {
             Some((record, reply)) => driver.with_new_record(record, reply),

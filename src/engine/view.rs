@@ -82,7 +82,7 @@ impl Engine {
         }
         let row = snap.workflow;
         let steps = snap.steps;
-        let step_views = steps
+        let step_views: Vec<StepView> = steps
             .iter()
             .map(|s| {
                 let (output, output_truncated) = match &s.output {
@@ -108,10 +108,8 @@ impl Engine {
                     error: s.error.clone(),
                     last_activity_at: opt_ts(s.last_activity_at),
                     attempt_history: by_step.remove(s.step_id.as_str()).unwrap_or_default(),
-                    deps: def
-                        .step(&s.step_id)
-                        .map(|d| d.deps.clone())
-                        .unwrap_or_default(),
+                    deps: row_deps(&def, &s.step_id),
+                    waiting_for: super::scheduler::waiting_for(s),
                 }
             })
             .collect();
@@ -126,8 +124,13 @@ impl Engine {
             finished_at: opt_ts(row.finished_at),
             error: row.error,
             total_cost_usd: row.total_cost_usd,
+            max_cost_usd: row.max_cost_usd.or(def.max_cost_usd),
             owner: row.owner,
             inputs: def.inputs,
+            waiting_for: step_views
+                .iter()
+                .filter_map(|s| s.waiting_for.clone())
+                .collect(),
             steps: step_views,
         })
     }
@@ -235,4 +238,30 @@ impl Engine {
                 .collect(),
         }
     }
+}
+
+/// The deps of a row as the status shows them: an instance `ID[i]` has its step's deps; an
+/// iteration `STEP#k` has its siblings of the same iteration (`test#2`) and its outer deps.
+fn row_deps(def: &Workflow, row_id: &str) -> Vec<String> {
+    if let Some(step) = def.step(row_id) {
+        return step.deps.clone();
+    }
+    if let Some((parent, _)) = crate::workflow::parse_instance(row_id) {
+        return def.step(parent).map(|s| s.deps.clone()).unwrap_or_default();
+    }
+    let Some((step, k)) = crate::workflow::parse_iteration(row_id) else {
+        return Vec::new();
+    };
+    let Some(s) = def.step(step) else {
+        return Vec::new();
+    };
+    s.deps
+        .iter()
+        .map(|d| match def.step(d) {
+            Some(dep) if dep.group.is_some() && dep.group == s.group => {
+                crate::workflow::iteration_id(d, k)
+            }
+            _ => d.clone(),
+        })
+        .collect()
 }

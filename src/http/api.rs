@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use crate::api::{MonitorView, ThreadId, WorkflowStatus, WorkflowView};
-use crate::engine::{EngineError, ResumeMode, ResumeRequest, StepStream, SubmitRequest};
+use crate::engine::{
+    AnswerRequest, EngineError, ResumeMode, ResumeRequest, StepStream, SubmitRequest,
+};
 use crate::store::ListFilter;
 
 /// An engine refusal as an HTTP answer: `{"error": message}` with the status that says
@@ -30,6 +32,7 @@ impl From<EngineError> for ApiError {
             | EngineError::AlreadyCompleted { .. }
             | EngineError::NothingToResume { .. }
             | EngineError::Contended { .. }
+            | EngineError::NotWaiting { .. }
             | EngineError::NotStarted { .. } => StatusCode::CONFLICT,
             EngineError::CancelPending { .. } => StatusCode::ACCEPTED,
             EngineError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -217,6 +220,9 @@ pub(crate) struct ResumeBody {
     mode: ResumeMode,
     #[serde(default)]
     prompt: Option<String>,
+    /// A higher cost budget, for a workflow blocked by its `max_cost_usd`.
+    #[serde(default)]
+    max_cost_usd: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -249,6 +255,7 @@ pub(crate) async fn resume(
             mode: body.mode,
             prompt: body.prompt,
             agent: None,
+            max_cost_usd: body.max_cost_usd,
         })
         .await?;
     Ok(Json(ControlResult { thread_id, status }))
@@ -273,9 +280,10 @@ pub(crate) struct ApproveBody {
     input: Option<String>,
 }
 
-/// Answers a blocked step. Human steps (DESIGN.md §11) are not built yet, so until they
-/// are, an approval retries the blocked steps (with `input` as guidance for an agent step)
-/// and a denial skips them. This is the hook the human-step answer replaces.
+/// Answers a blocked step. A human step that waits gets the answer (its output `approved`
+/// or the input text; a denial fails it); without `step`, the one waiting human step does.
+/// Any other blocked step (an agent's permission block) is retried on approval (with `input`
+/// as guidance for the agent) and skipped on denial.
 pub(crate) async fn approve(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -283,8 +291,25 @@ pub(crate) async fn approve(
 ) -> ApiResult<Json<ControlResult>> {
     let Json(body) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
     let thread_id = ThreadId::from(id);
-    if let Some(step) = &body.step {
-        let view = st.engine.status(&thread_id, 0).await?;
+    let view = st.engine.status(&thread_id, 0).await?;
+    let step = match &body.step {
+        Some(step) => Some(step.clone()),
+        None => match view.waiting_for.as_slice() {
+            [one] => Some(one.step.clone()),
+            [] => None,
+            many => {
+                let steps: Vec<&str> = many.iter().map(|w| w.step.as_str()).collect();
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "several steps wait for an answer ({}); name one as step",
+                        steps.join(", ")
+                    ),
+                ));
+            }
+        },
+    };
+    if let Some(step) = &step {
         match view.steps.iter().find(|s| &s.id == step) {
             None => {
                 return Err(EngineError::UnknownStep {
@@ -292,6 +317,18 @@ pub(crate) async fn approve(
                     known: view.steps.iter().map(|s| s.id.clone()).collect(),
                 }
                 .into());
+            }
+            Some(s) if s.waiting_for.is_some() => {
+                let status = st
+                    .engine
+                    .answer(AnswerRequest {
+                        thread_id: thread_id.clone(),
+                        step: step.clone(),
+                        approve: Some(body.approve),
+                        input: body.input,
+                    })
+                    .await?;
+                return Ok(Json(ControlResult { thread_id, status }));
             }
             Some(s) if s.status != crate::api::StepStatus::Blocked => {
                 return Err(ApiError(
@@ -317,6 +354,7 @@ pub(crate) async fn approve(
             },
             prompt: body.input,
             agent: None,
+            max_cost_usd: None,
         })
         .await?;
     Ok(Json(ControlResult { thread_id, status }))

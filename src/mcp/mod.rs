@@ -9,8 +9,10 @@
 //! - `tools`: the six tools and their argument/result types.
 //! - `tasks`: `tasks/get`, `tasks/update`, `tasks/cancel` mapped onto workflows.
 //! - `session`: per-session subscriptions and log forwarding.
+//! - `elicit`: asking a waiting human step's question through the host (`elicitation/create`).
 #![allow(deprecated)] // logging and resources/subscribe are deprecated in 2026-07-28
 
+mod elicit;
 mod session;
 mod tasks;
 mod tools;

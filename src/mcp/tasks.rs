@@ -3,7 +3,8 @@
 //!
 //! Invariant: nothing about a task lives in memory, so tasks survive restarts and every
 //! process sharing the database answers `tasks/get` the same way. Mapping: queued, running or
-//! interrupted → `working`; blocked → `input_required` with an elicitation asking how to go on;
+//! interrupted → `working`; a waiting human step → `input_required` with its question (one
+//! request `step:ID` per step); blocked → `input_required` with an elicitation asking how to go on;
 //! completed or failed → `completed` with the final status as the tool result (`isError` on
 //! failure); cancelled → `cancelled`.
 
@@ -17,13 +18,15 @@ use rmcp::{
 use serde_json::{Value, json};
 
 use crate::api::{ThreadId, WorkflowStatus, WorkflowView};
-use crate::engine::{Engine, EngineError, ResumeMode, ResumeRequest};
+use crate::engine::{AnswerRequest, Engine, EngineError, ResumeMode, ResumeRequest};
 use crate::workflow::AgentOptions;
 
 /// Suggested `tasks/get` polling interval.
 const POLL_MS: u64 = 1000;
 /// Key of the one input request of a blocked workflow.
 const BLOCKED_KEY: &str = "resume";
+/// Key prefix of a human step's question: `step:ID`.
+const HUMAN_KEY_PREFIX: &str = "step:";
 
 fn not_found(e: EngineError) -> McpError {
     match e {
@@ -91,6 +94,12 @@ pub async fn get(engine: &Engine, task_id: &str) -> Result<DetailedTask, McpErro
         .map_err(not_found)?;
     let task = base_task(&view);
     let payload = match view.status {
+        // A human step asks, even while other branches still run.
+        _ if !view.waiting_for.is_empty() && !view.status.is_finished() => {
+            TaskPayload::InputRequired {
+                input_requests: human_questions(&view)?,
+            }
+        }
         WorkflowStatus::Queued | WorkflowStatus::Running | WorkflowStatus::Interrupted => {
             TaskPayload::Working
         }
@@ -137,6 +146,100 @@ fn blocked_question(view: &WorkflowView) -> Result<InputRequests, McpError> {
     Ok([(BLOCKED_KEY.to_owned(), request)].into_iter().collect())
 }
 
+/// The input request key of human step `step`'s question.
+fn human_key(step: &str) -> String {
+    format!("{HUMAN_KEY_PREFIX}{step}")
+}
+
+/// One elicitation per waiting human step: approve or deny (an approval), or the text asked
+/// for (an input step).
+fn human_questions(view: &WorkflowView) -> Result<InputRequests, McpError> {
+    let mut requests = InputRequests::new();
+    for w in &view.waiting_for {
+        let schema = if w.kind == "input" {
+            json!({
+                "type": "object",
+                "properties": { "input": { "type": "string", "description": "your answer" } },
+                "required": ["input"]
+            })
+        } else {
+            json!({
+                "type": "object",
+                "properties": {
+                    "approve": { "type": "boolean", "description": "approve (true) or deny (false)" },
+                    "comment": { "type": "string", "description": "an optional comment" }
+                },
+                "required": ["approve"]
+            })
+        };
+        let request = json!({
+            "method": "elicitation/create",
+            "params": {
+                "mode": "form",
+                "message": format!("Workflow {} step {} asks: {}", view.thread_id, w.step, w.prompt),
+                "requestedSchema": schema
+            }
+        });
+        let request: InputRequest = serde_json::from_value(request).map_err(|e| {
+            McpError::internal_error(format!("building the input request: {e}"), None)
+        })?;
+        requests.insert(human_key(&w.step), request);
+    }
+    Ok(requests)
+}
+
+/// The answer an elicitation result gives: `accept` with its content, `decline` (a denial),
+/// or `None` when it was dismissed (`cancel`).
+pub(super) fn human_answer(kind: &str, result: &Value) -> Option<(bool, Option<String>)> {
+    let content = result.get("content").cloned().unwrap_or(Value::Null);
+    let text = |k: &str| {
+        content
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+    };
+    match result.get("action").and_then(Value::as_str) {
+        Some("accept") if kind == "input" => Some((true, text("input"))),
+        Some("accept") => Some((
+            content
+                .get("approve")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+            text("comment"),
+        )),
+        Some("decline") => Some((false, None)),
+        _ => None,
+    }
+}
+
+/// `tasks/update` for human steps: each answered question is applied.
+async fn update_human(
+    engine: &Engine,
+    view: &WorkflowView,
+    responses: &InputResponses,
+) -> Result<(), McpError> {
+    for w in &view.waiting_for {
+        let Some(result) = responses.get(&human_key(&w.step)) else {
+            continue;
+        };
+        let result = serde_json::to_value(result).unwrap_or(Value::Null);
+        let Some((approve, input)) = human_answer(&w.kind, &result) else {
+            continue;
+        };
+        engine
+            .answer(AnswerRequest {
+                thread_id: view.thread_id.clone(),
+                step: w.step.clone(),
+                approve: Some(approve),
+                input,
+            })
+            .await
+            .map_err(|e| McpError::invalid_params(super::tools::refusal(e), None))?;
+    }
+    Ok(())
+}
+
 /// `tasks/update`: the answer to a blocked workflow's question resumes it.
 pub async fn update(
     engine: &Engine,
@@ -147,6 +250,9 @@ pub async fn update(
         .status(&ThreadId::from(task_id), 0)
         .await
         .map_err(not_found)?;
+    if responses.keys().any(|k| k.starts_with(HUMAN_KEY_PREFIX)) {
+        return update_human(engine, &view, &responses).await;
+    }
     if view.status != WorkflowStatus::Blocked {
         return Err(McpError::invalid_params(
             format!(
@@ -191,6 +297,7 @@ pub async fn update(
             mode,
             prompt,
             agent,
+            max_cost_usd: None,
         })
         .await
         .map_err(|e| McpError::invalid_params(super::tools::refusal(e), None))?;

@@ -22,7 +22,9 @@ use serde_json::Value;
 
 use super::BatonServer;
 use crate::api::{Event, EventKind, MonitorView, ThreadId, WorkflowStatus, WorkflowView};
-use crate::engine::{EngineError, MonitorFilter, ResumeMode, ResumeRequest, SubmitRequest};
+use crate::engine::{
+    AnswerRequest, EngineError, MonitorFilter, ResumeMode, ResumeRequest, SubmitRequest,
+};
 use crate::workflow::AgentOptions;
 
 /// Default and longest wait of `invoke_stream`, seconds.
@@ -37,7 +39,9 @@ const STREAM_PAGE: i64 = 500;
 pub struct InvokeAsyncArgs {
     /// The workflow definition, inline: `{"name": ..., "steps": [{"id": "plan", "prompt": "..."},
     /// {"id": "test", "deps": ["plan"], "run": ["cargo", "test"]}]}`. Each step has exactly one
-    /// of `prompt` (a Claude Code sub-agent), `run` (argv, no shell) or `shell` (sh -c).
+    /// of `prompt` (a Claude Code sub-agent), `run` (argv, no shell), `shell` (sh -c) or
+    /// `human` (a question for a person: `{"prompt": "Merge?", "kind": "approval" | "input" |
+    /// "notification", "timeout_s": 3600, "on_timeout": "fail" | "approve" | "wait"}`).
     /// Reference earlier results with `{step_id.output}` and inputs with `{inputs.NAME}`.
     /// Run `baton schema` for the full format. Give this or `file`.
     #[serde(default)]
@@ -177,6 +181,26 @@ pub struct InvokeResumeArgs {
     #[serde(default)]
     #[schemars(with = "AgentOptions")]
     pub agent: Option<AgentOptions>,
+    /// A higher cost budget (USD) for the workflow, to continue one blocked by its
+    /// `max_cost_usd` (reason `budget`).
+    #[serde(default)]
+    #[schemars(with = "f64")]
+    pub max_cost_usd: Option<f64>,
+    /// Answer the human step with this id (one listed in `waiting_for` of invoke_status)
+    /// instead of resuming: give `approve` and/or `input`.
+    #[serde(default)]
+    #[schemars(with = "String")]
+    pub step: Option<String>,
+    /// With `step`: approve (`true`: the step's output is `approved`) or deny (`false`: the
+    /// step fails). May be left out when `input` is given.
+    #[serde(default)]
+    #[schemars(with = "bool")]
+    pub approve: Option<bool>,
+    /// With `step`: the text an `input` step asks for (it becomes the step's output), or a
+    /// comment on an approval or denial.
+    #[serde(default)]
+    #[schemars(with = "String")]
+    pub input: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -222,6 +246,13 @@ pub(super) fn refusal(e: EngineError) -> String {
         ),
         EngineError::Contended { thread_id } => format!(
             "workflow {thread_id} was changed by another process meanwhile; check invoke_status and try again"
+        ),
+        EngineError::NotWaiting {
+            thread_id,
+            step,
+            status,
+        } => format!(
+            "step {step:?} of {thread_id} is not waiting for an answer (it is {status}); invoke_status lists the questions under waiting_for"
         ),
         EngineError::CancelPending { thread_id } => format!(
             "cancel of {thread_id} was requested, but its owning process has not confirmed yet; check invoke_status shortly"
@@ -392,6 +423,7 @@ workflow stops or `wait_s` passes. Each event is also sent as a progress notific
         let mut follow = self.engine.follow(&id, cursor);
         let mut out: Vec<Event> = Vec::new();
         let mut progress = Progress::default();
+        let mut asked = std::collections::BTreeSet::new();
         // Steps done as of the cursor; each completion event replayed adds one.
         let mut done_steps = if cursor == 0 {
             0
@@ -448,6 +480,15 @@ workflow stops or `wait_s` passes. Each event is also sent as a progress notific
             }
             out.extend(events);
             let page_full = out.len() as i64 >= STREAM_PAGE;
+            // A workflow that waits for a human: ask through the host when it can be asked.
+            if done
+                && status == WorkflowStatus::Blocked
+                && !page_full
+                && super::elicit::can_ask(&ctx)
+                && super::elicit::ask_waiting(&self.engine, &ctx, &id, &mut asked).await
+            {
+                continue;
+            }
             if done || page_full || tokio::time::Instant::now() >= deadline {
                 return Ok(Json(InvokeStreamResult {
                     links: self.link_fields(&id),
@@ -467,7 +508,9 @@ interrupted. By default only the stopped steps run again (completed steps are ne
 `from_step` re-runs that step and everything downstream instead, even on a completed workflow. \
 `mode: skip` skips the stopped steps instead of retrying them. For agent steps, `prompt` adds \
 guidance to the resumed Claude session and `agent` overrides options such as permission_mode. \
-Returns at once; follow with invoke_stream.",
+To answer a human step that waits (listed in `waiting_for` of invoke_status), give `step` with \
+`approve: true|false` and, for an input step, `input`. A workflow blocked by its budget goes on \
+with a higher `max_cost_usd`. Returns at once; follow with invoke_stream.",
         annotations(
             title = "Resume workflow",
             read_only_hint = false,
@@ -481,6 +524,31 @@ Returns at once; follow with invoke_stream.",
         Parameters(args): Parameters<InvokeResumeArgs>,
     ) -> Result<Json<ControlResult>, String> {
         let thread_id = ThreadId::from(args.thread_id);
+        if let Some(step) = args.step {
+            let status = self
+                .engine
+                .answer(AnswerRequest {
+                    thread_id: thread_id.clone(),
+                    step,
+                    approve: args.approve,
+                    input: args.input,
+                })
+                .await
+                .map_err(refusal)?;
+            return Ok(Json(ControlResult {
+                next: format!(
+                    "Answered. Follow the workflow with invoke_stream (thread_id {thread_id:?})."
+                ),
+                thread_id,
+                status,
+            }));
+        }
+        if args.approve.is_some() || args.input.is_some() {
+            return Err(
+                "approve and input answer a human step: give `step` too (see waiting_for in invoke_status)"
+                    .to_owned(),
+            );
+        }
         let status = self
             .engine
             .resume(ResumeRequest {
@@ -489,6 +557,7 @@ Returns at once; follow with invoke_stream.",
                 mode: args.mode,
                 prompt: args.prompt,
                 agent: args.agent,
+                max_cost_usd: args.max_cost_usd,
             })
             .await
             .map_err(refusal)?;

@@ -242,6 +242,29 @@ impl Store {
         }
     }
 
+    /// Records an answer (JSON) to the open question of a waiting human step of an owned
+    /// workflow, without the lease: its owner applies it. False if the step is not waiting
+    /// any more, was answered already, or the workflow has no owner (any more).
+    pub async fn record_answer(
+        &self,
+        id: ThreadId,
+        step_id: String,
+        answer: String,
+    ) -> Result<bool> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.record_answer(id, step_id, answer).await,
+            Backend::Postgres(p) => p.record_answer(id, step_id, answer).await,
+        }
+    }
+
+    /// The recorded, not yet applied answers of a workflow's waiting steps: step id, answer.
+    pub async fn answers(&self, id: ThreadId) -> Result<Vec<(String, String)>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.answers(id).await,
+            Backend::Postgres(p) => p.answers(id).await,
+        }
+    }
+
     pub async fn register_owner(&self, owner: OwnerRow) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.register_owner(owner).await,

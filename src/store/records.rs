@@ -24,6 +24,8 @@ pub struct WorkflowRow {
     pub cancel_requested: bool,
     pub last_activity_at: Option<i64>,
     pub total_cost_usd: f64,
+    /// The workflow's cost budget as raised by a resume (`None`: the definition's).
+    pub max_cost_usd: Option<f64>,
 }
 
 /// The durable state of one step of one workflow.
@@ -50,6 +52,17 @@ pub struct StepRow {
     pub agent_overrides: Option<String>,
     /// The next attempt starts a new agent session instead of resuming `session_id`.
     pub fresh_session: bool,
+    /// A `for_each` step's items (a JSON array), stored once when the step expands into its
+    /// instances; `None` for every other row.
+    pub items: Option<String>,
+    /// A human step's open question (JSON: kind, rendered prompt, since, deadline,
+    /// on_timeout), written when it starts waiting; `None` for every other row.
+    pub waiting: Option<String>,
+    /// An answer to the open question (JSON), recorded by whoever answered and applied by
+    /// the workflow's driver.
+    pub answer: Option<String>,
+    /// The exit code of the latest finished attempt (`steps.ID.exit_code` in conditions).
+    pub exit_code: Option<i64>,
 }
 
 impl StepRow {
@@ -70,6 +83,10 @@ impl StepRow {
             guidance: None,
             agent_overrides: None,
             fresh_session: false,
+            items: None,
+            waiting: None,
+            answer: None,
+            exit_code: None,
         }
     }
 }
@@ -153,14 +170,21 @@ pub struct Changes {
     pub attempts: Vec<AttemptRow>,
     pub events: Vec<NewEvent>,
     pub status: Option<StatusChange>,
+    /// Rows deleted, with their attempts, before `steps` is written: the instances of a
+    /// `for_each` step that expands afresh, the iterations of a loop that starts over.
+    pub dropped: Vec<String>,
+    /// A new cost budget for the workflow (a resume that raises `max_cost_usd`).
+    pub max_cost_usd: Option<f64>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
+            && self.dropped.is_empty()
             && self.attempts.is_empty()
             && self.events.is_empty()
             && self.status.is_none()
+            && self.max_cost_usd.is_none()
     }
 
     /// Records `row` as changed, replacing an earlier copy in this change set.

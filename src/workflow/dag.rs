@@ -232,6 +232,11 @@ mod tests {
             success: SuccessCheck::default(),
             when: None,
             continue_on_error: false,
+            for_each: None,
+            output_json: false,
+            output_schema: None,
+            max_cost_usd: None,
+            group: None,
         }
     }
 
@@ -309,6 +314,7 @@ mod tests {
         let wf = Workflow {
             name: None,
             inputs: BTreeMap::new(),
+            max_cost_usd: None,
             steps: vec![
                 step("a", &[]),
                 step("b", &["a"]),

@@ -16,22 +16,16 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use crate::workflow::human::{self, RawHuman, StudioHuman};
 use crate::workflow::problem::{Problem, did_you_mean};
 use crate::workflow::raw::{
-    RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawInputSpec, RawRetry, RawStep,
-    RawSteps, RawSuccess, RawWorkflow,
+    RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawInputSpec, RawRepeat, RawRetry,
+    RawStep, RawSteps, RawSubWorkflow, RawSuccess, RawWorkflow,
 };
 
 /// Step fields Claude Studio emits for step types baton does not have (`loop`,
 /// `conditional`, `parallel`, `human`); ignored on such steps, whose `type` is reported.
 const STUDIO_STEP_FIELDS: &[&str] = &[
-    "condition",
-    "trueBranch",
-    "falseBranch",
-    "items",
-    "loopVar",
-    "maxIterations",
-    "parallelSteps",
     "approvalRequired",
     "interactionType",
     "timeoutBehavior",
@@ -168,7 +162,24 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
         kind: o.get("type", STRING, problems),
         session_id: o.get("sessionId", STRING, problems),
         when: o.get("when", "a CEL expression (a string)", problems),
+        condition: o.raw("condition").cloned(),
+        true_branch: o.get("trueBranch", "a step id", problems),
+        false_branch: o.get("falseBranch", "a step id", problems),
+        items: o.get("items", STRINGS, problems),
+        loop_var: o.get("loopVar", STRING, problems),
+        max_iterations: o.get("maxIterations", "a positive integer", problems),
+        loop_steps: o.get("loopSteps", "an array of step ids", problems),
+        parallel_steps: o.get("parallelSteps", "an array of step ids", problems),
         continue_on_error: o.get("continue_on_error", "true or false", problems),
+        for_each: o.get(
+            "for_each",
+            "a CEL expression giving a list (a string)",
+            problems,
+        ),
+        max_parallel: o.get("max_parallel", "a positive integer", problems),
+        output: o.get("output", "\"json\" or \"text\"", problems),
+        output_schema: o.raw("output_schema").cloned(),
+        max_cost_usd: o.get("max_cost_usd", "a positive number of US dollars", problems),
         ..RawStep::default()
     };
     if let Some(v) = o.raw("retry") {
@@ -179,6 +190,18 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
     }
     if let Some(v) = o.raw("success") {
         raw.success = Some(decode_success(v, step, problems));
+    }
+    if let Some(v) = o.raw("human") {
+        raw.human = Some(decode_human(v, step, problems));
+    }
+    if raw.kind.as_deref() == Some("human") {
+        studio_human(&mut raw, &mut o, &label, problems);
+    }
+    if let Some(v) = o.raw("repeat") {
+        raw.repeat = Some(decode_repeat(v, step, problems));
+    }
+    if let Some(v) = o.raw("workflow") {
+        raw.workflow = decode_sub_workflow(v, step, problems);
     }
     // Studio's loop/condition/human fields only come with those step types, which are
     // reported as unsupported; on a task step they are just unknown fields.
@@ -194,6 +217,76 @@ fn decode_step(value: &Value, index: usize, problems: &mut Vec<Problem>) -> RawS
     raw
 }
 
+fn decode_human(value: &Value, step: Option<&str>, problems: &mut Vec<Problem>) -> RawHuman {
+    let Some(mut o) = Obj::new(value, step.map(str::to_owned), "human", problems) else {
+        return RawHuman::default();
+    };
+    let human = RawHuman {
+        prompt: o.get("prompt", STRING, problems),
+        kind: o.get(
+            "kind",
+            "\"approval\", \"input\" or \"notification\"",
+            problems,
+        ),
+        timeout_s: o.get("timeout_s", SECONDS, problems),
+        on_timeout: o.get("on_timeout", "\"fail\", \"approve\" or \"wait\"", problems),
+    };
+    o.finish(&[], problems);
+    human
+}
+
+/// Claude Studio's `type: "human"` step: its `prompt` is the question, not an agent prompt.
+fn studio_human(raw: &mut RawStep, o: &mut Obj<'_>, label: &str, problems: &mut Vec<Problem>) {
+    let studio = StudioHuman {
+        prompt: raw.prompt.take().or_else(|| raw.task.take()),
+        approval_required: o.get("approvalRequired", "true or false", problems),
+        interaction_type: o.get("interactionType", STRING, problems),
+        timeout_behavior: o.get("timeoutBehavior", STRING, problems),
+        timeout_seconds: o.get("timeoutSeconds", SECONDS, problems),
+    };
+    raw.human = Some(human::from_studio(studio, label, problems));
+    raw.kind = None;
+}
+
+fn decode_sub_workflow(
+    value: &Value,
+    step: Option<&str>,
+    problems: &mut Vec<Problem>,
+) -> Option<RawSubWorkflow> {
+    let mut o = Obj::new(value, step.map(str::to_owned), "workflow", problems)?;
+    let sub = RawSubWorkflow {
+        file: o.get("file", STRING, problems),
+        definition: o.raw("definition").cloned(),
+        inputs: o
+            .get("inputs", "an object of string values", problems)
+            .unwrap_or_default(),
+    };
+    o.finish(&[], problems);
+    Some(sub)
+}
+
+fn decode_repeat(value: &Value, step: Option<&str>, problems: &mut Vec<Problem>) -> RawRepeat {
+    let Some(mut o) = Obj::new(value, step.map(str::to_owned), "repeat", problems) else {
+        return RawRepeat::default();
+    };
+    let mut repeat = RawRepeat {
+        until: o.get("until", "a CEL expression (a string)", problems),
+        max_iterations: o.get("max_iterations", "a positive integer", problems),
+        ..RawRepeat::default()
+    };
+    match o.raw("steps") {
+        Some(Value::Array(items)) => repeat.steps = decode_step_list(items, problems),
+        Some(other) => problems.push(Problem::step(
+            step.unwrap_or("step"),
+            "repeat.steps",
+            format!("expected an array of steps, got {}", describe(other)),
+        )),
+        None => {}
+    }
+    o.finish(&[], problems);
+    repeat
+}
+
 fn decode_defaults(value: &Value, problems: &mut Vec<Problem>) -> RawDefaults {
     let Some(mut o) = Obj::new(value, None, "defaults", problems) else {
         return RawDefaults::default();
@@ -206,6 +299,7 @@ fn decode_defaults(value: &Value, problems: &mut Vec<Problem>) -> RawDefaults {
         timeout_s: o.get("timeout_s", SECONDS, problems),
         stall_timeout_s: o.get("stall_timeout_s", SECONDS, problems),
         on_stall: o.get("on_stall", "\"report\" or \"restart\"", problems),
+        max_cost_usd: o.get("max_cost_usd", "a positive number of US dollars", problems),
         ..RawDefaults::default()
     };
     if let Some(v) = o.raw("retry") {

@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::workflow::expr::Expr;
+use crate::workflow::human::Human;
 use crate::workflow::retry::RetryPolicy;
 use crate::workflow::template::Template;
 
@@ -32,6 +33,10 @@ pub struct Workflow {
     pub inputs: BTreeMap<String, String>,
     /// The steps, in definition order.
     pub steps: Vec<Step>,
+    /// Cost budget (USD) of the whole workflow: once its agent attempts cost this much, no
+    /// new agent attempt starts (`defaults.max_cost_usd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
 }
 
 impl Workflow {
@@ -94,6 +99,77 @@ pub struct Step {
     /// A failure of this step does not fail the workflow and does not stop its dependents.
     #[serde(default, skip_serializing_if = "is_default")]
     pub continue_on_error: bool,
+    /// Fan-out: the step runs once per item of this list, as instances `ID[i]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<ForEach>,
+    /// The output is JSON (`output: "json"`, or an `output_schema`): an attempt whose output
+    /// does not parse (or does not match the schema) fails, retryably.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub output_json: bool,
+    /// JSON Schema the output must match; for an agent step, passed to Claude Code as its
+    /// structured-output schema. Checked to compile at submission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<serde_json::Value>,
+    /// Most one agent run of this step may cost (USD), passed to Claude Code as
+    /// `--max-budget-usd`; a run that reaches it blocks the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    /// For a step inside a `repeat` group, the group's id: the step runs once per iteration,
+    /// as `ID#k`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// A `repeat` group (its action is [`Action::Repeat`]): its steps, listed after it in
+/// [`Workflow::steps`] with `group` set, run as one iteration until `until` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Repeat {
+    /// Ids of the group's steps, in definition order.
+    pub steps: Vec<String>,
+    /// Ends the loop, completed, once true after an iteration; `None`: run every iteration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Expr>,
+    pub max_iterations: u32,
+}
+
+/// The id of iteration `k` (1-based) of step `step_id` inside a `repeat` group: `ID#k`.
+pub fn iteration_id(step_id: &str, k: u32) -> String {
+    format!("{step_id}#{k}")
+}
+
+/// The step and iteration of an iteration id `ID#k`.
+pub fn parse_iteration(id: &str) -> Option<(&str, u32)> {
+    let (step, k) = id.split_once('#')?;
+    if step.is_empty() || k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((step, k.parse().ok().filter(|k| *k > 0)?))
+}
+
+/// The id of instance `index` of `for_each` step `step_id`: `ID[index]`.
+pub fn instance_id(step_id: &str, index: usize) -> String {
+    format!("{step_id}[{index}]")
+}
+
+/// The step and item index of an instance id `ID[index]`.
+pub fn parse_instance(id: &str) -> Option<(&str, usize)> {
+    let (step, rest) = id.split_once('[')?;
+    let index = rest.strip_suffix(']')?;
+    if step.is_empty() || index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((step, index.parse().ok()?))
+}
+
+/// A `for_each` fan-out: the list expression (evaluated once, when the step is ready, and
+/// stored) and how many instances may run at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForEach {
+    /// A CEL expression giving the items.
+    pub items: Expr,
+    /// Most instances running at once; `None`: only the step-slot limit applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
 }
 
 /// The stored form of a [`Workflow`]: `cwd` holds the directory of the first step, and steps
@@ -107,6 +183,8 @@ struct StoredWorkflow {
     #[serde(default, skip_serializing_if = "is_empty_path")]
     cwd: PathBuf,
     steps: Vec<Step>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_cost_usd: Option<f64>,
 }
 
 impl From<Workflow> for StoredWorkflow {
@@ -127,6 +205,7 @@ impl From<Workflow> for StoredWorkflow {
             inputs: wf.inputs,
             cwd,
             steps,
+            max_cost_usd: wf.max_cost_usd,
         }
     }
 }
@@ -147,6 +226,7 @@ impl From<StoredWorkflow> for Workflow {
             name: stored.name,
             inputs: stored.inputs,
             steps,
+            max_cost_usd: stored.max_cost_usd,
         }
     }
 }
@@ -179,6 +259,30 @@ pub enum Action {
     /// A script for `sh -c` (values expanded from the environment, see
     /// [`Template::render_shell`]).
     Shell(Template),
+    /// A loop group: runs its steps (see [`Step::repeat`]), no process of its own.
+    Repeat(Repeat),
+    /// A child workflow, run and awaited; no process of its own.
+    Workflow(SubWorkflow),
+    /// A decision without a process (Claude Studio's `conditional`): the output is `true`
+    /// or `false`, what the expression evaluated to.
+    Condition(Expr),
+    /// A join without a process (Claude Studio's `loop` and `parallel`): completes once
+    /// its deps have, with a JSON object of their outputs as its output.
+    Join,
+    /// A question for a person, or a message to them; runs no process.
+    Human(Human),
+}
+
+/// A sub-workflow step's child: exactly one of `file` (absolute) and `definition`, and its
+/// inputs as templates over the parent's values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubWorkflow {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, Template>,
 }
 
 impl Action {
@@ -187,15 +291,24 @@ impl Action {
         match self {
             Self::Prompt(t) | Self::Shell(t) => vec![t],
             Self::Run(argv) => argv.iter().collect(),
+            Self::Human(h) => vec![&h.prompt],
+            Self::Repeat(_) => Vec::new(),
+            Self::Workflow(w) => w.inputs.values().collect(),
+            Self::Condition(_) | Self::Join => Vec::new(),
         }
     }
 
-    /// `prompt`, `run` or `shell`.
+    /// `prompt`, `run`, `shell` or `human`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Prompt(_) => "prompt",
             Self::Run(_) => "run",
             Self::Shell(_) => "shell",
+            Self::Human(_) => "human",
+            Self::Repeat(_) => "repeat",
+            Self::Workflow(_) => "workflow",
+            Self::Condition(_) => "condition",
+            Self::Join => "join",
         }
     }
 }
@@ -364,6 +477,22 @@ mod tests {
         assert!(reason.contains(r#"contains "FAIL""#), "{reason}");
         assert!(reason.contains("does not match regex"), "{reason}");
         assert_eq!(SuccessCheck::default().check_output("anything"), None);
+    }
+
+    #[test]
+    fn instance_ids_round_trip() {
+        assert_eq!(instance_id("review", 3), "review[3]");
+        assert_eq!(parse_instance("review[3]"), Some(("review", 3)));
+        for bad in [
+            "review",
+            "review[]",
+            "[1]",
+            "review[x]",
+            "review[1",
+            "review[-1]",
+        ] {
+            assert_eq!(parse_instance(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 const STATUS_FUNCTIONS: &[&str] = &["failure", "always"];
 
 /// The variables an expression may read.
-const VARIABLES: &[&str] = &["inputs", "steps"];
+const VARIABLES: &[&str] = &["inputs", "steps", "previous", "iteration"];
 
 /// A compiled expression. Stored as its source text and compiled again when read.
 #[derive(Debug, Clone)]
@@ -40,11 +40,14 @@ impl PartialEq for Expr {
 pub struct Scope<'a> {
     /// Input values by name.
     pub inputs: &'a std::collections::BTreeMap<String, String>,
-    /// `steps.ID` → `{status, output, attempts, session_id}` for the steps the expression
+    /// `steps.ID` → `{status, output, json, exit_code, attempts, session_id}` for the steps the expression
     /// names.
     pub steps: serde_json::Map<String, serde_json::Value>,
     /// Some dep failed (and did not `continue_on_error`).
     pub failed: bool,
+    /// Inside a `repeat` group: the iteration (1-based) and the previous iteration's
+    /// `steps` (empty in the first).
+    pub iteration: Option<(u32, serde_json::Map<String, serde_json::Value>)>,
 }
 
 impl Expr {
@@ -66,7 +69,7 @@ impl Expr {
         walk(&ast, &mut found, &mut Vec::new());
         if let Some(unknown) = found.unknown.first() {
             return Err(format!(
-                "unknown variable {unknown:?}; an expression reads `inputs.NAME` and `steps.ID.FIELD`"
+                "unknown variable {unknown:?}; an expression reads `inputs.NAME` and `steps.ID.FIELD` (and inside a repeat group `previous.ID.FIELD`, `iteration`)"
             ));
         }
         Ok(Expr {
@@ -114,6 +117,34 @@ impl Expr {
         }
     }
 
+    /// Evaluates the expression as the items of a `for_each`: a list, or a string holding a
+    /// JSON array, or else one item per non-empty line (inputs are strings, so
+    /// `inputs.files` may be `["a", "b"]` or one file per line).
+    pub fn items(&self, scope: &Scope<'_>) -> Result<Vec<serde_json::Value>, String> {
+        let value = self.evaluate(scope)?;
+        match value
+            .json()
+            .map_err(|e| format!("the list cannot be stored: {e}"))?
+        {
+            serde_json::Value::Array(items) => Ok(items),
+            serde_json::Value::String(text) => {
+                if let Ok(serde_json::Value::Array(items)) = serde_json::from_str(&text) {
+                    return Ok(items);
+                }
+                Ok(text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(|l| serde_json::Value::String(l.to_owned()))
+                    .collect())
+            }
+            other => Err(format!(
+                "for_each evaluated to {}, not a list",
+                json_kind(&other)
+            )),
+        }
+    }
+
     fn evaluate(&self, scope: &Scope<'_>) -> Result<Value, String> {
         let mut ctx = Context::default();
         let failed = scope.failed;
@@ -124,6 +155,11 @@ impl Expr {
         let steps = cel_interpreter::to_value(&scope.steps).map_err(|e| e.to_string())?;
         ctx.add_variable_from_value("inputs", inputs);
         ctx.add_variable_from_value("steps", steps);
+        if let Some((k, previous)) = &scope.iteration {
+            let previous = cel_interpreter::to_value(previous).map_err(|e| e.to_string())?;
+            ctx.add_variable_from_value("previous", previous);
+            ctx.add_variable_from_value("iteration", i64::from(*k));
+        }
         Value::resolve(&self.ast, &ctx).map_err(|e| format!("evaluation failed: {e}"))
     }
 }
@@ -221,6 +257,18 @@ fn walk(e: &IdedExpr, found: &mut Found, bound: &mut Vec<String>) {
     }
 }
 
+/// `a number`, `a map`, … for messages.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a bool",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "a map",
+    }
+}
+
 fn note_member(root: &str, field: &str, found: &mut Found) {
     match root {
         "steps" => {
@@ -250,6 +298,7 @@ mod tests {
             inputs,
             steps: steps.as_object().cloned().unwrap_or_default(),
             failed,
+            iteration: None,
         }
     }
 
@@ -321,6 +370,26 @@ mod tests {
                 .unwrap_err()
                 .contains("not a bool")
         );
+    }
+
+    #[test]
+    fn items_accept_lists_json_array_strings_and_lines() {
+        let inputs = BTreeMap::from([
+            ("json".to_owned(), r#"["a", {"f": 1}]"#.to_owned()),
+            ("lines".to_owned(), "x.rs\n\n  y.rs \n".to_owned()),
+        ]);
+        let s = scope(&inputs, json!({"p": {"json": {"files": [1, 2]}}}), false);
+        let items = |src: &str| Expr::parse(src).unwrap().items(&s);
+        assert_eq!(items("['a', 'b']").unwrap(), [json!("a"), json!("b")]);
+        assert_eq!(items("inputs.json").unwrap(), [json!("a"), json!({"f": 1})]);
+        assert_eq!(
+            items("inputs.lines").unwrap(),
+            [json!("x.rs"), json!("y.rs")]
+        );
+        assert_eq!(items("steps.p.json.files").unwrap(), [json!(1), json!(2)]);
+        assert!(items("[]").unwrap().is_empty());
+        assert!(items("{'a': 1}").unwrap_err().contains("a map, not a list"));
+        assert!(items("3").unwrap_err().contains("a number"));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - `definition.rs`: the resolved [`Workflow`] the engine runs and the store keeps.
 //! - `template.rs`: `{step.output}` templates and shell rendering; `shell_lint.rs`:
 //!   where a reference may sit in a shell script and how it is spelled there.
+//! - `human.rs`: human steps (approval, input, notification) and Studio's `type: "human"`.
 //! - `expr.rs`: CEL expressions (`when`), checked at submission, evaluated by the scheduler.
 //! - `retry.rs`: [`RetryPolicy`] arithmetic; `resolve_retry.rs`: a written `retry` → policy.
 //! - `problem.rs`: [`Problem`], [`Problems`] and "did you mean" suggestions.
@@ -26,12 +27,14 @@ mod dag;
 mod decode;
 mod definition;
 mod expr;
+mod human;
 mod problem;
 mod raw;
 mod resolve;
 mod resolve_retry;
 mod retry;
 mod shell_lint;
+mod studio;
 mod template;
 mod validate;
 
@@ -40,11 +43,14 @@ mod compile_tests;
 
 pub use dag::{ancestors, descendants, topo_order};
 pub use definition::{
-    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, OnStall, Step, SuccessCheck, Workflow,
+    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, ForEach, OnStall, Repeat, Step, SubWorkflow,
+    SuccessCheck, Workflow, instance_id, iteration_id, parse_instance, parse_iteration,
 };
 pub use expr::{Expr, Scope};
+pub use human::{Human, HumanKind, OnTimeout};
 pub use problem::{Problem, Problems};
 use raw::RawDefinition;
+pub use resolve::MAX_ITEMS;
 pub use retry::RetryPolicy;
 pub use template::{Quoting, Reference, SHELL_REF_PREFIX, Segment, Template};
 
@@ -130,6 +136,8 @@ mod tests {
             "continue_on_error",
             "failure()",
             "Claude Studio",
+            "on_timeout",
+            "notification",
         ] {
             assert!(text.contains(needle), "schema lacks {needle}");
         }
@@ -163,6 +171,8 @@ mod tests {
             studio_file,
             single,
             json!([{"task": "t", "agentId": "x"}]),
+            json!([{"id": "h", "human": {"prompt": "ok?", "kind": "input", "timeout_s": 5,
+                "on_timeout": "approve"}}]),
         ] {
             let derived: RawDefinition = serde_json::from_value(value.clone()).unwrap();
             assert_eq!(derived, parse_raw(&value).unwrap(), "{value}");

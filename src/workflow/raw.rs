@@ -128,6 +128,11 @@ pub struct RawDefaults {
     /// Agent options (or a profile name) for every prompt step.
     #[serde(default)]
     pub agent: Option<RawAgentRef>,
+    /// Cost budget (USD) of the whole workflow: once its agent runs cost this much, no new
+    /// agent attempt starts and the workflow is blocked (reason `budget`) until resumed with
+    /// a higher `max_cost_usd`. Each agent run also gets what is left as its own limit.
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
 }
 
 /// A partial retry policy: unset fields inherit (step ← defaults ← built-in).
@@ -210,6 +215,39 @@ pub struct RawSuccess {
     pub exit_codes: Option<Vec<i32>>,
 }
 
+/// A sub-workflow step's `workflow` as written: exactly one of `file` and `definition`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubWorkflow {
+    /// A workflow file, relative to the step's `cwd`; read when the step starts.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// An inline workflow definition (any shape a definition may have).
+    #[serde(default)]
+    pub definition: Option<serde_json::Value>,
+    /// The child's inputs; values are templates (`{plan.output}`, `{inputs.NAME}`).
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+}
+
+/// A `repeat` group as written.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRepeat {
+    /// The steps of one iteration: a DAG of their own (they may depend on each other and on
+    /// the group's ancestors). In iteration k, `{previous.ID.output}` (and CEL `previous`) is
+    /// iteration k-1's value; agent steps continue their session across iterations.
+    #[serde(default)]
+    pub steps: Vec<RawStep>,
+    /// A CEL condition over this iteration's `steps` (and `inputs`, `iteration`): true ends
+    /// the loop, completed. Without it the group runs `max_iterations` times.
+    #[serde(default)]
+    pub until: Option<String>,
+    /// Most iterations (≥ 1); after the last, a group whose `until` never held fails.
+    #[serde(default)]
+    pub max_iterations: Option<u32>,
+}
+
 /// One step as written.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -241,6 +279,10 @@ pub struct RawStep {
     /// as a shell-quoted variable expansion (`"$BATON_REF_1"`), never as script text.
     #[serde(default)]
     pub shell: Option<String>,
+    /// Human step: a question for a person (`approval`, `input`) or a message to them
+    /// (`notification`); the answer is the step's output.
+    #[serde(default)]
+    pub human: Option<crate::workflow::human::RawHuman>,
     /// Working directory (relative paths resolve against the submission directory).
     #[serde(default)]
     pub cwd: Option<String>,
@@ -273,7 +315,7 @@ pub struct RawStep {
     #[serde(default)]
     pub success: Option<RawSuccess>,
     /// A CEL condition, evaluated once when every dep has settled; false skips the step.
-    /// Reads `inputs.NAME` and `steps.ID.{status,output,attempts,session_id}` (ancestors
+    /// Reads `inputs.NAME` and `steps.ID.{status,output,json,exit_code,attempts,session_id}` (ancestors
     /// only). Without `failure()` or `always()` it means `success() && (…)`: a failed dep
     /// stops the step; with them it is evaluated after a failure too (`"failure()"` is an
     /// on-failure handler).
@@ -282,6 +324,36 @@ pub struct RawStep {
     /// The step may fail without failing the workflow: its dependents run, it stays `failed`.
     #[serde(default)]
     pub continue_on_error: Option<bool>,
+    /// Fan-out: a CEL expression giving a list; the step runs once per item as instances
+    /// `ID[0]`, `ID[1]`, … with `{item}`, `{item.FIELD}` and `{index}` in its templates.
+    #[serde(default)]
+    pub for_each: Option<String>,
+    /// Most instances of a `for_each` step running at once (default: no limit of its own).
+    #[serde(default)]
+    pub max_parallel: Option<u32>,
+    /// `json`: the output must be JSON (it is then `steps.ID.json` in conditions and
+    /// `{ID.json.PATH}` in templates); an attempt whose output is not fails and is retried.
+    /// Default `text`.
+    #[serde(default)]
+    pub output: Option<RawOutput>,
+    /// A JSON Schema the output must match (implies `output: "json"`). On an agent step it
+    /// is passed to Claude Code (`--json-schema`), whose structured output becomes the
+    /// step's output.
+    #[serde(default)]
+    pub output_schema: Option<serde_json::Value>,
+    /// Most one agent run of this step may cost (USD): passed to Claude Code as
+    /// `--max-budget-usd`; a run that reaches it blocks the step (reason `budget`).
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
+    /// A loop group: its own steps run as one iteration, again and again, until `until`
+    /// holds or `max_iterations` ran. Replaces prompt/run/shell.
+    #[serde(default)]
+    pub repeat: Option<RawRepeat>,
+    /// A sub-workflow: runs a child workflow (thread id `PARENT/STEP`), durable and
+    /// resumable on its own; the step's output is the child's last step's output.
+    /// Replaces prompt/run/shell.
+    #[serde(default)]
+    pub workflow: Option<RawSubWorkflow>,
     /// Display name; ignored.
     #[serde(default)]
     pub name: Option<String>,
@@ -294,12 +366,52 @@ pub struct RawStep {
     /// Free-form configuration (Claude Studio); ignored.
     #[serde(default)]
     pub config: Option<serde_json::Value>,
-    /// Claude Studio step type: only `task` (the default) is supported.
+    /// Claude Studio step type: `task` (the default) or `human` (with `prompt`,
+    /// `approvalRequired`, `interactionType`, `timeoutBehavior`, `timeoutSeconds`).
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
     /// Claude Studio session id to resume; ignored (baton tracks sessions itself).
     #[serde(default, rename = "sessionId")]
     pub session_id: Option<String>,
+    /// Claude Studio `conditional`: a legacy expression (`{a.output} === "x"`) or a v2
+    /// structured condition (`{version: "2.0", rootGroup: {combinator, rules, groups}}`).
+    #[serde(default)]
+    pub condition: Option<serde_json::Value>,
+    /// Claude Studio `conditional`: the step run when the condition holds.
+    #[serde(default, rename = "trueBranch")]
+    pub true_branch: Option<String>,
+    /// Claude Studio `conditional`: the step run when it does not.
+    #[serde(default, rename = "falseBranch")]
+    pub false_branch: Option<String>,
+    /// Claude Studio `loop`: the items.
+    #[serde(default)]
+    pub items: Option<Vec<String>>,
+    /// Claude Studio `loop`: the name of the item in the body's tasks (`{file}`), default
+    /// `item`.
+    #[serde(default, rename = "loopVar")]
+    pub loop_var: Option<String>,
+    /// Claude Studio `loop`: most items run.
+    #[serde(default, rename = "maxIterations")]
+    pub max_iterations: Option<u32>,
+    /// Claude Studio `loop`: ids of the steps run once per item.
+    #[serde(default, rename = "loopSteps")]
+    pub loop_steps: Option<Vec<String>>,
+    /// Claude Studio `parallel`: ids of the steps run side by side.
+    #[serde(default, rename = "parallelSteps")]
+    pub parallel_steps: Option<Vec<String>>,
+    /// Set by the Studio mapping: what the step does without a process.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub mapped: Option<Mapped>,
+}
+
+/// What a Claude Studio `conditional`, `loop` or `parallel` step became (see `studio.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mapped {
+    /// Evaluates this CEL condition; its output is `true` or `false`.
+    Condition(String),
+    /// Completes as soon as its deps have, with their outputs as its output.
+    Join,
 }
 
 impl RawStep {
@@ -310,6 +422,16 @@ impl RawStep {
             .or(self.depends_on.as_ref())
             .or(self.depends_on_camel.as_ref())
     }
+}
+
+/// The form of a step's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawOutput {
+    /// Text, as printed (the default).
+    Text,
+    /// JSON, parsed and checked after each attempt.
+    Json,
 }
 
 /// A string, or an array of strings.

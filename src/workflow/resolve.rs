@@ -13,13 +13,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
 use crate::workflow::definition::{
-    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, OnStall, Step, SuccessCheck, Workflow,
+    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, ForEach, OnStall, Repeat, Step, SubWorkflow,
+    SuccessCheck, Workflow,
 };
-use crate::workflow::expr::Expr;
+use crate::workflow::expr::{Expr, Scope};
 use crate::workflow::problem::{Problem, did_you_mean, is_valid_id};
 use crate::workflow::raw::{
-    RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawRetry, RawStep, RawSteps,
-    RawSuccess,
+    Mapped, RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawRepeat, RawRetry,
+    RawStep, RawSteps, RawSuccess,
 };
 use crate::workflow::resolve_retry::retry_problems;
 use crate::workflow::retry::{MAX_DURATION_S, RetryPolicy};
@@ -45,6 +46,8 @@ struct Base<'a> {
     retry: RetryPolicy,
     agent: AgentOptions,
     profiles: BTreeMap<String, AgentOptions>,
+    /// Final input values (for lists that can be evaluated at submission).
+    inputs: BTreeMap<String, String>,
 }
 
 /// Resolves `raw`; problems are appended.
@@ -66,6 +69,7 @@ pub fn resolve(
         RawDefinition::Steps(steps) => (None, steps.clone()),
         RawDefinition::Step(step) => (None, vec![(**step).clone()]),
     };
+    let steps = crate::workflow::studio::map(steps, problems);
     if !base_dir.is_absolute() {
         problems.push(Problem::workflow(
             "cwd",
@@ -98,6 +102,7 @@ pub fn resolve(
         agent: AgentOptions::default(),
         profiles,
         defaults,
+        inputs: inputs.clone(),
     };
     if let Some(retry) = &base.defaults.retry {
         push_retry_problems(retry, None, "defaults.retry", problems);
@@ -129,19 +134,79 @@ pub fn resolve(
     };
 
     let mut action_fields = Vec::with_capacity(steps.len());
-    let resolved_steps = steps
-        .iter()
-        .enumerate()
-        .map(|(i, raw_step)| {
-            let (step, field) = resolve_step(raw_step, i, &base, problems);
+    let mut resolved_steps = Vec::with_capacity(steps.len());
+    for (i, raw_step) in steps.iter().enumerate() {
+        let (mut step, field) = resolve_step(raw_step, i, &base, problems);
+        let Some(repeat) = &raw_step.repeat else {
             action_fields.push(field);
-            step
-        })
-        .collect();
+            resolved_steps.push(step);
+            continue;
+        };
+        // A group is listed before its steps; it waits for what any of them needs from
+        // outside, so its steps find their outer deps settled when an iteration starts.
+        let subs: Vec<(Step, &'static str)> = repeat
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(j, raw_sub)| {
+                if raw_sub.repeat.is_some() || raw_sub.for_each.is_some() {
+                    let what = if raw_sub.repeat.is_some() {
+                        "repeat"
+                    } else {
+                        "for_each"
+                    };
+                    problems.push(Problem::step(
+                        raw_sub.id.as_deref().unwrap_or("step"),
+                        what,
+                        format!(
+                            "a step inside repeat group {:?} cannot have {what} itself",
+                            step.id
+                        ),
+                    ));
+                }
+                let (mut sub, field) = resolve_step(raw_sub, j, &base, problems);
+                sub.group = Some(step.id.clone());
+                (sub, field)
+            })
+            .collect();
+        let ids: BTreeSet<&str> = subs.iter().map(|(s, _)| s.id.as_str()).collect();
+        for (sub, _) in &subs {
+            for d in &sub.deps {
+                if !ids.contains(d.as_str()) && *d != step.id && !step.deps.contains(d) {
+                    step.deps.push(d.clone());
+                }
+            }
+        }
+        // Its steps read what the group depends on (and its ancestors) as their own deps.
+        let mut subs = subs;
+        for (sub, _) in &mut subs {
+            for d in &step.deps {
+                if !sub.deps.contains(d) {
+                    sub.deps.push(d.clone());
+                }
+            }
+        }
+        if let Action::Repeat(r) = &mut step.action {
+            r.steps = subs.iter().map(|(s, _)| s.id.clone()).collect();
+        }
+        action_fields.push(field);
+        resolved_steps.push(step);
+        for (sub, field) in subs {
+            action_fields.push(field);
+            resolved_steps.push(sub);
+        }
+    }
+    check_budget(
+        base.defaults.max_cost_usd,
+        None,
+        "defaults.max_cost_usd",
+        problems,
+    );
     let workflow = Workflow {
         name: wf.and_then(|w| w.name.clone()),
         inputs,
         steps: resolved_steps,
+        max_cost_usd: base.defaults.max_cost_usd,
     };
     Resolved {
         workflow,
@@ -208,7 +273,7 @@ fn resolve_step(
         problems.push(Problem::step(
             &id,
             "type",
-            format!("Claude Studio step type {kind:?} is not supported; baton runs task steps (prompt, run or shell)"),
+            format!("Claude Studio step type {kind:?} is not supported; baton runs task, conditional, loop, parallel and human steps"),
         ));
     }
     let (action, field) = resolve_action(raw, &id, problems);
@@ -220,6 +285,10 @@ fn resolve_step(
         Some(cwd) => resolve_cwd(Some(cwd), base.base_dir, at, "cwd", problems),
         None => base.cwd.clone(),
     };
+    let mut action = action;
+    if let Action::Workflow(sub) = &mut action {
+        check_sub_workflow(sub, &cwd, &id, problems);
+    }
     check_env(&raw.env, at, "env", problems);
     let mut env = base.defaults.env.clone();
     env.extend(raw.env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -265,6 +334,15 @@ fn resolve_step(
         AgentOptions::default()
     };
 
+    let output_schema = resolve_output_schema(raw, &action, &id, problems);
+    check_budget(raw.max_cost_usd, at, "max_cost_usd", problems);
+    if raw.max_cost_usd.is_some() && !matches!(action, Action::Prompt(_)) {
+        problems.push(Problem::step(
+            &id,
+            "max_cost_usd",
+            format!("a cost limit applies to agent (prompt) steps; this is a {field} step"),
+        ));
+    }
     let step = Step {
         deps,
         action,
@@ -291,18 +369,235 @@ fn resolve_step(
             }
         }),
         continue_on_error: raw.continue_on_error.unwrap_or(false),
+        for_each: resolve_for_each(raw, &id, &base.inputs, problems),
+        output_json: raw.output == Some(crate::workflow::raw::RawOutput::Json)
+            || raw.output_schema.is_some(),
+        output_schema,
+        max_cost_usd: raw.max_cost_usd,
+        group: None,
         id,
     };
     (step, field)
 }
 
+/// `output_schema`: an object that compiles as a JSON Schema, on a step that produces output.
+fn resolve_output_schema(
+    raw: &RawStep,
+    action: &Action,
+    id: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<serde_json::Value> {
+    if matches!(action, Action::Human(_))
+        && raw.output == Some(crate::workflow::raw::RawOutput::Json)
+    {
+        problems.push(Problem::step(
+            id,
+            "output",
+            "a human step's output is its answer; output: json applies to prompt, run and shell steps",
+        ));
+    }
+    let schema = raw.output_schema.as_ref()?;
+    if matches!(action, Action::Human(_)) {
+        problems.push(Problem::step(
+            id,
+            "output_schema",
+            "a human step's output is its answer; output_schema applies to prompt, run and shell steps",
+        ));
+        return None;
+    }
+    if !schema.is_object() {
+        problems.push(Problem::step(
+            id,
+            "output_schema",
+            "expected a JSON Schema object, e.g. {\"type\": \"object\", \"properties\": {…}}",
+        ));
+        return None;
+    }
+    if let Err(e) = jsonschema::validator_for(schema) {
+        problems.push(Problem::step(
+            id,
+            "output_schema",
+            format!("is not a valid JSON Schema: {e}"),
+        ));
+        return None;
+    }
+    Some(schema.clone())
+}
+
+/// A sub-workflow names exactly one child, a file (made absolute against the step's `cwd`)
+/// or an inline definition, which must compile on its own (its inputs given).
+fn check_sub_workflow(sub: &mut SubWorkflow, cwd: &Path, id: &str, problems: &mut Vec<Problem>) {
+    match (&sub.file, &sub.definition) {
+        (Some(_), Some(_)) => problems.push(Problem::step(
+            id,
+            "workflow",
+            "give either workflow.file or workflow.definition, not both",
+        )),
+        (None, None) => problems.push(Problem::step(
+            id,
+            "workflow",
+            "needs workflow.file (a workflow file) or workflow.definition (an inline workflow)",
+        )),
+        (Some(file), None) => {
+            if file.as_os_str().is_empty() {
+                problems.push(Problem::step(id, "workflow.file", "is empty"));
+            }
+            sub.file = Some(normalise(&cwd.join(file.as_path())));
+        }
+        (None, Some(definition)) => {
+            let inputs = sub
+                .inputs
+                .keys()
+                .map(|k| (k.clone(), String::new()))
+                .collect();
+            if let Err(child) = crate::workflow::compile(definition, &inputs, cwd) {
+                for p in child.iter() {
+                    let at = p
+                        .step
+                        .as_deref()
+                        .map(|s| format!(" (step {s:?})"))
+                        .unwrap_or_default();
+                    problems.push(Problem::step(
+                        id,
+                        "workflow.definition",
+                        format!("{}{at}: {}", p.field, p.message),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The most iterations a `repeat` group may run.
+pub const MAX_ITERATIONS: u32 = 10_000;
+
+/// A group's `until` and `max_iterations` (its step ids are filled in by the caller).
+fn resolve_repeat(raw: &RawRepeat, id: &str, problems: &mut Vec<Problem>) -> Repeat {
+    if raw.steps.is_empty() {
+        problems.push(Problem::step(
+            id,
+            "repeat.steps",
+            "a repeat group needs at least one step",
+        ));
+    }
+    let max_iterations = match raw.max_iterations {
+        None => {
+            problems.push(Problem::step(
+                id,
+                "repeat.max_iterations",
+                "a repeat group needs max_iterations (at least 1), so a loop always ends",
+            ));
+            1
+        }
+        Some(n) if !(1..=MAX_ITERATIONS).contains(&n) => {
+            problems.push(Problem::step(
+                id,
+                "repeat.max_iterations",
+                format!("must be between 1 and {MAX_ITERATIONS}, got {n}"),
+            ));
+            1
+        }
+        Some(n) => n,
+    };
+    let until = raw.until.as_deref().and_then(|src| match Expr::parse(src) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            problems.push(Problem::step(id, "repeat.until", e));
+            None
+        }
+    });
+    Repeat {
+        steps: Vec::new(),
+        until,
+        max_iterations,
+    }
+}
+
+/// The most items a `for_each` may expand to.
+pub const MAX_ITEMS: usize = 10_000;
+
+/// `for_each` and `max_parallel`. A list that reads no step is evaluated now, so a list
+/// that is not one (or too long) is refused at submission rather than at run time.
+fn resolve_for_each(
+    raw: &RawStep,
+    id: &str,
+    inputs: &BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+) -> Option<ForEach> {
+    if raw.for_each.is_none() {
+        if raw.max_parallel.is_some() {
+            problems.push(Problem::step(
+                id,
+                "max_parallel",
+                "max_parallel limits the instances of a for_each step; this step has no for_each",
+            ));
+        }
+        return None;
+    }
+    let src = raw.for_each.as_deref()?;
+    if raw.max_parallel == Some(0) {
+        problems.push(Problem::step(
+            id,
+            "max_parallel",
+            "must be at least 1 (leave it out for no limit of its own)",
+        ));
+    }
+    let items = match Expr::parse(src) {
+        Ok(e) => e,
+        Err(e) => {
+            problems.push(Problem::step(id, "for_each", e));
+            return None;
+        }
+    };
+    if items.steps().is_empty() && items.inputs().iter().all(|n| inputs.contains_key(n)) {
+        let scope = Scope {
+            inputs,
+            steps: serde_json::Map::new(),
+            failed: false,
+            iteration: None,
+        };
+        match items.items(&scope) {
+            Ok(list) if list.len() > MAX_ITEMS => problems.push(Problem::step(
+                id,
+                "for_each",
+                format!(
+                    "the list has {} items; at most {MAX_ITEMS} are allowed",
+                    list.len()
+                ),
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(Problem::step(id, "for_each", e)),
+        }
+    }
+    Some(ForEach {
+        items,
+        max_parallel: raw.max_parallel,
+    })
+}
+
 /// The step's action and the field it was written in. Exactly one of prompt/task/run/shell.
 fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Action, &'static str) {
+    match &raw.mapped {
+        Some(Mapped::Join) => return (Action::Join, "parallelSteps"),
+        Some(Mapped::Condition(cel)) => {
+            return match Expr::parse(cel) {
+                Ok(e) => (Action::Condition(e), "condition"),
+                Err(e) => {
+                    problems.push(Problem::step(id, "condition", e));
+                    (Action::Join, "condition")
+                }
+            };
+        }
+        None => {}
+    }
     let given: Vec<&'static str> = [
         ("prompt", raw.prompt.is_some()),
         ("task", raw.task.is_some()),
         ("run", raw.run.is_some()),
         ("shell", raw.shell.is_some()),
+        ("human", raw.human.is_some()),
+        ("repeat", raw.repeat.is_some()),
+        ("workflow", raw.workflow.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, present)| present.then_some(name))
@@ -314,13 +609,16 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
             // A wrongly typed action field was already reported by the decoder.
             let already = problems.iter().any(|p| {
                 p.step.as_deref() == Some(id)
-                    && ["prompt", "task", "run", "shell"].contains(&p.field.as_str())
+                    && [
+                        "prompt", "task", "run", "shell", "human", "repeat", "workflow",
+                    ]
+                    .contains(&p.field.as_str())
             });
             if !already {
                 problems.push(Problem::step(
                     id,
                     "prompt",
-                    "a step needs one of prompt (or task), run or shell",
+                    "a step needs one of prompt (or task), run, shell, human, repeat or workflow",
                 ));
             }
             return placeholder;
@@ -334,11 +632,26 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
             problems.push(Problem::step(
                 id,
                 rest[0],
-                format!("a step has exactly one of prompt (or task), run or shell; this one has {first:?} and {others}"),
+                format!("a step has exactly one of prompt (or task), run, shell, human, repeat or workflow; this one has {first:?} and {others}"),
             ));
             return placeholder;
         }
     };
+    if field == "human" {
+        let human = crate::workflow::human::resolve(
+            raw.human.as_ref().unwrap_or(&Default::default()),
+            id,
+            problems,
+        );
+        if raw.for_each.is_some() {
+            problems.push(Problem::step(
+                id,
+                "for_each",
+                "a human step cannot fan out; ask once, or put the question before the for_each step",
+            ));
+        }
+        return (Action::Human(human), field);
+    }
     let parse = |field: String, src: &str, problems: &mut Vec<Problem>| match Template::parse(src) {
         // No argv element, script or prompt can carry a NUL byte to the process.
         _ if src.contains('\0') => {
@@ -351,6 +664,32 @@ fn resolve_action(raw: &RawStep, id: &str, problems: &mut Vec<Problem>) -> (Acti
             Template::default()
         }
     };
+    if let (Some(repeat), "repeat") = (&raw.repeat, field) {
+        return (
+            Action::Repeat(resolve_repeat(repeat, id, problems)),
+            "repeat",
+        );
+    }
+    if let (Some(sub), "workflow") = (&raw.workflow, field) {
+        let inputs = sub
+            .inputs
+            .iter()
+            .map(|(name, src)| {
+                (
+                    name.clone(),
+                    parse(format!("workflow.inputs.{name}"), src, problems),
+                )
+            })
+            .collect();
+        return (
+            Action::Workflow(SubWorkflow {
+                file: sub.file.as_ref().map(PathBuf::from),
+                definition: sub.definition.clone(),
+                inputs,
+            }),
+            "workflow",
+        );
+    }
     let action = match (field, &raw.prompt, &raw.task, &raw.run, &raw.shell) {
         ("run", _, _, Some(argv), _) => {
             if argv.is_empty() {
@@ -492,6 +831,19 @@ fn push_retry_problems(
 ) {
     for (name, message) in retry_problems(raw) {
         problems.push(Problem::at(step, format!("{field}.{name}"), message));
+    }
+}
+
+/// A cost budget is a positive, finite number of dollars.
+fn check_budget(value: Option<f64>, step: Option<&str>, field: &str, problems: &mut Vec<Problem>) {
+    if let Some(v) = value
+        && !(v.is_finite() && v > 0.0)
+    {
+        problems.push(Problem::at(
+            step,
+            field,
+            format!("{v} is not a positive number of US dollars"),
+        ));
     }
 }
 

@@ -11,6 +11,9 @@
 //! - `{STEP.output}`, `{STEP.status}`, `{STEP.session_id}`: another step's trimmed output, its
 //!   status, its agent session id. `STEP` matches `[A-Za-z0-9_-]+`. Claude Studio's spellings
 //!   `{STEP.response}` (= output) and `{STEP.sessionId}` are accepted too.
+//! - `{STEP.json}`, `{STEP.json.PATH}`: a value of the step's output parsed as JSON (`PATH`:
+//!   keys and array indices joined by `.`, e.g. `{plan.json.files.0}`); a string is inserted
+//!   as is, anything else as JSON.
 //! - `{inputs.NAME}`: an invocation input.
 //! - `{{` is a literal `{`. `}}` is a literal `}` when it closes an earlier `{{`; any other `}`
 //!   is copied as written. So `{{x}}` renders `{x}`, while JSON such as `{"a": {"b": 1}}` keeps
@@ -42,17 +45,37 @@ pub enum Reference {
     StepStatus(String),
     /// `{step.session_id}`: the agent session id of a prompt step.
     StepSession(String),
+    /// `{step.json}` or `{step.json.PATH}` (`PATH` = keys and array indices joined by `.`):
+    /// a value of the step's output parsed as JSON; a string is inserted as is, any other
+    /// value as JSON, a missing one as nothing.
+    StepJson(String, Vec<String>),
     /// `{inputs.NAME}`.
     Input(String),
+    /// `{item}` (`None`) or `{item.FIELD}`: the item of a `for_each` instance; a string is
+    /// inserted as is, any other value as JSON.
+    Item(Option<String>),
+    /// `{index}`: the 0-based position of a `for_each` instance's item.
+    Index,
+    /// `{previous.STEP.output}`: inside a `repeat` group, the output of sibling `STEP` in
+    /// the previous iteration (empty in the first).
+    Previous(String),
 }
 
 impl Reference {
     /// The step this reference reads from, if it is a step reference.
     pub fn step(&self) -> Option<&str> {
         match self {
-            Self::StepOutput(s) | Self::StepStatus(s) | Self::StepSession(s) => Some(s),
-            Self::Input(_) => None,
+            Self::StepOutput(s)
+            | Self::StepStatus(s)
+            | Self::StepSession(s)
+            | Self::StepJson(s, _) => Some(s),
+            Self::Input(_) | Self::Item(_) | Self::Index | Self::Previous(_) => None,
         }
+    }
+
+    /// Whether it reads the item of a `for_each` instance (`{item…}`, `{index}`).
+    pub fn reads_item(&self) -> bool {
+        matches!(self, Self::Item(_) | Self::Index)
     }
 }
 
@@ -63,7 +86,13 @@ impl fmt::Display for Reference {
             Self::StepOutput(s) => write!(f, "{{{s}.output}}"),
             Self::StepStatus(s) => write!(f, "{{{s}.status}}"),
             Self::StepSession(s) => write!(f, "{{{s}.session_id}}"),
+            Self::StepJson(s, path) if path.is_empty() => write!(f, "{{{s}.json}}"),
+            Self::StepJson(s, path) => write!(f, "{{{s}.json.{}}}", path.join(".")),
             Self::Input(name) => write!(f, "{{inputs.{name}}}"),
+            Self::Item(None) => f.write_str("{item}"),
+            Self::Item(Some(field)) => write!(f, "{{item.{field}}}"),
+            Self::Index => f.write_str("{index}"),
+            Self::Previous(s) => write!(f, "{{previous.{s}.output}}"),
         }
     }
 }
@@ -94,7 +123,7 @@ pub struct Template {
     segments: Vec<Segment>,
 }
 
-const FIELDS_HINT: &str = "expected {STEP.output}, {STEP.status}, {STEP.session_id} or {inputs.NAME}; write {{ for a literal {";
+const FIELDS_HINT: &str = "expected {STEP.output}, {STEP.status}, {STEP.session_id}, {STEP.json.PATH}, {inputs.NAME}, or in a for_each step {item}, {item.FIELD}, {index}; write {{ for a literal {";
 
 impl Template {
     /// Parses `src`; the error says where and what is wrong, with a fix.
@@ -254,6 +283,12 @@ fn parse_reference(text: &str) -> Result<(Reference, usize), String> {
     }
     let parts: Vec<&str> = body.split('.').collect();
     let reference = match parts.as_slice() {
+        ["item"] => Reference::Item(None),
+        ["index"] => Reference::Index,
+        ["item", field] if !field.is_empty() => Reference::Item(Some((*field).to_owned())),
+        ["previous", step, "output" | "response"] if !step.is_empty() => {
+            Reference::Previous((*step).to_owned())
+        }
         [_] => {
             return Err(format!(
                 "`{{{body}}}` is not a reference: it has no `.FIELD` ({FIELDS_HINT})"
@@ -268,8 +303,14 @@ fn parse_reference(text: &str) -> Result<(Reference, usize), String> {
         [step, "output" | "response"] => Reference::StepOutput((*step).to_owned()),
         [step, "status"] => Reference::StepStatus((*step).to_owned()),
         [step, "session_id" | "sessionId"] => Reference::StepSession((*step).to_owned()),
+        [step, "json", path @ ..] if !step.is_empty() && path.iter().all(|p| !p.is_empty()) => {
+            Reference::StepJson(
+                (*step).to_owned(),
+                path.iter().map(|p| (*p).to_owned()).collect(),
+            )
+        }
         [_, field] => {
-            let hint = did_you_mean(field, ["output", "status", "session_id"]);
+            let hint = did_you_mean(field, ["output", "status", "session_id", "json"]);
             return Err(format!(
                 "`{{{body}}}`: a step has no field {field:?}{hint} ({FIELDS_HINT})"
             ));
@@ -314,8 +355,28 @@ mod tests {
             Reference::StepStatus(_) => "completed".to_owned(),
             Reference::StepSession(_) => "sess-1".to_owned(),
             Reference::Input(n) => format!("<{n}>"),
+            Reference::Item(f) => format!("<item {f:?}>"),
+            Reference::Index => "<index>".to_owned(),
+            Reference::StepJson(s, path) => format!("<{s} json {}>", path.join("/")),
+            Reference::Previous(s) => format!("<previous {s}>"),
         };
         Template::parse(src).unwrap().render(&lookup, quoting)
+    }
+
+    #[test]
+    fn json_references_parse_with_their_path() {
+        assert_eq!(
+            refs("{plan.json} {plan.json.files.0}"),
+            [
+                Reference::StepJson("plan".into(), vec![]),
+                Reference::StepJson("plan".into(), vec!["files".into(), "0".into()]),
+            ]
+        );
+        assert_eq!(render("{a.json.x.y}", Quoting::Verbatim), "<a json x/y>");
+        let r = Reference::StepJson("plan".into(), vec!["files".into(), "0".into()]);
+        assert_eq!(r.to_string(), "{plan.json.files.0}");
+        assert_eq!(r.step(), Some("plan"));
+        assert!(Template::parse("{plan.json.}").is_err());
     }
 
     #[test]

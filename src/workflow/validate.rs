@@ -18,7 +18,7 @@ use crate::workflow::template::{Reference, Template};
 pub const MAX_ID_LEN: usize = 128;
 
 /// Step ids that would make template references ambiguous.
-const RESERVED_IDS: &[&str] = &["inputs"];
+const RESERVED_IDS: &[&str] = &["inputs", "item", "index"];
 
 /// Checks the graph of `steps`; `action_fields[i]` is the field step `i`'s action was
 /// written in. Problems are appended.
@@ -66,6 +66,7 @@ pub fn validate(
             ),
         ));
     }
+    check_groups(steps, declared_inputs, problems);
     let mut first_index: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, step) in steps.iter().enumerate() {
         first_index.entry(step.id.as_str()).or_insert(i);
@@ -96,6 +97,40 @@ pub fn validate(
                 declared_inputs,
                 problems,
             );
+        }
+        if let Action::Condition(condition) = &step.action {
+            check_expression(
+                step,
+                condition,
+                "condition",
+                &mut is_upstream,
+                &ids,
+                declared_inputs,
+                problems,
+            );
+        }
+        if let Some(fan) = &step.for_each {
+            check_expression(
+                step,
+                &fan.items,
+                "for_each",
+                &mut is_upstream,
+                &ids,
+                declared_inputs,
+                problems,
+            );
+        } else if let Some(reference) = templates(step, field)
+            .iter()
+            .flat_map(|(_, t)| t.references())
+            .find(|r| r.reads_item())
+        {
+            problems.push(Problem::step(
+                &step.id,
+                field,
+                format!(
+                    "{reference} reads a for_each item, but this step has no for_each; add \"for_each\": \"<a CEL list>\""
+                ),
+            ));
         }
     }
 }
@@ -170,7 +205,9 @@ fn check_ids(steps: &[Step], problems: &mut Vec<Problem>) {
             problems.push(Problem::step(
                 id,
                 "id",
-                format!("{id:?} is reserved ({{inputs.NAME}} reads inputs)"),
+                format!(
+                    "{id:?} is reserved ({{inputs.NAME}} reads inputs, {{item}} and {{index}} a for_each item)"
+                ),
             ));
         }
         match first_use.get(id) {
@@ -190,10 +227,98 @@ fn check_ids(steps: &[Step], problems: &mut Vec<Problem>) {
     }
 }
 
+/// `repeat` groups: their steps are reached only through the group from outside, only
+/// siblings are read as `{previous.ID.output}`, and `until` reads the group's steps, its
+/// ancestors and declared inputs.
+fn check_groups(steps: &[Step], declared_inputs: &BTreeSet<String>, problems: &mut Vec<Problem>) {
+    let group_of: BTreeMap<&str, &str> = steps
+        .iter()
+        .filter_map(|s| Some((s.id.as_str(), s.group.as_deref()?)))
+        .collect();
+    let outside = |step: &Step, target: &str| -> Option<String> {
+        let g = group_of.get(target)?;
+        (step.group.as_deref() != Some(*g)).then(|| {
+            format!("{target:?} is a step of repeat group {g:?}; depend on {g:?} and read {{{g}.output}} instead")
+        })
+    };
+    for step in steps {
+        for d in &step.deps {
+            if let Some(message) = outside(step, d) {
+                problems.push(Problem::step(&step.id, "deps", message));
+            }
+            if step.group.as_deref() == Some(d.as_str()) {
+                problems.push(Problem::step(
+                    &step.id,
+                    "deps",
+                    format!("a step of repeat group {d:?} runs inside it and cannot depend on it"),
+                ));
+            }
+        }
+        let fields = templates(step, step.action.kind());
+        for (field, template) in &fields {
+            for reference in template.references() {
+                let message = match reference {
+                    Reference::Previous(target) => match step.group.as_deref() {
+                        Some(g) if group_of.get(target.as_str()) == Some(&g) => continue,
+                        Some(g) => format!(
+                            "{reference}: {target:?} is not a step of repeat group {g:?}; previous reads this group's steps"
+                        ),
+                        None => format!(
+                            "{reference} reads the previous iteration, but this step is not inside a repeat group"
+                        ),
+                    },
+                    other => match other.step().and_then(|t| outside(step, t)) {
+                        Some(message) => format!("{reference}: {message}"),
+                        None => continue,
+                    },
+                };
+                problems.push(Problem::step(&step.id, field.clone(), message));
+            }
+        }
+        let Action::Repeat(repeat) = &step.action else {
+            continue;
+        };
+        let Some(until) = &repeat.until else {
+            continue;
+        };
+        let position = steps.iter().position(|s| s.id == step.id).unwrap_or(0);
+        let ancestors = crate::workflow::dag::ancestors(steps, position);
+        for target in until.steps() {
+            let ok = repeat.steps.contains(target) || ancestors.contains(target);
+            if !ok {
+                problems.push(Problem::step(
+                    &step.id,
+                    "repeat.until",
+                    format!(
+                        "steps.{target}: until reads the group's own steps ({}) and the group's ancestors",
+                        repeat.steps.join(", ")
+                    ),
+                ));
+            }
+        }
+        for name in until.inputs() {
+            if !declared_inputs.contains(name) {
+                problems.push(Problem::step(
+                    &step.id,
+                    "repeat.until",
+                    format!("inputs.{name}: unknown input {name:?}; declare it under \"inputs\""),
+                ));
+            }
+        }
+    }
+}
+
 /// The step's templates with the field name each was written in.
 fn templates<'a>(step: &'a Step, action_field: &str) -> Vec<(String, &'a Template)> {
     match &step.action {
+        Action::Repeat(_) | Action::Condition(_) | Action::Join => Vec::new(),
+        Action::Workflow(w) => w
+            .inputs
+            .iter()
+            .map(|(name, t)| (format!("workflow.inputs.{name}"), t))
+            .collect(),
         Action::Prompt(t) | Action::Shell(t) => vec![(action_field.to_owned(), t)],
+        Action::Human(h) => vec![("human.prompt".to_owned(), &h.prompt)],
         Action::Run(argv) => argv
             .iter()
             .enumerate()

@@ -45,6 +45,12 @@ Behaviour is chosen by markers in the prompt:
   [[crash]]             exits with status 3 after the init line, without a result
   [[echo-history]]      the result lists the earlier user messages of the session
   [[cost:X]]            this run costs X USD (default 0.01)
+  [[json:VALUE]]        with --json-schema: the value the StructuredOutput tool is called with
+                        (default {"answer": <result text>}); it comes back as the result's
+                        `structured_output`, as the real CLI reports it
+
+With --max-budget-usd X, a run that would bring the session's cost past X ends with subtype
+error_max_budget_usd (is_error, errors[], exit 1), as the real CLI does.
 """
 
 import json
@@ -57,12 +63,13 @@ import uuid
 PRINT_FLAGS = {"-p", "--print"}
 KNOWN_VALUE_FLAGS = {
     "--output-format", "--resume", "-r", "--model", "--permission-mode",
-    "--max-turns", "--append-system-prompt", "--system-prompt",
+    "--max-turns", "--append-system-prompt", "--system-prompt", "--json-schema",
+    "--max-budget-usd",
 }
 LIST_FLAGS = {"--allowedTools", "--allowed-tools", "--disallowedTools", "--disallowed-tools"}
 BOOL_FLAGS = {"--verbose"}
 TOOLS = ["Task", "Bash", "Edit", "Glob", "Grep", "Read", "Write", "WebFetch"]
-MARKER = re.compile(r"\[\[([a-z-]+)(?::([^\]]*))?\]\]")
+MARKER = re.compile(r"\[\[([a-z-]+)(?::((?:[^\]]|\](?!\]))*))?\]\]")
 
 
 def fail_early(message):
@@ -264,6 +271,8 @@ def main():
                       "tool_use_id": tid, "session_id": session_id, "uuid": str(uuid.uuid4())})
                 tool_result(tid, f"{v} needs approval. Claude Code asks before this tool runs.", True)
 
+    structured = {}
+
     def finish(text, is_error, code, subtype="success"):
         session["cost"] = round(session["cost"] + cost, 10)
         session["messages"].append({"role": "assistant", "text": text})
@@ -275,6 +284,8 @@ def main():
                   "permission_denials": denials, "uuid": str(uuid.uuid4())}
         if subtype == "success":
             result["result"] = text
+            if "value" in structured:
+                result["structured_output"] = structured["value"]
         else:
             result["errors"] = [text]
         emit(result)
@@ -311,6 +322,10 @@ def main():
             assistant([{"type": "text", "text": text}])
             finish(text, True, 1)
 
+    budget = opts.get("max_budget_usd")
+    if budget is not None and session["cost"] + cost > float(budget):
+        finish(f"Reached maximum budget (${budget})", True, 1, subtype="error_max_budget_usd")
+
     say = marker(found, "say")
     if say is not None:
         text = say
@@ -318,6 +333,14 @@ def main():
         text = "ok: " + MARKER.sub("", prompt).strip()
     if marker(found, "echo-history") is not None:
         text += "\nhistory: " + " | ".join(MARKER.sub("", h).strip() for h in history)
+    if opts.get("json_schema") is not None:
+        # The real CLI offers a StructuredOutput tool; its input is the structured output.
+        given = marker(found, "json")
+        value = json.loads(given) if given is not None else {"answer": text}
+        tid = "toolu_" + uuid.uuid4().hex[:20]
+        assistant([{"type": "tool_use", "id": tid, "name": "StructuredOutput", "input": value}])
+        tool_result(tid, "Structured output provided successfully", False)
+        structured["value"] = value
     assistant([{"type": "text", "text": text}])
     finish(text, False, 0)
 

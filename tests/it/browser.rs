@@ -28,7 +28,7 @@ impl Drop for Driver {
 }
 
 #[test]
-fn dashboard_shows_live_progress_and_resumes_a_failed_workflow() {
+fn dashboard_shows_live_progress_resumes_a_failed_workflow_and_approves_a_human_step() {
     let Some(exe) = chromedriver() else {
         eprintln!(
             "SKIPPED dashboard browser test: chromedriver is not installed (apt-get install chromium chromium-driver)"
@@ -125,6 +125,28 @@ fn dashboard_shows_live_progress_and_resumes_a_failed_workflow() {
             let png = c.screenshot().await.unwrap();
             std::fs::write(path, png).unwrap();
         }
+        // A human step: its question shows on its row; Approve answers it.
+        let gated = h.start(json!({"name": "approval-demo", "steps": [
+            {"id": "ship", "human": {"prompt": "Ship <b>it</b>?"}},
+            {"id": "after", "deps": ["ship"], "run": ["echo", "{ship.output}"]}]}));
+        c.goto(&format!("{}/#/workflows/{gated}", h.base))
+            .await
+            .unwrap();
+        let question = wait(r#"tr[data-step="ship"] [data-question="ship"]"#.into()).await;
+        assert!(
+            question.text().await.unwrap().contains("Ship <b>it</b>?"),
+            "the question is shown as text, never as HTML"
+        );
+        c.find(Locator::Css(
+            r#"tr[data-step="ship"] button[data-action="approve"]"#,
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+        wait(r#"tr[data-step="after"][data-status="completed"]"#.into()).await;
+        wait(r#"#wf-status[data-status="completed"]"#.into()).await;
         c.close().await.unwrap();
     });
 }

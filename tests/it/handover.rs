@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::util::{PATIENCE, Protocol, Sandbox, alive};
 
 /// `baton worker` processes running on `db` (a path or a URL, as `--db` names it).
-fn workers(db: &OsStr) -> Vec<i32> {
+pub(crate) fn workers(db: &OsStr) -> Vec<i32> {
     let needle = db.to_string_lossy().into_owned();
     std::fs::read_dir("/proc")
         .unwrap()
@@ -32,7 +32,7 @@ fn workers(db: &OsStr) -> Vec<i32> {
 }
 
 /// Kills whatever worker is left when a test ends.
-struct Reap(OsString);
+pub(crate) struct Reap(pub(crate) OsString);
 
 impl Drop for Reap {
     fn drop(&mut self) {
@@ -82,7 +82,7 @@ fn worker_log(sb: &Sandbox) -> PathBuf {
     }
 }
 
-const HANDOVER: [(&str, &str); 3] = [
+pub(crate) const HANDOVER: [(&str, &str); 3] = [
     ("BATON_IN_PROCESS", "0"),
     ("BATON_WORKER_IDLE_S", "2"),
     ("BATON_LEASE_MS", "900"),

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::util::{BIN, PATIENCE, Protocol, Sandbox};
 
 #[derive(Clone)]
-struct Client {
+pub(crate) struct Client {
     tasks: bool,
     protocol: Protocol,
     tx: mpsc::UnboundedSender<Value>,
@@ -61,9 +61,9 @@ impl ClientHandler for Client {
     }
 }
 
-type Session = RunningService<RoleClient, Client>;
+pub(crate) type Session = RunningService<RoleClient, Client>;
 
-async fn connect(
+pub(crate) async fn connect(
     sb: &Sandbox,
     protocol: Protocol,
     tasks: bool,
@@ -128,7 +128,7 @@ fn gated_workflow(gate: &Path) -> Value {
     ]})
 }
 
-async fn start_task(client: &Session, workflow: Value) -> String {
+pub(crate) async fn start_task(client: &Session, workflow: Value) -> String {
     let r = client
         .call_tool_once(
             CallToolRequestParams::new("invoke_async")
@@ -152,7 +152,7 @@ async fn start_task(client: &Session, workflow: Value) -> String {
 }
 
 /// Polls `tasks/get` (at the protocol's poll pace) until the task leaves `working`.
-async fn settle(client: &Session, id: &str) -> rmcp::model::DetailedTask {
+pub(crate) async fn settle(client: &Session, id: &str) -> rmcp::model::DetailedTask {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let got = client.get_task(GetTaskParams::new(id)).await.unwrap().task;

@@ -6,12 +6,10 @@
 //! decides the same; a pending step that can never run counts as failed for the steps below
 //! it, so on-failure handlers run and nothing waits for it.
 
-use std::collections::HashMap;
-
 use super::Scheduler;
 use crate::api::{EventData, EventKind, NewEvent, StepStatus};
 use crate::store::{Changes, StepRow};
-use crate::workflow::{Expr, Scope};
+use crate::workflow::{Action, Expr, Scope};
 
 /// How a dep ended, as a dependent's readiness and condition see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +48,9 @@ pub(super) enum Decision {
     Fail(String, EventData),
 }
 
-/// A step's values as expressions see them (`steps.ID`); outputs cut to `cut` characters.
-fn step_value(row: &StepRow, cut: usize) -> serde_json::Value {
+/// A step's values as expressions see them (`steps.ID`); outputs cut to `cut` characters
+/// (and `json`, the output parsed as JSON, left null when the output is longer).
+pub(super) fn step_value(row: &StepRow, cut: usize) -> serde_json::Value {
     let output: String = row
         .output
         .as_deref()
@@ -60,9 +59,18 @@ fn step_value(row: &StepRow, cut: usize) -> serde_json::Value {
         .chars()
         .take(cut)
         .collect();
+    // The whole output parsed as JSON (null when it is not JSON).
+    let json = row
+        .output
+        .as_deref()
+        .filter(|o| o.len() <= cut)
+        .and_then(|o| serde_json::from_str::<serde_json::Value>(o).ok())
+        .unwrap_or(serde_json::Value::Null);
     serde_json::json!({
         "status": row.status.as_str(),
         "output": output,
+        "json": json,
+        "exit_code": row.exit_code,
         "attempts": row.attempts,
         "session_id": row.session_id.as_deref().unwrap_or_default(),
     })
@@ -70,16 +78,18 @@ fn step_value(row: &StepRow, cut: usize) -> serde_json::Value {
 
 /// What a condition read, for its event: the steps and inputs it names and whether a dep
 /// failed.
-fn read_values(
-    when: &Expr,
-    scope: &Scope<'_>,
-    steps: &[StepRow],
-    index: &HashMap<String, usize>,
-) -> serde_json::Value {
+fn read_values(when: &Expr, scope: &Scope<'_>) -> serde_json::Value {
+    let cut = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(serde_json::Value::String(out)) = v.get_mut("output") {
+            *out = out.chars().take(200).collect();
+        }
+        v
+    };
     let steps: serde_json::Map<String, serde_json::Value> = when
         .steps()
         .iter()
-        .filter_map(|id| Some((id.clone(), step_value(&steps[*index.get(id)?], 200))))
+        .filter_map(|id| Some((id.clone(), cut(scope.steps.get(id)?))))
         .collect();
     let inputs: serde_json::Map<String, serde_json::Value> = when
         .inputs()
@@ -119,18 +129,87 @@ impl Scheduler {
         ));
     }
 
+    /// Settles a ready step that runs no process: a condition completes with `true` or
+    /// `false` (or fails if it cannot be evaluated), a join with its deps' outputs.
+    pub(super) fn decide_without_process(&mut self, ch: &mut Changes, idx: usize, now: i64) {
+        let Some(step) = self.step_def(idx) else {
+            return;
+        };
+        let value = |id: &String| {
+            let row = &self.steps[self.dep_row(idx, id)?];
+            Some((id.clone(), step_value(row, usize::MAX)))
+        };
+        let (output, data) = match &step.action {
+            Action::Condition(expr) => {
+                let scope = Scope {
+                    inputs: &self.def.inputs,
+                    steps: expr.steps().iter().filter_map(value).collect(),
+                    failed: false,
+                    iteration: self.iteration_scope(idx),
+                };
+                let data = EventData {
+                    condition: Some(expr.source().to_owned()),
+                    values: Some(read_values(expr, &scope)),
+                    ..Default::default()
+                };
+                match expr.condition(&scope) {
+                    Ok(b) => (b.to_string(), data),
+                    Err(e) => {
+                        let error = format!("condition {:?}: {e}", expr.source());
+                        self.settle(ch, idx, StepStatus::Failed, now, Some(error), data);
+                        return;
+                    }
+                }
+            }
+            _ => {
+                let outputs: serde_json::Map<String, serde_json::Value> = step
+                    .deps
+                    .iter()
+                    .filter_map(|d| {
+                        let row = &self.steps[self.dep_row(idx, d)?];
+                        let out = row.output.as_deref().unwrap_or_default().trim_end();
+                        Some((d.clone(), serde_json::Value::String(out.to_owned())))
+                    })
+                    .collect();
+                (
+                    serde_json::Value::Object(outputs).to_string(),
+                    EventData::default(),
+                )
+            }
+        };
+        let row = &mut self.steps[idx];
+        row.status = StepStatus::Completed;
+        row.started_at.get_or_insert(now);
+        row.finished_at = Some(now);
+        row.error = None;
+        let preview: String = output.chars().take(200).collect();
+        row.output = Some(output);
+        ch.step(row);
+        ch.event(NewEvent::step(
+            EventKind::StepCompleted,
+            &row.step_id,
+            None,
+            EventData {
+                duration_ms: Some(0),
+                output_preview: Some(preview),
+                ..data
+            },
+        ));
+    }
+
     /// What pending step `idx` does now that (or while) its deps settle.
     /// `memo` caches how steps ended (see [`Memo`]); it must be cleared after a step is
     /// settled.
     pub(super) fn decide(&self, idx: usize, memo: &mut Memo) -> Decision {
-        let step = &self.def.steps[idx];
+        let Some(step) = self.step_def(idx) else {
+            return Decision::Wait;
+        };
         let states: Vec<DepState> = step
             .deps
             .iter()
             .map(|d| {
-                self.index
-                    .get(d)
-                    .map_or(DepState::Waiting, |&j| self.dep_state(j, &mut memo.0))
+                self.dep_row(idx, d)
+                    .map_or(DepState::Waiting, |j| self.dep_state(j, &mut memo.0))
             })
             .collect();
         if states.contains(&DepState::Waiting) {
@@ -157,15 +236,16 @@ impl Scheduler {
                 .steps()
                 .iter()
                 .filter_map(|id| {
-                    let row = &self.steps[*self.index.get(id)?];
+                    let row = &self.steps[self.dep_row(idx, id)?];
                     Some((id.clone(), step_value(row, usize::MAX)))
                 })
                 .collect(),
             failed,
+            iteration: self.iteration_scope(idx),
         };
         let data = EventData {
             condition: Some(when.source().to_owned()),
-            values: Some(read_values(when, &scope, &self.steps, &self.index)),
+            values: Some(read_values(when, &scope)),
             ..Default::default()
         };
         match when.condition(&scope) {
@@ -196,14 +276,19 @@ impl Scheduler {
             // Skipped by a user's resume (it carries an output): its dependents go on.
             StepStatus::Skipped if self.steps[j].output.is_some() => DepState::Ran,
             StepStatus::Skipped => DepState::Skipped,
-            StepStatus::Failed if self.def.steps[j].continue_on_error => DepState::Ran,
+            StepStatus::Failed if self.step_def(j).is_some_and(|s| s.continue_on_error) => {
+                DepState::Ran
+            }
             StepStatus::Failed => DepState::Failed,
             StepStatus::Pending => {
-                let step = &self.def.steps[j];
+                let Some(step) = self.step_def(j) else {
+                    memo[j] = Some(DepState::Waiting);
+                    return DepState::Waiting;
+                };
                 let mut failed = false;
                 let mut waiting = false;
                 for d in &step.deps {
-                    match self.index.get(d).map(|&k| self.dep_state(k, memo)) {
+                    match self.dep_row(j, d).map(|k| self.dep_state(k, memo)) {
                         Some(DepState::Failed) => failed = true,
                         Some(DepState::Ran | DepState::Skipped) => {}
                         Some(DepState::Waiting) | None => waiting = true,
@@ -229,6 +314,7 @@ impl Scheduler {
                 && self
                     .index
                     .get(&s.step_id)
-                    .is_some_and(|&i| self.def.steps[i].continue_on_error))
+                    .and_then(|&i| self.step_def(i))
+                    .is_some_and(|d| d.continue_on_error))
     }
 }

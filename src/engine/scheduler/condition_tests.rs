@@ -70,7 +70,7 @@ fn a_join_runs_when_one_dep_ran_and_reads_empty_output_of_the_skipped_one() {
     let (_, started) = finish_attempt(&mut s, "a", ok("y"), 1);
     assert_eq!(started, ["yes"]);
     assert_eq!(status(&s, "no"), StepStatus::Skipped);
-    let i = s.def().position("join").unwrap();
+    let i = s.def.position("join").unwrap();
     let (_, started) = finish_attempt(&mut s, "yes", ok("Y"), 2);
     assert_eq!(started, ["join"]);
     let spec = s.prepare(i);
@@ -210,6 +210,8 @@ fn a_step_skipped_by_a_resume_lets_its_dependents_run() {
         downstream: &downstream,
         guidance: None,
         overrides: None,
+        groups: &Default::default(),
+        dropped: &Default::default(),
     };
     let ch = resume_changes(WorkflowStatus::Failed, s.steps(), &plan, 2).unwrap();
     let mut rows = s.steps().to_vec();

@@ -11,21 +11,38 @@
 //! when nothing runs, nothing waits for a retry and nothing more can start.
 //!
 //! # Layout
+//! - `budget`: `max_cost_usd`: holding and blocking agent steps past the workflow's budget.
 //! - `condition`: whether a pending step runs, is skipped or waits (`when`, skips, joins,
 //!   failure handlers, `continue_on_error`).
+//! - `fan_out`: `for_each` steps, their stored items and their instances `ID[i]`.
+//! - `human`: human steps — asking, answers, deadlines, parking a workflow that only waits.
+//! - `repeat`: loop groups, their iterations `ID#k`, `until` and `max_iterations`.
 //! - `prepare`: rendering a step's templates into the attempt to run.
 //! - `stored`: transitions of a stored workflow that no driver runs — resume, cancel,
 //!   adoption after a crash.
 
+mod budget;
+#[cfg(test)]
+mod budget_tests;
 mod condition;
 #[cfg(test)]
 mod condition_tests;
+mod fan_out;
+#[cfg(test)]
+mod fan_out_tests;
+mod human;
+#[cfg(test)]
+mod human_tests;
 mod prepare;
+mod repeat;
+#[cfg(test)]
+mod repeat_tests;
 mod stored;
 #[cfg(test)]
 mod tests;
 
-pub(super) use stored::{ResumePlan, adopt_changes, cancel_changes, resume_changes};
+pub(super) use human::{Answer, Waiting, waiting_for};
+pub(super) use stored::{ResumePlan, adopt_changes, cancel_changes, resume_changes, resume_scope};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,8 +53,10 @@ use crate::api::{
     AttemptOutcome, EventData, EventKind, NewEvent, StepStatus, ThreadId, WorkflowStatus, tail,
 };
 use crate::store::{AttemptRow, Changes, StepRow};
-use crate::workflow::Workflow;
+use crate::workflow::{Action, Step, Workflow};
 use condition::{Decision, Memo};
+use fan_out::{Fan, Origin};
+use repeat::Group;
 
 /// Bytes of an attempt's stderr kept in its record.
 const STDERR_KEPT: usize = 64 * 1024;
@@ -63,8 +82,18 @@ pub(super) struct Scheduler {
     /// Attempts stopped because they stalled; their stop counts as a retryable failure.
     stalled: Vec<bool>,
     index: HashMap<String, usize>,
+    /// Per row, the step of the definition it runs (and its item, for an instance).
+    origin: Vec<Origin>,
+    /// The expanded `for_each` steps, by row.
+    fans: HashMap<usize, Fan>,
+    /// The started `repeat` groups, by row.
+    groups: HashMap<usize, Group>,
+    /// Position of each step in the definition, by id.
+    def_index: HashMap<String, usize>,
     /// The last start found no free step slot; more steps are ready than could start.
     starved: bool,
+    /// Spending against the workflow's `max_cost_usd`.
+    budget: budget::Budget,
 }
 
 impl Scheduler {
@@ -81,11 +110,20 @@ impl Scheduler {
             .enumerate()
             .map(|(i, s)| (s.step_id.clone(), i))
             .collect();
+        let (origin, fans) = fan_out::origins(&def, &steps, &index);
+        let def_index: HashMap<String, usize> = def
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i))
+            .collect();
+        let groups = repeat::groups(&def, &def_index, &steps, &index, &origin);
         let retry_at = steps
             .iter()
             .map(|s| (s.status == StepStatus::Retrying).then_some(now))
             .collect();
         let stalled = vec![false; steps.len()];
+        let budget = budget::Budget::new(def.max_cost_usd);
         Scheduler {
             id,
             def,
@@ -94,16 +132,22 @@ impl Scheduler {
             retry_at,
             stalled,
             index,
+            origin,
+            budget,
+            fans,
+            groups,
+            def_index,
             starved: false,
         }
     }
 
-    pub(super) fn status(&self) -> WorkflowStatus {
-        self.status
+    /// The step of the definition that row `idx` runs.
+    pub(super) fn step_def(&self, idx: usize) -> Option<&Step> {
+        self.def.steps.get(self.origin.get(idx)?.def)
     }
 
-    pub(super) fn def(&self) -> &Workflow {
-        &self.def
+    pub(super) fn status(&self) -> WorkflowStatus {
+        self.status
     }
 
     pub(super) fn steps(&self) -> &[StepRow] {
@@ -172,7 +216,7 @@ impl Scheduler {
         owner: &str,
         jitter: f64,
     ) {
-        let Some(step) = self.def.steps.get(idx) else {
+        let Some(step) = self.def.steps.get(self.origin[idx].def) else {
             return;
         };
         if self.steps[idx].attempts != number {
@@ -209,6 +253,8 @@ impl Scheduler {
         if let Some(sid) = &detail.session_id {
             row.session_id = Some(sid.clone());
         }
+        row.exit_code = detail.exit_code.map(i64::from);
+        let cost = detail.cost_usd;
         row.fresh_session = detail.session_unusable;
         let sid = row.step_id.clone();
         match outcome {
@@ -320,6 +366,10 @@ impl Scheduler {
         }
         ch.step(row);
         ch.attempts.push(att);
+        self.charge(cost);
+        if self.origin[idx].item.is_some() {
+            self.instance_ended(ch, idx, now);
+        }
     }
 
     /// Marks the steps that are ready (deps done, or retry due at `now`) running, as far as
@@ -334,17 +384,66 @@ impl Scheduler {
     ) -> Vec<(AttemptSpec, P)> {
         let mut out = Vec::new();
         self.starved = false;
+        self.clear_held();
         // A skip or a failed condition settles a step, which may decide steps before it in
         // definition order: pass again until a pass settles nothing.
         let mut again = true;
-        let mut settled = false;
+        let mut settled = self.settle_humans(ch, now);
         let mut memo = Memo::new(self.steps.len());
+        self.aggregate_settled(ch, now);
         while again && !self.starved {
             again = false;
             for idx in 0..self.steps.len() {
+                let instance = self.origin[idx].item.is_some();
                 let ready = match self.steps[idx].status {
+                    StepStatus::Pending if instance => self.instance_has_room(idx),
                     StepStatus::Pending => match self.decide(idx, &mut memo) {
                         Decision::Wait => false,
+                        Decision::Run
+                            if self
+                                .step_def(idx)
+                                .is_some_and(|s| matches!(s.action, Action::Repeat(_))) =>
+                        {
+                            self.start_iteration(ch, idx, 1, now);
+                            memo = Memo::new(self.steps.len());
+                            again = true;
+                            settled = true;
+                            false
+                        }
+                        Decision::Run
+                            if self.step_def(idx).is_some_and(|s| {
+                                matches!(s.action, Action::Condition(_) | Action::Join)
+                            }) =>
+                        {
+                            self.decide_without_process(ch, idx, now);
+                            memo.clear();
+                            again = true;
+                            settled = true;
+                            false
+                        }
+                        Decision::Run
+                            if self.step_def(idx).is_some_and(|s| s.for_each.is_some()) =>
+                        {
+                            if let Err(error) = self.expand(ch, idx, now) {
+                                let data = EventData {
+                                    reason: Some("the for_each list could not be made".to_owned()),
+                                    ..Default::default()
+                                };
+                                self.settle(ch, idx, StepStatus::Failed, now, Some(error), data);
+                            }
+                            memo = Memo::new(self.steps.len());
+                            again = true;
+                            settled = true;
+                            false
+                        }
+                        Decision::Run if self.human_of(idx).is_some() => {
+                            self.ask(ch, idx, now);
+                            memo.clear();
+                            again = true;
+                            settled = true;
+                            false
+                        }
+                        Decision::Run if self.hold_for_budget(idx) => false,
                         Decision::Run => true,
                         Decision::Skip(data) => {
                             self.settle(ch, idx, StepStatus::Skipped, now, None, data);
@@ -361,7 +460,17 @@ impl Scheduler {
                             false
                         }
                     },
-                    StepStatus::Retrying => self.retry_at[idx].is_none_or(|t| t <= now),
+                    StepStatus::Retrying => {
+                        let due = self.retry_at[idx].is_none_or(|t| t <= now)
+                            && (!instance || self.instance_has_room(idx));
+                        if due && self.hold_for_budget(idx) {
+                            // Held, not waiting: nothing is due any more.
+                            self.retry_at[idx] = None;
+                            false
+                        } else {
+                            due
+                        }
+                    }
                     _ => false,
                 };
                 if !ready {
@@ -372,6 +481,11 @@ impl Scheduler {
                     break;
                 };
                 out.push(self.start(ch, idx, now, owner, permit));
+            }
+            if self.advance_groups(ch, now) {
+                memo = Memo::new(self.steps.len());
+                again = true;
+                settled = true;
             }
         }
         if (!out.is_empty() || settled) && self.status != WorkflowStatus::Running {
@@ -401,6 +515,9 @@ impl Scheduler {
         permit: P,
     ) -> (AttemptSpec, P) {
         self.retry_at[idx] = None;
+        if self.origin[idx].item.is_some() {
+            self.instance_started(idx);
+        }
         let spec = self.prepare(idx);
         let row = &mut self.steps[idx];
         row.attempts += 1;
@@ -497,8 +614,11 @@ impl Scheduler {
     /// pending for the next owner. A workflow whose steps are all done finishes instead.
     pub(super) fn stop(&mut self, ch: &mut Changes, stop: Stop, now: i64) {
         self.retry_at.iter_mut().for_each(|r| *r = None);
-        for row in &mut self.steps {
-            if row.status.is_current() {
+        for (idx, row) in self.steps.iter_mut().enumerate() {
+            // An expanded for_each step stays running across a shutdown: its stored items
+            // and instances carry on under the next owner.
+            let expanded = self.fans.contains_key(&idx) || self.groups.contains_key(&idx);
+            if row.status.is_current() && !(expanded && stop == Stop::Shutdown) {
                 if stop == Stop::Cancel {
                     row.status = StepStatus::Cancelled;
                     row.finished_at = Some(now);

@@ -34,6 +34,7 @@ pub(super) fn fresh(def: Arc<Workflow>) -> Scheduler {
         .steps
         .iter()
         .enumerate()
+        .filter(|(_, s)| s.group.is_none())
         .map(|(i, s)| StepRow::new(&s.id, i))
         .collect();
     Scheduler::new(ThreadId::from("t"), def, WorkflowStatus::Queued, rows, 0)
@@ -427,6 +428,8 @@ fn resume_retries_only_the_stopped_steps_with_a_fresh_budget() {
         skip: false,
         guidance: Some("try harder"),
         overrides: None,
+        groups: &Default::default(),
+        dropped: &Default::default(),
     };
     let ch = resume_changes(WorkflowStatus::Failed, &steps, &plan, 9).unwrap();
     assert_eq!(ch.steps.len(), 1, "the completed step is never reset");
@@ -454,6 +457,8 @@ fn resume_with_skip_marks_the_stopped_steps_skipped() {
         skip: true,
         guidance: None,
         overrides: None,
+        groups: &Default::default(),
+        dropped: &Default::default(),
     };
     let ch = resume_changes(WorkflowStatus::Failed, &steps, &plan, 9).unwrap();
     assert_eq!(ch.steps[0].status, StepStatus::Skipped);
@@ -479,6 +484,8 @@ fn resume_from_a_step_resets_it_and_everything_downstream_with_fresh_sessions() 
         skip: false,
         guidance: None,
         overrides: None,
+        groups: &Default::default(),
+        dropped: &Default::default(),
     };
     let ch = resume_changes(WorkflowStatus::Completed, &steps, &plan, 9).unwrap();
     let ids: Vec<&str> = ch.steps.iter().map(|s| s.step_id.as_str()).collect();
@@ -500,6 +507,8 @@ fn resume_with_nothing_stopped_is_refused_unless_interrupted() {
         skip: false,
         guidance: None,
         overrides: None,
+        groups: &Default::default(),
+        dropped: &Default::default(),
     };
     assert_eq!(
         resume_changes(WorkflowStatus::Blocked, &steps, &plan, 1).unwrap_err(),

@@ -179,8 +179,21 @@ function renderSteps() {
     const busy = wf.view.status === "running" || wf.view.status === "queued";
     if (!busy && finished) actions.append(stepButton("Retry from this step", "retry", () => control("resume", { from_step: s.id, mode: "retry" })));
     if (!busy && (s.status === "failed" || s.status === "blocked" || s.status === "cancelled")) actions.append(" ", stepButton("Skip this step", "skip", () => control("resume", { mode: "skip" })));
-    if (s.status === "blocked") {
-      // Human steps answer here once they exist; until then approve retries, deny skips.
+    const w = s.waiting_for;
+    if (w && !w.answered) {
+      // A human step's question: its answer is the step's output.
+      const q = el("p", { class: "question", "data-question": s.id }, w.prompt);
+      if (w.deadline) q.append(el("small", {}, " (until " + new Date(w.deadline).toLocaleString() + ", then " + w.on_timeout + ")"));
+      actions.append(q);
+      if (w.kind === "input") {
+        const field = el("input", { type: "text", "aria-label": "Answer to " + s.id, "data-answer": s.id });
+        actions.append(field, " ", stepButton("Send", "answer", () => control("approve", { step: s.id, approve: true, input: field.value })));
+      } else {
+        actions.append(stepButton("Approve", "approve", () => control("approve", { step: s.id, approve: true })));
+      }
+      actions.append(" ", stepButton("Deny", "deny", () => control("approve", { step: s.id, approve: false })));
+    } else if (s.status === "blocked" && !w) {
+      // A permission block: approve retries the step, deny skips it.
       actions.append(" ", stepButton("Approve", "approve", () => control("approve", { step: s.id, approve: true })),
         " ", stepButton("Deny", "deny", () => control("approve", { step: s.id, approve: false })));
     }

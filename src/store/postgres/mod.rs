@@ -481,6 +481,25 @@ impl Postgres {
         .await
     }
 
+    pub(super) async fn record_answer(
+        &self,
+        id: ThreadId,
+        step_id: String,
+        answer: String,
+    ) -> Result<bool> {
+        let args = Arc::new((id, step_id, answer));
+        self.write(move |tx| {
+            let args = args.clone();
+            async move { queries::record_answer(&tx, &args.0, &args.1, &args.2).await }
+        })
+        .await
+    }
+
+    pub(super) async fn answers(&self, id: ThreadId) -> Result<Vec<(String, String)>> {
+        self.read(|c| async move { queries::answers(&c, &id).await })
+            .await
+    }
+
     pub(super) async fn register_owner(&self, owner: OwnerRow) -> Result<()> {
         let owner = Arc::new(owner);
         self.write(move |tx| {

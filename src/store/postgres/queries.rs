@@ -26,7 +26,7 @@ pub(super) fn parse<T>(s: &str, f: fn(&str) -> Option<T>) -> Result<T> {
 
 pub(super) const WORKFLOW_COLS: &str = "id, name, status, step_count, created_at, updated_at, \
     started_at, finished_at, error, owner, lease_expires_at, epoch, cancel_requested, \
-    last_activity_at, total_cost_usd";
+    last_activity_at, total_cost_usd, max_cost_usd";
 
 pub(super) fn workflow_row(r: &Row, base: usize) -> Result<WorkflowRow> {
     Ok(WorkflowRow {
@@ -45,12 +45,13 @@ pub(super) fn workflow_row(r: &Row, base: usize) -> Result<WorkflowRow> {
         cancel_requested: r.try_get(base + 12)?,
         last_activity_at: r.try_get(base + 13)?,
         total_cost_usd: r.try_get(base + 14)?,
+        max_cost_usd: r.try_get(base + 15)?,
     })
 }
 
 const STEP_COLS: &str = "step_id, idx, status, attempts, failures, crashes, session_id, \
     started_at, finished_at, output, error, last_activity_at, guidance, agent_overrides, \
-    fresh_session";
+    fresh_session, items, waiting, answer, exit_code";
 
 fn step_row(r: &Row) -> Result<StepRow> {
     Ok(StepRow {
@@ -69,6 +70,10 @@ fn step_row(r: &Row) -> Result<StepRow> {
         guidance: r.try_get(12)?,
         agent_overrides: r.try_get(13)?,
         fresh_session: r.try_get(14)?,
+        items: r.try_get(15)?,
+        waiting: r.try_get(16)?,
+        answer: r.try_get(17)?,
+        exit_code: r.try_get(18)?,
     })
 }
 
@@ -282,7 +287,8 @@ pub(super) async fn adoptable(c: &Client, me: &str) -> Result<Vec<Adoptable>> {
         "SELECT w.id, w.owner, w.epoch, coalesce(w.lease_expires_at, 0), {DB_NOW}, \
          o.id, o.pid, o.host, o.heartbeat_at, o.lease_ms \
          FROM workflows w LEFT JOIN owners o ON o.id = w.owner \
-         WHERE w.status IN ('queued', 'running', 'interrupted') \
+         WHERE (w.status IN ('queued', 'running', 'interrupted') \
+                OR (w.status = 'blocked' AND w.owner IS NOT NULL)) \
          AND coalesce(w.owner, '') <> $1 ORDER BY w.wid"
     );
     let local = crate::api::now_ms();
@@ -322,6 +328,8 @@ pub(super) async fn load_steps(c: &Client, id: &str) -> Result<Vec<StepRow>> {
     c.query(&sql, &[&id]).await?.iter().map(step_row).collect()
 }
 
+/// Writes every mutable field of the steps, inserting those that are new (`for_each`
+/// instances), in one statement.
 async fn save_steps(tx: &Tx, wid: i64, steps: &[StepRow]) -> Result<()> {
     if steps.is_empty() {
         return Ok(());
@@ -329,6 +337,7 @@ async fn save_steps(tx: &Tx, wid: i64, steps: &[StepRow]) -> Result<()> {
     let col = |f: fn(&StepRow) -> Option<String>| steps.iter().map(f).collect::<Vec<_>>();
     let int = |f: fn(&StepRow) -> Option<i64>| steps.iter().map(f).collect::<Vec<_>>();
     let ids = col(|s| Some(s.step_id.clone()));
+    let idx = int(|s| Some(s.idx));
     let status = col(|s| Some(s.status.as_str().to_owned()));
     let attempts = int(|s| Some(s.attempts));
     let failures = int(|s| Some(s.failures));
@@ -342,22 +351,31 @@ async fn save_steps(tx: &Tx, wid: i64, steps: &[StepRow]) -> Result<()> {
     let guidance = col(|s| s.guidance.clone());
     let overrides = col(|s| s.agent_overrides.clone());
     let fresh: Vec<bool> = steps.iter().map(|s| s.fresh_session).collect();
+    let items = col(|s| s.items.clone());
+    let waiting = col(|s| s.waiting.clone());
+    let answer = col(|s| s.answer.clone());
+    let exit_code = int(|s| s.exit_code);
     tx.c.execute(
-        "UPDATE steps s SET status = u.status, attempts = u.attempts, failures = u.failures, \
-         crashes = u.crashes, session_id = u.session_id, started_at = u.started_at, \
-         finished_at = u.finished_at, output = u.output, error = u.error, \
-         last_activity_at = u.last_activity_at, guidance = u.guidance, \
-         agent_overrides = u.agent_overrides, fresh_session = u.fresh_session \
-         FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], \
-                     $7::text[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], \
-                     $12::bigint[], $13::text[], $14::text[], $15::boolean[]) \
-           AS u(step_id, status, attempts, failures, crashes, session_id, started_at, \
-                finished_at, output, error, last_activity_at, guidance, agent_overrides, \
-                fresh_session) \
-         WHERE s.wid = $1 AND s.step_id = u.step_id",
+        "INSERT INTO steps (wid, step_id, idx, status, attempts, failures, crashes, session_id, \
+         started_at, finished_at, output, error, last_activity_at, guidance, agent_overrides, \
+         fresh_session, items, waiting, answer, exit_code) \
+         SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::bigint[], \
+                     $6::bigint[], $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], \
+                     $11::text[], $12::text[], $13::bigint[], $14::text[], $15::text[], \
+                     $16::boolean[], $17::text[], $18::text[], $19::text[], $20::bigint[]) \
+         ON CONFLICT (wid, step_id) DO UPDATE SET status = excluded.status, \
+         attempts = excluded.attempts, failures = excluded.failures, \
+         crashes = excluded.crashes, session_id = excluded.session_id, \
+         started_at = excluded.started_at, finished_at = excluded.finished_at, \
+         output = excluded.output, error = excluded.error, \
+         last_activity_at = excluded.last_activity_at, guidance = excluded.guidance, \
+         agent_overrides = excluded.agent_overrides, fresh_session = excluded.fresh_session, \
+         items = excluded.items, waiting = excluded.waiting, answer = excluded.answer, \
+         exit_code = excluded.exit_code",
         &[
-            &wid, &ids, &status, &attempts, &failures, &crashes, &session, &started, &finished,
-            &output, &error, &activity, &guidance, &overrides, &fresh,
+            &wid, &ids, &idx, &status, &attempts, &failures, &crashes, &session, &started,
+            &finished, &output, &error, &activity, &guidance, &overrides, &fresh, &items, &waiting,
+            &answer, &exit_code,
         ],
     )
     .await?;
@@ -598,6 +616,15 @@ pub(super) async fn remove_owner(tx: &Tx, id: &str) -> Result<()> {
 pub(super) async fn apply(tx: &Tx, fence: &Fence, changes: &Changes) -> Result<()> {
     let id = fence.id.as_str();
     let (wid, first_seq) = fenced_reserve(tx, fence, changes.events.len() as i64).await?;
+    if !changes.dropped.is_empty() {
+        for table in ["attempts", "steps"] {
+            tx.c.execute(
+                &format!("DELETE FROM {table} WHERE wid = $1 AND step_id = ANY($2)"),
+                &[&wid, &changes.dropped],
+            )
+            .await?;
+        }
+    }
     save_steps(tx, wid, &changes.steps).await?;
     let mut added = 0.0;
     for a in &changes.attempts {
@@ -616,6 +643,13 @@ pub(super) async fn apply(tx: &Tx, fence: &Fence, changes: &Changes) -> Result<(
     }
     if let Some(st) = &changes.status {
         set_workflow_status(tx, id, st.status, st.error.as_deref(), st.release).await?;
+    }
+    if let Some(budget) = changes.max_cost_usd {
+        tx.c.execute(
+            "UPDATE workflows SET max_cost_usd = $2 WHERE wid = $1",
+            &[&wid, &budget],
+        )
+        .await?;
     }
     let now = tx.now();
     for (i, e) in changes.events.iter().enumerate() {
@@ -711,4 +745,37 @@ pub(super) fn event_data(e: &NewEvent) -> Result<Option<String>> {
     serde_json::to_string(&e.data)
         .map(Some)
         .map_err(|err| StoreError::Corrupt(format!("event payload: {err}")))
+}
+
+// ---------------------------------------------------------------- human answers
+
+/// Records an answer to the open question of step `step_id` of an owned workflow (its owner
+/// applies it), unless the step no longer waits, was answered already, or nobody owns the
+/// workflow any more. Returns whether it was recorded.
+pub(super) async fn record_answer(tx: &Tx, id: &str, step_id: &str, answer: &str) -> Result<bool> {
+    let n =
+        tx.c.execute(
+            "UPDATE steps SET answer = $3 WHERE wid = (SELECT wid FROM workflows \
+             WHERE id = $1 AND owner IS NOT NULL) \
+             AND step_id = $2 AND status = 'blocked' AND waiting IS NOT NULL AND answer IS NULL",
+            &[&id, &step_id, &answer],
+        )
+        .await?;
+    if n > 0 {
+        tx.touched(id);
+    }
+    Ok(n > 0)
+}
+
+/// The recorded, not yet applied answers of a workflow's waiting steps: step id, answer.
+pub(super) async fn answers(c: &Client, id: &str) -> Result<Vec<(String, String)>> {
+    c.query(
+        "SELECT step_id, answer FROM steps WHERE wid = (SELECT wid FROM workflows WHERE id = $1) \
+         AND status = 'blocked' AND answer IS NOT NULL",
+        &[&id],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+    .collect()
 }

@@ -111,8 +111,18 @@ CREATE TABLE event_cursor (
 INSERT INTO event_cursor (one, value) VALUES (true, 0);
 "#;
 
+/// `for_each` items on the step's row; a human step's open question and recorded answer; the
+/// exit code of a step's latest attempt; a cost budget raised by a resume.
+const V2: &str = r#"
+ALTER TABLE steps ADD COLUMN items text;
+ALTER TABLE steps ADD COLUMN waiting text;
+ALTER TABLE steps ADD COLUMN answer text;
+ALTER TABLE steps ADD COLUMN exit_code bigint;
+ALTER TABLE workflows ADD COLUMN max_cost_usd double precision;
+"#;
+
 /// The migrations in order; version N is `MIGRATIONS[N - 1]`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// An arbitrary constant naming baton's migration lock among advisory locks.
 const MIGRATION_LOCK: i64 = 0x6261_746f_6e5f_6d31;

@@ -348,6 +348,20 @@ impl Sqlite {
             .await
     }
 
+    pub(super) async fn record_answer(
+        &self,
+        id: ThreadId,
+        step_id: String,
+        answer: String,
+    ) -> Result<bool> {
+        self.write(move |ctx| queries::record_answer(ctx, &id, &step_id, &answer))
+            .await
+    }
+
+    pub(super) async fn answers(&self, id: ThreadId) -> Result<Vec<(String, String)>> {
+        self.read(move |c| queries::answers(c, &id)).await
+    }
+
     pub(super) async fn register_owner(&self, owner: OwnerRow) -> Result<()> {
         self.write(move |ctx| queries::register_owner(ctx, &owner, now_ms()))
             .await

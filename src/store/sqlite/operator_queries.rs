@@ -63,6 +63,7 @@ pub(super) fn workflow_row_at(r: &Row<'_>, base: usize) -> rusqlite::Result<Work
         cancel_requested: r.get(base + 12)?,
         last_activity_at: r.get(base + 13)?,
         total_cost_usd: r.get(base + 14)?,
+        max_cost_usd: r.get(base + 15)?,
     })
 }
 

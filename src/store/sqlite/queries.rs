@@ -28,7 +28,7 @@ pub(super) fn status_of<T>(s: String, parse: fn(&str) -> Option<T>) -> rusqlite:
 
 pub(super) const WORKFLOW_COLS: &str = "id, name, status, step_count, created_at, updated_at, \
     started_at, finished_at, error, owner, lease_expires_at, epoch, cancel_requested, \
-    last_activity_at, total_cost_usd";
+    last_activity_at, total_cost_usd, max_cost_usd";
 
 fn workflow_row(r: &Row<'_>) -> rusqlite::Result<WorkflowRow> {
     workflow_row_at(r, 0)
@@ -36,7 +36,7 @@ fn workflow_row(r: &Row<'_>) -> rusqlite::Result<WorkflowRow> {
 
 const STEP_COLS: &str = "step_id, idx, status, attempts, failures, crashes, session_id, \
     started_at, finished_at, output, error, last_activity_at, guidance, agent_overrides, \
-    fresh_session";
+    fresh_session, items, waiting, answer, exit_code";
 
 fn step_row(r: &Row<'_>) -> rusqlite::Result<StepRow> {
     Ok(StepRow {
@@ -55,6 +55,10 @@ fn step_row(r: &Row<'_>) -> rusqlite::Result<StepRow> {
         guidance: r.get(12)?,
         agent_overrides: r.get(13)?,
         fresh_session: r.get(14)?,
+        items: r.get(15)?,
+        waiting: r.get(16)?,
+        answer: r.get(17)?,
+        exit_code: r.get(18)?,
     })
 }
 
@@ -247,11 +251,14 @@ pub fn cancel_requests(conn: &Connection, owner: &str) -> Result<Vec<String>> {
 }
 
 /// Workflows that should be running but whose lease is free, expired, or held by another
-/// owner (whose record is left for the caller to read).
+/// owner (whose record is left for the caller to read). A blocked workflow that is still
+/// owned waits for a human answer with a deadline its owner watches.
 pub fn adoptable(conn: &Connection, me: &str) -> Result<Vec<Adoptable>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, owner, epoch, coalesce(lease_expires_at, 0) FROM workflows \
-         WHERE status IN ('queued', 'running', 'interrupted') AND coalesce(owner, '') != ?1",
+         WHERE (status IN ('queued', 'running', 'interrupted') \
+                OR (status = 'blocked' AND owner IS NOT NULL)) \
+           AND coalesce(owner, '') != ?1",
     )?;
     let rows = stmt.query_map([me], |r| {
         Ok(Adoptable {
@@ -301,14 +308,20 @@ pub fn load_steps(conn: &Connection, workflow_id: &str) -> Result<Vec<StepRow>> 
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Writes every mutable field of a step.
+/// Writes every mutable field of a step, inserting it if it is new (a `for_each` instance).
 pub fn save_step(ctx: &mut WriteCtx<'_>, workflow_id: &str, s: &StepRow) -> Result<()> {
     ctx.conn
         .prepare_cached(
-            "UPDATE steps SET status = ?3, attempts = ?4, failures = ?5, crashes = ?6, \
-             session_id = ?7, started_at = ?8, finished_at = ?9, output = ?10, error = ?11, \
-             last_activity_at = ?12, guidance = ?13, agent_overrides = ?14, fresh_session = ?15 \
-             WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) AND step_id = ?2",
+            "INSERT INTO steps (wid, step_id, idx, status, attempts, failures, crashes, \
+             session_id, started_at, finished_at, output, error, last_activity_at, guidance, \
+             agent_overrides, fresh_session, items, waiting, answer, exit_code) \
+             VALUES ((SELECT wid FROM workflows WHERE id = ?1), ?2, ?16, ?3, ?4, ?5, ?6, ?7, \
+             ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?17, ?18, ?19, ?20) \
+             ON CONFLICT (wid, step_id) DO UPDATE SET status = ?3, attempts = ?4, \
+             failures = ?5, crashes = ?6, session_id = ?7, started_at = ?8, finished_at = ?9, \
+             output = ?10, error = ?11, last_activity_at = ?12, guidance = ?13, \
+             agent_overrides = ?14, fresh_session = ?15, items = ?17, waiting = ?18, \
+             answer = ?19, exit_code = ?20",
         )?
         .execute(params![
             workflow_id,
@@ -325,9 +338,27 @@ pub fn save_step(ctx: &mut WriteCtx<'_>, workflow_id: &str, s: &StepRow) -> Resu
             s.last_activity_at,
             s.guidance,
             s.agent_overrides,
-            s.fresh_session
+            s.fresh_session,
+            s.idx,
+            s.items,
+            s.waiting,
+            s.answer,
+            s.exit_code
         ])?;
     ctx.touched(workflow_id);
+    Ok(())
+}
+
+/// Deletes step `step_id` with its attempts.
+fn drop_step(ctx: &mut WriteCtx<'_>, workflow_id: &str, step_id: &str) -> Result<()> {
+    for table in ["attempts", "steps"] {
+        ctx.conn
+            .prepare_cached(&format!(
+                "DELETE FROM {table} WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) \
+                 AND step_id = ?2"
+            ))?
+            .execute(params![workflow_id, step_id])?;
+    }
     Ok(())
 }
 
@@ -608,6 +639,9 @@ pub fn apply(ctx: &mut WriteCtx<'_>, fence: &Fence, changes: &Changes, now: i64)
         changes.events.len() as i64,
         now,
     )?;
+    for step_id in &changes.dropped {
+        drop_step(ctx, id, step_id)?;
+    }
     for s in &changes.steps {
         save_step(ctx, id, s)?;
     }
@@ -620,6 +654,11 @@ pub fn apply(ctx: &mut WriteCtx<'_>, fence: &Fence, changes: &Changes, now: i64)
     }
     if let Some(st) = &changes.status {
         set_workflow_status(ctx, id, st.status, st.error.as_deref(), st.release, now)?;
+    }
+    if let Some(budget) = changes.max_cost_usd {
+        ctx.conn
+            .prepare_cached("UPDATE workflows SET max_cost_usd = ?2 WHERE id = ?1")?
+            .execute(params![id, budget])?;
     }
     insert_events(ctx, id, first_seq, &changes.events, now)?;
     Ok(())
@@ -669,3 +708,38 @@ pub fn done_at(conn: &Connection, id: &str, cursor: i64) -> Result<i64> {
 }
 
 pub use super::operator_queries::*;
+
+// ---------------------------------------------------------------- human answers
+
+/// Records an answer to the open question of step `step_id` of an owned workflow (its owner
+/// applies it), unless the step no longer waits, was answered already, or nobody owns the
+/// workflow any more. Returns whether it was recorded.
+pub fn record_answer(
+    ctx: &mut WriteCtx<'_>,
+    workflow_id: &str,
+    step_id: &str,
+    answer: &str,
+) -> Result<bool> {
+    let n = ctx
+        .conn
+        .prepare_cached(
+            "UPDATE steps SET answer = ?3 WHERE wid = (SELECT wid FROM workflows \
+             WHERE id = ?1 AND owner IS NOT NULL) \
+             AND step_id = ?2 AND status = 'blocked' AND waiting IS NOT NULL AND answer IS NULL",
+        )?
+        .execute(params![workflow_id, step_id, answer])?;
+    if n > 0 {
+        ctx.touched(workflow_id);
+    }
+    Ok(n > 0)
+}
+
+/// The recorded, not yet applied answers of a workflow's waiting steps: step id, answer.
+pub fn answers(conn: &Connection, workflow_id: &str) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT step_id, answer FROM steps WHERE wid = (SELECT wid FROM workflows WHERE id = ?1) \
+         AND status = 'blocked' AND answer IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([workflow_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

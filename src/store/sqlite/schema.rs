@@ -113,8 +113,23 @@ UPDATE events SET gseq = x.n
 CREATE UNIQUE INDEX events_by_gseq ON events(gseq);
 "#;
 
+/// `for_each` steps store their items once, on the step's own row.
+const V3: &str = r#"
+ALTER TABLE steps ADD COLUMN items TEXT;
+"#;
+
+/// Human steps keep their open question and a recorded answer on their row; every step
+/// keeps the exit code of its latest attempt (read by conditions); a workflow keeps the cost
+/// budget a resume raised.
+const V4: &str = r#"
+ALTER TABLE steps ADD COLUMN waiting TEXT;
+ALTER TABLE steps ADD COLUMN answer TEXT;
+ALTER TABLE steps ADD COLUMN exit_code INTEGER;
+ALTER TABLE workflows ADD COLUMN max_cost_usd REAL;
+"#;
+
 pub(super) fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)])
 }
 
 /// Brings the schema up to date. Several servers may open a new database at the same moment:
