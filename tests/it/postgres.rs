@@ -121,10 +121,10 @@ fn counted_step(id: &str, deps: &[&str], ticks: u32) -> Value {
 
 fn counted_workflow() -> Value {
     json!({"steps": [
-        counted_step("a", &[], 4),
-        counted_step("b", &["a"], 6),
-        counted_step("c", &["a"], 4),
-        counted_step("d", &["b", "c"], 3),
+        counted_step("a", &[], 15),
+        counted_step("b", &["a"], 25),
+        counted_step("c", &["a"], 15),
+        counted_step("d", &["b", "c"], 10),
     ]})
 }
 
@@ -251,12 +251,29 @@ fn workers_on_three_machines_killed_and_frozen_at_random_run_every_step_once() {
     let began = Instant::now();
     let ids = submit_all(&mut s, 50);
     let (mut kills, mut freezes) = (0, 0);
+    // Frozen machines and when they thaw: the loop goes on meanwhile.
+    let mut frozen: Vec<(Instant, usize)> = Vec::new();
     let chaos_until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < chaos_until {
-        std::thread::sleep(Duration::from_millis(rng.u64(700..1800)));
+        std::thread::sleep(Duration::from_millis(rng.u64(300..900)));
+        frozen.retain(|(at, i)| {
+            let due = Instant::now() >= *at;
+            if due && let Some(m) = &machines[*i] {
+                signal(m.worker, "-CONT");
+            }
+            !due
+        });
         let i = rng.usize(0..3);
+        if frozen.iter().any(|(_, j)| *j == i) {
+            continue;
+        }
+        let t = began.elapsed().as_secs_f64();
         if rng.bool() {
             if let Some(m) = machines[i].take() {
+                eprintln!(
+                    "chaos {t:.1} s: machine {i} (worker pid {}) crashes",
+                    m.worker
+                );
                 m.crash();
                 kills += 1;
             }
@@ -264,9 +281,18 @@ fn workers_on_three_machines_killed_and_frozen_at_random_run_every_step_once() {
             machines[i] = Some(Machine::start(&sb, &env, isolated));
         } else if let Some(m) = &machines[i] {
             // Frozen past its lease half of the time: its work is adopted meanwhile.
+            let ms = rng.u64(500..4500);
+            eprintln!(
+                "chaos {t:.1} s: machine {i} (worker pid {}) freezes for {ms} ms",
+                m.worker
+            );
             signal(m.worker, "-STOP");
             freezes += 1;
-            std::thread::sleep(Duration::from_millis(rng.u64(500..4500)));
+            frozen.push((Instant::now() + Duration::from_millis(ms), i));
+        }
+    }
+    for (_, i) in frozen {
+        if let Some(m) = &machines[i] {
             signal(m.worker, "-CONT");
         }
     }
