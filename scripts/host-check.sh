@@ -24,7 +24,7 @@ fail() { echo "host-check: $*" >&2; exit 1; }
 
 echo "inspector $version: tools/list"
 out="$("${inspector[@]}" "${env_args[@]}" "$baton" serve --method tools/list)"
-for tool in invoke_async invoke_status invoke_stream invoke_resume workflow_monitor invoke_cancel; do
+for tool in invoke_async invoke_status invoke_stream invoke_resume workflow_monitor invoke_cancel workflow_delete; do
   grep -q "\"name\": \"$tool\"" <<<"$out" || fail "tools/list lacks $tool"
 done
 

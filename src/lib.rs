@@ -14,6 +14,8 @@
 //! - [`engine`]: the pure scheduler and the drivers around it, executors, leases, recovery,
 //!   the one event stream, status and monitor views.
 //! - [`mcp`]: the MCP front-end — tools, progress notifications, resources, tasks.
+//! - [`saved`]: saved workflows — definition files in the project's and the user's
+//!   workflows folders, started by name.
 //! - [`cli`]: the terminal front-end (`baton run`, `status`, `list`, …).
 //! - [`http`]: the operator surface — REST API, server-sent events, dashboard, health and
 //!   metrics.
@@ -27,5 +29,6 @@ pub mod cli;
 pub mod engine;
 pub mod http;
 pub mod mcp;
+pub mod saved;
 pub mod store;
 pub mod workflow;

@@ -15,7 +15,16 @@ fn main() -> ExitCode {
     // stdout belongs to JSON-RPC in `serve`: logs go to stderr only.
     let filter = match &cli.global.log_level {
         Some(level) => EnvFilter::new(level),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        // Routine INFO lines (migrations, recovery) are for logs, not for a person at a
+        // terminal: they see warnings and errors unless they ask for more.
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            use std::io::IsTerminal;
+            EnvFilter::new(if std::io::stderr().is_terminal() {
+                "warn"
+            } else {
+                "info"
+            })
+        }),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -75,7 +84,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let engine = cli.global.open_engine(usage).await.map_err(report)?;
     let result = match &cli.command {
-        Command::Serve(args) => serve(&engine, args.http.config(None), &stop).await,
+        Command::Serve(args) => {
+            let max = args.mcp_protocol.as_ref().and_then(|v| {
+                serde_json::from_value::<rmcp::model::ProtocolVersion>(v.as_str().into()).ok()
+            });
+            serve(&engine, args.http.config(None), max, &stop).await
+        }
         Command::Ui(args) => {
             let default = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
             ui(&engine, args.http.config(Some(default)), args.open, &stop).await
@@ -94,7 +108,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// MCP on stdio, and HTTP beside it when asked; both stop with `stop`, and the HTTP server
 /// also stops when the MCP session ends (the host is gone).
-async fn serve(engine: &Engine, http: Option<HttpConfig>, stop: &Stop) -> anyhow::Result<ExitCode> {
+async fn serve(
+    engine: &Engine,
+    http: Option<HttpConfig>,
+    max_protocol: Option<rmcp::model::ProtocolVersion>,
+    stop: &Stop,
+) -> anyhow::Result<ExitCode> {
     let mut links = None;
     let mut server = None;
     if let Some(cfg) = http {
@@ -107,7 +126,8 @@ async fn serve(engine: &Engine, http: Option<HttpConfig>, stop: &Stop) -> anyhow
         links = Some(bound.links());
         server = Some(tokio::spawn(bound.serve()));
     }
-    let result = baton::mcp::serve_stdio(engine.clone(), stop.token.clone(), links).await;
+    let result =
+        baton::mcp::serve_stdio(engine.clone(), stop.token.clone(), links, max_protocol).await;
     stop.fire(false);
     if let Some(server) = server {
         let _ = server.await;

@@ -79,7 +79,7 @@ pub struct ResumeRequest {
     pub max_cost_usd: Option<f64>,
 }
 
-/// Reads a workflow file (JSON): a regular file only (never a FIFO, a device or the server's
+/// Reads a workflow file (JSON, or YAML for `.yaml`/`.yml`): a regular file only (never a FIFO, a device or the server's
 /// own stdin), at most [`MAX_DEFINITION_BYTES`]. Messages never quote the file's contents.
 fn read_definition(path: &Path) -> Result<Value> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -106,8 +106,12 @@ fn read_definition(path: &Path) -> Result<Value> {
     file.take(MAX_DEFINITION_BYTES + 1)
         .read_to_string(&mut text)
         .map_err(|e| bad(e.to_string()))?;
-    serde_json::from_str(&text).map_err(|e| {
-        EngineError::BadRequest(format!("workflow file {shown} is not valid JSON: {e}"))
+    let format = workflow::Format::of(path);
+    workflow::parse_text(&text, format).map_err(|e| {
+        EngineError::BadRequest(format!(
+            "workflow file {shown} is not valid {}: {e}",
+            format.as_str()
+        ))
     })
 }
 

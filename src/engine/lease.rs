@@ -203,8 +203,21 @@ async fn tick(sh: &Arc<Shared>) -> Result<()> {
     // process was frozen).
     let local: Vec<ThreadId> = sh.runs().keys().cloned().collect();
     for id in local {
-        if !renewal.held.contains(&id) {
-            tracing::warn!(thread_id = %id, "lease taken by another process or ended; stopping here");
+        if renewal.held.contains(&id) {
+            continue;
+        }
+        // A new workflow's driver is registered before its first commit lands, so a
+        // workflow missing from `held` may simply not be stored yet (or have been stored
+        // since), or have just finished (releasing its lease) while its driver winds down:
+        // only a stored, unfinished workflow that names another owner (or none) is lost.
+        let lost = match sh.store.workflow(id.clone()).await? {
+            Some(row) => {
+                row.owner.as_deref() != Some(sh.owner.as_str()) && !row.status.is_terminal()
+            }
+            None => false,
+        };
+        if lost {
+            tracing::warn!(thread_id = %id, "lease taken by another process; stopping here");
             sh.stop_driver(&id, StopReason::Fenced);
             // If nobody took it, this process takes it up again once its driver stopped.
             remember_fenced(sh.as_ref(), id);

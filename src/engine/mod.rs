@@ -14,6 +14,7 @@
 //! - `lease`: owner registration, lease renewal, liveness of other owners, adoption.
 //! - `operator`: what an operator surface needs beyond the tools: filtered listing, delete,
 //!   full step output, metrics.
+//! - `retention`: deleting finished workflows in small batches, on request and periodically.
 //! - `follow`: the one event stream every front-end consumes.
 //! - `handover`: the per-database background worker that runs what `baton serve` stores.
 //! - `view`: status and monitor read models.
@@ -33,6 +34,7 @@ mod lease;
 mod operator;
 mod outcome;
 mod process;
+mod retention;
 mod scheduler;
 mod signals;
 mod structured;
@@ -47,6 +49,7 @@ pub use handover::{Launcher, WorkerLauncher, WorkerLock, worker_files};
 pub use lease::self_fence_after;
 pub use operator::{Metrics, StepStream};
 pub use process::{reap_after_parent_exits, spawn_reaper};
+pub use retention::{FINISHED, PRUNE_BATCH, PruneRequest, Retention};
 pub use view::MonitorFilter;
 
 use std::collections::HashMap;

@@ -1,6 +1,8 @@
 //! Per-session push state: resource subscriptions (`resources/subscribe` on 2025-11-25,
-//! `subscriptions/listen` on 2026-07-28) and workflow events forwarded as log messages
-//! (`notifications/message`) once the client opted in with `logging/setLevel`.
+//! `subscriptions/listen` on 2026-07-28), workflow events forwarded as log messages
+//! (`notifications/message`) once the client opted in with `logging/setLevel`, and a
+//! Claude Code channel message (`notifications/claude/channel`) when a workflow this session
+//! started or resumed completes, fails or blocks.
 //!
 //! Invariant: the store stays the source of truth — the watcher only learns *that* a
 //! workflow changed (from in-process commits at once, from other processes by polling) and
@@ -13,13 +15,16 @@ use std::time::Duration;
 
 use rmcp::{
     Peer, RoleServer,
-    model::{LoggingLevel, LoggingMessageNotificationParam, ResourceUpdatedNotificationParam},
+    model::{
+        CustomNotification, LoggingLevel, LoggingMessageNotificationParam,
+        ResourceUpdatedNotificationParam, ServerNotification,
+    },
     service::SubscriptionSink,
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{EventKind, ThreadId};
+use crate::api::{EventKind, StepStatus, ThreadId, WorkflowStatus, WorkflowView};
 use crate::engine::Engine;
 use crate::store::Change;
 
@@ -40,6 +45,9 @@ struct State {
     watched: BTreeMap<String, i64>,
     /// Last `updated_at` seen per thread id, for the cross-process poll.
     seen: BTreeMap<String, String>,
+    /// Workflows this session started or resumed, with the last stop pushed on the channel
+    /// (`status@updated_at`), so each stop is told once.
+    told: BTreeMap<String, Option<String>>,
     started: bool,
 }
 
@@ -141,10 +149,19 @@ impl Session {
         self.with(|s| s.log_level = Some(level));
     }
 
-    /// Forwards this workflow's events from `cursor` on as log messages.
+    /// Forwards this workflow's events from `cursor` on as log messages, and tells the
+    /// channel when it stops.
     pub fn watch_workflow(&self, thread_id: &str, cursor: i64) {
         self.with(|s| {
             s.watched.entry(thread_id.to_owned()).or_insert(cursor);
+            s.told.entry(thread_id.to_owned()).or_insert(None);
+        });
+    }
+
+    /// Tells the channel when this resumed workflow stops again.
+    pub fn watch_stop(&self, thread_id: &str) {
+        self.with(|s| {
+            s.told.entry(thread_id.to_owned()).or_insert(None);
         });
     }
 
@@ -173,6 +190,7 @@ impl Session {
         self.with(|s| {
             let mut ids: BTreeSet<String> = s.subscribed.clone();
             ids.extend(s.watched.keys().cloned());
+            ids.extend(s.told.keys().cloned());
             for sink in &s.sinks {
                 for uri in sink.accepted().resource_subscriptions.iter().flatten() {
                     if let Some(id) = uri.strip_prefix(WORKFLOW_URI) {
@@ -187,6 +205,7 @@ impl Session {
 
     /// Sends what this session wants to know about a change of `id`.
     async fn push(&self, id: &str) {
+        self.tell_channel(id).await;
         let uri = format!("{WORKFLOW_URI}{id}");
         let Some((peer, subscribed, sinks, level, cursor)) = self.with(|s| {
             let sinks: Vec<SubscriptionSink> = s
@@ -251,6 +270,114 @@ impl Session {
             if let Some(last) = events.last() {
                 let seq = last.seq;
                 self.with(|s| s.watched.insert(id.to_owned(), seq));
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Pushes a channel message when a workflow of this session reached a new stop.
+    async fn tell_channel(&self, id: &str) {
+        let Some((Some(peer), Some(last))) =
+            self.with(|s| (s.peer.clone(), s.told.get(id).cloned()))
+        else {
+            return;
+        };
+        let Ok(view) = self.engine.status(&ThreadId::from(id), 400).await else {
+            return;
+        };
+        if !matches!(
+            view.status,
+            WorkflowStatus::Completed | WorkflowStatus::Failed | WorkflowStatus::Blocked
+        ) {
+            return;
+        }
+        let stamp = format!("{}@{}", view.status, view.updated_at);
+        if last.as_deref() == Some(stamp.as_str()) {
+            return;
+        }
+        self.with(|s| s.told.insert(id.to_owned(), Some(stamp)));
+        let params = json!({
+            "content": channel_text(&view),
+            "meta": {
+                "thread_id": id,
+                "status": view.status.as_str(),
+                "workflow": view.name.clone().unwrap_or_default(),
+            },
+        });
+        let note = CustomNotification::new(CHANNEL_METHOD, Some(params));
+        let _ = peer
+            .send_notification(ServerNotification::CustomNotification(note))
+            .await;
+    }
+}
+
+/// The notification Claude Code turns into a `<channel source="baton">` message for its model.
+pub const CHANNEL_METHOD: &str = "notifications/claude/channel";
+
+/// A short message saying how the workflow stopped and what to call next.
+pub fn channel_text(view: &WorkflowView) -> String {
+    let who = match &view.name {
+        Some(n) => format!("baton workflow {n:?} ({})", view.thread_id),
+        None => format!("baton workflow {}", view.thread_id),
+    };
+    let id = &view.thread_id;
+    let steps = format!("{}/{} steps done", view.progress.done, view.progress.total);
+    let stopped = |status: StepStatus| {
+        view.steps
+            .iter()
+            .find(|s| s.status == status)
+            .map(|s| (s.id.clone(), s.error.clone().unwrap_or_default()))
+    };
+    match view.status {
+        WorkflowStatus::Completed => {
+            let out = view
+                .steps
+                .iter()
+                .rev()
+                .find_map(|s| s.output.as_deref().filter(|o| !o.trim().is_empty()))
+                .map(|o| format!(" Final output: «{}».", crate::api::tail(o.trim(), 300)))
+                .unwrap_or_default();
+            format!(
+                "{who} completed ({steps}).{out} Read every step's output with invoke_status {{\"thread_id\": \"{id}\"}}."
+            )
+        }
+        WorkflowStatus::Failed => {
+            let (step, error) = stopped(StepStatus::Failed)
+                .unwrap_or_else(|| ("?".into(), view.error.clone().unwrap_or_default()));
+            format!(
+                "{who} failed at step {step:?} ({steps}): {}. Fix the cause, then call invoke_resume {{\"thread_id\": \"{id}\"}}; completed steps are not re-run.",
+                crate::api::tail(&error, 300)
+            )
+        }
+        _ => {
+            let (step, error) = stopped(StepStatus::Blocked)
+                .unwrap_or_else(|| ("?".into(), view.error.clone().unwrap_or_default()));
+            format!(
+                "{who} is blocked at step {step:?} ({steps}): {}. Check invoke_status, then continue with invoke_resume {{\"thread_id\": \"{id}\"}} (e.g. with an agent permission override).",
+                crate::api::tail(&error, 300)
+            )
+        }
+    }
+}
+
+impl Session {
+    /// Whether the client started with `initialize` (2025-11-25), so notifications outside a
+    /// `subscriptions/listen` stream reach it.
+    fn legacy(peer: &Peer<RoleServer>) -> bool {
+        peer.peer_info().is_some()
+    }
+
+    /// Tells the client the prompt list changed: on a 2025-11-25 session directly, on a
+    /// 2026-07-28 session through every listen stream that asked for it.
+    pub async fn prompts_changed(&self, peer: &Peer<RoleServer>) {
+        if Session::legacy(peer) {
+            let _ = peer.notify_prompt_list_changed().await;
+        }
+        let sinks = self.with(|s| s.sinks.clone()).unwrap_or_default();
+        for sink in sinks {
+            if sink.accepted().prompts_list_changed == Some(true) {
+                let _ = sink.notify_prompt_list_changed().await;
             }
         }
     }

@@ -1,10 +1,9 @@
-//! The six tools. Descriptions are written for a model that has never seen baton.
+//! The tools. Descriptions are written for a model that has never seen baton.
 //!
 //! Invariant: a domain refusal (invalid workflow, unknown thread, illegal resume) is a tool
 //! result with `isError: true` and a message that says what to do next; a request that does
 //! not parse is a JSON-RPC error, produced by the SDK before these functions run.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rmcp::{
@@ -16,16 +15,12 @@ use rmcp::{
     service::RequestContext,
     tool, tool_router,
 };
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::BatonServer;
-use crate::api::{Event, EventKind, MonitorView, ThreadId, WorkflowStatus, WorkflowView};
-use crate::engine::{
-    AnswerRequest, EngineError, MonitorFilter, ResumeMode, ResumeRequest, SubmitRequest,
-};
-use crate::workflow::AgentOptions;
+use super::args::*;
+use crate::api::{Event, EventKind, MonitorView, ThreadId, WorkflowStatus};
+use crate::engine::{AnswerRequest, EngineError, MonitorFilter, ResumeRequest, SubmitRequest};
 
 /// Default and longest wait of `invoke_stream`, seconds.
 const STREAM_WAIT_DEFAULT_S: f64 = 60.0;
@@ -34,63 +29,6 @@ const STREAM_WAIT_MAX_S: f64 = 1500.0;
 const KEEPALIVE: Duration = Duration::from_secs(10);
 /// Most events returned by one `invoke_stream` call.
 const STREAM_PAGE: i64 = 500;
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct InvokeAsyncArgs {
-    /// The workflow definition, inline: `{"name": ..., "steps": [{"id": "plan", "prompt": "..."},
-    /// {"id": "test", "deps": ["plan"], "run": ["cargo", "test"]}]}`. Each step has exactly one
-    /// of `prompt` (a Claude Code sub-agent), `run` (argv, no shell), `shell` (sh -c) or
-    /// `human` (a question for a person: `{"prompt": "Merge?", "kind": "approval" | "input" |
-    /// "notification", "timeout_s": 3600, "on_timeout": "fail" | "approve" | "wait"}`).
-    /// Reference earlier results with `{step_id.output}` and inputs with `{inputs.NAME}`.
-    /// Run `baton schema` for the full format. Give this or `file`.
-    #[serde(default)]
-    #[schemars(with = "serde_json::Map<String, Value>")]
-    pub workflow: Option<Value>,
-    /// Path of a JSON workflow file (relative to the server's working directory).
-    #[serde(default)]
-    #[schemars(with = "String")]
-    pub file: Option<String>,
-    /// Values for `{inputs.NAME}` placeholders.
-    #[serde(default)]
-    pub inputs: BTreeMap<String, Value>,
-    /// Idempotency key. Calling again with the same thread_id returns the existing workflow
-    /// instead of starting a second one. Omit to get a fresh id.
-    #[serde(default)]
-    #[schemars(with = "String")]
-    pub thread_id: Option<String>,
-}
-
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct InvokeAsyncResult {
-    /// Use this id with invoke_status, invoke_stream, invoke_resume and invoke_cancel.
-    pub thread_id: ThreadId,
-    pub status: WorkflowStatus,
-    pub step_count: i64,
-    /// Expected wall time from past runs of a workflow with the same name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "f64")]
-    pub estimated_duration_s: Option<f64>,
-    /// False if this thread_id already existed; nothing new was started.
-    pub created: bool,
-    pub next: String,
-    #[serde(flatten)]
-    pub links: LinkFields,
-}
-
-/// Where to watch a workflow in a browser or with an SSE client; present when the server
-/// also serves HTTP (`baton serve --http`). Both URLs carry the access token.
-#[derive(Debug, Default, Serialize, JsonSchema)]
-pub struct LinkFields {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String")]
-    pub dashboard_url: Option<String>,
-    /// Server-sent events of this workflow (`id:` is the event's seq; send `Last-Event-ID`
-    /// to resume). The event schema is at /api/schema/events.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String")]
-    pub events_url: Option<String>,
-}
 
 impl BatonServer {
     fn link_fields(&self, thread_id: &str) -> LinkFields {
@@ -102,127 +40,6 @@ impl BatonServer {
             None => LinkFields::default(),
         }
     }
-}
-
-/// `invoke_status`'s result: the workflow's status and, with HTTP on, its links.
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct InvokeStatusResult {
-    #[serde(flatten)]
-    pub view: WorkflowView,
-    #[serde(flatten)]
-    pub links: LinkFields,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct ThreadArgs {
-    /// The workflow's thread_id, as returned by invoke_async.
-    pub thread_id: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct InvokeStatusArgs {
-    /// The workflow's thread_id, as returned by invoke_async.
-    pub thread_id: String,
-    /// Characters of each step's output to include (default 2000; 0 for none).
-    #[serde(default)]
-    #[schemars(with = "usize")]
-    pub output_chars: Option<usize>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct InvokeStreamArgs {
-    /// The workflow's thread_id, as returned by invoke_async.
-    pub thread_id: String,
-    /// Return events after this one: pass the previous call's `next_cursor`. Omit or 0 for
-    /// the whole history.
-    #[serde(default)]
-    #[schemars(with = "i64")]
-    pub cursor: Option<i64>,
-    /// Seconds to wait for the workflow to finish before returning what happened so far
-    /// (default 60, at most 1500).
-    #[serde(default)]
-    #[schemars(with = "f64")]
-    pub wait_s: Option<f64>,
-}
-
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct InvokeStreamResult {
-    pub thread_id: ThreadId,
-    pub status: WorkflowStatus,
-    /// True when the workflow has stopped (completed, failed, blocked or cancelled).
-    pub done: bool,
-    /// Pass as `cursor` to continue without missing an event.
-    pub next_cursor: i64,
-    pub events: Vec<Event>,
-    #[serde(flatten)]
-    pub links: LinkFields,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct InvokeResumeArgs {
-    /// The workflow's thread_id.
-    pub thread_id: String,
-    /// Re-run this step and everything downstream of it, even if they completed. Omit to
-    /// continue from the checkpoint (only the failed, blocked or cancelled steps run again).
-    #[serde(default)]
-    #[schemars(with = "String")]
-    pub from_step: Option<String>,
-    /// `retry` (default) runs the stopped steps again; `skip` marks them skipped and lets
-    /// their dependents run (a skipped step's output is empty).
-    #[serde(default)]
-    pub mode: ResumeMode,
-    /// Guidance for a retried agent step: sent into its resumed Claude session, e.g. "the
-    /// tests need a running database; start it first".
-    #[serde(default)]
-    #[schemars(with = "String")]
-    pub prompt: Option<String>,
-    /// Agent-option overrides for the retried agent steps, e.g.
-    /// `{"permission_mode": "acceptEdits"}` to answer a permission block.
-    #[serde(default)]
-    #[schemars(with = "AgentOptions")]
-    pub agent: Option<AgentOptions>,
-    /// A higher cost budget (USD) for the workflow, to continue one blocked by its
-    /// `max_cost_usd` (reason `budget`).
-    #[serde(default)]
-    #[schemars(with = "f64")]
-    pub max_cost_usd: Option<f64>,
-    /// Answer the human step with this id (one listed in `waiting_for` of invoke_status)
-    /// instead of resuming: give `approve` and/or `input`.
-    #[serde(default)]
-    #[schemars(with = "String")]
-    pub step: Option<String>,
-    /// With `step`: approve (`true`: the step's output is `approved`) or deny (`false`: the
-    /// step fails). May be left out when `input` is given.
-    #[serde(default)]
-    #[schemars(with = "bool")]
-    pub approve: Option<bool>,
-    /// With `step`: the text an `input` step asks for (it becomes the step's output), or a
-    /// comment on an approval or denial.
-    #[serde(default)]
-    #[schemars(with = "String")]
-    pub input: Option<String>,
-}
-
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct ControlResult {
-    pub thread_id: ThreadId,
-    pub status: WorkflowStatus,
-    pub next: String,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub struct WorkflowMonitorArgs {
-    /// Only workflows in this status.
-    #[serde(default)]
-    #[schemars(with = "WorkflowStatus")]
-    pub status: Option<WorkflowStatus>,
-    /// Include completed, failed and cancelled workflows (default: only active and blocked).
-    #[serde(default)]
-    pub include_finished: bool,
-    /// Most workflows to list, newest first (default 50).
-    #[serde(default)]
-    #[schemars(with = "i64")]
-    pub limit: Option<i64>,
 }
 
 /// The message a model sees for an engine error: what is wrong and which tool to call next.
@@ -315,9 +132,26 @@ every problem is listed and nothing runs.",
             },
             other => other,
         };
+        let mut file: Option<std::path::PathBuf> = args.file.map(Into::into);
+        if let Some(name) = &args.name {
+            if definition.is_some() || file.is_some() {
+                return Ok(refused(
+                    "give one of `workflow` (inline), `file` or `name` (a saved workflow), not several".into(),
+                ));
+            }
+            let library = self.library.clone();
+            let name = name.clone();
+            let found = tokio::task::spawn_blocking(move || library.find(&name))
+                .await
+                .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+            match found {
+                Ok(w) => file = Some(w.path),
+                Err(e) => return Ok(refused(e.to_string())),
+            }
+        }
         let req = SubmitRequest {
             definition,
-            file: args.file.map(Into::into),
+            file,
             inputs: args
                 .inputs
                 .into_iter()
@@ -522,7 +356,9 @@ with a higher `max_cost_usd`. Returns at once; follow with invoke_stream.",
     async fn invoke_resume(
         &self,
         Parameters(args): Parameters<InvokeResumeArgs>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<Json<ControlResult>, String> {
+        self.session.attach(&ctx.peer);
         let thread_id = ThreadId::from(args.thread_id);
         if let Some(step) = args.step {
             let status = self
@@ -535,6 +371,7 @@ with a higher `max_cost_usd`. Returns at once; follow with invoke_stream.",
                 })
                 .await
                 .map_err(refusal)?;
+            self.session.watch_stop(&thread_id);
             return Ok(Json(ControlResult {
                 next: format!(
                     "Answered. Follow the workflow with invoke_stream (thread_id {thread_id:?})."
@@ -561,6 +398,7 @@ with a higher `max_cost_usd`. Returns at once; follow with invoke_stream.",
             })
             .await
             .map_err(refusal)?;
+        self.session.watch_stop(&thread_id);
         Ok(Json(ControlResult {
             next: format!("Resumed. Follow it with invoke_stream (thread_id {thread_id:?})."),
             thread_id,
@@ -622,6 +460,71 @@ workflow can be resumed later with invoke_resume.",
             status,
             next,
         }))
+    }
+}
+
+#[tool_router(router = tool_router_delete, vis = "pub(super)")]
+impl BatonServer {
+    #[tool(
+        description = "Delete finished workflows with their steps, attempts, output and events. \
+Give `thread_id` to delete one stopped workflow, or `older_than_days` (and optionally `status`: \
+completed, failed or cancelled) to delete every finished workflow older than that. Queued and \
+running workflows are never deleted; a bulk delete also keeps blocked and interrupted ones. \
+This cannot be undone.",
+        annotations(
+            title = "Delete workflows",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn workflow_delete(
+        &self,
+        Parameters(args): Parameters<WorkflowDeleteArgs>,
+    ) -> Result<Json<WorkflowDeleteResult>, String> {
+        match (args.thread_id, args.older_than_days) {
+            (Some(id), None) => {
+                if args.status.is_some() {
+                    return Err("`status` goes with `older_than_days`, not with `thread_id`".into());
+                }
+                let id = ThreadId::from(id);
+                self.engine.delete(&id).await.map_err(refusal)?;
+                Ok(Json(WorkflowDeleteResult {
+                    deleted: 1,
+                    next: format!("Deleted workflow {id}."),
+                }))
+            }
+            (None, Some(days)) => {
+                if !days.is_finite() || days < 0.0 {
+                    return Err(format!("older_than_days must be 0 or more, got {days}"));
+                }
+                let statuses = match args.status {
+                    None => None,
+                    Some(s) if crate::engine::FINISHED.contains(&s) => Some(vec![s]),
+                    Some(s) => {
+                        return Err(format!(
+                            "status {s} is not a finished status; a bulk delete takes completed, failed or cancelled"
+                        ));
+                    }
+                };
+                let deleted = self
+                    .engine
+                    .prune(crate::engine::PruneRequest {
+                        older_than: Duration::from_secs_f64((days * 86_400.0).min(1e12)),
+                        statuses,
+                    })
+                    .await
+                    .map_err(refusal)?;
+                Ok(Json(WorkflowDeleteResult {
+                    deleted,
+                    next: format!("Deleted {deleted} finished workflow(s)."),
+                }))
+            }
+            _ => Err(
+                "give either `thread_id` (one workflow) or `older_than_days` (finished workflows older than that)".into(),
+            ),
+        }
     }
 }
 

@@ -403,6 +403,21 @@ impl Store {
         }
     }
 
+    /// Deletes up to `limit` workflows that finished (completed, failed or cancelled, and in
+    /// `statuses`) at or before `before_ms`, oldest first, in one transaction; returns their
+    /// ids. Callers loop in small batches so no transaction holds the writer for long.
+    pub async fn prune_finished(
+        &self,
+        before_ms: i64,
+        statuses: Vec<WorkflowStatus>,
+        limit: i64,
+    ) -> Result<Vec<ThreadId>> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.prune_finished(before_ms, statuses, limit).await,
+            Backend::Postgres(p) => p.prune_finished(before_ms, statuses, limit).await,
+        }
+    }
+
     /// The full kept stdout (output) of a step, or the stderr of its latest attempt.
     /// `None`: no such workflow or step; `Some(None)`: nothing kept yet.
     pub async fn step_stream(

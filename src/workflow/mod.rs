@@ -18,6 +18,8 @@
 //! - `expr.rs`: CEL expressions (`when`), checked at submission, evaluated by the scheduler.
 //! - `retry.rs`: [`RetryPolicy`] arithmetic; `resolve_retry.rs`: a written `retry` → policy.
 //! - `problem.rs`: [`Problem`], [`Problems`] and "did you mean" suggestions.
+//! - `source.rs`: definition text (JSON or YAML) and a definition's signature (name,
+//!   description, declared inputs).
 //! - `compile_tests.rs`: end-to-end tests of [`compile`].
 
 use std::collections::BTreeMap;
@@ -34,6 +36,7 @@ mod resolve;
 mod resolve_retry;
 mod retry;
 mod shell_lint;
+mod source;
 mod studio;
 mod template;
 mod validate;
@@ -52,6 +55,7 @@ pub use problem::{Problem, Problems};
 use raw::RawDefinition;
 pub use resolve::MAX_ITEMS;
 pub use retry::RetryPolicy;
+pub use source::{Format, InputSpec, Signature, parse_text, signature};
 pub use template::{Quoting, Reference, SHELL_REF_PREFIX, Segment, Template};
 
 /// Result of compiling a definition: the workflow, or every problem with it.

@@ -40,6 +40,7 @@ Behaviour is chosen by markers in the prompt:
                         --allowedTools names it (and --disallowedTools does not)
   [[tool:TOOL:ARG]]     uses TOOL with ARG (Bash: command, others: file_path)
   [[tools:N]]           uses Bash N times (a chatty agent)
+  [[wait-file:PATH]]    waits until PATH exists (in prompt order with the tool markers)
   [[sleep:S]]           sleeps S seconds after the init line (and after logging)
   [[sleep-first:S]]     the same, only in a new session (not when resuming)
   [[crash]]             exits with status 3 after the init line, without a result
@@ -257,6 +258,9 @@ def main():
             name, _, arg = v.partition(":")
             tid, _ = use_tool(name, arg)
             tool_result(tid, f"fake {name} ran", False)
+        elif k == "wait-file" and v:
+            while not os.path.exists(v):
+                time.sleep(0.05)
         elif k == "tools":
             for n in range(int(v or 1)):
                 tid, _ = use_tool("Bash", f"echo chatty {n}")

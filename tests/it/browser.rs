@@ -137,14 +137,23 @@ fn dashboard_shows_live_progress_resumes_a_failed_workflow_and_approves_a_human_
             question.text().await.unwrap().contains("Ship <b>it</b>?"),
             "the question is shown as text, never as HTML"
         );
-        c.find(Locator::Css(
-            r#"tr[data-step="ship"] button[data-action="approve"]"#,
-        ))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+        // The table re-renders on every event, so a found button may be replaced before the
+        // click lands: find it again until a click reaches a live one.
+        let approve = r#"tr[data-step="ship"] button[data-action="approve"]"#;
+        let mut clicked = false;
+        for _ in 0..20 {
+            let button = c.find(Locator::Css(approve)).await.unwrap();
+            match button.click().await {
+                Ok(()) => {
+                    clicked = true;
+                    break;
+                }
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+                Err(e) => panic!("clicking Approve: {e}"),
+            }
+        }
+        assert!(clicked, "the Approve button kept being replaced");
         wait(r#"tr[data-step="after"][data-status="completed"]"#.into()).await;
         wait(r#"#wf-status[data-status="completed"]"#.into()).await;
         c.close().await.unwrap();

@@ -10,7 +10,7 @@ fn still_serves(s: &mut Server) {
     let r = s.request("tools/list", json!({}));
     assert_eq!(
         r["result"]["tools"].as_array().map(Vec::len),
-        Some(6),
+        Some(7),
         "{r}"
     );
 }

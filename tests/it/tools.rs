@@ -1,4 +1,4 @@
-//! The six tools, driven the way a host drives them.
+//! The tools, driven the way a host drives them.
 
 use serde_json::{Value, json};
 
@@ -49,7 +49,7 @@ fn diamond_workflow_completes_with_templates_and_progress() {
 }
 
 #[test]
-fn tools_list_has_six_tools_with_schemas_and_annotations() {
+fn tools_list_has_seven_tools_with_schemas_and_annotations() {
     let sb = Sandbox::new();
     let mut s = sb.server();
     let r = s.request("tools/list", json!({}));
@@ -64,6 +64,7 @@ fn tools_list_has_six_tools_with_schemas_and_annotations() {
             "invoke_resume",
             "invoke_status",
             "invoke_stream",
+            "workflow_delete",
             "workflow_monitor"
         ]
     );

@@ -575,3 +575,29 @@ impl Server {
         }
     }
 }
+
+impl Server {
+    /// Waits for a notification with `method` (one already received counts, and is taken
+    /// out of `notifications`); answers nothing else meanwhile.
+    pub fn wait_notification(&mut self, method: &str) -> Value {
+        if let Some(i) = self
+            .notifications
+            .iter()
+            .position(|n| n["method"] == method)
+        {
+            return self.notifications.remove(i);
+        }
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) if v["method"] == method && v.get("id").is_none() => return v,
+                Ok(v) if v.get("method").is_some() && v.get("id").is_none() => {
+                    self.notifications.push(v)
+                }
+                Ok(other) => panic!("unexpected message while waiting for {method}: {other}"),
+                Err(e) => panic!("no {method} notification: {e}"),
+            }
+        }
+    }
+}

@@ -672,6 +672,20 @@ impl Postgres {
         .await
     }
 
+    pub(super) async fn prune_finished(
+        &self,
+        before_ms: i64,
+        statuses: Vec<WorkflowStatus>,
+        limit: i64,
+    ) -> Result<Vec<ThreadId>> {
+        let statuses = Arc::new(statuses);
+        self.write(move |tx| {
+            let statuses = statuses.clone();
+            async move { operator_queries::prune_finished(&tx, before_ms, &statuses, limit).await }
+        })
+        .await
+    }
+
     pub(super) async fn step_stream(
         &self,
         id: ThreadId,

@@ -63,6 +63,58 @@ pub(super) async fn delete_workflow(tx: &Tx, id: &str) -> Result<Deleted> {
     Ok(Deleted::Yes)
 }
 
+/// Deletes at most `limit` finished workflows (status in `statuses`, each completed, failed
+/// or cancelled) that finished at or before `before_ms`, oldest first, with everything stored
+/// about them; returns their ids. Any other status in `statuses` is ignored, so a queued,
+/// running, blocked or interrupted workflow is never selected. Rows another transaction holds
+/// are skipped (`SKIP LOCKED`): the next round takes them.
+pub(super) async fn prune_finished(
+    tx: &Tx,
+    before_ms: i64,
+    statuses: &[WorkflowStatus],
+    limit: i64,
+) -> Result<Vec<ThreadId>> {
+    let finished: Vec<&str> = statuses
+        .iter()
+        .filter(|s| {
+            matches!(
+                s,
+                WorkflowStatus::Completed | WorkflowStatus::Failed | WorkflowStatus::Cancelled
+            )
+        })
+        .map(|s| s.as_str())
+        .collect();
+    if finished.is_empty() || limit <= 0 {
+        return Ok(Vec::new());
+    }
+    let victims =
+        tx.c.query(
+            "SELECT wid, id FROM workflows WHERE status = ANY($1) \
+             AND coalesce(finished_at, updated_at) <= $2 \
+             ORDER BY coalesce(finished_at, updated_at) LIMIT $3 FOR UPDATE SKIP LOCKED",
+            &[&finished, &before_ms, &limit],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(victims.len());
+    let wids: Vec<i64> = victims
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<std::result::Result<_, _>>()?;
+    for table in ["events", "attempts", "steps", "definitions", "workflows"] {
+        tx.c.execute(
+            &format!("DELETE FROM {table} WHERE wid = ANY($1)"),
+            &[&wids],
+        )
+        .await?;
+    }
+    for r in &victims {
+        let id: String = r.try_get(1)?;
+        tx.touched(&id);
+        out.push(ThreadId::from(id.as_str()));
+    }
+    Ok(out)
+}
+
 /// The kept stdout of a step (its output) or the stderr of its latest attempt.
 pub(super) async fn step_stream(
     c: &Client,

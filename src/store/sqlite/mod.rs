@@ -514,6 +514,16 @@ impl Sqlite {
             .await
     }
 
+    pub(super) async fn prune_finished(
+        &self,
+        before_ms: i64,
+        statuses: Vec<WorkflowStatus>,
+        limit: i64,
+    ) -> Result<Vec<ThreadId>> {
+        self.write(move |ctx| queries::prune_finished(ctx, before_ms, &statuses, limit))
+            .await
+    }
+
     pub(super) async fn step_stream(
         &self,
         id: ThreadId,

@@ -90,6 +90,56 @@ pub fn delete_workflow(ctx: &mut WriteCtx<'_>, id: &str) -> Result<Deleted> {
     Ok(Deleted::Yes)
 }
 
+/// Deletes at most `limit` finished workflows (status in `statuses`, each completed, failed
+/// or cancelled) that finished at or before `before_ms`, oldest first, with everything stored
+/// about them; returns their ids. Any other status in `statuses` is ignored, so a queued,
+/// running, blocked or interrupted workflow is never selected.
+pub fn prune_finished(
+    ctx: &mut WriteCtx<'_>,
+    before_ms: i64,
+    statuses: &[WorkflowStatus],
+    limit: i64,
+) -> Result<Vec<ThreadId>> {
+    let finished: Vec<&str> = statuses
+        .iter()
+        .filter(|s| {
+            matches!(
+                s,
+                WorkflowStatus::Completed | WorkflowStatus::Failed | WorkflowStatus::Cancelled
+            )
+        })
+        .map(|s| s.as_str())
+        .collect();
+    if finished.is_empty() || limit <= 0 {
+        return Ok(Vec::new());
+    }
+    // Statuses come from the enum, never from the caller's text.
+    let list = finished
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql = format!(
+        "SELECT wid, id FROM workflows WHERE status IN ({list}) \
+         AND COALESCE(finished_at, updated_at) <= ?1 \
+         ORDER BY COALESCE(finished_at, updated_at) LIMIT ?2"
+    );
+    let victims: Vec<(i64, String)> = ctx
+        .conn
+        .prepare_cached(&sql)?
+        .query_map(params![before_ms, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (wid, id) in &victims {
+        for table in ["events", "attempts", "steps", "definitions", "workflows"] {
+            ctx.conn
+                .prepare_cached(&format!("DELETE FROM {table} WHERE wid = ?1"))?
+                .execute([wid])?;
+        }
+        ctx.touched(id);
+    }
+    Ok(victims.into_iter().map(|(_, id)| id.into()).collect())
+}
+
 /// The kept stdout of a step (its output) or the stderr of its latest attempt.
 pub fn step_stream(
     conn: &Connection,
