@@ -61,12 +61,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let stop = Stop::default();
     watch_signals(stop.clone())?;
-    // One worker per database: a second one leaves at once.
+    // One background worker per SQLite database: a second one leaves at once. A PostgreSQL
+    // store takes any number of workers; the lock (per machine) then only tells `baton serve`
+    // that one runs here.
     let _worker_lock = match usage {
         EngineUse::Worker => {
-            let db = std::path::absolute(cli.global.db_path().map_err(report)?)?;
+            let shared = cli.global.db_url().is_some();
+            let db = match cli.global.db_url() {
+                Some(url) => baton::store::Store::url_location(&url)?,
+                None => std::path::absolute(cli.global.db_path().map_err(report)?)?,
+            };
             match baton::engine::WorkerLock::take(&db)? {
                 Some(lock) => Some(lock),
+                None if shared => None,
                 None => {
                     tracing::info!("another worker runs for this database");
                     return Ok(ExitCode::SUCCESS);

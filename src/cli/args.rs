@@ -20,7 +20,8 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Database file (default: the platform data dir, e.g. ~/.local/share/baton/baton.db).
+    /// Database: an SQLite file (default: the platform data dir, e.g.
+    /// ~/.local/share/baton/baton.db) or a PostgreSQL URL (postgres://USER@HOST/DB).
     #[arg(long, env = "BATON_DB", global = true)]
     pub db: Option<PathBuf>,
     /// Agent CLI command for prompt steps (split like a shell would: "claude" or "node cli.js").
@@ -173,7 +174,12 @@ pub enum Command {
     /// Internal: started by every baton process that runs steps; kills the processes it
     /// started once it exits, even by `kill -9`.
     #[command(name = "__reap", hide = true)]
-    Reap { owner: String },
+    Reap {
+        owner: String,
+        /// Also kill the owner's attempts whenever it sent no heartbeat for this long.
+        #[arg(long)]
+        fence_ms: Option<u64>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +190,11 @@ pub struct ServeArgs {
     /// interrupted when it stops and resumed by the next baton process).
     #[arg(long, env = "BATON_IN_PROCESS", value_parser = clap::builder::FalseyValueParser::new())]
     pub in_process: bool,
+    /// Submit and observe only: run no steps here and start no worker (workers elsewhere,
+    /// e.g. `baton worker` on other machines sharing a PostgreSQL store, run them). Wins
+    /// over --in-process.
+    #[arg(long, env = "BATON_NO_EXECUTE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_execute: bool,
     /// Newest MCP protocol version to offer, e.g. 2025-11-25: Claude Code delivers channel
     /// messages (completion pushed to the model) only on 2025-11-25 connections.
     #[arg(long, env = "BATON_MCP_PROTOCOL", value_parser = ["2025-06-18", "2025-11-25", "2026-07-28"])]
@@ -310,6 +321,8 @@ pub enum EngineUse {
     None,
     /// The MCP server handing execution to the background worker.
     Serve,
+    /// The MCP server that only submits and observes (`--no-execute`).
+    Observe,
     /// The MCP server running and adopting workflows itself (`--in-process`).
     ServeInProcess,
     /// The background worker: runs and adopts workflows.
@@ -325,6 +338,7 @@ impl Command {
     pub fn engine_use(&self) -> EngineUse {
         match self {
             Command::Reap { .. } | Command::Schema | Command::Validate { .. } => EngineUse::None,
+            Command::Serve(args) if args.no_execute => EngineUse::Observe,
             Command::Serve(args) if args.in_process => EngineUse::ServeInProcess,
             Command::Serve(_) => EngineUse::Serve,
             Command::Ui(_) => EngineUse::Ui,

@@ -69,7 +69,9 @@ impl Stop {
 /// Runs a command that needs no engine.
 pub async fn run_offline(command: Command) -> Result<ExitCode, CliError> {
     match command {
-        Command::Reap { owner } => reap(owner).await,
+        Command::Reap { owner, fence_ms } => {
+            reap(owner, fence_ms.map(std::time::Duration::from_millis)).await
+        }
         Command::Schema => {
             println!("{}", pretty(&crate::workflow::workflow_schema()));
             Ok(ExitCode::SUCCESS)
@@ -128,10 +130,11 @@ pub async fn run(command: Command, engine: &Engine, stop: &Stop) -> Result<ExitC
     }
 }
 
-async fn reap(owner: String) -> Result<ExitCode, CliError> {
-    let killed = tokio::task::spawn_blocking(move || engine::reap_after_parent_exits(&owner))
-        .await
-        .unwrap_or(0);
+async fn reap(owner: String, fence: Option<std::time::Duration>) -> Result<ExitCode, CliError> {
+    let killed =
+        tokio::task::spawn_blocking(move || engine::reap_after_parent_exits(&owner, fence))
+            .await
+            .unwrap_or(0);
     if killed > 0 {
         tracing::info!(killed, "killed processes left by an exited baton");
     }

@@ -9,6 +9,12 @@ use crate::engine::{self, Engine, EngineConfig};
 use crate::store::{Durability, Store};
 
 impl GlobalArgs {
+    /// The PostgreSQL URL given as --db or BATON_DB, if it is one.
+    pub fn db_url(&self) -> Option<String> {
+        let db = self.db.as_ref()?.to_str()?;
+        Store::is_url(db).then(|| db.to_owned())
+    }
+
     /// The database path: --db, BATON_DB, or the platform data dir.
     pub fn db_path(&self) -> Result<PathBuf, CliError> {
         if let Some(p) = &self.db {
@@ -52,10 +58,10 @@ impl GlobalArgs {
     }
 
     /// The global arguments a background worker for the same database runs with.
-    fn worker_args(&self, db: &std::path::Path) -> Vec<String> {
+    fn worker_args(&self, db: &str) -> Vec<String> {
         let mut args = vec![
             "--db".to_owned(),
-            db.display().to_string(),
+            db.to_owned(),
             "--agent-command".to_owned(),
             self.agent_command.clone(),
             "--max-concurrent-steps".to_owned(),
@@ -88,10 +94,17 @@ impl GlobalArgs {
     /// Opens the store and starts an engine for `usage`: servers in process and workers also
     /// take over orphaned workflows; a handing-over server starts the worker when work waits.
     pub async fn open_engine(&self, usage: EngineUse) -> Result<Engine, CliError> {
-        let db = std::path::absolute(self.db_path()?)
-            .map_err(|e| CliError::Other(format!("--db: {e}")))?;
-        let store = Store::open(&db, self.durability)?;
-        let execute = usage != EngineUse::Serve;
+        let (store, db_arg) = match self.db_url() {
+            Some(url) => (Store::connect(&url, self.durability).await?, url),
+            None => {
+                let db = std::path::absolute(self.db_path()?)
+                    .map_err(|e| CliError::Other(format!("--db: {e}")))?;
+                let store = Store::open(&db, self.durability)?;
+                (store, db.display().to_string())
+            }
+        };
+        let db = store.location().to_owned();
+        let execute = !matches!(usage, EngineUse::Serve | EngineUse::Observe);
         let adopt = matches!(usage, EngineUse::ServeInProcess | EngineUse::Worker);
         let cfg = EngineConfig {
             adopt_orphans: adopt,
@@ -102,13 +115,19 @@ impl GlobalArgs {
         let exe = std::env::current_exe();
         match &exe {
             Ok(exe) if execute => {
-                if let Err(e) = engine::spawn_reaper(exe, engine.owner_id()) {
+                // On a store other machines share, the reaper also self-fences.
+                let fence = engine
+                    .store()
+                    .is_shared()
+                    .then(|| engine::self_fence_after(engine.config().lease));
+                if let Err(e) = engine::spawn_reaper(exe, engine.owner_id(), fence) {
                     tracing::warn!(error = %e, "cannot start the reaper; background children of steps may outlive a killed baton");
                 }
             }
+            Ok(_) if usage == EngineUse::Observe => {}
             Ok(exe) => engine.set_launcher(std::sync::Arc::new(engine::WorkerLauncher::new(
                 exe.clone(),
-                self.worker_args(&db),
+                self.worker_args(&db_arg),
                 db.clone(),
             ))),
             Err(e) => {
@@ -121,7 +140,7 @@ impl GlobalArgs {
         ) {
             engine.start_retention(self.retention()?);
         }
-        if adopt || !execute {
+        if adopt || usage == EngineUse::Serve {
             // Serve at once; workflows left by stopped processes are taken over meanwhile.
             let recovering = engine.clone();
             tokio::spawn(async move {

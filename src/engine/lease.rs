@@ -2,8 +2,11 @@
 //! adoption of workflows whose owner is gone.
 //!
 //! Invariant: an owner is considered dead only when its heartbeat is older than its lease, or
-//! — on the same machine (same boot) — when its pid no longer exists; only then are its
-//! workflows adopted, each with a compare-and-set on the epoch.
+//! — on the same machine (same boot and pid namespace) — when its pid no longer exists; only
+//! then are its workflows adopted, each with a compare-and-set on the epoch. On a store shared
+//! by many machines, a process that could not renew its leases for most of a lease stops its
+//! own running attempts before anyone may adopt them (self-fencing), and its reaper kills them
+//! even if the process itself is frozen.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,18 +16,103 @@ use super::{DriverInit, EngineError, Result, Shared, StopReason, scheduler};
 use crate::api::{ThreadId, now_ms};
 use crate::store::{Claim, OwnerRow, StoreError};
 
-/// Identifies this machine and boot, so pids are only compared within one boot.
+/// Identifies this machine, boot and pid namespace, so pids are only compared where they
+/// name the same processes.
 pub(super) fn host_key() -> String {
     let read = |p: &str| {
         std::fs::read_to_string(p)
             .map(|s| s.trim().to_owned())
             .unwrap_or_default()
     };
+    let pid_ns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|l| l.display().to_string())
+        .unwrap_or_default();
     format!(
-        "{}/{}",
+        "{}/{}/{pid_ns}",
         read("/proc/sys/kernel/hostname"),
         read("/proc/sys/kernel/random/boot_id")
     )
+}
+
+/// How long after its last renewal a process stops its running attempts when it cannot
+/// renew (self-fencing): early enough that they are dead when the lease ends.
+pub fn self_fence_after(lease: Duration) -> Duration {
+    lease - lease / 5
+}
+
+/// Self-fencing on a shared store: once this process has not renewed its leases for
+/// [`self_fence_after`], it stops every workflow it drives (their attempts are killed), so no
+/// attempt still runs here when another process may adopt it. Those it still holds when a
+/// renewal succeeds again are taken up again as after a crash.
+pub(super) async fn fence_loop(sh: Arc<Shared>) {
+    let after = self_fence_after(sh.cfg.lease).as_millis() as i64;
+    let mut every = tokio::time::interval((sh.cfg.lease / 20).max(Duration::from_millis(20)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = sh.shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let since = now_ms() - sh.renewed_at.load(Ordering::Relaxed);
+        if since < after {
+            continue;
+        }
+        let local: Vec<ThreadId> = sh.runs().keys().cloned().collect();
+        if local.is_empty() {
+            continue;
+        }
+        tracing::error!(
+            since_ms = since,
+            workflows = local.len(),
+            "leases not renewed for most of a lease; stopping this process's attempts before another process may adopt them"
+        );
+        for id in local {
+            sh.stop_driver(&id, StopReason::Fenced);
+            remember_fenced(sh.as_ref(), id);
+        }
+    }
+}
+
+fn fenced_here(sh: &Shared) -> std::sync::MutexGuard<'_, Vec<ThreadId>> {
+    sh.self_fenced.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn remember_fenced(sh: &Shared, id: ThreadId) {
+    let mut ids = fenced_here(sh);
+    if !ids.contains(&id) {
+        ids.push(id);
+    }
+}
+
+/// Takes up again the workflows whose drivers this process stopped because it could not
+/// renew their leases, and that nobody else took meanwhile (they still name this process).
+async fn resume_fenced(sh: &Arc<Shared>) {
+    let ids: Vec<ThreadId> = std::mem::take(&mut *fenced_here(sh));
+    for id in ids {
+        if sh.is_running_here(&id) {
+            // Its driver is still stopping: try again at the next renewal.
+            fenced_here(sh).push(id);
+            continue;
+        }
+        let row = match sh.store.workflow(id.clone()).await {
+            Ok(Some(row)) => row,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(thread_id = %id, error = %e, "cannot read a self-fenced workflow");
+                fenced_here(sh).push(id);
+                continue;
+            }
+        };
+        if row.owner.as_deref() != Some(sh.owner.as_str()) {
+            continue;
+        }
+        match adopt(sh, &id, Some(sh.owner.clone()), row.epoch, true).await {
+            Ok(()) => tracing::info!(thread_id = %id, "took up a workflow stopped by self-fencing"),
+            Err(e) => {
+                tracing::warn!(thread_id = %id, error = %e, "cannot take up a self-fenced workflow")
+            }
+        }
+    }
 }
 
 pub(super) async fn register(sh: &Arc<Shared>) -> Result<()> {
@@ -71,7 +159,9 @@ pub(super) async fn tick_loop(sh: Arc<Shared>) {
         tokio::select! {
             () = sh.shutdown.cancelled() => return,
             Some(change) = changes.recv(), if wake => {
-                if change == crate::store::Change::Unknown
+                // On a shared store a slot freed here (a workflow of this process finished)
+                // is work to look for too.
+                if (change == crate::store::Change::Unknown || sh.store.is_shared())
                     && last_wake.elapsed() >= WAKE_EVERY
                 {
                     last_wake = tokio::time::Instant::now();
@@ -129,11 +219,15 @@ async fn tick(sh: &Arc<Shared>) -> Result<()> {
         if lost {
             tracing::warn!(thread_id = %id, "lease taken by another process; stopping here");
             sh.stop_driver(&id, StopReason::Fenced);
+            // If nobody took it, this process takes it up again once its driver stopped.
+            remember_fenced(sh.as_ref(), id);
         }
     }
     sh.renewed_at
         .store(now, std::sync::atomic::Ordering::Relaxed);
+    super::process::reaper_heartbeat();
     honour_cancels(sh, &renewal.cancels);
+    resume_fenced(sh).await;
     if !sh.cfg.execute {
         hand_over_waiting(sh).await?;
     } else if sh.cfg.adopt_orphans {
@@ -218,7 +312,14 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
     if sh.shutdown.is_cancelled() || !sh.cfg.execute {
         return Ok(Vec::new());
     }
-    let candidates = orphans(sh).await?;
+    let mut candidates = orphans(sh).await?;
+    if sh.store.is_shared() {
+        // Many workers share the work: each takes what it has room for, in an order of its
+        // own so that workers scanning at once mostly claim different workflows.
+        let room = sh.cfg.max_concurrent_steps.saturating_sub(sh.runs().len());
+        fastrand::shuffle(&mut candidates);
+        candidates.truncate(room);
+    }
     // Leftovers of each dead owner first, so no old attempt runs beside its re-run.
     let mut swept: Vec<String> = Vec::new();
     for (p, pid) in candidates
@@ -226,6 +327,11 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
         .filter_map(|(_, prev, _, pid)| Some((prev.as_ref()?, *pid)))
     {
         if swept.contains(p) {
+            continue;
+        }
+        // Another machine's processes are out of sight: self-fencing stopped them there.
+        if sh.store.is_shared() && pid.is_none() {
+            swept.push(p.clone());
             continue;
         }
         let p2 = p.clone();
@@ -241,7 +347,7 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
     let results = futures::future::join_all(candidates.into_iter().map(|(id, prev, epoch, _)| {
         let sh = sh.clone();
         async move {
-            let r = adopt(&sh, &id, prev.clone(), epoch).await;
+            let r = adopt(&sh, &id, prev.clone(), epoch, false).await;
             (id, prev, r)
         }
     }))
@@ -262,8 +368,16 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
 }
 
 /// Takes over a workflow whose owner is gone and starts driving it: in-flight steps are
-/// counted as crashed and re-run (or failed, past the crash cap).
-async fn adopt(sh: &Arc<Shared>, id: &ThreadId, prev: Option<String>, epoch: i64) -> Result<()> {
+/// counted as crashed and re-run (or failed, past the crash cap). `fenced`: this process
+/// takes up its own workflow after stopping it by self-fencing; its attempts were stopped on
+/// purpose, so they count as interrupted, not as crashes.
+async fn adopt(
+    sh: &Arc<Shared>,
+    id: &ThreadId,
+    prev: Option<String>,
+    epoch: i64,
+    fenced: bool,
+) -> Result<()> {
     let claim = Claim {
         owner: sh.owner.clone(),
         expected_epoch: epoch,
@@ -274,11 +388,32 @@ async fn adopt(sh: &Arc<Shared>, id: &ThreadId, prev: Option<String>, epoch: i64
     let (new_epoch, after, ()) = sh
         .store
         .transition(id.clone(), claim, move |snap| {
-            let ch = scheduler::adopt_changes(&snap.steps, prev.as_deref(), max_crashes, now);
+            let ch = if fenced {
+                // Past any crash count: the cap is applied to none of these.
+                let mut ch = scheduler::adopt_changes(&snap.steps, prev.as_deref(), i64::MAX, now);
+                as_interrupted(&mut ch);
+                ch
+            } else {
+                scheduler::adopt_changes(&snap.steps, prev.as_deref(), max_crashes, now)
+            };
             Ok((ch, ()))
         })
         .await?;
     // What the new driver needs was read in the same transaction.
     sh.spawn_driver(id, new_epoch, DriverInit::Loaded(after));
     Ok(())
+}
+
+/// Rewrites an adoption's change set for attempts stopped by self-fencing: interrupted, and
+/// not counted towards the crash cap.
+fn as_interrupted(ch: &mut crate::store::Changes) {
+    for a in &mut ch.attempts {
+        if a.outcome == crate::api::AttemptOutcome::Crashed {
+            a.outcome = crate::api::AttemptOutcome::Interrupted;
+            a.error = Some("stopped here: its leases could not be renewed in time".into());
+        }
+    }
+    for s in &mut ch.steps {
+        s.crashes = (s.crashes - 1).max(0);
+    }
 }

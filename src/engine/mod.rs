@@ -48,6 +48,7 @@ pub use control::{MAX_DEFINITION_BYTES, ResumeMode, ResumeRequest, SubmitRequest
 pub use error::{EngineError, Result};
 pub use follow::{Follow, GlobalFollow, Page};
 pub use handover::{Launcher, WorkerLauncher, WorkerLock, worker_files};
+pub use lease::self_fence_after;
 pub use operator::{Metrics, StepStream};
 pub use process::{reap_after_parent_exits, spawn_reaper};
 pub use retention::{FINISHED, PRUNE_BATCH, PruneRequest, Retention};
@@ -151,6 +152,8 @@ pub(crate) struct Shared {
     launcher: OnceLock<Arc<dyn handover::Launcher>>,
     /// Workflows this process took over from dead owners (metrics).
     adoptions: std::sync::atomic::AtomicU64,
+    /// Workflows whose drivers self-fencing stopped, taken up again once leases renew.
+    self_fenced: Mutex<Vec<ThreadId>>,
 }
 
 impl Shared {
@@ -242,10 +245,14 @@ impl Engine {
             renewed_at,
             launcher: OnceLock::new(),
             adoptions: std::sync::atomic::AtomicU64::new(0),
+            self_fenced: Mutex::new(Vec::new()),
         });
         lease::register(&sh).await?;
         let ticker = sh.clone();
         sh.tracker.spawn(lease::tick_loop(ticker));
+        if sh.store.is_shared() {
+            sh.tracker.spawn(lease::fence_loop(sh.clone()));
+        }
         Ok(Engine { sh })
     }
 

@@ -399,10 +399,19 @@ static REAPER: OnceLock<std::process::ChildStdin> = OnceLock::new();
 /// pipe closes and the reaper kills whatever was started on behalf of `owner` (see
 /// [`kill_leftovers`]): attempts' main processes and everything they started. It stays in this
 /// process's cgroup, outside the attempts' ones. Call once per process.
-pub fn spawn_reaper(exe: &Path, owner: &str) -> std::io::Result<()> {
+///
+/// With `fence`, the reaper also self-fences for a process sharing its store with other
+/// machines: this process writes a byte to the pipe after each lease renewal
+/// ([`reaper_heartbeat`]); when none came for `fence`, the reaper kills the attempts' processes
+/// (sparing this process), even if this process is frozen and cannot do it itself.
+pub fn spawn_reaper(exe: &Path, owner: &str, fence: Option<Duration>) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
-    let mut child = std::process::Command::new(exe)
-        .args(["__reap", owner])
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["__reap", owner]);
+    if let Some(f) = fence {
+        cmd.arg("--fence-ms").arg(f.as_millis().to_string());
+    }
+    let mut child = cmd
         .env_remove(OWNER_ENV)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -417,12 +426,63 @@ pub fn spawn_reaper(exe: &Path, owner: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Tells the reaper that this process renewed its leases (see [`spawn_reaper`]).
+pub fn reaper_heartbeat() {
+    use std::io::Write;
+    if let Some(mut stdin) = REAPER.get() {
+        let _ = stdin.write(b".");
+    }
+}
+
 /// The reaper's body: waits until its parent is gone (stdin reaches EOF), then kills the
-/// parent's leftovers. Returns how many processes it killed.
-pub fn reap_after_parent_exits(owner: &str) -> usize {
+/// parent's leftovers. With `fence`, also kills the parent's attempts whenever no heartbeat
+/// arrived for that long. Returns how many processes it killed.
+pub fn reap_after_parent_exits(owner: &str, fence: Option<Duration>) -> usize {
     contain::leave_tree();
-    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-    contain::kill_owner(owner, true) + kill_by_env(owner)
+    let mut killed = 0;
+    match fence {
+        None => {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        }
+        Some(limit) => {
+            let parent = nix::unistd::getppid().as_raw();
+            while let Some(heartbeat) = wait_heartbeat(limit) {
+                if !heartbeat {
+                    killed += contain::kill_owner_sparing(owner, false, Some(parent))
+                        + kill_by_env(owner);
+                }
+            }
+        }
+    }
+    killed + contain::kill_owner(owner, true) + kill_by_env(owner)
+}
+
+/// Waits up to `limit` for a heartbeat on stdin: `Some(true)` one came, `Some(false)` none
+/// came in time, `None` the parent is gone (end of file or an error).
+fn wait_heartbeat(limit: Duration) -> Option<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let stdin = std::io::stdin();
+    let timeout = PollTimeout::try_from(limit.as_millis().min(i32::MAX as u128) as i32)
+        .unwrap_or(PollTimeout::MAX);
+    let ready = {
+        let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) => return Some(false),
+            Ok(_) => true,
+            Err(nix::errno::Errno::EINTR) => return Some(true),
+            Err(_) => return None,
+        }
+    };
+    if ready {
+        let mut buf = [0u8; 256];
+        match stdin.lock().read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+    Some(true)
 }
 
 /// Kills every process on this machine that was started on behalf of `owner`: everything in

@@ -10,7 +10,10 @@
 //! # Layout
 //! - `records`: the rows and change sets that cross this interface.
 //! - `sqlite`: the SQLite backend (schema, migrations, queries, group commit).
+//! - `postgres`: the PostgreSQL backend (the same operations for many processes on many
+//!   machines: database clock, `SKIP LOCKED` claims, LISTEN/NOTIFY).
 
+mod postgres;
 mod records;
 mod sqlite;
 
@@ -97,6 +100,7 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Sqlite(sqlite::Sqlite),
+    Postgres(postgres::Postgres),
 }
 
 impl Store {
@@ -107,10 +111,37 @@ impl Store {
         })
     }
 
-    /// Where the database is (a file path), for messages and for files kept beside it.
+    /// Connects to and migrates the PostgreSQL database named by `url`
+    /// (`postgres://…` or `postgresql://…`).
+    pub async fn connect(url: &str, durability: Durability) -> Result<Store> {
+        Ok(Store {
+            backend: Backend::Postgres(postgres::Postgres::open(url, durability).await?),
+        })
+    }
+
+    /// Where [`Store::location`] of the PostgreSQL database named by `url` is, without
+    /// connecting to it.
+    pub fn url_location(url: &str) -> Result<std::path::PathBuf> {
+        postgres::url_location(url)
+    }
+
+    /// Whether `db` names a PostgreSQL database (a URL) rather than an SQLite file.
+    pub fn is_url(db: &str) -> bool {
+        postgres::is_url(db)
+    }
+
+    /// Whether other machines may share this store (PostgreSQL): then process ids say nothing
+    /// about other owners, and work is spread over the processes that run it.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Where files kept beside the database go: the SQLite file itself, or for PostgreSQL a
+    /// path in a private per-database directory under the platform data dir.
     pub fn location(&self) -> &Path {
         match &self.backend {
             Backend::Sqlite(s) => s.path(),
+            Backend::Postgres(p) => p.location(),
         }
     }
 
@@ -119,6 +150,7 @@ impl Store {
     pub fn commit_count(&self) -> u64 {
         match &self.backend {
             Backend::Sqlite(s) => s.commit_count(),
+            Backend::Postgres(p) => p.commit_count(),
         }
     }
 
@@ -127,6 +159,7 @@ impl Store {
         ChangeFeed {
             rx: match &self.backend {
                 Backend::Sqlite(s) => s.subscribe(),
+                Backend::Postgres(p) => p.subscribe(),
             },
         }
     }
@@ -135,6 +168,7 @@ impl Store {
     pub fn close(&self) {
         match &self.backend {
             Backend::Sqlite(s) => s.close(),
+            Backend::Postgres(p) => p.close(),
         }
     }
 
@@ -146,6 +180,7 @@ impl Store {
     pub async fn insert_workflow(&self, new: NewWorkflow, first: Changes) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.insert_workflow(new, first).await,
+            Backend::Postgres(p) => p.insert_workflow(new, first).await,
         }
     }
 
@@ -153,6 +188,7 @@ impl Store {
     pub async fn commit(&self, fence: Fence, changes: Changes) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.commit(fence, changes).await,
+            Backend::Postgres(p) => p.commit(fence, changes).await,
         }
     }
 
@@ -172,6 +208,7 @@ impl Store {
     {
         match &self.backend {
             Backend::Sqlite(s) => s.transition(id, claim, f).await,
+            Backend::Postgres(p) => p.transition(id, claim, f).await,
         }
     }
 
@@ -185,6 +222,7 @@ impl Store {
     ) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.record_session(fence, step_id, attempt, session_id).await,
+            Backend::Postgres(p) => p.record_session(fence, step_id, attempt, session_id).await,
         }
     }
 
@@ -192,6 +230,7 @@ impl Store {
     pub async fn record_activity(&self, id: ThreadId, step_id: String, at: i64) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.record_activity(id, step_id, at).await,
+            Backend::Postgres(p) => p.record_activity(id, step_id, at).await,
         }
     }
 
@@ -199,6 +238,7 @@ impl Store {
     pub async fn request_cancel(&self, id: ThreadId) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.request_cancel(id).await,
+            Backend::Postgres(p) => p.request_cancel(id).await,
         }
     }
 
@@ -213,6 +253,7 @@ impl Store {
     ) -> Result<bool> {
         match &self.backend {
             Backend::Sqlite(s) => s.record_answer(id, step_id, answer).await,
+            Backend::Postgres(p) => p.record_answer(id, step_id, answer).await,
         }
     }
 
@@ -220,26 +261,31 @@ impl Store {
     pub async fn answers(&self, id: ThreadId) -> Result<Vec<(String, String)>> {
         match &self.backend {
             Backend::Sqlite(s) => s.answers(id).await,
+            Backend::Postgres(p) => p.answers(id).await,
         }
     }
 
     pub async fn register_owner(&self, owner: OwnerRow) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.register_owner(owner).await,
+            Backend::Postgres(p) => p.register_owner(owner).await,
         }
     }
 
     pub async fn remove_owner(&self, id: String) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.remove_owner(id).await,
+            Backend::Postgres(p) => p.remove_owner(id).await,
         }
     }
 
     /// Extends an owner's leases and heartbeat; says which workflows it still holds and
-    /// which of them others asked to cancel.
+    /// which of them others asked to cancel. On PostgreSQL the lease runs from the database's
+    /// clock and a lease that has already ended is not extended (nor counted as held).
     pub async fn renew(&self, owner: String, lease_until: i64, now: i64) -> Result<Renewal> {
         match &self.backend {
             Backend::Sqlite(s) => s.renew(owner, lease_until, now).await,
+            Backend::Postgres(p) => p.renew(owner, lease_until, now).await,
         }
     }
 
@@ -249,12 +295,14 @@ impl Store {
     pub async fn check_fence(&self, fence: Fence) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(s) => s.check_fence(fence).await,
+            Backend::Postgres(p) => p.check_fence(fence).await,
         }
     }
 
     pub async fn workflow(&self, id: ThreadId) -> Result<Option<WorkflowRow>> {
         match &self.backend {
             Backend::Sqlite(s) => s.workflow(id).await,
+            Backend::Postgres(p) => p.workflow(id).await,
         }
     }
 
@@ -262,6 +310,7 @@ impl Store {
     pub async fn snapshot(&self, id: ThreadId) -> Result<Option<Snapshot>> {
         match &self.backend {
             Backend::Sqlite(s) => s.snapshot(id).await,
+            Backend::Postgres(p) => p.snapshot(id).await,
         }
     }
 
@@ -269,6 +318,7 @@ impl Store {
     pub async fn detail(&self, id: ThreadId) -> Result<Option<(Snapshot, Vec<AttemptRow>)>> {
         match &self.backend {
             Backend::Sqlite(s) => s.detail(id).await,
+            Backend::Postgres(p) => p.detail(id).await,
         }
     }
 
@@ -277,6 +327,7 @@ impl Store {
     pub async fn events(&self, id: ThreadId, after: i64, limit: i64) -> Result<Option<EventPage>> {
         match &self.backend {
             Backend::Sqlite(s) => s.events(id, after, limit).await,
+            Backend::Postgres(p) => p.events(id, after, limit).await,
         }
     }
 
@@ -284,6 +335,7 @@ impl Store {
     pub async fn done_at(&self, id: ThreadId, cursor: i64) -> Result<i64> {
         match &self.backend {
             Backend::Sqlite(s) => s.done_at(id, cursor).await,
+            Backend::Postgres(p) => p.done_at(id, cursor).await,
         }
     }
 
@@ -291,12 +343,14 @@ impl Store {
     pub async fn cancel_requests(&self, owner: String) -> Result<Vec<ThreadId>> {
         match &self.backend {
             Backend::Sqlite(s) => s.cancel_requests(owner).await,
+            Backend::Postgres(p) => p.cancel_requests(owner).await,
         }
     }
 
     pub async fn owner(&self, id: String) -> Result<Option<OwnerRow>> {
         match &self.backend {
             Backend::Sqlite(s) => s.owner(id).await,
+            Backend::Postgres(p) => p.owner(id).await,
         }
     }
 
@@ -304,6 +358,7 @@ impl Store {
     pub async fn adoptable(&self, me: String) -> Result<Vec<Adoptable>> {
         match &self.backend {
             Backend::Sqlite(s) => s.adoptable(me).await,
+            Backend::Postgres(p) => p.adoptable(me).await,
         }
     }
 
@@ -316,6 +371,7 @@ impl Store {
     ) -> Result<MonitorRows> {
         match &self.backend {
             Backend::Sqlite(s) => s.monitor(statuses, limit).await,
+            Backend::Postgres(p) => p.monitor(statuses, limit).await,
         }
     }
 
@@ -324,6 +380,7 @@ impl Store {
     pub async fn step_medians(&self, name: String) -> Result<BTreeMap<String, i64>> {
         match &self.backend {
             Backend::Sqlite(s) => s.step_medians(name).await,
+            Backend::Postgres(p) => p.step_medians(name).await,
         }
     }
 
@@ -334,6 +391,7 @@ impl Store {
     pub async fn list(&self, filter: ListFilter) -> Result<MonitorRows> {
         match &self.backend {
             Backend::Sqlite(s) => s.list(filter).await,
+            Backend::Postgres(p) => p.list(filter).await,
         }
     }
 
@@ -341,6 +399,7 @@ impl Store {
     pub async fn delete_workflow(&self, id: ThreadId) -> Result<Deleted> {
         match &self.backend {
             Backend::Sqlite(s) => s.delete_workflow(id).await,
+            Backend::Postgres(p) => p.delete_workflow(id).await,
         }
     }
 
@@ -355,6 +414,7 @@ impl Store {
     ) -> Result<Vec<ThreadId>> {
         match &self.backend {
             Backend::Sqlite(s) => s.prune_finished(before_ms, statuses, limit).await,
+            Backend::Postgres(p) => p.prune_finished(before_ms, statuses, limit).await,
         }
     }
 
@@ -368,6 +428,7 @@ impl Store {
     ) -> Result<Option<Option<String>>> {
         match &self.backend {
             Backend::Sqlite(s) => s.step_stream(id, step_id, stderr).await,
+            Backend::Postgres(p) => p.step_stream(id, step_id, stderr).await,
         }
     }
 
@@ -380,6 +441,7 @@ impl Store {
     ) -> Result<Vec<(i64, ThreadId, crate::api::Event)>> {
         match &self.backend {
             Backend::Sqlite(s) => s.events_global(after, limit).await,
+            Backend::Postgres(p) => p.events_global(after, limit).await,
         }
     }
 
@@ -387,6 +449,7 @@ impl Store {
     pub async fn last_global_cursor(&self) -> Result<i64> {
         match &self.backend {
             Backend::Sqlite(s) => s.last_gseq().await,
+            Backend::Postgres(p) => p.last_gseq().await,
         }
     }
 
@@ -394,6 +457,7 @@ impl Store {
     pub async fn metric_counts(&self) -> Result<MetricCounts> {
         match &self.backend {
             Backend::Sqlite(s) => s.metric_counts().await,
+            Backend::Postgres(p) => p.metric_counts().await,
         }
     }
 
@@ -401,6 +465,7 @@ impl Store {
     pub fn commit_stats(&self) -> CommitStats {
         match &self.backend {
             Backend::Sqlite(s) => s.commit_stats(),
+            Backend::Postgres(p) => p.commit_stats(),
         }
     }
 }

@@ -46,59 +46,59 @@ fn cancel_kills_the_whole_process_group_including_background_children() {
     assert_eq!(sb.lines("later.txt"), 0);
 }
 
-#[test]
-fn cancelled_workflow_resumes_without_rerunning_completed_steps() {
-    let sb = Sandbox::new();
-    let mut s = sb.server();
-    let id = s.start(json!({"steps": [
-        {"id": "a", "shell": "echo x >> a.txt"},
-        {"id": "b", "deps": ["a"], "shell": "echo x >> b.txt; [ -f go ] || { echo $$ > b.pid; sleep 30; }"}
-    ]}));
-    sb.pid_in("b.pid");
-    s.call("invoke_cancel", json!({"thread_id": id}));
-    sb.write("go", "");
-    let r = s.call("invoke_resume", json!({"thread_id": id}));
-    assert_eq!(r["status"], "running");
-    assert_eq!(s.wait_done(&id)["status"], "completed");
-    let st = s.status(&id);
-    assert_eq!(outcomes(&st, "b"), ["cancelled", "succeeded"]);
-    assert_eq!((sb.lines("a.txt"), sb.lines("b.txt")), (1, 2));
+on_both_backends! {
+    fn cancelled_workflow_resumes_without_rerunning_completed_steps(sb: Sandbox) {
+        let mut s = sb.server();
+        let id = s.start(json!({"steps": [
+            {"id": "a", "shell": "echo x >> a.txt"},
+            {"id": "b", "deps": ["a"], "shell": "echo x >> b.txt; [ -f go ] || { echo $$ > b.pid; sleep 30; }"}
+        ]}));
+        sb.pid_in("b.pid");
+        s.call("invoke_cancel", json!({"thread_id": id}));
+        sb.write("go", "");
+        let r = s.call("invoke_resume", json!({"thread_id": id}));
+        assert_eq!(r["status"], "running");
+        assert_eq!(s.wait_done(&id)["status"], "completed");
+        let st = s.status(&id);
+        assert_eq!(outcomes(&st, "b"), ["cancelled", "succeeded"]);
+        assert_eq!((sb.lines("a.txt"), sb.lines("b.txt")), (1, 2));
+    }
 }
 
-#[test]
-fn cancel_from_another_server_stops_the_owner_s_processes() {
-    let sb = Sandbox::new();
-    let mut owner = sb.server_with(&[("BATON_LEASE_MS", "1500")], Protocol::V2025);
-    let id = owner.start(json!({"steps": [
-        {"id": "long", "shell": "sleep 30 & echo $! > bg.pid; echo $$ > main.pid; sleep 30"}
-    ]}));
-    let (main, bg) = (sb.pid_in("main.pid"), sb.pid_in("bg.pid"));
-    let mut other = sb.server_with(&[("BATON_LEASE_MS", "1500")], Protocol::V2025);
-    let r = other.call("invoke_cancel", json!({"thread_id": id}));
-    assert_eq!(r["status"], "cancelled", "{r}");
-    eventually("the owner to kill the step", || !alive(main) && !alive(bg));
-    assert_eq!(owner.status(&id)["status"], "cancelled");
+on_both_backends! {
+    fn cancel_from_another_server_stops_the_owner_s_processes(sb: Sandbox) {
+        let mut owner = sb.server_with(&[("BATON_LEASE_MS", "1500")], Protocol::V2025);
+        let id = owner.start(json!({"steps": [
+            {"id": "long", "shell": "sleep 30 & echo $! > bg.pid; echo $$ > main.pid; sleep 30"}
+        ]}));
+        let (main, bg) = (sb.pid_in("main.pid"), sb.pid_in("bg.pid"));
+        let mut other = sb.server_with(&[("BATON_LEASE_MS", "1500")], Protocol::V2025);
+        let r = other.call("invoke_cancel", json!({"thread_id": id}));
+        assert_eq!(r["status"], "cancelled", "{r}");
+        eventually("the owner to kill the step", || !alive(main) && !alive(bg));
+        assert_eq!(owner.status(&id)["status"], "cancelled");
+    }
 }
 
-#[test]
-fn server_with_a_shorter_lease_never_takes_over_a_live_owner_s_workflow() {
-    let sb = Sandbox::new();
-    // The owner renews every 1 s; the observer's own lease is 300 ms.
-    let mut owner = sb.server_with(&[("BATON_LEASE_MS", "3000")], Protocol::V2025);
-    let id = owner.start(json!({"steps": [
-        {"id": "long", "shell": "echo $$ > main.pid; sleep 2; echo x >> runs.txt"}
-    ]}));
-    let main = sb.pid_in("main.pid");
-    let mut other = sb.server_with(&[("BATON_LEASE_MS", "300")], Protocol::V2025);
-    // Several of the observer's adoption rounds pass while the step runs.
-    let done = owner.wait_done(&id);
-    assert_eq!(done["status"], "completed");
-    assert_eq!(sb.lines("runs.txt"), 1, "the step ran once");
-    let st = other.status(&id);
-    assert_eq!(outcomes(&st, "long"), ["succeeded"], "{st}");
-    assert!(!alive(main));
-    let m = other.call("workflow_monitor", json!({"include_finished": true}));
-    assert_eq!(m["workflows"][0]["flags"], json!([]));
+on_both_backends! {
+    fn server_with_a_shorter_lease_never_takes_over_a_live_owner_s_workflow(sb: Sandbox) {
+        // The owner renews every 1 s; the observer's own lease is 300 ms.
+        let mut owner = sb.server_with(&[("BATON_LEASE_MS", "3000")], Protocol::V2025);
+        let id = owner.start(json!({"steps": [
+            {"id": "long", "shell": "echo $$ > main.pid; sleep 2; echo x >> runs.txt"}
+        ]}));
+        let main = sb.pid_in("main.pid");
+        let mut other = sb.server_with(&[("BATON_LEASE_MS", "300")], Protocol::V2025);
+        // Several of the observer's adoption rounds pass while the step runs.
+        let done = owner.wait_done(&id);
+        assert_eq!(done["status"], "completed");
+        assert_eq!(sb.lines("runs.txt"), 1, "the step ran once");
+        let st = other.status(&id);
+        assert_eq!(outcomes(&st, "long"), ["succeeded"], "{st}");
+        assert!(!alive(main));
+        let m = other.call("workflow_monitor", json!({"include_finished": true}));
+        assert_eq!(m["workflows"][0]["flags"], json!([]));
+    }
 }
 
 #[test]

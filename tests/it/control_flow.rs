@@ -93,36 +93,36 @@ fn a_condition_reading_a_step_that_is_not_an_ancestor_is_rejected_before_anythin
     assert!(!sb.path("ran").exists());
 }
 
-#[test]
-fn a_decided_skip_survives_kill_9_and_the_join_completes_after_adoption() {
-    let sb = Sandbox::new();
-    let env = [("BATON_LEASE_MS", "1500")];
-    let mut s = sb.server_with(&env, Protocol::V2025);
-    let id = s.start(json!({"steps": [
-        {"id": "a", "run": ["echo", "yes"]},
-        {"id": "not_taken", "deps": ["a"], "when": "steps.a.output == 'no'",
-         "shell": "echo x >> not_taken.txt"},
-        {"id": "taken", "deps": ["a"], "when": "steps.a.output == 'yes'",
-         "shell": "echo x >> taken.txt; echo $$ > taken.pid; while [ ! -f go ]; do sleep 0.05; done; echo T"},
-        {"id": "join", "deps": ["not_taken", "taken"],
-         "shell": "printf '[%s][%s]' {not_taken.output} {taken.output}"},
-    ]}));
-    let pid = sb.pid_in("taken.pid");
-    s.kill9();
-    eventually("the step to die with its server", || !alive(pid));
-    sb.write("go", "");
-    let mut s2 = sb.server_with(&env, Protocol::V2025);
-    assert_eq!(s2.wait_done(&id)["status"], "completed");
-    let st = s2.status(&id);
-    assert_eq!(step(&st, "not_taken")["status"], "skipped");
-    assert_eq!(step(&st, "not_taken")["attempts"], 0);
-    assert_eq!(step(&st, "join")["output"], "[][T]");
-    assert!(!sb.path("not_taken.txt").exists());
-    assert_eq!(sb.lines("taken.txt"), 2, "re-run once after the crash");
-    let (events, _) = s2.stream_pages(&id, 0, 0.0);
-    let skips = events
-        .iter()
-        .filter(|e| e["type"] == "step_skipped")
-        .count();
-    assert_eq!(skips, 1, "the condition was decided once");
+on_both_backends! {
+    fn a_decided_skip_survives_kill_9_and_the_join_completes_after_adoption(sb: Sandbox) {
+        let env = [("BATON_LEASE_MS", "1500")];
+        let mut s = sb.server_with(&env, Protocol::V2025);
+        let id = s.start(json!({"steps": [
+            {"id": "a", "run": ["echo", "yes"]},
+            {"id": "not_taken", "deps": ["a"], "when": "steps.a.output == 'no'",
+             "shell": "echo x >> not_taken.txt"},
+            {"id": "taken", "deps": ["a"], "when": "steps.a.output == 'yes'",
+             "shell": "echo x >> taken.txt; echo $$ > taken.pid; while [ ! -f go ]; do sleep 0.05; done; echo T"},
+            {"id": "join", "deps": ["not_taken", "taken"],
+             "shell": "printf '[%s][%s]' {not_taken.output} {taken.output}"},
+        ]}));
+        let pid = sb.pid_in("taken.pid");
+        s.kill9();
+        eventually("the step to die with its server", || !alive(pid));
+        sb.write("go", "");
+        let mut s2 = sb.server_with(&env, Protocol::V2025);
+        assert_eq!(s2.wait_done(&id)["status"], "completed");
+        let st = s2.status(&id);
+        assert_eq!(step(&st, "not_taken")["status"], "skipped");
+        assert_eq!(step(&st, "not_taken")["attempts"], 0);
+        assert_eq!(step(&st, "join")["output"], "[][T]");
+        assert!(!sb.path("not_taken.txt").exists());
+        assert_eq!(sb.lines("taken.txt"), 2, "re-run once after the crash");
+        let (events, _) = s2.stream_pages(&id, 0, 0.0);
+        let skips = events
+            .iter()
+            .filter(|e| e["type"] == "step_skipped")
+            .count();
+        assert_eq!(skips, 1, "the condition was decided once");
+    }
 }

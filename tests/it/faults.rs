@@ -617,39 +617,39 @@ fn servers_sharing_a_database_never_run_a_workflow_twice_at_once() {
     );
 }
 
-#[test]
-fn sigterm_mid_step_records_it_interrupted_and_the_next_server_resumes_at_once() {
-    let sb = Sandbox::new();
-    // The default 15 s lease: the next server must not wait for it.
-    let mut s = sb.server();
-    let id = s.start(json!({"steps": [
-        {"id": "a", "shell": "echo x >> a.txt"},
-        {"id": "b", "deps": ["a"],
-         "shell": "echo x >> b.txt; if [ ! -f go ]; then echo $$ > b.pid; while [ ! -f go ]; do sleep 0.05; done; fi; echo B"}
-    ]}));
-    let b = sb.pid_in("b.pid");
-    let sent = Instant::now();
-    signal(s.pid(), "-TERM");
-    let st = wait_exit(&mut s.child);
-    let stop_ms = sent.elapsed().as_millis();
-    assert!(st.success(), "exit status after SIGTERM: {st}");
-    assert!(!alive(b), "the step's process is stopped with the server");
-    sb.write("go", "");
-    let started = Instant::now();
-    let mut s2 = sb.server();
-    assert_eq!(s2.wait_done(&id)["status"], "completed");
-    let resume_ms = started.elapsed().as_millis();
-    assert!(
-        resume_ms < 15_000,
-        "the next server waited for the lease ({resume_ms} ms)"
-    );
-    let st = s2.status(&id);
-    assert_eq!(outcomes(&st, "a"), ["succeeded"]);
-    assert_eq!(outcomes(&st, "b"), ["interrupted", "succeeded"]);
-    assert_eq!((sb.lines("a.txt"), sb.lines("b.txt")), (1, 2));
-    eprintln!(
-        "FAULTS sigterm: server exited 0 {stop_ms} ms after SIGTERM; the next server finished the interrupted step {resume_ms} ms after it started (lease 15000 ms)"
-    );
+on_both_backends! {
+    fn sigterm_mid_step_records_it_interrupted_and_the_next_server_resumes_at_once(sb: Sandbox) {
+        // The default 15 s lease: the next server must not wait for it.
+        let mut s = sb.server();
+        let id = s.start(json!({"steps": [
+            {"id": "a", "shell": "echo x >> a.txt"},
+            {"id": "b", "deps": ["a"],
+             "shell": "echo x >> b.txt; if [ ! -f go ]; then echo $$ > b.pid; while [ ! -f go ]; do sleep 0.05; done; fi; echo B"}
+        ]}));
+        let b = sb.pid_in("b.pid");
+        let sent = Instant::now();
+        signal(s.pid(), "-TERM");
+        let st = wait_exit(&mut s.child);
+        let stop_ms = sent.elapsed().as_millis();
+        assert!(st.success(), "exit status after SIGTERM: {st}");
+        assert!(!alive(b), "the step's process is stopped with the server");
+        sb.write("go", "");
+        let started = Instant::now();
+        let mut s2 = sb.server();
+        assert_eq!(s2.wait_done(&id)["status"], "completed");
+        let resume_ms = started.elapsed().as_millis();
+        assert!(
+            resume_ms < 15_000,
+            "the next server waited for the lease ({resume_ms} ms)"
+        );
+        let st = s2.status(&id);
+        assert_eq!(outcomes(&st, "a"), ["succeeded"]);
+        assert_eq!(outcomes(&st, "b"), ["interrupted", "succeeded"]);
+        assert_eq!((sb.lines("a.txt"), sb.lines("b.txt")), (1, 2));
+        eprintln!(
+            "FAULTS sigterm: server exited 0 {stop_ms} ms after SIGTERM; the next server finished the interrupted step {resume_ms} ms after it started (lease 15000 ms)"
+        );
+    }
 }
 
 fn sha(path: &Path) -> Vec<u8> {

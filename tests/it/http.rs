@@ -35,14 +35,14 @@ pub fn serve_http(sb: &Sandbox, env: &[(&str, &str)]) -> (Server, Http) {
 }
 
 pub fn http_of(sb: &Sandbox) -> Http {
-    let file = sb.path("baton.http");
-    eventually("baton.http is written", || file.exists());
+    eventually("baton.http is written", || sb.beside("baton.http").exists());
+    let file = sb.beside("baton.http");
     let base = std::fs::read_to_string(&file)
         .unwrap()
         .trim()
         .trim_end_matches('/')
         .to_owned();
-    let token = std::fs::read_to_string(sb.path("baton.token"))
+    let token = std::fs::read_to_string(sb.beside("baton.token"))
         .unwrap()
         .trim()
         .to_owned();

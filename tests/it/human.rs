@@ -213,35 +213,35 @@ fn the_driver_wakes_at_the_deadline_and_applies_on_timeout() {
     );
 }
 
-#[test]
-fn kill9_while_a_human_step_waits_keeps_the_question_and_its_deadline() {
-    let sb = Sandbox::new();
-    let mut s1 = sb.server_with(&[("BATON_LEASE_MS", "1500")], Protocol::V2025);
-    let id = s1.start(gated(
-        json!({"prompt": "Merge {a.output}?", "timeout_s": 3600}),
-    ));
-    assert_eq!(s1.wait_done(&id)["status"], "blocked");
-    let before = s1.status(&id);
-    assert!(before["owner"].is_string(), "kept to watch the deadline");
-    s1.kill9();
-    let mut s2 = sb.server_with(&[("BATON_LEASE_MS", "1500")], Protocol::V2025);
-    eventually("the new server to adopt it", || {
-        let st = s2.status(&id);
-        st["owner"].is_string() && st["owner"] != before["owner"]
-    });
-    let after = s2.status(&id);
-    assert_eq!(after["status"], "blocked");
-    assert_eq!(
-        waiting(&after),
-        waiting(&before),
-        "same question, same deadline"
-    );
-    answer(&mut s2, &id, json!({"step": "ship", "approve": true}));
-    assert_eq!(s2.wait_done(&id)["status"], "completed");
-    assert_eq!(
-        step(&s2.status(&id), "deploy")["output"],
-        "deployed approved"
-    );
+on_both_backends! {
+    fn kill9_while_a_human_step_waits_keeps_the_question_and_its_deadline(sb: Sandbox) {
+        let mut s1 = sb.server_with(&[("BATON_LEASE_MS", "1500")], Protocol::V2025);
+        let id = s1.start(gated(
+            json!({"prompt": "Merge {a.output}?", "timeout_s": 3600}),
+        ));
+        assert_eq!(s1.wait_done(&id)["status"], "blocked");
+        let before = s1.status(&id);
+        assert!(before["owner"].is_string(), "kept to watch the deadline");
+        s1.kill9();
+        let mut s2 = sb.server_with(&[("BATON_LEASE_MS", "1500")], Protocol::V2025);
+        eventually("the new server to adopt it", || {
+            let st = s2.status(&id);
+            st["owner"].is_string() && st["owner"] != before["owner"]
+        });
+        let after = s2.status(&id);
+        assert_eq!(after["status"], "blocked");
+        assert_eq!(
+            waiting(&after),
+            waiting(&before),
+            "same question, same deadline"
+        );
+        answer(&mut s2, &id, json!({"step": "ship", "approve": true}));
+        assert_eq!(s2.wait_done(&id)["status"], "completed");
+        assert_eq!(
+            step(&s2.status(&id), "deploy")["output"],
+            "deployed approved"
+        );
+    }
 }
 
 #[test]
@@ -454,7 +454,7 @@ async fn a_waiting_invoke_stream_asks_through_elicitation_when_the_host_declared
 fn a_question_waits_in_the_background_worker_and_the_serving_process_answers_it() {
     use crate::handover::{HANDOVER, Reap};
     let sb = Sandbox::new();
-    let _reap = Reap(&sb.db());
+    let _reap = Reap(sb.db_arg());
     let mut s = sb.server_with(&HANDOVER, Protocol::V2025);
     let id = s.start(gated(
         json!({"prompt": "Merge {a.output}?", "timeout_s": 600}),

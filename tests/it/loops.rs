@@ -63,52 +63,52 @@ fn a_loop_that_never_converges_fails_naming_its_condition() {
     assert_eq!(step(&st, "try#3")["status"], "completed");
 }
 
-#[test]
-fn kill_mid_loop_keeps_earlier_iterations_and_resumes_the_unfinished_step() {
-    let sb = Sandbox::new();
-    let env = [("BATON_LEASE_MS", "1500")];
-    let mut s = sb.server_with(&env, Protocol::V2025);
-    let id = s.start(fix_until_green(3, 2));
-    let fix = sb.pid_in("fix.pid");
-    s.kill9();
-    eventually("fix#2 to die with its server", || !alive(fix));
-    sb.write("go", "");
-    let mut s2 = sb.server_with(&env, Protocol::V2025);
-    assert_eq!(s2.wait_done(&id)["status"], "completed");
-    let st = s2.status(&id);
-    assert_eq!(outcomes(&st, "test#1"), ["succeeded"]);
-    assert_eq!(outcomes(&st, "fix#1"), ["succeeded"]);
-    assert_eq!(outcomes(&st, "test#2"), ["succeeded"]);
-    assert_eq!(outcomes(&st, "fix#2"), ["crashed", "succeeded"]);
-    assert_eq!(step(&st, "fix#3")["output"], "fix3<fix2<fix1<>>>");
-    assert_eq!(outcomes(&st, "impl"), ["succeeded"]);
-    // tests: 4 iterations; fixes: 3 plus the re-run of the killed one.
-    assert_eq!((sb.lines("tests.txt"), sb.lines("fixes.txt")), (4, 4));
+on_both_backends! {
+    fn kill_mid_loop_keeps_earlier_iterations_and_resumes_the_unfinished_step(sb: Sandbox) {
+        let env = [("BATON_LEASE_MS", "1500")];
+        let mut s = sb.server_with(&env, Protocol::V2025);
+        let id = s.start(fix_until_green(3, 2));
+        let fix = sb.pid_in("fix.pid");
+        s.kill9();
+        eventually("fix#2 to die with its server", || !alive(fix));
+        sb.write("go", "");
+        let mut s2 = sb.server_with(&env, Protocol::V2025);
+        assert_eq!(s2.wait_done(&id)["status"], "completed");
+        let st = s2.status(&id);
+        assert_eq!(outcomes(&st, "test#1"), ["succeeded"]);
+        assert_eq!(outcomes(&st, "fix#1"), ["succeeded"]);
+        assert_eq!(outcomes(&st, "test#2"), ["succeeded"]);
+        assert_eq!(outcomes(&st, "fix#2"), ["crashed", "succeeded"]);
+        assert_eq!(step(&st, "fix#3")["output"], "fix3<fix2<fix1<>>>");
+        assert_eq!(outcomes(&st, "impl"), ["succeeded"]);
+        // tests: 4 iterations; fixes: 3 plus the re-run of the killed one.
+        assert_eq!((sb.lines("tests.txt"), sb.lines("fixes.txt")), (4, 4));
+    }
 }
 
-#[test]
-fn resuming_from_an_iteration_reruns_from_there_and_drops_the_later_ones() {
-    let sb = Sandbox::new();
-    sb.write("go", "");
-    let mut s = sb.server();
-    let id = s.start(fix_until_green(2, 1));
-    assert_eq!(s.wait_done(&id)["status"], "completed");
-    sb.write("count", "1");
-    s.call(
-        "invoke_resume",
-        json!({"thread_id": id, "from_step": "test#2"}),
-    );
-    assert_eq!(s.wait_done(&id)["status"], "completed");
-    let st = s.status(&id);
-    assert_eq!(outcomes(&st, "test#1"), ["succeeded"], "iteration 1 kept");
-    assert_eq!(outcomes(&st, "test#2").len(), 2, "test#2 re-ran");
-    assert_eq!(step(&st, "fix#2")["output"], "fix2<fix1<>>");
-    assert_eq!(step(&st, "test#3")["output"], "PASS");
-    let err = s.call_err(
-        "invoke_resume",
-        json!({"thread_id": id, "from_step": "test"}),
-    );
-    assert!(err.contains("test"), "{err}");
+on_both_backends! {
+    fn resuming_from_an_iteration_reruns_from_there_and_drops_the_later_ones(sb: Sandbox) {
+        sb.write("go", "");
+        let mut s = sb.server();
+        let id = s.start(fix_until_green(2, 1));
+        assert_eq!(s.wait_done(&id)["status"], "completed");
+        sb.write("count", "1");
+        s.call(
+            "invoke_resume",
+            json!({"thread_id": id, "from_step": "test#2"}),
+        );
+        assert_eq!(s.wait_done(&id)["status"], "completed");
+        let st = s.status(&id);
+        assert_eq!(outcomes(&st, "test#1"), ["succeeded"], "iteration 1 kept");
+        assert_eq!(outcomes(&st, "test#2").len(), 2, "test#2 re-ran");
+        assert_eq!(step(&st, "fix#2")["output"], "fix2<fix1<>>");
+        assert_eq!(step(&st, "test#3")["output"], "PASS");
+        let err = s.call_err(
+            "invoke_resume",
+            json!({"thread_id": id, "from_step": "test"}),
+        );
+        assert!(err.contains("test"), "{err}");
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 // Helpers outside #[test] functions may fail loudly too: a failed helper is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
 mod util;
 
 mod agent;
@@ -23,6 +24,7 @@ mod human;
 mod loops;
 pub mod mcp_native;
 mod mock_api;
+mod postgres;
 mod processes;
 mod protocol;
 mod recovery;

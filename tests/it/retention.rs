@@ -20,91 +20,91 @@ fn count(c: &Value, status: &str) -> i64 {
     c[status].as_i64().unwrap_or(0)
 }
 
-#[test]
-fn a_running_workflow_survives_a_prune_and_finished_ones_go_with_their_events() {
-    let sb = Sandbox::new();
-    let mut s = sb.server();
-    let ok = s.start(json!({"steps": [{"id": "a", "run": ["true"]}]}));
-    let bad =
-        s.start(json!({"steps": [{"id": "a", "run": ["false"], "retry": {"max_attempts": 1}}]}));
-    s.wait_done(&ok);
-    s.wait_done(&bad);
-    let gate = sb.path("gate");
-    let running = s.start(json!({"steps": [{"id": "wait",
-        "shell": format!("while [ ! -e '{}' ]; do sleep 0.05; done", gate.display())}]}));
-    crate::util::eventually("the gated step to start", || {
+on_both_backends! {
+    fn a_running_workflow_survives_a_prune_and_finished_ones_go_with_their_events(sb: Sandbox) {
+        let mut s = sb.server();
+        let ok = s.start(json!({"steps": [{"id": "a", "run": ["true"]}]}));
+        let bad =
+            s.start(json!({"steps": [{"id": "a", "run": ["false"], "retry": {"max_attempts": 1}}]}));
+        s.wait_done(&ok);
+        s.wait_done(&bad);
+        let gate = sb.path("gate");
+        let running = s.start(json!({"steps": [{"id": "wait",
+            "shell": format!("while [ ! -e '{}' ]; do sleep 0.05; done", gate.display())}]}));
+        crate::util::eventually("the gated step to start", || {
+            let st = s.status(&running);
+            st["status"] == "running"
+        });
+
+        // A status filter deletes only that status.
+        let r = s.call(
+            "workflow_delete",
+            json!({"older_than_days": 0, "status": "failed"}),
+        );
+        assert_eq!(r["deleted"], 1, "{r}");
+        let gone = s.call_err("invoke_status", json!({"thread_id": bad}));
+        assert!(gone.contains("unknown thread_id"), "{gone}");
+        // Older-than is honoured: nothing finished a day ago.
+        let r = s.call("workflow_delete", json!({"older_than_days": 1}));
+        assert_eq!(r["deleted"], 0, "{r}");
+        let r = s.call("workflow_delete", json!({"older_than_days": 0}));
+        assert_eq!(r["deleted"], 1, "{r}");
+        let gone = s.call_err("invoke_stream", json!({"thread_id": ok, "wait_s": 0}));
+        assert!(gone.contains("unknown thread_id"), "events go too: {gone}");
+
+        // The running one is never selected, and refused by id.
         let st = s.status(&running);
-        st["status"] == "running"
-    });
+        assert_eq!(st["status"], "running");
+        let refused = s.call_err("workflow_delete", json!({"thread_id": running}));
+        assert!(refused.contains("running"), "{refused}");
+        let wrong = s.call_err(
+            "workflow_delete",
+            json!({"older_than_days": 0, "status": "running"}),
+        );
+        assert!(wrong.contains("not a finished status"), "{wrong}");
+        let neither = s.call_err("workflow_delete", json!({}));
+        assert!(neither.contains("thread_id"), "{neither}");
 
-    // A status filter deletes only that status.
-    let r = s.call(
-        "workflow_delete",
-        json!({"older_than_days": 0, "status": "failed"}),
-    );
-    assert_eq!(r["deleted"], 1, "{r}");
-    let gone = s.call_err("invoke_status", json!({"thread_id": bad}));
-    assert!(gone.contains("unknown thread_id"), "{gone}");
-    // Older-than is honoured: nothing finished a day ago.
-    let r = s.call("workflow_delete", json!({"older_than_days": 1}));
-    assert_eq!(r["deleted"], 0, "{r}");
-    let r = s.call("workflow_delete", json!({"older_than_days": 0}));
-    assert_eq!(r["deleted"], 1, "{r}");
-    let gone = s.call_err("invoke_stream", json!({"thread_id": ok, "wait_s": 0}));
-    assert!(gone.contains("unknown thread_id"), "events go too: {gone}");
-
-    // The running one is never selected, and refused by id.
-    let st = s.status(&running);
-    assert_eq!(st["status"], "running");
-    let refused = s.call_err("workflow_delete", json!({"thread_id": running}));
-    assert!(refused.contains("running"), "{refused}");
-    let wrong = s.call_err(
-        "workflow_delete",
-        json!({"older_than_days": 0, "status": "running"}),
-    );
-    assert!(wrong.contains("not a finished status"), "{wrong}");
-    let neither = s.call_err("workflow_delete", json!({}));
-    assert!(neither.contains("thread_id"), "{neither}");
-
-    std::fs::write(&gate, "").unwrap();
-    assert_eq!(s.wait_done(&running)["status"], "completed");
-    let r = s.call("workflow_delete", json!({"thread_id": running}));
-    assert_eq!(r["deleted"], 1);
-    assert_eq!(count(&counts(&mut s), "completed"), 0);
+        std::fs::write(&gate, "").unwrap();
+        assert_eq!(s.wait_done(&running)["status"], "completed");
+        let r = s.call("workflow_delete", json!({"thread_id": running}));
+        assert_eq!(r["deleted"], 1);
+        assert_eq!(count(&counts(&mut s), "completed"), 0);
+    }
 }
 
-#[test]
-fn baton_prune_deletes_by_age_and_status() {
-    let sb = Sandbox::new();
-    let mut s = sb.server();
-    let ok = s.start(json!({"steps": [{"run": ["true"]}]}));
-    let bad = s.start(json!({"steps": [{"run": ["false"], "retry": {"max_attempts": 1}}]}));
-    s.wait_done(&ok);
-    s.wait_done(&bad);
-    drop(s);
-    let out = sb.cli(&["prune"]);
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "deleted 0 finished workflow(s)",
-        "the default keeps 30 days"
-    );
-    let out = sb.cli(&["prune", "--older-than", "0", "--status", "failed"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "deleted 1 finished workflow(s)"
-    );
-    let out = sb.cli(&["prune", "--older-than", "0s"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "deleted 1 finished workflow(s)"
-    );
-    let out = sb.cli(&["prune", "--older-than", "7x"]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("unknown unit"),
-        "{out:?}"
-    );
+on_both_backends! {
+    fn baton_prune_deletes_by_age_and_status(sb: Sandbox) {
+        let mut s = sb.server();
+        let ok = s.start(json!({"steps": [{"run": ["true"]}]}));
+        let bad = s.start(json!({"steps": [{"run": ["false"], "retry": {"max_attempts": 1}}]}));
+        s.wait_done(&ok);
+        s.wait_done(&bad);
+        drop(s);
+        let out = sb.cli(&["prune"]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "deleted 0 finished workflow(s)",
+            "the default keeps 30 days"
+        );
+        let out = sb.cli(&["prune", "--older-than", "0", "--status", "failed"]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "deleted 1 finished workflow(s)"
+        );
+        let out = sb.cli(&["prune", "--older-than", "0s"]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "deleted 1 finished workflow(s)"
+        );
+        let out = sb.cli(&["prune", "--older-than", "7x"]);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("unknown unit"),
+            "{out:?}"
+        );
+    }
 }
 
 /// Bytes of the database and its WAL.

@@ -4,28 +4,28 @@ use serde_json::json;
 
 use crate::util::*;
 
-#[test]
-fn timeout_kills_the_step_s_group_and_is_retried() {
-    let sb = Sandbox::new();
-    let mut s = sb.server();
-    // First attempt hangs (with a background child) past its 1 s timeout; the second is quick.
-    let id = s.start(json!({"steps": [
-        {"id": "slow", "timeout_s": 1,
-         "shell": "echo x >> n; if [ $(wc -l < n) -eq 1 ]; then sleep 30 & echo $! > bg.pid; sleep 30; fi; echo done",
-         "retry": {"max_attempts": 2, "initial_interval_ms": 10, "jitter": false}}
-    ]}));
-    assert_eq!(s.wait_done(&id)["status"], "completed");
-    let st = s.status(&id);
-    assert_eq!(outcomes(&st, "slow"), ["timed_out", "succeeded"]);
-    let first = &step(&st, "slow")["attempt_history"][0];
-    assert!(
-        first["error"].as_str().unwrap().contains("timed out"),
-        "{first}"
-    );
-    assert!(
-        !alive(sb.pid_in("bg.pid")),
-        "the timed-out attempt's background child is gone"
-    );
+on_both_backends! {
+    fn timeout_kills_the_step_s_group_and_is_retried(sb: Sandbox) {
+        let mut s = sb.server();
+        // First attempt hangs (with a background child) past its 1 s timeout; the second is quick.
+        let id = s.start(json!({"steps": [
+            {"id": "slow", "timeout_s": 1,
+             "shell": "echo x >> n; if [ $(wc -l < n) -eq 1 ]; then sleep 30 & echo $! > bg.pid; sleep 30; fi; echo done",
+             "retry": {"max_attempts": 2, "initial_interval_ms": 10, "jitter": false}}
+        ]}));
+        assert_eq!(s.wait_done(&id)["status"], "completed");
+        let st = s.status(&id);
+        assert_eq!(outcomes(&st, "slow"), ["timed_out", "succeeded"]);
+        let first = &step(&st, "slow")["attempt_history"][0];
+        assert!(
+            first["error"].as_str().unwrap().contains("timed out"),
+            "{first}"
+        );
+        assert!(
+            !alive(sb.pid_in("bg.pid")),
+            "the timed-out attempt's background child is gone"
+        );
+    }
 }
 
 #[test]
@@ -55,23 +55,23 @@ fn output_beyond_the_cap_is_dropped_with_a_marker() {
     assert_eq!(step(&short, "loud")["output_truncated"], true);
 }
 
-#[test]
-fn concurrency_limit_bounds_parallel_steps_across_workflows() {
-    let sb = Sandbox::new();
-    let mut s = sb.server_with(&[("BATON_MAX_CONCURRENT_STEPS", "1")], Protocol::V2025);
-    // Each step holds a directory lock while it runs; overlapping steps would fail.
-    let locked = "mkdir lock || { echo overlap >> overlaps; exit 1; }; sleep 0.05; rmdir lock";
-    let mk = |n: usize| {
-        let steps: Vec<_> = (0..n)
-            .map(|i| json!({"id": format!("s{i}"), "shell": locked, "retry": {"max_attempts": 1}}))
-            .collect();
-        json!({ "steps": steps })
-    };
-    let a = s.start(mk(4));
-    let b = s.start(mk(3));
-    assert_eq!(s.wait_done(&a)["status"], "completed");
-    assert_eq!(s.wait_done(&b)["status"], "completed");
-    assert_eq!(sb.lines("overlaps"), 0);
+on_both_backends! {
+    fn concurrency_limit_bounds_parallel_steps_across_workflows(sb: Sandbox) {
+        let mut s = sb.server_with(&[("BATON_MAX_CONCURRENT_STEPS", "1")], Protocol::V2025);
+        // Each step holds a directory lock while it runs; overlapping steps would fail.
+        let locked = "mkdir lock || { echo overlap >> overlaps; exit 1; }; sleep 0.05; rmdir lock";
+        let mk = |n: usize| {
+            let steps: Vec<_> = (0..n)
+                .map(|i| json!({"id": format!("s{i}"), "shell": locked, "retry": {"max_attempts": 1}}))
+                .collect();
+            json!({ "steps": steps })
+        };
+        let a = s.start(mk(4));
+        let b = s.start(mk(3));
+        assert_eq!(s.wait_done(&a)["status"], "completed");
+        assert_eq!(s.wait_done(&b)["status"], "completed");
+        assert_eq!(sb.lines("overlaps"), 0);
+    }
 }
 
 #[test]

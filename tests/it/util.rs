@@ -1,5 +1,6 @@
 //! Test harness: the real `baton` binary driven over stdio JSON-RPC, the way a host does,
-//! with a real SQLite file in a per-test temp dir.
+//! with a real SQLite file in a per-test temp dir, or a fresh database on the PostgreSQL
+//! server that `BATON_TEST_POSTGRES` names.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -23,19 +24,128 @@ pub enum Protocol {
     V2026,
 }
 
-/// A temp dir with a database path; keeps the dir alive.
+/// A temp dir with a database: an SQLite file in it, or a PostgreSQL database of its own
+/// (dropped with the sandbox); keeps the dir alive.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
+    pg: Option<PgDatabase>,
+}
+
+/// The PostgreSQL server the suite may use, from `BATON_TEST_POSTGRES` (a URL naming any
+/// database a superuser can connect to); `None` when unset.
+pub fn postgres_server() -> Option<String> {
+    std::env::var("BATON_TEST_POSTGRES")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// A database created for one sandbox on the test server.
+struct PgDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+/// `url` with its database name replaced by `db`.
+pub fn with_dbname(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let authority_end = base[after_scheme..]
+        .find('/')
+        .map(|i| after_scheme + i)
+        .unwrap_or(base.len());
+    format!("{}/{db}{query}", &base[..authority_end])
+}
+
+/// Runs one SQL statement on the test server's admin database.
+pub fn pg_admin(admin: &str, sql: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to BATON_TEST_POSTGRES ({admin}): {e}"));
+        let driver = tokio::spawn(conn);
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        drop(client);
+        let _ = driver.await;
+    });
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let admin = self.admin.clone();
+        // Never a second panic while a failed test unwinds.
+        let _ = std::panic::catch_unwind(move || pg_admin(&admin, &sql));
+    }
 }
 
 impl Sandbox {
     pub fn new() -> Sandbox {
         Sandbox {
             dir: tempfile::tempdir().unwrap(),
+            pg: None,
         }
     }
+    /// A sandbox on a fresh database of the `BATON_TEST_POSTGRES` server; `None` when unset.
+    pub fn postgres() -> Option<Sandbox> {
+        Some(Sandbox::postgres_at(&postgres_server()?))
+    }
+    /// A sandbox on a fresh database of the server `admin` names.
+    pub fn postgres_at(admin: &str) -> Sandbox {
+        let admin = admin.to_owned();
+        let name = format!("baton_t{}", uuid::Uuid::now_v7().simple());
+        pg_admin(&admin, &format!("CREATE DATABASE {name}"));
+        let url = with_dbname(&admin, &name);
+        Sandbox {
+            dir: tempfile::tempdir().unwrap(),
+            pg: Some(PgDatabase { admin, name, url }),
+        }
+    }
+    /// A file kept beside the database (`baton.http`, `baton.token`): in the sandbox for
+    /// SQLite, in the per-database data dir for PostgreSQL.
+    pub fn beside(&self, name: &str) -> PathBuf {
+        if self.pg.is_none() {
+            return self.path(name);
+        }
+        let root = self.dir.path().join("data/baton/postgres");
+        std::fs::read_dir(&root)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.path().join(name))
+            .unwrap_or_else(|| root.join(name))
+    }
+    pub fn is_postgres(&self) -> bool {
+        self.pg.is_some()
+    }
+    /// The SQLite file (meaningless on PostgreSQL: use [`Sandbox::db_arg`]).
     pub fn db(&self) -> PathBuf {
         self.dir.path().join("baton.db")
+    }
+    /// What `--db`/`BATON_DB` says: the SQLite file or the PostgreSQL URL.
+    pub fn db_arg(&self) -> std::ffi::OsString {
+        match &self.pg {
+            Some(pg) => pg.url.clone().into(),
+            None => self.db().into(),
+        }
+    }
+    /// The environment every baton process of this sandbox gets: the database, and for
+    /// PostgreSQL a data dir inside the sandbox for the files kept beside the store.
+    pub fn apply_env(&self, cmd: &mut Command) {
+        cmd.env("BATON_DB", self.db_arg());
+        if self.pg.is_some() {
+            cmd.env("XDG_DATA_HOME", self.dir.path().join("data"));
+        }
     }
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -49,15 +159,42 @@ impl Sandbox {
     }
     /// Runs a `baton` subcommand to completion on this sandbox's database.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
-            .args(args)
-            .env("BATON_DB", self.db())
+        let mut cmd = Command::new(BIN);
+        self.apply_env(&mut cmd);
+        cmd.args(args)
             .env("RUST_LOG", "warn")
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .output()
             .unwrap()
     }
+}
+
+/// One test per backend: `NAME::sqlite` always, `NAME::postgres` on a fresh database of the
+/// `BATON_TEST_POSTGRES` server (it passes trivially, saying so, when that is unset).
+macro_rules! on_both_backends {
+    ($(#[$attr:meta])* fn $name:ident($sb:ident: Sandbox) $body:block) => {
+        $(#[$attr])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($sb: Sandbox) $body
+
+            #[test]
+            fn sqlite() {
+                run(Sandbox::new())
+            }
+
+            #[test]
+            fn postgres() {
+                match Sandbox::postgres() {
+                    Some(sb) => run(sb),
+                    None => eprintln!("BATON_TEST_POSTGRES is not set: the PostgreSQL run is skipped"),
+                }
+            }
+        }
+    };
 }
 
 /// A running `baton serve` with a line reader.
@@ -74,8 +211,8 @@ pub struct Server {
 impl Server {
     fn spawn(sb: &Sandbox, env: &[(&str, &str)], protocol: Protocol) -> Server {
         let mut cmd = Command::new(BIN);
+        sb.apply_env(&mut cmd);
         cmd.arg("serve")
-            .env("BATON_DB", sb.db())
             // These tests pin the engine's own semantics; handover to the background worker
             // has its own tests (and `env` may turn it back on).
             .env("BATON_IN_PROCESS", "1")
