@@ -55,7 +55,7 @@ fn dashboard_shows_live_progress_resumes_a_failed_workflow_and_approves_a_human_
     let sb = Sandbox::new();
     let (_server, h) = serve_http(&sb, &[]);
     let id = h.start(json!({"name": "browser-demo", "steps": [
-        {"id": "build", "shell": "while [ ! -f go ]; do sleep 0.05; done; echo built"},
+        {"id": "build", "shell": "echo compiling; while [ ! -f go ]; do sleep 0.05; done; echo built"},
         {"id": "test", "deps": ["build"], "shell": "test -f ready || { echo 'not ready yet' >&2; exit 1; }; echo passed",
          "retry": {"max_attempts": 1}},
         {"id": "notes", "deps": ["test"], "shell": "echo {test.output}"}]}));
@@ -93,6 +93,21 @@ fn dashboard_shows_live_progress_resumes_a_failed_workflow_and_approves_a_human_
         c.execute("window.__noReload = true;", vec![])
             .await
             .unwrap();
+        // The running step's output tails live in its detail pane.
+        c.find(Locator::Css(r#"g.node[data-step="build"]"#))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        c.wait()
+            .at_most(PATIENCE)
+            .every(Duration::from_millis(50))
+            .for_element(Locator::XPath(
+                r#"//*[@id="sd-stdout"][contains(., "compiling")]"#,
+            ))
+            .await
+            .expect("the running step's live output in its detail pane");
         std::fs::write(sb.path("go"), "").unwrap();
         wait(r#"tr[data-step="build"][data-status="completed"]"#.into()).await;
         wait(r#"#wf-status[data-status="failed"]"#.into()).await;

@@ -21,6 +21,7 @@ mod floods;
 pub mod handover;
 pub mod http;
 mod human;
+mod live_tail;
 mod loops;
 pub mod mcp_native;
 mod mock_api;

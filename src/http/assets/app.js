@@ -314,6 +314,35 @@ async function loadStep() {
   const [out, err] = await Promise.all([api(base + "stdout"), api(base + "stderr")]);
   $("sd-stdout").textContent = out;
   $("sd-stderr").textContent = err;
+  followTail(s);
+}
+
+// While the selected command step runs, its output tails live (each message replaces the
+// text: the last 32 KiB of each stream); the kept output is loaded once it ends.
+let tail = null;
+function followTail(s) {
+  // One stream per attempt: once it ended, the same attempt is not followed again.
+  if (tail && tail.step === s.id && tail.attempt === s.attempts) return;
+  if (tail && tail.es) tail.es.close();
+  tail = null;
+  if (s.status !== "running") return;
+  const url = "/api/workflows/" + encodeURIComponent(wf.id) + "/steps/" + encodeURIComponent(s.id) + "/tail";
+  const es = new EventSource(url);
+  const mine = { step: s.id, attempt: s.attempts, es };
+  tail = mine;
+  es.addEventListener("output", (m) => {
+    if (wf.selected !== s.id) return;
+    try {
+      const d = JSON.parse(m.data);
+      $("sd-stdout").textContent = d.stdout;
+      $("sd-stderr").textContent = d.stderr;
+    } catch (e) { console.error(e); }
+  });
+  es.addEventListener("end", () => {
+    es.close();
+    mine.es = null;
+    if (tail === mine && wf.selected === s.id) loadStep();
+  });
 }
 
 async function control(action, body) {
