@@ -194,7 +194,7 @@ pub async fn execute(
     }
 }
 
-fn fatal(error: String, started: Instant) -> Outcome {
+pub(super) fn fatal(error: String, started: Instant) -> Outcome {
     Outcome::Failed {
         class: FailureClass::Fatal,
         error,

@@ -14,24 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::control::{ResumeMode, ResumeRequest, SubmitRequest};
 use super::driver::{StopCell, StopReason};
-use super::executor::{AttemptSpec, Prepared};
+use super::executor::{AttemptSpec, Prepared, fatal as failed};
 use super::outcome::{AttemptDetail, FailureClass, Outcome};
 use super::{Engine, Shared};
 use crate::api::{ThreadId, WorkflowStatus};
 
 /// How long one wait for the child's events lasts before the loop looks again.
 const WAIT: Duration = Duration::from_secs(60);
-
-fn failed(error: String, started: std::time::Instant) -> Outcome {
-    Outcome::Failed {
-        class: FailureClass::Fatal,
-        error,
-        detail: AttemptDetail {
-            duration_ms: Some(started.elapsed().as_millis() as i64),
-            ..Default::default()
-        },
-    }
-}
 
 /// Runs the child of a sub-workflow attempt to its stop. A cancel of the parent cancels the
 /// child; a shutdown leaves it to its own owner.

@@ -100,6 +100,36 @@ fn read_values(when: &Expr, scope: &Scope<'_>) -> serde_json::Value {
 }
 
 impl Scheduler {
+    /// Completes step `idx` with `output` without an attempt of its own (a decision, a join,
+    /// an answered human step, a settled fan-out or loop); `data` adds to the event.
+    pub(super) fn complete_without_attempt(
+        &mut self,
+        ch: &mut Changes,
+        idx: usize,
+        output: String,
+        now: i64,
+        data: EventData,
+    ) {
+        let row = &mut self.steps[idx];
+        row.status = StepStatus::Completed;
+        row.started_at.get_or_insert(now);
+        row.finished_at = Some(now);
+        row.error = None;
+        let preview: String = output.trim_end().chars().take(200).collect();
+        row.output = Some(output);
+        ch.step(row);
+        ch.event(NewEvent::step(
+            EventKind::StepCompleted,
+            &row.step_id,
+            None,
+            EventData {
+                duration_ms: Some(now - row.started_at.unwrap_or(now)),
+                output_preview: (!preview.is_empty()).then_some(preview),
+                ..data
+            },
+        ));
+    }
+
     /// Ends pending step `idx` without running it: skipped by its condition or its deps, or
     /// failed because its condition could not be evaluated.
     pub(super) fn settle(
@@ -177,24 +207,7 @@ impl Scheduler {
                 )
             }
         };
-        let row = &mut self.steps[idx];
-        row.status = StepStatus::Completed;
-        row.started_at.get_or_insert(now);
-        row.finished_at = Some(now);
-        row.error = None;
-        let preview: String = output.chars().take(200).collect();
-        row.output = Some(output);
-        ch.step(row);
-        ch.event(NewEvent::step(
-            EventKind::StepCompleted,
-            &row.step_id,
-            None,
-            EventData {
-                duration_ms: Some(0),
-                output_preview: Some(preview),
-                ..data
-            },
-        ));
+        self.complete_without_attempt(ch, idx, output, now, data);
     }
 
     /// What pending step `idx` does now that (or while) its deps settle.

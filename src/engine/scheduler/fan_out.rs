@@ -123,6 +123,18 @@ pub(super) fn origins(
 }
 
 impl Scheduler {
+    /// Adds a row created while the workflow runs (an instance, an iteration's step);
+    /// returns its index.
+    pub(super) fn add_row(&mut self, row: StepRow, origin: Origin) -> usize {
+        let r = self.steps.len();
+        self.index.insert(row.step_id.clone(), r);
+        self.steps.push(row);
+        self.origin.push(origin);
+        self.retry_at.push(None);
+        self.stalled.push(false);
+        r
+    }
+
     /// The `for_each` step a row is an instance of (its row), if it is one.
     pub(super) fn parent_of(&self, idx: usize) -> Option<usize> {
         self.origin.get(idx)?.item?;
@@ -206,17 +218,12 @@ impl Scheduler {
             let mut inst = StepRow::new(&id, 0);
             inst.idx = first_idx + i as i64;
             ch.steps.push(inst.clone());
-            let r = self.steps.len();
-            self.index.insert(id, r);
-            self.steps.push(inst);
-            self.origin.push(Origin {
+            let origin = Origin {
                 def,
                 item: Some(i),
                 iteration: None,
-            });
-            self.retry_at.push(None);
-            self.stalled.push(false);
-            rows.push(r);
+            };
+            rows.push(self.add_row(inst, origin));
         }
         let empty = rows.is_empty();
         self.fans.insert(
@@ -297,47 +304,24 @@ impl Scheduler {
         }
         let total = fan.rows.len();
         let output = serde_json::Value::Array(outputs).to_string();
-        let row = &mut self.steps[p];
-        row.finished_at = Some(now);
-        let duration = now - row.started_at.unwrap_or(now);
-        let sid = row.step_id.clone();
         if failed.is_empty() {
-            row.status = StepStatus::Completed;
-            row.error = None;
-            let preview: String = output.chars().take(200).collect();
-            row.output = Some(output);
-            ch.step(row);
-            ch.event(NewEvent::step(
-                EventKind::StepCompleted,
-                &sid,
-                None,
-                EventData {
-                    duration_ms: Some(duration),
-                    output_preview: Some(preview),
-                    total: Some(total as i64),
-                    ..Default::default()
-                },
-            ));
+            let data = EventData {
+                total: Some(total as i64),
+                ..Default::default()
+            };
+            self.complete_without_attempt(ch, p, output, now, data);
         } else {
             let error = format!(
                 "{} of {total} instances failed: {}",
                 failed.len(),
                 failed.join("; ")
             );
-            row.status = StepStatus::Failed;
-            row.error = Some(error.clone());
-            row.output = Some(output);
-            ch.step(row);
-            ch.event(NewEvent::step(
-                EventKind::StepFailed,
-                &sid,
-                None,
-                EventData {
-                    error: Some(error),
-                    reason: Some("an instance failed".to_owned()),
-                    ..Default::default()
-                },
-            ));
+            self.steps[p].output = Some(output);
+            let data = EventData {
+                reason: Some("an instance failed".to_owned()),
+                ..Default::default()
+            };
+            self.settle(ch, p, StepStatus::Failed, now, Some(error), data);
         }
     }
 }

@@ -165,17 +165,12 @@ impl Scheduler {
                 row.session_id.clone_from(&self.steps[prev].session_id);
             }
             ch.step(&row);
-            let r = self.steps.len();
-            self.index.insert(id, r);
-            self.steps.push(row);
-            self.origin.push(super::fan_out::Origin {
+            let origin = super::fan_out::Origin {
                 def: d,
                 item: None,
                 iteration: Some(k),
-            });
-            self.retry_at.push(None);
-            self.stalled.push(false);
-            rows.push(r);
+            };
+            rows.push(self.add_row(row, origin));
         }
         let row = &mut self.steps[g];
         row.status = StepStatus::Running;
@@ -350,40 +345,16 @@ impl Scheduler {
             ),
             None => (0, None),
         };
-        let row = &mut self.steps[g];
-        row.status = status;
-        row.finished_at = Some(now);
-        row.error.clone_from(&error);
-        row.output = Some(output.unwrap_or_default());
-        ch.step(row);
-        let preview: String = row
-            .output
-            .as_deref()
-            .unwrap_or_default()
-            .trim_end()
-            .chars()
-            .take(200)
-            .collect();
-        let (kind, data) = if status == StepStatus::Completed {
-            (
-                EventKind::StepCompleted,
-                EventData {
-                    duration_ms: Some(now - row.started_at.unwrap_or(now)),
-                    output_preview: (!preview.is_empty()).then_some(preview),
-                    iteration: Some(i64::from(k)),
-                    ..Default::default()
-                },
-            )
-        } else {
-            (
-                EventKind::StepFailed,
-                EventData {
-                    error,
-                    iteration: Some(i64::from(k)),
-                    ..Default::default()
-                },
-            )
+        let data = EventData {
+            iteration: Some(i64::from(k)),
+            ..Default::default()
         };
-        ch.event(NewEvent::step(kind, &row.step_id, None, data));
+        let output = output.unwrap_or_default();
+        if status == StepStatus::Completed {
+            self.complete_without_attempt(ch, g, output, now, data);
+        } else {
+            self.steps[g].output = Some(output);
+            self.settle(ch, g, StepStatus::Failed, now, error, data);
+        }
     }
 }
