@@ -45,14 +45,7 @@ impl Engine {
     /// One try at [`Engine::answer`]; `None`: the workflow changed hands meanwhile.
     async fn answer_once(&self, req: &AnswerRequest) -> Result<Option<WorkflowStatus>> {
         let id = req.thread_id.clone();
-        let snap =
-            self.sh
-                .store
-                .snapshot(id.clone())
-                .await?
-                .ok_or_else(|| EngineError::NotFound {
-                    thread_id: id.clone(),
-                })?;
+        let snap = self.sh.snapshot_of(&id).await?;
         let Some(row) = snap.steps.iter().find(|s| s.step_id == req.step) else {
             return Err(EngineError::UnknownStep {
                 step: req.step.clone(),
@@ -146,14 +139,7 @@ impl Engine {
     ) -> Result<WorkflowStatus> {
         let deadline = tokio::time::Instant::now() + self.sh.cfg.lease * 2;
         loop {
-            let snap =
-                self.sh
-                    .store
-                    .snapshot(id.clone())
-                    .await?
-                    .ok_or_else(|| EngineError::NotFound {
-                        thread_id: id.clone(),
-                    })?;
+            let snap = self.sh.snapshot_of(&id).await?;
             let pending = snap
                 .steps
                 .iter()

@@ -336,14 +336,7 @@ impl Engine {
     /// downstream of it.
     pub async fn resume(&self, req: ResumeRequest) -> Result<WorkflowStatus> {
         let id = req.thread_id.clone();
-        let snap =
-            self.sh
-                .store
-                .snapshot(id.clone())
-                .await?
-                .ok_or_else(|| EngineError::NotFound {
-                    thread_id: id.clone(),
-                })?;
+        let snap = self.sh.snapshot_of(&id).await?;
         let def = super::parse_definition(&snap)?;
         let Ok(scope) = scheduler::resume_scope(&def, &snap.steps, req.from_step.as_deref()) else {
             return Err(EngineError::UnknownStep {

@@ -157,6 +157,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The stored workflow, or [`EngineError::NotFound`].
+    async fn snapshot_of(&self, id: &ThreadId) -> Result<Snapshot> {
+        self.store
+            .snapshot(id.clone())
+            .await?
+            .ok_or_else(|| EngineError::NotFound {
+                thread_id: id.clone(),
+            })
+    }
+
     /// Whether this process's leases may have expired, e.g. because it was frozen or starved
     /// for longer than a lease: another process may have adopted its workflows meanwhile.
     fn lease_in_doubt(&self) -> bool {
