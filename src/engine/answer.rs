@@ -139,7 +139,7 @@ impl Engine {
     ) -> Result<WorkflowStatus> {
         let deadline = tokio::time::Instant::now() + self.sh.cfg.lease * 2;
         loop {
-            let snap = self.sh.snapshot_of(&id).await?;
+            let snap = self.sh.snapshot_of(id).await?;
             let pending = snap
                 .steps
                 .iter()
