@@ -95,7 +95,7 @@ impl Engine {
         if let Some(text) = found {
             return Ok(text.unwrap_or_default());
         }
-        let snap = self.sh.snapshot_of(&thread_id).await?;
+        let snap = self.sh.snapshot_of(thread_id).await?;
         Err(EngineError::UnknownStep {
             step: step_id.to_owned(),
             known: snap.steps.into_iter().map(|s| s.step_id).collect(),
