@@ -322,6 +322,10 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
     }
     // Leftovers of each dead owner first, so no old attempt runs beside its re-run.
     let mut swept: Vec<String> = Vec::new();
+    let pids: Vec<(String, Option<i32>)> = candidates
+        .iter()
+        .filter_map(|(_, prev, _, pid)| Some((prev.clone()?, *pid)))
+        .collect();
     for (p, pid) in candidates
         .iter()
         .filter_map(|(_, prev, _, pid)| Some((prev.as_ref()?, *pid)))
@@ -353,15 +357,37 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
     }))
     .await;
     let mut adopted = Vec::new();
+    let mut from: Vec<String> = Vec::new();
     for (id, prev, r) in results {
         match r {
             Ok(()) => {
                 tracing::info!(thread_id = %id, previous_owner = ?prev, "adopted workflow");
                 sh.adoptions.fetch_add(1, Ordering::Relaxed);
                 adopted.push(id);
+                if let Some(p) = prev
+                    && !from.contains(&p)
+                {
+                    from.push(p);
+                }
             }
             Err(EngineError::Store(StoreError::Fenced(_))) => {}
             Err(e) => tracing::warn!(thread_id = %id, error = %e, "cannot adopt workflow"),
+        }
+    }
+    // Once more after the takeover: an owner whose lease ran out while it still worked
+    // (slow, not dead) may have started an attempt after the first sweep and before the
+    // takeover fenced it; now that it can no longer commit, nothing it starts survives.
+    for (p, pid) in pids {
+        if !from.contains(&p) || (sh.store.is_shared() && pid.is_none()) {
+            continue;
+        }
+        from.retain(|x| x != &p);
+        let p2 = p.clone();
+        let n = tokio::task::spawn_blocking(move || super::process::kill_leftovers(&p2, pid))
+            .await
+            .unwrap_or(0);
+        if n > 0 {
+            tracing::info!(owner = %p, killed = n, "killed processes a previous owner started late");
         }
     }
     Ok(adopted)

@@ -354,11 +354,11 @@ fn check_single_owner(recorded: &[Attempt], lines: &[Effect]) {
         mine.sort_by_key(|e| e.nanos);
         let mut gone: BTreeSet<&str> = BTreeSet::new();
         let mut current: Option<&str> = None;
-        for e in mine {
+        for e in &mine {
             if current != Some(e.owner.as_str()) {
                 assert!(
                     !gone.contains(e.owner.as_str()),
-                    "{t}: owner {} ran a step again after {current:?} took over",
+                    "{t}: owner {} ran a step again after {current:?} took over\neffects: {mine:#?}\nattempts: {atts:#?}",
                     e.owner
                 );
                 if let Some(c) = current {
