@@ -16,14 +16,15 @@
 //! - `writer`: the writer thread (group commit, savepoints, commit latency).
 //! - `files`: opening the database file (its mode, refusing another program's file,
 //!   connections, the poll that notices other processes' commits).
-//! - `queries`: the SQL of the engine's operations; `operator_queries`: the SQL of the
-//!   operator surface.
+//! - `queries`: the SQL of workflows, owners, events and change sets; `step_queries`: the SQL
+//!   of steps and attempts; `operator_queries`: the SQL of the operator surface.
 //! - `schema`: tables and migrations.
 
 mod files;
 mod operator_queries;
 mod queries;
 mod schema;
+mod step_queries;
 mod writer;
 
 use files::{foreign_poll, open_conn, refuse_foreign, tighten};
