@@ -24,7 +24,8 @@
 //! - `owners`: process ownership (owner rows, lease renewal, fences, adoption).
 //! - `reads`: reads of workflows and the monitor's listing.
 //! - `operator`: the operator surface (listing, delete, prune, outputs, metrics).
-//! - `queries`, `operator_queries`: the SQL of the above; `schema`: tables and migrations.
+//! - `queries`, `step_queries`, `operator_queries`: the SQL of the above (`step_queries`:
+//!   steps and attempts); `schema`: tables and migrations.
 
 mod connection;
 mod feed;
@@ -34,6 +35,7 @@ mod owners;
 mod queries;
 mod reads;
 mod schema;
+mod step_queries;
 mod writer;
 mod writes;
 
