@@ -8,7 +8,10 @@
 //! # Layout
 //! - `raw.rs`: the input shapes users write (baton's and Claude Studio's) and their JSON Schema.
 //! - `decode.rs`: JSON → raw shapes, collecting type errors and unknown fields.
-//! - `resolve.rs`: defaults, agent profiles, `cwd`s, templates, per-field checks.
+//! - `resolve.rs`: defaults, agent profiles, templates, each step's action;
+//!   `resolve_control.rs`: `repeat` groups, `for_each` and sub-workflows;
+//!   `resolve_checks.rs`: checks of single fields (durations, budgets, `env`, `cwd`s,
+//!   output schemas).
 //! - `validate.rs`: ids, deps, cycles, template references.
 //! - `dag.rs`: topological order, ancestors, descendants, cycles.
 //! - `definition.rs`: the resolved [`Workflow`] the engine runs and the store keeps.
@@ -33,6 +36,8 @@ mod human;
 mod problem;
 mod raw;
 mod resolve;
+mod resolve_checks;
+mod resolve_control;
 mod resolve_retry;
 mod retry;
 mod shell_lint;
@@ -53,7 +58,7 @@ pub use expr::{Expr, Scope};
 pub use human::{Human, HumanKind, OnTimeout};
 pub use problem::{Problem, Problems};
 use raw::RawDefinition;
-pub use resolve::MAX_ITEMS;
+pub use resolve_control::MAX_ITEMS;
 pub use retry::RetryPolicy;
 pub use source::{Format, InputSpec, Signature, parse_text, signature};
 pub use template::{Quoting, Reference, SHELL_REF_PREFIX, Segment, Template};
