@@ -23,7 +23,8 @@
 //! - `problem.rs`: [`Problem`], [`Problems`] and "did you mean" suggestions.
 //! - `source.rs`: definition text (JSON or YAML) and a definition's signature (name,
 //!   description, declared inputs).
-//! - `compile_tests.rs`: end-to-end tests of [`compile`].
+//! - `compile_tests.rs`: end-to-end tests of [`compile`] and their helpers;
+//!   `compile_control_tests.rs`: those of Studio's shapes, `when`, `for_each` and `repeat`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -46,6 +47,8 @@ mod studio;
 mod template;
 mod validate;
 
+#[cfg(test)]
+mod compile_control_tests;
 #[cfg(test)]
 mod compile_tests;
 
