@@ -8,7 +8,10 @@
 //! # Layout
 //! - `raw.rs`: the input shapes users write (baton's and Claude Studio's) and their JSON Schema.
 //! - `decode.rs`: JSON → raw shapes, collecting type errors and unknown fields.
-//! - `resolve.rs`: defaults, agent profiles, `cwd`s, templates, per-field checks.
+//! - `resolve.rs`: defaults, agent profiles, templates, each step's action;
+//!   `resolve_control.rs`: `repeat` groups, `for_each` and sub-workflows;
+//!   `resolve_checks.rs`: checks of single fields (durations, budgets, `env`, `cwd`s,
+//!   output schemas).
 //! - `validate.rs`: ids, deps, cycles, template references.
 //! - `dag.rs`: topological order, ancestors, descendants, cycles.
 //! - `definition.rs`: the resolved [`Workflow`] the engine runs and the store keeps.
@@ -20,7 +23,8 @@
 //! - `problem.rs`: [`Problem`], [`Problems`] and "did you mean" suggestions.
 //! - `source.rs`: definition text (JSON or YAML) and a definition's signature (name,
 //!   description, declared inputs).
-//! - `compile_tests.rs`: end-to-end tests of [`compile`].
+//! - `compile_tests.rs`: end-to-end tests of [`compile`] and their helpers;
+//!   `compile_control_tests.rs`: those of Studio's shapes, `when`, `for_each` and `repeat`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,6 +37,8 @@ mod human;
 mod problem;
 mod raw;
 mod resolve;
+mod resolve_checks;
+mod resolve_control;
 mod resolve_retry;
 mod retry;
 mod shell_lint;
@@ -41,6 +47,8 @@ mod studio;
 mod template;
 mod validate;
 
+#[cfg(test)]
+mod compile_control_tests;
 #[cfg(test)]
 mod compile_tests;
 
@@ -53,7 +61,7 @@ pub use expr::{Expr, Scope};
 pub use human::{Human, HumanKind, OnTimeout};
 pub use problem::{Problem, Problems};
 use raw::RawDefinition;
-pub use resolve::MAX_ITEMS;
+pub use resolve_control::MAX_ITEMS;
 pub use retry::RetryPolicy;
 pub use source::{Format, InputSpec, Signature, parse_text, signature};
 pub use template::{Quoting, Reference, SHELL_REF_PREFIX, Segment, Template};

@@ -2,28 +2,36 @@
 //!
 //! Fills every default (step ← `defaults` ← built-in, field by field), merges agent options
 //! (`defaults.agent` ← profile ← inline), resolves `cwd`s lexically against the submission
-//! directory, parses templates, and checks everything that concerns one step or one field.
-//! Graph-wide checks (ids, deps, cycles, references) are in `validate.rs`.
+//! directory, parses templates and builds each step's action. Control-flow constructs
+//! (`repeat` groups, `for_each`, sub-workflows) are resolved in `resolve_control.rs`, the
+//! checks of single fields in `resolve_checks.rs`; graph-wide checks (ids, deps, cycles,
+//! references) are in `validate.rs`.
 //!
 //! Invariant: resolution is a pure function of its arguments (no filesystem, environment or
 //! clock) and always yields one [`Step`] per raw step, in order, so graph validation can run
 //! on a definition that also has field problems and report everything at once.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use crate::workflow::definition::{
-    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, ForEach, OnStall, Repeat, Step, SubWorkflow,
-    SuccessCheck, Workflow,
+    Action, AgentOptions, DEFAULT_STALL_TIMEOUT_S, OnStall, Step, SubWorkflow, SuccessCheck,
+    Workflow,
 };
-use crate::workflow::expr::{Expr, Scope};
+use crate::workflow::expr::Expr;
 use crate::workflow::problem::{Problem, did_you_mean, is_valid_id};
 use crate::workflow::raw::{
-    Mapped, RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawRepeat, RawRetry,
-    RawStep, RawSteps, RawSuccess,
+    Mapped, RawAgent, RawAgentRef, RawDefaults, RawDefinition, RawInput, RawStep, RawSteps,
+    RawSuccess,
 };
-use crate::workflow::resolve_retry::retry_problems;
-use crate::workflow::retry::{MAX_DURATION_S, RetryPolicy};
+use crate::workflow::resolve_checks::{
+    NUL_MESSAGE, check_budget, check_env, check_positive, push_retry_problems, resolve_cwd,
+    resolve_output_schema,
+};
+use crate::workflow::resolve_control::{
+    check_sub_workflow, resolve_for_each, resolve_group, resolve_repeat,
+};
+use crate::workflow::retry::RetryPolicy;
 use crate::workflow::shell_lint::check_placement;
 use crate::workflow::template::Template;
 
@@ -136,64 +144,18 @@ pub fn resolve(
     let mut action_fields = Vec::with_capacity(steps.len());
     let mut resolved_steps = Vec::with_capacity(steps.len());
     for (i, raw_step) in steps.iter().enumerate() {
-        let (mut step, field) = resolve_step(raw_step, i, &base, problems);
+        let (step, field) = resolve_step(raw_step, i, &base, problems);
         let Some(repeat) = &raw_step.repeat else {
             action_fields.push(field);
             resolved_steps.push(step);
             continue;
         };
-        // A group is listed before its steps; it waits for what any of them needs from
-        // outside, so its steps find their outer deps settled when an iteration starts.
-        let subs: Vec<(Step, &'static str)> = repeat
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(j, raw_sub)| {
-                if raw_sub.repeat.is_some() || raw_sub.for_each.is_some() {
-                    let what = if raw_sub.repeat.is_some() {
-                        "repeat"
-                    } else {
-                        "for_each"
-                    };
-                    problems.push(Problem::step(
-                        raw_sub.id.as_deref().unwrap_or("step"),
-                        what,
-                        format!(
-                            "a step inside repeat group {:?} cannot have {what} itself",
-                            step.id
-                        ),
-                    ));
-                }
-                let (mut sub, field) = resolve_step(raw_sub, j, &base, problems);
-                sub.group = Some(step.id.clone());
-                (sub, field)
-            })
-            .collect();
-        let ids: BTreeSet<&str> = subs.iter().map(|(s, _)| s.id.as_str()).collect();
-        for (sub, _) in &subs {
-            for d in &sub.deps {
-                if !ids.contains(d.as_str()) && *d != step.id && !step.deps.contains(d) {
-                    step.deps.push(d.clone());
-                }
-            }
-        }
-        // Its steps read what the group depends on (and its ancestors) as their own deps.
-        let mut subs = subs;
-        for (sub, _) in &mut subs {
-            for d in &step.deps {
-                if !sub.deps.contains(d) {
-                    sub.deps.push(d.clone());
-                }
-            }
-        }
-        if let Action::Repeat(r) = &mut step.action {
-            r.steps = subs.iter().map(|(s, _)| s.id.clone()).collect();
-        }
-        action_fields.push(field);
-        resolved_steps.push(step);
-        for (sub, field) in subs {
+        let group = resolve_group(step, field, repeat, problems, |raw_sub, j, problems| {
+            resolve_step(raw_sub, j, &base, problems)
+        });
+        for (step, field) in group {
             action_fields.push(field);
-            resolved_steps.push(sub);
+            resolved_steps.push(step);
         }
     }
     check_budget(
@@ -378,201 +340,6 @@ fn resolve_step(
         id,
     };
     (step, field)
-}
-
-/// `output_schema`: an object that compiles as a JSON Schema, on a step that produces output.
-fn resolve_output_schema(
-    raw: &RawStep,
-    action: &Action,
-    id: &str,
-    problems: &mut Vec<Problem>,
-) -> Option<serde_json::Value> {
-    if matches!(action, Action::Human(_))
-        && raw.output == Some(crate::workflow::raw::RawOutput::Json)
-    {
-        problems.push(Problem::step(
-            id,
-            "output",
-            "a human step's output is its answer; output: json applies to prompt, run and shell steps",
-        ));
-    }
-    let schema = raw.output_schema.as_ref()?;
-    if matches!(action, Action::Human(_)) {
-        problems.push(Problem::step(
-            id,
-            "output_schema",
-            "a human step's output is its answer; output_schema applies to prompt, run and shell steps",
-        ));
-        return None;
-    }
-    if !schema.is_object() {
-        problems.push(Problem::step(
-            id,
-            "output_schema",
-            "expected a JSON Schema object, e.g. {\"type\": \"object\", \"properties\": {…}}",
-        ));
-        return None;
-    }
-    if let Err(e) = jsonschema::validator_for(schema) {
-        problems.push(Problem::step(
-            id,
-            "output_schema",
-            format!("is not a valid JSON Schema: {e}"),
-        ));
-        return None;
-    }
-    Some(schema.clone())
-}
-
-/// A sub-workflow names exactly one child, a file (made absolute against the step's `cwd`)
-/// or an inline definition, which must compile on its own (its inputs given).
-fn check_sub_workflow(sub: &mut SubWorkflow, cwd: &Path, id: &str, problems: &mut Vec<Problem>) {
-    match (&sub.file, &sub.definition) {
-        (Some(_), Some(_)) => problems.push(Problem::step(
-            id,
-            "workflow",
-            "give either workflow.file or workflow.definition, not both",
-        )),
-        (None, None) => problems.push(Problem::step(
-            id,
-            "workflow",
-            "needs workflow.file (a workflow file) or workflow.definition (an inline workflow)",
-        )),
-        (Some(file), None) => {
-            if file.as_os_str().is_empty() {
-                problems.push(Problem::step(id, "workflow.file", "is empty"));
-            }
-            sub.file = Some(normalise(&cwd.join(file.as_path())));
-        }
-        (None, Some(definition)) => {
-            let inputs = sub
-                .inputs
-                .keys()
-                .map(|k| (k.clone(), String::new()))
-                .collect();
-            if let Err(child) = crate::workflow::compile(definition, &inputs, cwd) {
-                for p in child.iter() {
-                    let at = p
-                        .step
-                        .as_deref()
-                        .map(|s| format!(" (step {s:?})"))
-                        .unwrap_or_default();
-                    problems.push(Problem::step(
-                        id,
-                        "workflow.definition",
-                        format!("{}{at}: {}", p.field, p.message),
-                    ));
-                }
-            }
-        }
-    }
-}
-
-/// The most iterations a `repeat` group may run.
-pub const MAX_ITERATIONS: u32 = 10_000;
-
-/// A group's `until` and `max_iterations` (its step ids are filled in by the caller).
-fn resolve_repeat(raw: &RawRepeat, id: &str, problems: &mut Vec<Problem>) -> Repeat {
-    if raw.steps.is_empty() {
-        problems.push(Problem::step(
-            id,
-            "repeat.steps",
-            "a repeat group needs at least one step",
-        ));
-    }
-    let max_iterations = match raw.max_iterations {
-        None => {
-            problems.push(Problem::step(
-                id,
-                "repeat.max_iterations",
-                "a repeat group needs max_iterations (at least 1), so a loop always ends",
-            ));
-            1
-        }
-        Some(n) if !(1..=MAX_ITERATIONS).contains(&n) => {
-            problems.push(Problem::step(
-                id,
-                "repeat.max_iterations",
-                format!("must be between 1 and {MAX_ITERATIONS}, got {n}"),
-            ));
-            1
-        }
-        Some(n) => n,
-    };
-    let until = raw.until.as_deref().and_then(|src| match Expr::parse(src) {
-        Ok(e) => Some(e),
-        Err(e) => {
-            problems.push(Problem::step(id, "repeat.until", e));
-            None
-        }
-    });
-    Repeat {
-        steps: Vec::new(),
-        until,
-        max_iterations,
-    }
-}
-
-/// The most items a `for_each` may expand to.
-pub const MAX_ITEMS: usize = 10_000;
-
-/// `for_each` and `max_parallel`. A list that reads no step is evaluated now, so a list
-/// that is not one (or too long) is refused at submission rather than at run time.
-fn resolve_for_each(
-    raw: &RawStep,
-    id: &str,
-    inputs: &BTreeMap<String, String>,
-    problems: &mut Vec<Problem>,
-) -> Option<ForEach> {
-    if raw.for_each.is_none() {
-        if raw.max_parallel.is_some() {
-            problems.push(Problem::step(
-                id,
-                "max_parallel",
-                "max_parallel limits the instances of a for_each step; this step has no for_each",
-            ));
-        }
-        return None;
-    }
-    let src = raw.for_each.as_deref()?;
-    if raw.max_parallel == Some(0) {
-        problems.push(Problem::step(
-            id,
-            "max_parallel",
-            "must be at least 1 (leave it out for no limit of its own)",
-        ));
-    }
-    let items = match Expr::parse(src) {
-        Ok(e) => e,
-        Err(e) => {
-            problems.push(Problem::step(id, "for_each", e));
-            return None;
-        }
-    };
-    if items.steps().is_empty() && items.inputs().iter().all(|n| inputs.contains_key(n)) {
-        let scope = Scope {
-            inputs,
-            steps: serde_json::Map::new(),
-            failed: false,
-            iteration: None,
-        };
-        match items.items(&scope) {
-            Ok(list) if list.len() > MAX_ITEMS => problems.push(Problem::step(
-                id,
-                "for_each",
-                format!(
-                    "the list has {} items; at most {MAX_ITEMS} are allowed",
-                    list.len()
-                ),
-            )),
-            Ok(_) => {}
-            Err(e) => problems.push(Problem::step(id, "for_each", e)),
-        }
-    }
-    Some(ForEach {
-        items,
-        max_parallel: raw.max_parallel,
-    })
 }
 
 /// The step's action and the field it was written in. Exactly one of prompt/task/run/shell.
@@ -820,146 +587,5 @@ fn agent_options(
         max_turns: raw.max_turns,
         append_system_prompt: raw.append_system_prompt.clone(),
         system_prompt: raw.system_prompt.clone(),
-    }
-}
-
-fn push_retry_problems(
-    raw: &RawRetry,
-    step: Option<&str>,
-    field: &str,
-    problems: &mut Vec<Problem>,
-) {
-    for (name, message) in retry_problems(raw) {
-        problems.push(Problem::at(step, format!("{field}.{name}"), message));
-    }
-}
-
-/// A cost budget is a positive, finite number of dollars.
-fn check_budget(value: Option<f64>, step: Option<&str>, field: &str, problems: &mut Vec<Problem>) {
-    if let Some(v) = value
-        && !(v.is_finite() && v > 0.0)
-    {
-        problems.push(Problem::at(
-            step,
-            field,
-            format!("{v} is not a positive number of US dollars"),
-        ));
-    }
-}
-
-/// What a problem says about a NUL byte.
-const NUL_MESSAGE: &str =
-    "contains a NUL byte, which no process argument, script, path or environment can carry";
-
-fn check_positive(
-    value: Option<u64>,
-    step: Option<&str>,
-    field: &str,
-    problems: &mut Vec<Problem>,
-) {
-    match value {
-        Some(0) => problems.push(Problem::at(
-            step,
-            field,
-            "must be at least 1 second (omit it for no limit)",
-        )),
-        Some(s) if s > MAX_DURATION_S => problems.push(Problem::at(
-            step,
-            field,
-            format!("{s} s is more than the limit of {MAX_DURATION_S} s (30 days)"),
-        )),
-        _ => {}
-    }
-}
-
-fn check_env(
-    env: &BTreeMap<String, String>,
-    step: Option<&str>,
-    field: &str,
-    problems: &mut Vec<Problem>,
-) {
-    for (key, value) in env {
-        if key.is_empty() || key.contains(['=', '\0']) {
-            problems.push(Problem::at(
-                step,
-                format!("{field}.{key}"),
-                "is not a valid variable name",
-            ));
-        } else if value.contains('\0') {
-            problems.push(Problem::at(
-                step,
-                format!("{field}.{key}"),
-                "the value contains a NUL byte",
-            ));
-        }
-    }
-}
-
-/// `value` (if any) joined onto `base_dir` and normalised lexically; `base_dir` when `None`.
-fn resolve_cwd(
-    value: Option<&str>,
-    base_dir: &Path,
-    step: Option<&str>,
-    field: &str,
-    problems: &mut Vec<Problem>,
-) -> PathBuf {
-    match value {
-        None => normalise(base_dir),
-        Some(v) if v.trim().is_empty() => {
-            problems.push(Problem::at(
-                step,
-                field,
-                "is empty (omit it to use the default)",
-            ));
-            normalise(base_dir)
-        }
-        Some(v) if v.contains('\0') => {
-            problems.push(Problem::at(step, field, NUL_MESSAGE));
-            normalise(base_dir)
-        }
-        Some(v) if v.starts_with('~') => {
-            problems.push(Problem::at(
-                step,
-                field,
-                format!("{v:?}: `~` is not expanded; write an absolute path"),
-            ));
-            normalise(base_dir)
-        }
-        Some(v) => normalise(&base_dir.join(v)),
-    }
-}
-
-/// Removes `.` and resolves `..` without touching the filesystem (`/..` stays `/`).
-pub fn normalise(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::Prefix(_) | Component::RootDir | Component::Normal(_) => out.push(component),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if out.file_name().is_some() {
-                    out.pop();
-                } else if !out.has_root() {
-                    out.push("..");
-                }
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalise_is_lexical() {
-        assert_eq!(normalise(Path::new("/a/./b/../c/")), PathBuf::from("/a/c"));
-        assert_eq!(normalise(Path::new("/a/../../..")), PathBuf::from("/"));
-        assert_eq!(
-            normalise(Path::new("/repo/x/../../etc")),
-            PathBuf::from("/etc")
-        );
-        assert_eq!(normalise(Path::new("a/../../b")), PathBuf::from("../b"));
     }
 }
