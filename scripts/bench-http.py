@@ -11,7 +11,9 @@ from datetime import datetime
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "target/release/baton")
 
 def serve(d, http=True):
-    env = dict(os.environ, BATON_DB=f"{d}/baton.db", RUST_LOG="warn")
+    # The server runs what it starts itself (not in the per-database background worker),
+    # so "same process" is one process.
+    env = dict(os.environ, BATON_DB=f"{d}/baton.db", RUST_LOG="warn", BATON_IN_PROCESS="1")
     if http:
         env["BATON_HTTP"] = "127.0.0.1:0"
         try: os.remove(f"{d}/baton.http")
