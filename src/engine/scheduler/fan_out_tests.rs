@@ -228,6 +228,17 @@ fn plan<'a>(from: Option<&'a str>, down: &'a BTreeSet<String>, skip: bool) -> Re
     }
 }
 
+/// The rows a change set writes, by id, with the status it gives them.
+fn changed(ch: &Changes) -> Vec<(&str, StepStatus)> {
+    let mut v: Vec<(&str, StepStatus)> = ch
+        .steps
+        .iter()
+        .map(|r| (r.step_id.as_str(), r.status))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(b.0));
+    v
+}
+
 /// A fan-out of three whose review[1] failed; the workflow finished failed.
 fn failed_fan() -> Scheduler {
     let mut s = fan(None);
@@ -251,12 +262,7 @@ fn a_retry_reruns_only_the_failed_instances() {
         9,
     )
     .unwrap();
-    let mut changed: Vec<(&str, StepStatus)> = ch
-        .steps
-        .iter()
-        .map(|r| (r.step_id.as_str(), r.status))
-        .collect();
-    changed.sort_by(|a, b| a.0.cmp(b.0));
+    let changed = changed(&ch);
     assert_eq!(
         changed,
         [
@@ -327,12 +333,7 @@ fn resuming_from_one_instance_reruns_it_and_what_follows_its_step() {
         9,
     )
     .unwrap();
-    let mut changed: Vec<(&str, StepStatus)> = ch
-        .steps
-        .iter()
-        .map(|r| (r.step_id.as_str(), r.status))
-        .collect();
-    changed.sort_by(|a, b| a.0.cmp(b.0));
+    let changed = changed(&ch);
     assert_eq!(
         changed,
         [
