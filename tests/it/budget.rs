@@ -6,23 +6,6 @@ use serde_json::{Value, json};
 
 use crate::util::*;
 
-const FAKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake_agent/claude.py");
-
-fn agent_server(sb: &Sandbox) -> Server {
-    let home = sb.path("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let command = format!("python3 {FAKE}");
-    let log = sb.path("invocations.jsonl");
-    sb.server_with(
-        &[
-            ("BATON_AGENT_COMMAND", command.as_str()),
-            ("HOME", home.to_str().unwrap()),
-            ("FAKE_AGENT_LOG", log.to_str().unwrap()),
-        ],
-        Protocol::V2025,
-    )
-}
-
 fn budget_flag(sb: &Sandbox, step: &str) -> Vec<String> {
     std::fs::read_to_string(sb.path("invocations.jsonl"))
         .unwrap_or_default()
@@ -43,7 +26,7 @@ fn budget_flag(sb: &Sandbox, step: &str) -> Vec<String> {
 #[test]
 fn a_spent_budget_blocks_the_workflow_and_a_higher_budget_continues_it() {
     let sb = Sandbox::new();
-    let mut s = agent_server(&sb);
+    let mut s = fake_agent_server(&sb);
     let id = s.start(json!({"defaults": {"max_cost_usd": 0.05}, "steps": [
         {"id": "plan", "prompt": "plan it [[cost:0.05]]"},
         {"id": "notes", "deps": ["plan"], "run": ["echo", "noted"]},
@@ -97,7 +80,7 @@ fn a_spent_budget_blocks_the_workflow_and_a_higher_budget_continues_it() {
 #[test]
 fn a_run_that_reaches_its_own_limit_blocks_the_step_instead_of_retrying() {
     let sb = Sandbox::new();
-    let mut s = agent_server(&sb);
+    let mut s = fake_agent_server(&sb);
     let id = s.start(json!({"steps": [
         {"id": "big", "prompt": "a lot [[cost:0.5]]", "max_cost_usd": 0.1},
     ]}));
@@ -115,7 +98,7 @@ fn a_run_that_reaches_its_own_limit_blocks_the_step_instead_of_retrying() {
 #[test]
 fn a_retry_due_after_the_budget_was_spent_is_blocked_not_started() {
     let sb = Sandbox::new();
-    let mut s = agent_server(&sb);
+    let mut s = fake_agent_server(&sb);
     let id = s.start(json!({"defaults": {"max_cost_usd": 0.05}, "steps": [
         {"id": "flaky", "prompt": "try [[fail-once]] [[cost:0.05]]",
          "retry": {"max_attempts": 3, "initial_interval_ms": 50, "jitter": false}},

@@ -6,24 +6,6 @@ use serde_json::{Value, json};
 
 use crate::util::*;
 
-const FAKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake_agent/claude.py");
-
-/// A server whose agent command is the fake agent, with its own home and invocation log.
-fn agent_server(sb: &Sandbox) -> Server {
-    let home = sb.path("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let command = format!("python3 {FAKE}");
-    let log = sb.path("invocations.jsonl");
-    sb.server_with(
-        &[
-            ("BATON_AGENT_COMMAND", command.as_str()),
-            ("HOME", home.to_str().unwrap()),
-            ("FAKE_AGENT_LOG", log.to_str().unwrap()),
-        ],
-        Protocol::V2025,
-    )
-}
-
 fn invocations(sb: &Sandbox) -> Vec<Value> {
     std::fs::read_to_string(sb.path("invocations.jsonl"))
         .unwrap_or_default()
@@ -86,7 +68,7 @@ fn a_command_whose_output_is_not_json_fails_and_is_retried() {
 #[test]
 fn an_agent_step_with_output_schema_gets_the_schema_and_its_structured_output_is_checked() {
     let sb = Sandbox::new();
-    let mut s = agent_server(&sb);
+    let mut s = fake_agent_server(&sb);
     let schema = json!({"type": "object", "required": ["files"],
         "properties": {"files": {"type": "array", "items": {"type": "string"}}}});
     let id = s.start(json!({"steps": [

@@ -5,23 +5,11 @@ use serde_json::json;
 
 use crate::util::*;
 
-const FAKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake_agent/claude.py");
-
 #[test]
 fn a_studio_workflow_with_conditional_loop_and_parallel_steps_runs_unchanged() {
     let sb = Sandbox::new();
-    let home = sb.path("home");
-    std::fs::create_dir_all(&home).unwrap();
     let log = sb.path("invocations.jsonl");
-    let command = format!("python3 {FAKE}");
-    let mut s = sb.server_with(
-        &[
-            ("BATON_AGENT_COMMAND", command.as_str()),
-            ("HOME", home.to_str().unwrap()),
-            ("FAKE_AGENT_LOG", log.to_str().unwrap()),
-        ],
-        Protocol::V2025,
-    );
+    let mut s = fake_agent_server(&sb);
     let studio = json!({
         "name": "studio-flow", "description": "as Studio saves it", "version": "1.0.0",
         "workflow": [

@@ -601,3 +601,23 @@ impl Server {
         }
     }
 }
+
+/// The fake Claude Code CLI the agent tests run instead of the real one.
+pub const FAKE_AGENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fake_agent/claude.py");
+
+/// A server whose agent command is the fake agent, with its own `$HOME` (`home/`) and
+/// invocation log (`invocations.jsonl`) in the sandbox.
+pub fn fake_agent_server(sb: &Sandbox) -> Server {
+    let home = sb.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let command = format!("python3 {FAKE_AGENT}");
+    let log = sb.path("invocations.jsonl");
+    sb.server_with(
+        &[
+            ("BATON_AGENT_COMMAND", command.as_str()),
+            ("HOME", home.to_str().unwrap()),
+            ("FAKE_AGENT_LOG", log.to_str().unwrap()),
+        ],
+        Protocol::V2025,
+    )
+}
