@@ -50,6 +50,11 @@ fn settle(s: &mut Scheduler) -> (Changes, bool) {
     (ch, parked)
 }
 
+/// The first event of `kind` in a change set.
+fn event(ch: &Changes, kind: EventKind) -> &NewEvent {
+    ch.events.iter().find(|e| e.kind == kind).unwrap()
+}
+
 #[test]
 fn a_human_step_waits_blocked_with_its_rendered_question_and_stored_deadline() {
     let mut s = gated("fail");
@@ -61,11 +66,7 @@ fn a_human_step_waits_blocked_with_its_rendered_question_and_stored_deadline() {
     assert_eq!(w.deadline, Some(61_000));
     let row = ch.steps.iter().find(|r| r.step_id == "ship").unwrap();
     assert!(row.waiting.is_some(), "the question is in the change set");
-    let blocked = ch
-        .events
-        .iter()
-        .find(|e| e.kind == EventKind::StepBlocked)
-        .unwrap();
+    let blocked = event(&ch, EventKind::StepBlocked);
     assert_eq!(blocked.data.question.as_deref(), Some("Merge main?"));
     assert_eq!(blocked.data.interaction.as_deref(), Some("approval"));
     assert!(
@@ -125,11 +126,7 @@ fn a_denial_fails_the_step_for_good() {
     let (ch, started) = answer(&mut s, false, Some("not today"), 2_000);
     assert!(started.is_empty());
     assert_eq!(status(&s, "ship"), StepStatus::Failed);
-    let failed = ch
-        .events
-        .iter()
-        .find(|e| e.kind == EventKind::StepFailed)
-        .unwrap();
+    let failed = event(&ch, EventKind::StepFailed);
     assert_eq!(failed.data.reason.as_deref(), Some("denied"));
     assert_eq!(failed.data.error.as_deref(), Some("denied: not today"));
     assert!(!s.has_retries(), "a denial is not retried");
@@ -147,11 +144,7 @@ fn the_deadline_applies_on_timeout_only_once_it_has_passed() {
     assert_eq!(status(&s, "ship"), StepStatus::Blocked);
     let (ch, _) = start(&mut s, 61_000);
     assert_eq!(status(&s, "ship"), StepStatus::Failed);
-    let failed = ch
-        .events
-        .iter()
-        .find(|e| e.kind == EventKind::StepFailed)
-        .unwrap();
+    let failed = event(&ch, EventKind::StepFailed);
     assert_eq!(failed.data.reason.as_deref(), Some("timed out"));
     assert!(failed.data.error.as_deref().unwrap().contains("within 60s"));
 
@@ -211,11 +204,7 @@ fn a_notification_records_its_message_and_continues_at_once() {
         Some("Deploying prod")
     );
     assert_eq!(started, ["go"]);
-    let done = ch
-        .events
-        .iter()
-        .find(|e| e.kind == EventKind::StepCompleted)
-        .unwrap();
+    let done = event(&ch, EventKind::StepCompleted);
     assert_eq!(done.data.message.as_deref(), Some("Deploying prod"));
 }
 
