@@ -13,6 +13,8 @@
 //! - `recovery` (target 5b): `kill -9` with 100 running steps, time until all are re-run.
 //! - `memory` (target 6): idle RSS and RSS with 1,000 active workflows (real binary).
 //! - `growth` (target 6): database bytes per 10-step and 50-step workflow.
+//! - `scale` (issue 14, opt-in, minutes): 10,000 workflows active in one server; a store of
+//!   1,000,000 finished workflows (start-up, `invoke_status`, `workflow_monitor`, adoption).
 //!
 //! Everything runs in `BATON_BENCH_DIR` (default: the system temp dir), which must be a real
 //! disk for the fsync figures to mean anything. With `BATON_BENCH_JSON=path` the figures are
@@ -43,6 +45,11 @@ const ALL: &[&str] = &[
     "flow",
     "xproc",
 ];
+/// Run only when named: they take minutes and gigabytes.
+const OPT_IN: &[&str] = &["scale"];
+
+#[path = "baton_bench/scale.rs"]
+mod scale;
 
 // ---------------------------------------------------------------- statistics and report
 
@@ -125,11 +132,12 @@ fn main() {
     } else {
         for w in &wanted {
             assert!(
-                ALL.contains(&w.as_str()),
-                "unknown scenario {w:?}; known: {ALL:?}"
+                ALL.contains(&w.as_str()) || OPT_IN.contains(&w.as_str()),
+                "unknown scenario {w:?}; known: {ALL:?} and {OPT_IN:?}"
             );
         }
         ALL.iter()
+            .chain(OPT_IN)
             .copied()
             .filter(|s| wanted.iter().any(|w| w == s))
             .collect()
@@ -167,6 +175,7 @@ fn main() {
             "growth" => rt.block_on(growth(&mut r)),
             "flow" => rt.block_on(flow(&mut r)),
             "xproc" => xproc(&mut r),
+            "scale" => scale::scale(&mut r, &rt),
             _ => unreachable!(),
         }
         println!("  ({s} took {:.1} s)", started.elapsed().as_secs_f64());
@@ -469,17 +478,25 @@ async fn command(r: &mut Report) {
     r.row(
         "T2 chain / spawns",
         format!("{ratio:.2}x"),
-        "<= 1.3x",
-        Some(ratio <= 1.3),
+        "<= 1.5x (issue 14)",
+        Some(ratio <= 1.5),
     );
     let raw = r.get("raw_commit_p50_ms").unwrap();
     let per_step = chain_t.p50() / 100.0;
     let spawn = spawn_t.p50() / 100.0;
+    let overhead = per_step - spawn;
+    r.set("baton_cmd_overhead_ms", overhead);
     r.row(
         "   per step: chain vs spawn + raw commit",
         format!("{:.3} vs {:.3} ms", per_step, spawn + raw),
         "",
         None,
+    );
+    r.row(
+        "T2 overhead above the spawn / raw commit",
+        format!("{overhead:.3} ms = {:.2}x", overhead / raw),
+        "<= 1.3x (issue 14)",
+        Some(overhead / raw <= 1.3),
     );
 }
 

@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -34,10 +35,15 @@ def noop(state: State) -> dict:
     return {"n": state["n"] + 1}
 
 
-def build(saver: SqliteSaver, steps: int):
+def true_node(state: State) -> dict:
+    subprocess.run(["/bin/true"], check=True)
+    return {"n": state["n"] + 1}
+
+
+def build(saver: SqliteSaver, steps: int, node=noop):
     g = StateGraph(State)
     for i in range(steps):
-        g.add_node(f"s{i}", noop)
+        g.add_node(f"s{i}", node)
     g.add_edge(START, "s0")
     for i in range(steps - 1):
         g.add_edge(f"s{i}", f"s{i + 1}")
@@ -148,6 +154,23 @@ def run(dirname: str) -> dict:
     for _ in range(40):
         invoke(app50, "sync")
     res["bytes_per_wf_50"] = (db_bytes(path50) - base50) / 40
+
+    # Command steps: a 100-node chain whose nodes each run /bin/true, against 100 bare
+    # spawns from Python in the same run; the overhead is what a step costs above its spawn.
+    pathc = os.path.join(dirname, "lg-cmd.db")
+    dbc = Counted(pathc)
+    appc = build(dbc.saver, 100, true_node)
+    invoke(appc, "sync")
+    chain, spawns = [], []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(100):
+            subprocess.run(["/bin/true"], check=True)
+        spawns.append((time.perf_counter() - t) * 1000)
+        chain.append(invoke(appc, "sync"))
+    res["cmd_chain100_ms"] = statistics.median(chain)
+    res["cmd_spawn100_ms"] = statistics.median(spawns)
+    res["cmd_overhead_ms_per_step"] = (res["cmd_chain100_ms"] - res["cmd_spawn100_ms"]) / 100
     return res
 
 
@@ -165,9 +188,12 @@ def show(r: dict) -> None:
           f"p50 {r['conc100_p50_ms']:.0f} / p95 {r['conc100_p95_ms']:.0f} ms")
     print(f"  DB bytes per 10-node workflow        {r['bytes_per_wf']:.0f} B")
     print(f"  DB bytes per 50-node workflow        {r['bytes_per_wf_50']:.0f} B")
+    print(f"  100-node chain of /bin/true          {r['cmd_chain100_ms']:.1f} ms against "
+          f"{r['cmd_spawn100_ms']:.1f} ms for 100 spawns: "
+          f"{r['cmd_overhead_ms_per_step']:.3f} ms per step above the spawn")
 
 
-def compare(lg: dict, bt: dict) -> None:
+def compare(lg: dict, bt: dict, dboses: list) -> None:
     rows = [
         ("ms per 10-step workflow (p50)", lg["seq_ms_per_wf_p50"], bt["baton_seq_ms_per_wf"]),
         ("ms per step", lg["seq_ms_per_step"], bt["baton_seq_ms_per_step"]),
@@ -183,10 +209,31 @@ def compare(lg: dict, bt: dict) -> None:
         print(f"| {name} | {a:.3f} | {b:.3f} | {a / b:.2f}x |")
     print(f"| raw commit p50 ms (python / rust) | {lg['raw_commit_p50_ms']:.3f} | "
           f"{bt['raw_commit_p50_ms']:.3f} | |")
+    print(f"| command step: ms above its spawn (100-step chain of /bin/true) | "
+          f"{lg['cmd_overhead_ms_per_step']:.3f} | {bt['baton_cmd_overhead_ms']:.3f} | "
+          f"{lg['cmd_overhead_ms_per_step'] / bt['baton_cmd_overhead_ms']:.2f}x |")
     ratio = lg["seq_ms_per_step"] / bt["baton_seq_ms_per_step"]
     verdict = "met" if ratio >= 5 else "MISSED"
-    print(f"\nT1 (b): baton per step is {ratio:.1f}x lower than LangGraph "
+    print(f"\nno-op steps: baton per step is {ratio:.1f}x lower than LangGraph "
           f"(target >= 5x): {verdict}")
+    ratio = lg["cmd_overhead_ms_per_step"] / bt["baton_cmd_overhead_ms"]
+    verdict = "met" if ratio >= 5 else "MISSED"
+    print(f"command steps: baton's overhead above the spawn is {ratio:.1f}x lower than "
+          f"LangGraph's (target >= 5x): {verdict}")
+    for db in dboses:
+        print(f"\n| same run | DBOS {db['dbos_version']} (SQLite, journal_mode={db['journal_mode']}) "
+              f"| baton | DBOS / baton |")
+        print("|---|---|---|---|")
+        for name, a, b in [
+            ("ms per 10-step workflow (p50)", db["seq_ms_per_wf_p50"], bt["baton_seq_ms_per_wf"]),
+            ("ms per step", db["seq_ms_per_step"], bt["baton_seq_ms_per_step"]),
+            ("commits per workflow", db["commits_per_wf"], bt["baton_commits_per_wf"]),
+            ("sequential wf/s", db["seq_wf_per_s"], bt["baton_seq_wf_per_s"]),
+            ("100 concurrent wf/s", db["conc100_wf_per_s"], bt["baton_conc100_wf_per_s"]),
+            ("100 concurrent p95 ms", db["conc100_p95_ms"], bt["baton_conc100_p95_ms"]),
+            ("DB bytes per 10-step workflow", db["bytes_per_wf"], bt["baton_bytes_per_wf"]),
+        ]:
+            print(f"| {name} | {a:.3f} | {b:.3f} | {a / b:.2f}x |")
 
 
 def main() -> None:
@@ -194,13 +241,19 @@ def main() -> None:
     ap.add_argument("--dir")
     ap.add_argument("--json")
     ap.add_argument("--compare", nargs=2, metavar=("LANGGRAPH_JSON", "BATON_JSON"))
+    ap.add_argument("--dbos", nargs="*", default=[], metavar="DBOS_JSON",
+                    help="with --compare: DBOS's figures too")
     a = ap.parse_args()
     if a.compare:
         with open(a.compare[0]) as f:
             lg = json.load(f)
         with open(a.compare[1]) as f:
             bt = json.load(f)
-        compare(lg, bt)
+        dboses = []
+        for path in a.dbos:
+            with open(path) as f:
+                dboses.append(json.load(f))
+        compare(lg, bt, dboses)
         return
     if not a.dir:
         sys.exit("--dir is required")

@@ -33,8 +33,20 @@ impl GlobalArgs {
         if agent_command.is_empty() {
             return Err(CliError::Other("--agent-command is empty".into()));
         }
+        // Steps beyond what the open-file limit holds would fail to start: cap them instead.
+        let fit = engine::raise_fd_limit();
+        let mut max_steps = self.max_concurrent_steps.max(1);
+        if max_steps > fit {
+            tracing::warn!(
+                requested = max_steps,
+                allowed = fit,
+                "--max-concurrent-steps is above what the open-file limit (ulimit -n) allows; \
+                 running at most {fit} steps at once"
+            );
+            max_steps = fit;
+        }
         Ok(EngineConfig {
-            max_concurrent_steps: self.max_concurrent_steps.max(1),
+            max_concurrent_steps: max_steps,
             agent_command,
             output_cap: self.output_cap,
             kill_grace: Duration::from_secs_f64(self.kill_grace_s.clamp(0.0, 600.0)),

@@ -215,15 +215,19 @@ fn spawn_failure(program: &str, e: std::io::Error, started: Instant) -> Outcome 
             },
         };
     }
-    let class = match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => FailureClass::Fatal,
-        _ => FailureClass::Retryable,
+    let (class, hint) = match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => (
+            FailureClass::Fatal,
+            "invalid configuration: check the program name, PATH and cwd",
+        ),
+        _ => (
+            FailureClass::Retryable,
+            "the machine refused a new process now: raise ulimit -n or lower --max-concurrent-steps, then retry the step",
+        ),
     };
     Outcome::Failed {
         class,
-        error: format!(
-            "cannot start {program:?}: {e} (invalid configuration: check the program name, PATH and cwd)"
-        ),
+        error: format!("cannot start {program:?}: {e} ({hint})"),
         detail: AttemptDetail {
             duration_ms: Some(started.elapsed().as_millis() as i64),
             ..Default::default()

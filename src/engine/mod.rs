@@ -50,7 +50,7 @@ pub use follow::{Follow, GlobalFollow, Page};
 pub use handover::{Launcher, WorkerLauncher, WorkerLock, worker_files};
 pub use lease::self_fence_after;
 pub use operator::{Metrics, StepStream};
-pub use process::{reap_after_parent_exits, spawn_reaper};
+pub use process::{FDS_PER_ATTEMPT, raise_fd_limit, reap_after_parent_exits, spawn_reaper};
 pub use retention::{FINISHED, PRUNE_BATCH, PruneRequest, Retention};
 pub use view::MonitorFilter;
 

@@ -281,6 +281,38 @@ async fn terminate(child: &mut tokio::process::Child, group: &Group, grace: Dura
     }
 }
 
+/// Descriptors a running attempt holds in this process: its stdout and stderr pipes and the
+/// pidfd its exit is awaited on.
+pub const FDS_PER_ATTEMPT: u64 = 3;
+/// Descriptors kept for everything else: the store's connections, the HTTP listener and its
+/// clients, the reaper's pipe, logs.
+const FDS_RESERVED: u64 = 256;
+
+/// Raises this process's soft limit on open files to its hard limit (what the administrator
+/// allows; the usual soft limit of 1,024 fits only ~250 running steps) and returns how many
+/// attempts fit in it at once. Steps inherit the raised soft limit (posix_spawn passes
+/// limits on and cannot set one for the child alone).
+pub fn raise_fd_limit() -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::debug!(error = %e, soft, hard, "cannot raise the open-file limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the open-file limit");
+            return usize::MAX;
+        }
+    };
+    usize::try_from(soft.saturating_sub(FDS_RESERVED) / FDS_PER_ATTEMPT)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
 /// Write end of the reaper's stdin, held open for the whole life of this process.
 static REAPER: OnceLock<std::process::ChildStdin> = OnceLock::new();
 

@@ -167,6 +167,7 @@ pub fn spawn<C>(
     if pid_of(&child).is_some_and(|pid| cg.join(pid)) {
         // Strays that cannot be moved stay in the server's cgroup, where the reaper finds them.
         cg.gather();
+        cg.procs = None;
     } else {
         // Nothing is in it yet, so dropping it kills nothing.
         *cgroup = None;
@@ -178,8 +179,9 @@ pub fn spawn<C>(
 #[derive(Debug)]
 pub struct Attempt {
     dir: PathBuf,
-    /// `cgroup.procs`, opened before the spawn so joining is one `write`.
-    procs: File,
+    /// `cgroup.procs`, opened before the spawn so joining is one `write`; closed once the
+    /// child and its strays are in, so a running attempt holds no descriptor for its cgroup.
+    procs: Option<File>,
 }
 
 impl Attempt {
@@ -205,7 +207,10 @@ impl Attempt {
                 .open(dir.join("cgroup.procs"))
         });
         match procs {
-            Ok(procs) => Some(Attempt { dir, procs }),
+            Ok(procs) => Some(Attempt {
+                dir,
+                procs: Some(procs),
+            }),
             Err(e) => {
                 disable(&dir, &e);
                 None
@@ -216,7 +221,10 @@ impl Attempt {
     /// Moves `pid` (the attempt's main process, just spawned) into the cgroup; its children
     /// are born there. On failure the cgroup is given up for good and `false` returned.
     pub fn join(&mut self, pid: u32) -> bool {
-        match self.procs.write_all(pid.to_string().as_bytes()) {
+        let Some(procs) = self.procs.as_mut() else {
+            return false;
+        };
+        match procs.write_all(pid.to_string().as_bytes()) {
             Ok(()) => true,
             Err(e) => {
                 disable(&self.dir, &e);
@@ -231,6 +239,9 @@ impl Attempt {
         let Some(server) = self.dir.parent().map(|p| p.join("server")) else {
             return;
         };
+        let Some(procs) = self.procs.as_mut() else {
+            return;
+        };
         let me = Pid::from_raw(std::process::id() as i32);
         let reaper = Pid::from_raw(REAPER.load(Ordering::Relaxed) as i32);
         loop {
@@ -243,7 +254,7 @@ impl Attempt {
             }
             for p in strays {
                 // A stray that exited meanwhile cannot be moved; that is fine.
-                if let Err(e) = self.procs.write_all(p.to_string().as_bytes())
+                if let Err(e) = procs.write_all(p.to_string().as_bytes())
                     && e.raw_os_error() != Some(nix::libc::ESRCH)
                 {
                     tracing::warn!(pid = %p, error = %e, "cannot move a step's process into its cgroup");
