@@ -13,7 +13,7 @@
 //! - `recovery` (target 5b): `kill -9` with 100 running steps, time until all are re-run.
 //! - `memory` (target 6): idle RSS and RSS with 1,000 active workflows (real binary).
 //! - `growth` (target 6): database bytes per 10-step and 50-step workflow.
-//! - `scale` (issue 14, opt-in, minutes): 10,000 workflows active in one server; a store of
+//! - `scale` (issue 14, opt-in, minutes; `scale-active` and `scale-stored` are its halves): 10,000 workflows active in one server; a store of
 //!   1,000,000 finished workflows (start-up, `invoke_status`, `workflow_monitor`, adoption).
 //!
 //! Everything runs in `BATON_BENCH_DIR` (default: the system temp dir), which must be a real
@@ -46,7 +46,7 @@ const ALL: &[&str] = &[
     "xproc",
 ];
 /// Run only when named: they take minutes and gigabytes.
-const OPT_IN: &[&str] = &["scale"];
+const OPT_IN: &[&str] = &["scale", "scale-active", "scale-stored"];
 
 #[path = "baton_bench/scale.rs"]
 mod scale;
@@ -176,6 +176,8 @@ fn main() {
             "flow" => rt.block_on(flow(&mut r)),
             "xproc" => xproc(&mut r),
             "scale" => scale::scale(&mut r, &rt),
+            "scale-active" => scale::active(&mut r),
+            "scale-stored" => scale::stored(&mut r, &rt),
             _ => unreachable!(),
         }
         println!("  ({s} took {:.1} s)", started.elapsed().as_secs_f64());

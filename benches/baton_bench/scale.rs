@@ -44,7 +44,7 @@ pub(super) fn scale(r: &mut Report, rt: &tokio::runtime::Runtime) {
 }
 
 /// 10,000 workflows whose step sleeps, all running at once in one server.
-fn active(r: &mut Report) {
+pub(super) fn active(r: &mut Report) {
     r.section("target 5: 10,000 workflows active at once in one process");
     let n = 10_000;
     let running = raise_limit(n);
@@ -214,7 +214,7 @@ fn replicate(db: &Path, target: usize) -> usize {
 }
 
 /// A store of 1,000,000 finished 10-step workflows: reads, start-up, adoption, size.
-fn stored(r: &mut Report, rt: &tokio::runtime::Runtime) {
+pub(super) fn stored(r: &mut Report, rt: &tokio::runtime::Runtime) {
     r.section("target 5: a store of 1,000,000 finished workflows");
     let dir = r.dir.join("scale-stored");
     std::fs::create_dir_all(&dir).unwrap();

@@ -103,9 +103,9 @@ pub fn list_workflows(
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Number of workflows per status.
+/// Number of workflows per status, from the counts the schema's triggers keep.
 pub fn count_by_status(conn: &Connection) -> Result<Vec<(WorkflowStatus, i64)>> {
-    let mut stmt = conn.prepare_cached("SELECT status, count(*) FROM workflows GROUP BY status")?;
+    let mut stmt = conn.prepare_cached("SELECT status, n FROM workflow_counts WHERE n > 0")?;
     let rows = stmt.query_map([], |r| {
         Ok((status_of(r.get(0)?, WorkflowStatus::parse)?, r.get(1)?))
     })?;
