@@ -1140,6 +1140,28 @@ fn api(r: &mut Report, rt: &tokio::runtime::Runtime) {
 
 // ---------------------------------------------------------------- target 5b
 
+/// A step that marks each attempt with a file `THREAD.ATTEMPT` in `marks`, then sleeps.
+fn marking_step(marks: &Path) -> Value {
+    let script = format!(
+        "touch \"{}/$BATON_THREAD_ID.$BATON_ATTEMPT\"; exec sleep 120",
+        marks.display()
+    );
+    json!({"id": "nap", "shell": script})
+}
+
+/// How many attempt marks in `marks` end with `suffix` (`.1`: first attempts).
+fn marks_ending(marks: &Path, suffix: &str) -> usize {
+    std::fs::read_dir(marks)
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(suffix))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
 fn recovery(r: &mut Report) {
     r.section("target 5b: kill -9 with 100 running workflows, restart of every in-flight step");
     let mut restart = Samples::default();
@@ -1151,25 +1173,11 @@ fn recovery(r: &mut Report) {
         let db = dir.join("baton.db");
         let env = [("BATON_MAX_CONCURRENT_STEPS", "256")];
         let (mut s, _) = Server::start(&db, &dir, &env);
-        let script = format!(
-            "touch \"{}/$BATON_THREAD_ID.$BATON_ATTEMPT\"; exec sleep 120",
-            marks.display()
-        );
-        let def = json!({"steps": [{"id": "nap", "shell": script}]});
+        let def = json!({"steps": [marking_step(&marks)]});
         for _ in 0..100 {
             s.call("invoke_async", json!({"workflow": def}));
         }
-        let count = |suffix: &str| {
-            std::fs::read_dir(&marks)
-                .map(|d| {
-                    d.filter(|e| {
-                        e.as_ref()
-                            .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(suffix))
-                    })
-                    .count()
-                })
-                .unwrap_or(0)
-        };
+        let count = |suffix: &str| marks_ending(&marks, suffix);
         poll_until("100 first attempts", Duration::from_secs(60), || {
             count(".1") >= 100
         });

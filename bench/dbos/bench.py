@@ -17,12 +17,17 @@ import json
 import os
 import sqlite3
 import statistics
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 
 import sqlalchemy as sa
 from dbos import DBOS
+
+# The same percentile and raw-commit calibration as the LangGraph baseline.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "langgraph"))
+from calib import pct, raw_commit  # noqa: E402
 
 COMMITS = [0]
 
@@ -39,35 +44,12 @@ def chain10(n: int) -> int:
     return n
 
 
-def pct(xs, p):
-    xs = sorted(xs)
-    i = max(1, min(len(xs), int(-(-p * len(xs) // 1)))) - 1
-    return xs[i]
-
-
 def file_bytes(path: str) -> int:
     total = 0
     for suffix in ("", "-wal", "-journal"):
         if os.path.exists(path + suffix):
             total += os.path.getsize(path + suffix)
     return total
-
-
-def raw_commit(dirname: str) -> float:
-    path = os.path.join(dirname, "calib.db")
-    c = sqlite3.connect(path, isolation_level=None)
-    c.execute("PRAGMA journal_mode=WAL")
-    c.execute("PRAGMA synchronous=FULL")
-    c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
-    body = "x" * 200
-    xs = []
-    for i in range(320):
-        t = time.perf_counter()
-        c.execute("INSERT INTO t (body) VALUES (?)", (body,))
-        if i >= 20:
-            xs.append((time.perf_counter() - t) * 1000)
-    c.close()
-    return statistics.median(xs)
 
 
 def count_commits(engine: sa.Engine) -> None:

@@ -26,6 +26,9 @@ from importlib.metadata import version
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from calib import pct, raw_commit  # noqa: E402
+
 
 class State(TypedDict):
     n: int
@@ -68,35 +71,12 @@ class Counted:
             self.commits += 1
 
 
-def pct(xs, p):
-    xs = sorted(xs)
-    i = max(1, min(len(xs), int(-(-p * len(xs) // 1)))) - 1
-    return xs[i]
-
-
 def db_bytes(path: str) -> int:
     c = sqlite3.connect(path)
     c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     c.close()
     wal = path + "-wal"
     return os.path.getsize(path) + (os.path.getsize(wal) if os.path.exists(wal) else 0)
-
-
-def raw_commit(dirname: str) -> float:
-    path = os.path.join(dirname, "calib.db")
-    c = sqlite3.connect(path, isolation_level=None)
-    c.execute("PRAGMA journal_mode=WAL")
-    c.execute("PRAGMA synchronous=FULL")
-    c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
-    body = "x" * 200
-    xs = []
-    for i in range(320):
-        t = time.perf_counter()
-        c.execute("INSERT INTO t (body) VALUES (?)", (body,))
-        if i >= 20:
-            xs.append((time.perf_counter() - t) * 1000)
-    c.close()
-    return statistics.median(xs)
 
 
 def invoke(app, durability: str) -> float:

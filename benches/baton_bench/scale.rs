@@ -287,25 +287,11 @@ pub(super) fn stored(r: &mut Report, rt: &tokio::runtime::Runtime) {
     // Adoption: 1,000 in-flight steps, kill -9, a new process re-runs every one.
     let marks = dir.join("marks");
     std::fs::create_dir_all(&marks).unwrap();
-    let script = format!(
-        "touch \"{}/$BATON_THREAD_ID.$BATON_ATTEMPT\"; exec sleep 120",
-        marks.display()
-    );
-    let nap = json!({"name": "napper", "steps": [{"id": "nap", "shell": script}]});
+    let nap = json!({"name": "napper", "steps": [marking_step(&marks)]});
     for _ in 0..1000 {
         s.call("invoke_async", json!({"workflow": nap}));
     }
-    let marked = |suffix: &str| {
-        std::fs::read_dir(&marks)
-            .map(|d| {
-                d.filter(|e| {
-                    e.as_ref()
-                        .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(suffix))
-                })
-                .count()
-            })
-            .unwrap_or(0)
-    };
+    let marked = |suffix: &str| marks_ending(&marks, suffix);
     poll_until("1000 first attempts", Duration::from_secs(120), || {
         marked(".1") >= 1000
     });
