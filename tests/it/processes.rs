@@ -114,3 +114,37 @@ fn kill_9_of_the_server_leaves_no_process_of_a_running_attempt() {
         pids.iter().all(|p| !alive(*p))
     });
 }
+
+/// With `ulimit -n 300` and `--max-concurrent-steps 1000`, 150 parallel steps would need 450
+/// descriptors at once: the server caps how many run together to what the limit holds
+/// (saying so on stderr) and every step completes, where the excess used to fail with EMFILE.
+#[test]
+fn steps_beyond_the_open_file_limit_wait_for_a_slot_instead_of_failing() {
+    let sb = Sandbox::new();
+    let steps: Vec<_> = (0..150)
+        .map(|i| json!({"id": format!("s{i}"), "shell": "sleep 0.2"}))
+        .collect();
+    sb.write("wide.json", &json!({ "steps": steps }).to_string());
+    let mut cmd = std::process::Command::new("sh");
+    sb.apply_env(&mut cmd);
+    let o = cmd
+        .args([
+            "-c",
+            "ulimit -n 300 && exec \"$0\" run wide.json --max-concurrent-steps 1000",
+        ])
+        .arg(BIN)
+        .env("RUST_LOG", "warn")
+        .current_dir(sb.path(""))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        stderr.contains("running at most 14 steps at once"),
+        "the cap is announced: {stderr}"
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("workflow completed"), "{out}");
+    assert!(!out.contains("Too many open files"), "{out}");
+}
