@@ -94,12 +94,7 @@ fn dashboard_shows_live_progress_resumes_a_failed_workflow_and_approves_a_human_
             .await
             .unwrap();
         // The running step's output tails live in its detail pane.
-        c.find(Locator::Css(r#"g.node[data-step="build"]"#))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click_live(&c, r#"g.node[data-step="build"]"#).await;
         c.wait()
             .at_most(PATIENCE)
             .every(Duration::from_millis(50))
@@ -113,12 +108,7 @@ fn dashboard_shows_live_progress_resumes_a_failed_workflow_and_approves_a_human_
         wait(r#"#wf-status[data-status="failed"]"#.into()).await;
         wait(r#"g.node[data-step="test"][data-status="failed"]"#.into()).await;
         std::fs::write(sb.path("ready"), "").unwrap();
-        c.find(Locator::Css("#btn-resume"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click_live(&c, "#btn-resume").await;
         wait(r#"#wf-status[data-status="completed"]"#.into()).await;
         wait(r#"tr[data-step="notes"][data-status="completed"]"#.into()).await;
         let still = c
@@ -152,25 +142,25 @@ fn dashboard_shows_live_progress_resumes_a_failed_workflow_and_approves_a_human_
             question.text().await.unwrap().contains("Ship <b>it</b>?"),
             "the question is shown as text, never as HTML"
         );
-        // The table re-renders on every event, so a found button may be replaced before the
-        // click lands: find it again until a click reaches a live one.
-        let approve = r#"tr[data-step="ship"] button[data-action="approve"]"#;
-        let mut clicked = false;
-        for _ in 0..20 {
-            let button = c.find(Locator::Css(approve)).await.unwrap();
-            match button.click().await {
-                Ok(()) => {
-                    clicked = true;
-                    break;
-                }
-                Err(fantoccini::error::CmdError::Standard(e))
-                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
-                Err(e) => panic!("clicking Approve: {e}"),
-            }
-        }
-        assert!(clicked, "the Approve button kept being replaced");
+        click_live(&c, r#"tr[data-step="ship"] button[data-action="approve"]"#).await;
         wait(r#"tr[data-step="after"][data-status="completed"]"#.into()).await;
         wait(r#"#wf-status[data-status="completed"]"#.into()).await;
         c.close().await.unwrap();
     });
+}
+
+/// Clicks the element `css` names. The dashboard re-renders its table and graph on every
+/// event, so a found element may be replaced before the click lands: find it again until a
+/// click reaches a live one.
+async fn click_live(c: &fantoccini::Client, css: &str) {
+    for _ in 0..20 {
+        let element = c.find(Locator::Css(css)).await.unwrap();
+        match element.click().await {
+            Ok(()) => return,
+            Err(fantoccini::error::CmdError::Standard(e))
+                if e.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+            Err(e) => panic!("clicking {css}: {e}"),
+        }
+    }
+    panic!("{css} kept being replaced before a click reached it");
 }
