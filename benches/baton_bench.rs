@@ -1081,13 +1081,7 @@ fn api(r: &mut Report, rt: &tokio::runtime::Runtime) {
     );
 
     // invoke_status on random stored workflows.
-    let mut st = Samples::default();
-    for (i, id) in ids.iter().enumerate() {
-        let (_, d) = s.call("invoke_status", json!({"thread_id": id}));
-        if i >= 50 {
-            st.push(d);
-        }
-    }
+    let st = status_samples(&mut s, &ids);
     r.row(
         "T4 invoke_status, 10,000 stored (350)",
         p50_95(&st),
@@ -1136,6 +1130,18 @@ fn api(r: &mut Report, rt: &tokio::runtime::Runtime) {
         Some(mon_all.p95() <= 5.0),
     );
     s.kill9();
+}
+
+/// `invoke_status` round trips on `ids`, the first 50 left out as warm-up.
+fn status_samples(s: &mut Server, ids: &[String]) -> Samples {
+    let mut st = Samples::default();
+    for (i, id) in ids.iter().enumerate() {
+        let (_, d) = s.call("invoke_status", json!({"thread_id": id}));
+        if i >= 50 {
+            st.push(d);
+        }
+    }
+    st
 }
 
 // ---------------------------------------------------------------- target 5b

@@ -16,18 +16,16 @@ import logging
 import json
 import os
 import sqlite3
-import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 
 import sqlalchemy as sa
 from dbos import DBOS
 
-# The same percentile and raw-commit calibration as the LangGraph baseline.
+# The same calibration and measurement as the LangGraph baseline.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "langgraph"))
-from calib import pct, raw_commit  # noqa: E402
+from calib import raw_commit, sequential_and_concurrent  # noqa: E402
 
 COMMITS = [0]
 
@@ -85,30 +83,9 @@ def run(dirname: str, wal: bool) -> dict:
     for _ in range(5):
         once()
     base = file_bytes(path)
-    c0 = COMMITS[0]
-    seq = [once() for _ in range(60)]
-    res["commits_per_wf"] = (COMMITS[0] - c0) / 60
     res["journal_mode"] = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
-    res["seq_ms_per_wf_p50"] = statistics.median(seq)
-    res["seq_ms_per_wf_p95"] = pct(seq, 0.95)
-    res["seq_ms_per_step"] = res["seq_ms_per_wf_p50"] / 10
-    t = time.perf_counter()
-    for _ in range(30):
-        once()
-    res["seq_wf_per_s"] = 30 / (time.perf_counter() - t)
-
-    lat = []
-    wall = 0.0
-    rounds = 3
-    with ThreadPoolExecutor(max_workers=100) as pool:
-        for _ in range(rounds):
-            t = time.perf_counter()
-            lat.extend(pool.map(lambda _: once(), range(100)))
-            wall += time.perf_counter() - t
-    res["conc100_wf_per_s"] = 100 * rounds / wall
-    res["conc100_p50_ms"] = statistics.median(lat)
-    res["conc100_p95_ms"] = pct(lat, 0.95)
-    res["bytes_per_wf"] = (file_bytes(path) - base) / (60 + 30 + 100 * rounds)
+    ran = sequential_and_concurrent(res, once, lambda: COMMITS[0])
+    res["bytes_per_wf"] = (file_bytes(path) - base) / ran
     DBOS.destroy()
     return res
 

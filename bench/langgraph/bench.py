@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypedDict
 
 from importlib.metadata import version
@@ -27,7 +26,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from calib import pct, raw_commit  # noqa: E402
+from calib import raw_commit, sequential_and_concurrent  # noqa: E402
 
 
 class State(TypedDict):
@@ -98,31 +97,8 @@ def run(dirname: str) -> dict:
     for _ in range(5):
         invoke(app, "sync")
     base = db_bytes(path)
-    c0 = db.commits
-    seq = [invoke(app, "sync") for _ in range(60)]
-    n_seq = 60
-    res["commits_per_wf"] = (db.commits - c0) / n_seq
-    res["seq_ms_per_wf_p50"] = statistics.median(seq)
-    res["seq_ms_per_wf_p95"] = pct(seq, 0.95)
-    res["seq_ms_per_step"] = res["seq_ms_per_wf_p50"] / 10
-    t = time.perf_counter()
-    for _ in range(30):
-        invoke(app, "sync")
-    res["seq_wf_per_s"] = 30 / (time.perf_counter() - t)
-
-    lat = []
-    wall = 0.0
-    rounds = 3
-    with ThreadPoolExecutor(max_workers=100) as pool:
-        for _ in range(rounds):
-            t = time.perf_counter()
-            lat.extend(pool.map(lambda _: invoke(app, "sync"), range(100)))
-            wall += time.perf_counter() - t
-    res["conc100_wf_per_s"] = 100 * rounds / wall
-    res["conc100_p50_ms"] = statistics.median(lat)
-    res["conc100_p95_ms"] = pct(lat, 0.95)
-    done = 5 + n_seq + 30 + 100 * rounds
-    res["bytes_per_wf"] = (db_bytes(path) - base) / (done - 5)
+    ran = sequential_and_concurrent(res, lambda: invoke(app, "sync"), lambda: db.commits)
+    res["bytes_per_wf"] = (db_bytes(path) - base) / ran
 
     # Growth with workflow length (superlinear in LangGraph: each checkpoint stores the
     # channel versions of the whole graph).

@@ -270,13 +270,7 @@ pub(super) fn stored(r: &mut Report, rt: &tokio::runtime::Runtime) {
             })
             .collect()
     };
-    let mut st = Samples::default();
-    for (i, id) in ids.iter().enumerate() {
-        let (_, d) = s.call("invoke_status", json!({"thread_id": id}));
-        if i >= 50 {
-            st.push(d);
-        }
-    }
+    let st = status_samples(&mut s, &ids);
     r.row(
         &format!("T5 invoke_status, 1,000,000 stored ({})", st.0.len()),
         p50_95(&st),
