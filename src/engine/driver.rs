@@ -156,8 +156,9 @@ impl Driver {
     }
 
     /// Runs the workflow until it finishes or the driver is stopped. The work done at each
-    /// wake-up is boxed, so an idle driver holds only its wait, not the largest step of it.
-    pub(super) async fn run(mut self) {
+    /// wake-up is boxed, so an idle driver holds only its wait, not the largest step of it;
+    /// the driver itself is boxed too, so its task holds it once, not once per await point.
+    pub(super) async fn run(mut self: Box<Self>) {
         if !Box::pin(self.advance(Vec::new())).await {
             return Box::pin(self.finish_stopped()).await;
         }
@@ -179,6 +180,10 @@ impl Driver {
                 .map(at_store_time);
             let next_stall = self.next_stall_check();
             let next_progress = self.next_progress_flush();
+            let wake = [next_retry, self.answers_recheck, next_stall, next_progress]
+                .into_iter()
+                .flatten()
+                .min();
             let sem = self.sh.permits.clone();
             let signals = self.signals.clone();
             tokio::select! {
@@ -195,19 +200,24 @@ impl Driver {
                     while let Some(Ok(r)) = self.running.try_join_next() { done.push(r); }
                     if !Box::pin(self.advance(done)).await { break; }
                 }
-                () = sleep_until(next_retry) => {
-                    if !Box::pin(self.advance(Vec::new())).await { break; }
+                // One timer for every deadline (each would hold its own in an idle driver);
+                // the first due, in this order, is handled, and the loop comes back for the rest.
+                () = sleep_until(wake) => {
+                    let now = Instant::now();
+                    let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+                    if due(next_retry) {
+                        if !Box::pin(self.advance(Vec::new())).await { break; }
+                    } else if due(self.answers_recheck) {
+                        self.answers_recheck = None;
+                        if !Box::pin(self.on_change(Some(store::Change::Unknown))).await { break; }
+                    } else if due(next_stall) {
+                        self.restart_stalled();
+                    } else if due(next_progress) && !Box::pin(self.flush_progress()).await {
+                        break;
+                    }
                 }
                 change = next_change(self.feed.as_mut()) => {
                     if !Box::pin(self.on_change(change)).await { break; }
-                }
-                () = sleep_until(self.answers_recheck) => {
-                    self.answers_recheck = None;
-                    if !Box::pin(self.on_change(Some(store::Change::Unknown))).await { break; }
-                }
-                () = sleep_until(next_stall) => self.restart_stalled(),
-                () = sleep_until(next_progress) => {
-                    if !Box::pin(self.flush_progress()).await { break; }
                 }
                 Ok(p) = sem.acquire_owned(), if self.sched.starved() => {
                     self.spare = Some(p);
@@ -399,7 +409,9 @@ impl Driver {
                 let lost = stop.is_cancelled()
                     || (sh.lease_in_doubt()
                         && matches!(
-                            sh.store.check_fence(fence).await,
+                            // Boxed, like the sub-workflow below: a running attempt's task
+                            // holds only the wait it is in, not the largest one it might take.
+                            Box::pin(sh.store.check_fence(fence)).await,
                             Err(StoreError::Fenced(_))
                         ));
                 if lost || stop.is_cancelled() {
@@ -409,7 +421,7 @@ impl Driver {
                 }
                 let (idx, number) = (spec.step_idx, spec.number);
                 let out = if sub {
-                    super::subworkflow::run(sh, spec, stop, reason).await
+                    Box::pin(super::subworkflow::run(sh, spec, stop, reason)).await
                 } else {
                     executor::execute(&sh.exec, &spec, &stop, signals).await
                 };

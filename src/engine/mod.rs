@@ -393,7 +393,8 @@ impl Shared {
             let fence = sh.fence(&id, epoch);
             let driver = sh
                 .build_driver(&id, fence.clone(), init, stop, reason)
-                .await;
+                .await
+                .map(Box::new);
             match driver {
                 Ok(driver) => {
                     let run = std::panic::AssertUnwindSafe(driver.run()).catch_unwind();

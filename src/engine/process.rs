@@ -124,34 +124,8 @@ pub async fn run(
     stop: &CancellationToken,
     on_line: Option<LineSink>,
 ) -> std::io::Result<ProcessResult> {
-    let owner = match spec.env.get(OWNER_ENV) {
-        Some(o) => o.clone(),
-        None => format!("pid{}", std::process::id()),
-    };
-    // Made before the spawn, so the child is moved into it by one write right after.
-    let mut cgroup = contain::Attempt::create(&owner);
-    let mut cmd = Command::new(&spec.program);
-    // No `pre_exec`: std then spawns with posix_spawn (vfork-like) instead of forking the
-    // whole server; containment comes from the cgroup and the reaper, not from the child.
-    cmd.args(&spec.args)
-        .current_dir(&spec.cwd)
-        .envs(&spec.env)
-        .stdin(if spec.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    if spec.gate.as_ref().is_some_and(|g| !g.allows()) {
-        return Err(std::io::Error::other(NotNow));
-    }
-    let mut child = contain::spawn(&mut cgroup, || cmd.spawn(), tokio::process::Child::id)?;
+    let (mut child, cgroup) = spawn(spec)?;
     let pid = child.id();
-    // The command's arguments and environment are not needed while the process runs.
-    drop(cmd);
     // Its own task: a child that never reads must not hold up reading its output.
     let writer = match (child.stdin.take(), &spec.stdin) {
         (Some(mut pipe), Some(payload)) => {
@@ -219,6 +193,38 @@ pub async fn run(
         stdout: out.finish(),
         stderr: err.finish(),
     })
+}
+
+/// Spawns the attempt's main process, in its own process group and (where available) its own
+/// cgroup. Synchronous, so the command's arguments and environment are gone before the caller
+/// first awaits: a running attempt's future does not hold them.
+fn spawn(spec: &ProcessSpec) -> std::io::Result<(tokio::process::Child, Option<contain::Attempt>)> {
+    let owner = match spec.env.get(OWNER_ENV) {
+        Some(o) => o.clone(),
+        None => format!("pid{}", std::process::id()),
+    };
+    // Made before the spawn, so the child is moved into it by one write right after.
+    let mut cgroup = contain::Attempt::create(&owner);
+    let mut cmd = Command::new(&spec.program);
+    // No `pre_exec`: std then spawns with posix_spawn (vfork-like) instead of forking the
+    // whole server; containment comes from the cgroup and the reaper, not from the child.
+    cmd.args(&spec.args)
+        .current_dir(&spec.cwd)
+        .envs(&spec.env)
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if spec.gate.as_ref().is_some_and(|g| !g.allows()) {
+        return Err(std::io::Error::other(NotNow));
+    }
+    let child = contain::spawn(&mut cgroup, || cmd.spawn(), tokio::process::Child::id)?;
+    Ok((child, cgroup))
 }
 
 /// How long the pipes are read after the attempt's processes were killed.
