@@ -170,11 +170,12 @@ pub async fn execute(
     if is_agent {
         let stream = agent::StreamState::shared();
         let sink = agent::line_sink(stream.clone(), send);
-        let result = process::run(&pspec, stop, Some(sink)).await;
+        let program = pspec.program.clone();
+        let result = process::run(pspec, stop, Some(sink)).await;
         let elapsed = started.elapsed();
         let out = match result {
             Ok(r) => agent::outcome(&r, &stream, &spec.success, elapsed),
-            Err(e) => spawn_failure(&pspec.program, e, started),
+            Err(e) => spawn_failure(&program, e, started),
         };
         structured::check(out, spec.output_json, spec.output_schema.as_ref())
     } else {
@@ -184,11 +185,12 @@ pub async fn execute(
             live: Some(tail.live()),
             ..pspec
         };
-        let result = process::run(&pspec, stop, Some(sink)).await;
+        let program = pspec.program.clone();
+        let result = process::run(pspec, stop, Some(sink)).await;
         drop(tail);
         let out = match result {
             Ok(r) => command_outcome(r, &spec.success, spec.timeout, started),
-            Err(e) => spawn_failure(&pspec.program, e, started),
+            Err(e) => spawn_failure(&program, e, started),
         };
         structured::check(out, spec.output_json, spec.output_schema.as_ref())
     }

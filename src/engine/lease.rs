@@ -107,7 +107,10 @@ async fn resume_fenced(sh: &Arc<Shared>) {
             continue;
         }
         match adopt(sh, &id, Some(sh.owner.clone()), row.epoch, true).await {
-            Ok(()) => tracing::info!(thread_id = %id, "took up a workflow stopped by self-fencing"),
+            Ok(taken) => {
+                taken.drive(sh);
+                tracing::info!(thread_id = %id, "took up a workflow stopped by self-fencing")
+            }
             Err(e) => {
                 tracing::warn!(thread_id = %id, error = %e, "cannot take up a self-fenced workflow")
             }
@@ -347,7 +350,9 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
         }
         swept.push(p.clone());
     }
-    // All adoptions at once: queued together, they share the writer's commits.
+    // All adoptions at once: queued together, they share the writer's commits. Their drivers
+    // start once every lease is taken, so the steps' re-runs (processes to spawn) do not hold
+    // up the takeover of the rest.
     let results = futures::future::join_all(candidates.into_iter().map(|(id, prev, epoch, _)| {
         let sh = sh.clone();
         async move {
@@ -358,9 +363,11 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
     .await;
     let mut adopted = Vec::new();
     let mut from: Vec<String> = Vec::new();
+    let mut taken = Vec::new();
     for (id, prev, r) in results {
         match r {
-            Ok(()) => {
+            Ok(t) => {
+                taken.push(t);
                 tracing::info!(thread_id = %id, previous_owner = ?prev, "adopted workflow");
                 sh.adoptions.fetch_add(1, Ordering::Relaxed);
                 adopted.push(id);
@@ -373,6 +380,9 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
             Err(EngineError::Store(StoreError::Fenced(_))) => {}
             Err(e) => tracing::warn!(thread_id = %id, error = %e, "cannot adopt workflow"),
         }
+    }
+    for t in taken {
+        t.drive(sh);
     }
     // Once more after the takeover: an owner whose lease ran out while it still worked
     // (slow, not dead) may have started an attempt after the first sweep and before the
@@ -393,7 +403,21 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
     Ok(adopted)
 }
 
-/// Takes over a workflow whose owner is gone and starts driving it: in-flight steps are
+/// A workflow taken over in the store, its driver not started yet.
+struct Taken {
+    id: ThreadId,
+    epoch: i64,
+    after: crate::store::Snapshot,
+}
+
+impl Taken {
+    /// Starts driving it: what the driver needs was read in the takeover's transaction.
+    fn drive(self, sh: &Arc<Shared>) {
+        sh.spawn_driver(&self.id, self.epoch, DriverInit::Loaded(self.after));
+    }
+}
+
+/// Takes over a workflow whose owner is gone, for [`Taken::drive`]: in-flight steps are
 /// counted as crashed and re-run (or failed, past the crash cap). `fenced`: this process
 /// takes up its own workflow after stopping it by self-fencing; its attempts were stopped on
 /// purpose, so they count as interrupted, not as crashes.
@@ -403,7 +427,7 @@ async fn adopt(
     prev: Option<String>,
     epoch: i64,
     fenced: bool,
-) -> Result<()> {
+) -> Result<Taken> {
     let claim = Claim {
         owner: sh.owner.clone(),
         expected_epoch: epoch,
@@ -425,9 +449,11 @@ async fn adopt(
             Ok((ch, ()))
         })
         .await?;
-    // What the new driver needs was read in the same transaction.
-    sh.spawn_driver(id, new_epoch, DriverInit::Loaded(after));
-    Ok(())
+    Ok(Taken {
+        id: id.clone(),
+        epoch: new_epoch,
+        after,
+    })
 }
 
 /// Rewrites an adoption's change set for attempts stopped by self-fencing: interrupted, and

@@ -118,18 +118,27 @@ impl ProcessResult {
 /// Called with each complete stdout line (without the newline) as it arrives.
 pub type LineSink = Box<dyn FnMut(&str) + Send>;
 
-/// Runs a process to its end, honouring `stop` and the spec's timeout.
+/// Runs a process to its end, honouring `stop` and the spec's timeout. Takes the spec, so
+/// its program, arguments and environment are dropped once the process is started and the
+/// stdin payload is handed to the writer, not copied: a running attempt holds neither.
 pub async fn run(
-    spec: &ProcessSpec,
+    spec: ProcessSpec,
     stop: &CancellationToken,
     on_line: Option<LineSink>,
 ) -> std::io::Result<ProcessResult> {
-    let (mut child, cgroup) = spawn(spec)?;
+    let (mut child, cgroup) = spawn(&spec)?;
+    let ProcessSpec {
+        timeout,
+        output_cap,
+        kill_grace,
+        stdin,
+        live,
+        ..
+    } = spec;
     let pid = child.id();
     // Its own task: a child that never reads must not hold up reading its output.
-    let writer = match (child.stdin.take(), &spec.stdin) {
+    let writer = match (child.stdin.take(), stdin) {
         (Some(mut pipe), Some(payload)) => {
-            let payload = payload.clone();
             Some(tokio::spawn(async move {
                 // A child that exits without reading makes this fail with EPIPE; that is its
                 // business, reported by its exit status.
@@ -143,9 +152,9 @@ pub async fn run(
         cgroup,
         killed: false,
     };
-    let mut out = Capture::new(spec.output_cap, on_line);
-    let mut err = Capture::new(spec.output_cap, None);
-    if let Some(live) = &spec.live {
+    let mut out = Capture::new(output_cap, on_line);
+    let mut err = Capture::new(output_cap, None);
+    if let Some(live) = &live {
         out.live = Some((live.clone(), super::live::Stream::Stdout));
         err.live = Some((live.clone(), super::live::Stream::Stderr));
     }
@@ -155,7 +164,7 @@ pub async fn run(
         let mut readers =
             std::pin::pin!(async { tokio::join!(out.read_from(stdout), err.read_from(stderr)) });
         let mut timeout = std::pin::pin!(async {
-            match spec.timeout {
+            match timeout {
                 Some(t) => tokio::time::sleep(t).await,
                 None => std::future::pending().await,
             }
@@ -166,11 +175,11 @@ pub async fn run(
                 _ = &mut readers, if !read_all => read_all = true,
                 status = child.wait() => break exit_ending(status?),
                 () = &mut timeout => {
-                    terminate(&mut child, &group, spec.kill_grace).await;
+                    terminate(&mut child, &group, kill_grace).await;
                     break Ending::TimedOut;
                 }
                 () = stop.cancelled() => {
-                    terminate(&mut child, &group, spec.kill_grace).await;
+                    terminate(&mut child, &group, kill_grace).await;
                     break Ending::Stopped;
                 }
             }
@@ -477,11 +486,15 @@ mod tests {
         let marker = tempfile::tempdir().unwrap().keep().join("ran");
         let mut s = spec("sh", &["-c", &format!("touch {}", marker.display())]);
         s.gate = Some(SpawnGate(std::sync::Arc::new(|| false)));
-        let err = run(&s, &CancellationToken::new(), None).await.unwrap_err();
+        let err = run(s.clone(), &CancellationToken::new(), None)
+            .await
+            .unwrap_err();
         assert!(is_not_now(&err), "{err}");
         assert!(!marker.exists(), "the process never started");
         s.gate = Some(SpawnGate(std::sync::Arc::new(|| true)));
-        run(&s, &CancellationToken::new(), None).await.unwrap();
+        run(s.clone(), &CancellationToken::new(), None)
+            .await
+            .unwrap();
         assert!(marker.exists());
     }
 
@@ -496,14 +509,18 @@ mod tests {
             .collect();
         let mut s = spec("sh", &["-c", "wc -c; echo end"]);
         s.stdin = Some(payload.clone());
-        let r = run(&s, &CancellationToken::new(), None).await.unwrap();
+        let r = run(s.clone(), &CancellationToken::new(), None)
+            .await
+            .unwrap();
         assert_eq!(
             r.stdout.split_whitespace().collect::<Vec<_>>(),
             ["300000", "end"]
         );
         s.args = vec!["-c".into(), "cat".into()];
         s.output_cap = 1 << 20;
-        let r = run(&s, &CancellationToken::new(), None).await.unwrap();
+        let r = run(s.clone(), &CancellationToken::new(), None)
+            .await
+            .unwrap();
         assert_eq!(r.stdout.as_bytes(), payload.as_slice());
     }
 
@@ -511,14 +528,16 @@ mod tests {
     async fn child_that_ignores_stdin_is_not_held_up() {
         let mut s = spec("sh", &["-c", "echo done"]);
         s.stdin = Some(vec![b'x'; 1 << 20]);
-        let r = run(&s, &CancellationToken::new(), None).await.unwrap();
+        let r = run(s.clone(), &CancellationToken::new(), None)
+            .await
+            .unwrap();
         assert_eq!((r.ending, r.stdout.as_str()), (Ending::Exited(0), "done\n"));
     }
 
     #[tokio::test]
     async fn no_payload_means_no_stdin() {
         let r = run(
-            &spec("sh", &["-c", "cat; echo rc=$?"]),
+            spec("sh", &["-c", "cat; echo rc=$?"]),
             &CancellationToken::new(),
             None,
         )
@@ -530,7 +549,9 @@ mod tests {
     #[tokio::test]
     async fn output_beyond_cap_is_dropped_with_marker() {
         let s = spec("sh", &["-c", "head -c 100000 /dev/zero | tr '\\0' a"]);
-        let r = run(&s, &CancellationToken::new(), None).await.unwrap();
+        let r = run(s.clone(), &CancellationToken::new(), None)
+            .await
+            .unwrap();
         assert_eq!(r.ending, Ending::Exited(0));
         assert!(r.stdout.starts_with(&"a".repeat(1024)));
         assert!(
@@ -547,7 +568,7 @@ mod tests {
         let sink: LineSink = Box::new(move |l| {
             let _ = tx.send(l.to_owned());
         });
-        run(&s, &CancellationToken::new(), Some(sink))
+        run(s.clone(), &CancellationToken::new(), Some(sink))
             .await
             .unwrap();
         let lines: Vec<String> = rx.try_iter().collect();
@@ -591,7 +612,9 @@ mod tests {
         s.env.insert(OWNER_ENV.into(), owner.clone());
         let contained = contain::Attempt::create(&owner).is_some();
         let started = std::time::Instant::now();
-        let r = run(&s, &CancellationToken::new(), None).await.unwrap();
+        let r = run(s.clone(), &CancellationToken::new(), None)
+            .await
+            .unwrap();
         assert_eq!(r.ending, Ending::Exited(0));
         assert_eq!(r.stdout, "before\nafter\n");
         let gc: i32 = std::fs::read_to_string(dir.path().join("gc.pid"))
@@ -615,7 +638,9 @@ mod tests {
     async fn timeout_kills_the_group() {
         let mut s = spec("sh", &["-c", "sleep 30 & sleep 30; echo never"]);
         s.timeout = Some(Duration::from_millis(200));
-        let r = run(&s, &CancellationToken::new(), None).await.unwrap();
+        let r = run(s.clone(), &CancellationToken::new(), None)
+            .await
+            .unwrap();
         assert_eq!(r.ending, Ending::TimedOut);
         assert!(!r.stdout.contains("never"));
     }
