@@ -133,8 +133,14 @@ pub async fn run(
         kill_grace,
         stdin,
         live,
-        ..
+        program,
+        args,
+        cwd,
+        env,
+        gate,
     } = spec;
+    // Freed now: fields left in a partly moved value would live until the process ends.
+    drop((program, args, cwd, env, gate));
     let pid = child.id();
     // Its own task: a child that never reads must not hold up reading its output.
     let writer = match (child.stdin.take(), stdin) {
