@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -209,7 +208,7 @@ impl Engine {
             &id,
             1,
             DriverInit::New {
-                def: Arc::new(wf),
+                def: self.sh.defs.share(&record.definition, wf),
                 record,
                 reply,
             },
@@ -337,7 +336,7 @@ impl Engine {
     pub async fn resume(&self, req: ResumeRequest) -> Result<WorkflowStatus> {
         let id = req.thread_id.clone();
         let snap = self.sh.snapshot_of(&id).await?;
-        let def = super::parse_definition(&snap)?;
+        let def = self.sh.definition(&snap)?;
         let Ok(scope) = scheduler::resume_scope(&def, &snap.steps, req.from_step.as_deref()) else {
             return Err(EngineError::UnknownStep {
                 step: req.from_step.clone().unwrap_or_default(),

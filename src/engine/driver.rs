@@ -399,6 +399,9 @@ impl Driver {
             let signals = self.signals.clone();
             let fence = self.fence.clone();
             let reason = self.reason.clone();
+            // Boxed: the task keeps 8 bytes for it, and a command attempt frees it at its
+            // spawn instead of holding it until it ends.
+            let spec = Box::new(spec);
             self.running.spawn(async move {
                 // A sub-workflow waits for its child, whose steps need the slots.
                 let sub = matches!(spec.prepared, executor::Prepared::Workflow { .. });
@@ -421,9 +424,9 @@ impl Driver {
                 }
                 let (idx, number) = (spec.step_idx, spec.number);
                 let out = if sub {
-                    Box::pin(super::subworkflow::run(sh, spec, stop, reason)).await
+                    Box::pin(super::subworkflow::run(sh, *spec, stop, reason)).await
                 } else {
-                    executor::execute(&sh.exec, &spec, &stop, signals).await
+                    executor::execute(&sh.exec, spec, &stop, signals).await
                 };
                 (idx, number, out)
             });

@@ -90,10 +90,11 @@ impl AttemptSpec {
     }
 }
 
-/// Runs one attempt to its end.
+/// Runs one attempt to its end. The spec is freed once the process is started: a running
+/// attempt holds its process, its output so far and what judges its end, nothing more.
 pub async fn execute(
     cfg: &ExecConfig,
-    spec: &AttemptSpec,
+    spec: Box<AttemptSpec>,
     stop: &CancellationToken,
     signals: Arc<Signals>,
 ) -> Outcome {
@@ -104,27 +105,99 @@ pub async fn execute(
             detail: AttemptDetail::default(),
         };
     }
-    let mut env = spec.env.clone();
-    env.insert(OWNER_ENV.into(), cfg.owner_id.clone());
-    env.insert("BATON_THREAD_ID".into(), spec.workflow_id.to_string());
-    env.insert("BATON_STEP_ID".into(), spec.step_id.clone());
-    env.insert("BATON_ATTEMPT".into(), spec.number.to_string());
-    let mut stdin = None;
-    let (program, args, is_agent) = match &spec.prepared {
-        Prepared::Run(argv) => match argv.split_first() {
-            Some((p, rest)) => (p.clone(), rest.to_vec(), false),
-            None => {
-                return fatal("`run` has no program to execute".into(), started);
+    let (mut running, judge) = match launch(cfg, spec, signals, started) {
+        Ok(launched) => launched,
+        Err(outcome) => return outcome,
+    };
+    let ending = running.wait(stop).await;
+    judge.outcome(running, ending)
+}
+
+/// What decides an attempt's outcome once its process has ended.
+struct Judge {
+    started: Instant,
+    success: SuccessCheck,
+    timeout: Option<Duration>,
+    output_json: bool,
+    output_schema: Option<serde_json::Value>,
+    kind: Kind,
+}
+
+enum Kind {
+    /// The agent's stream-json, parsed as it arrives.
+    Agent(Arc<std::sync::Mutex<agent::StreamState>>),
+    /// The command's live tail, closed when the attempt ends.
+    Command(super::live::TailGuard),
+}
+
+impl Judge {
+    fn outcome(self, running: process::Running, ending: std::io::Result<Ending>) -> Outcome {
+        let ending = match ending {
+            Ok(e) => e,
+            Err(e) => {
+                return Outcome::Failed {
+                    class: FailureClass::Retryable,
+                    error: format!("lost track of the step's process: {e}"),
+                    detail: AttemptDetail {
+                        duration_ms: Some(self.started.elapsed().as_millis() as i64),
+                        ..Default::default()
+                    },
+                };
             }
-        },
+        };
+        let r = running.finish(ending);
+        let out = match self.kind {
+            Kind::Agent(stream) => {
+                agent::outcome(&r, &stream, &self.success, self.started.elapsed())
+            }
+            Kind::Command(tail) => {
+                drop(tail);
+                command_outcome(r, &self.success, self.timeout, self.started)
+            }
+        };
+        structured::check(out, self.output_json, self.output_schema.as_ref())
+    }
+}
+
+/// Builds the attempt's command and starts it (synchronously: nothing of the spec outlives
+/// this call but what [`Judge`] keeps).
+fn launch(
+    cfg: &ExecConfig,
+    spec: Box<AttemptSpec>,
+    signals: Arc<Signals>,
+    started: Instant,
+) -> Result<(process::Running, Judge), Outcome> {
+    let AttemptSpec {
+        workflow_id,
+        step_idx,
+        step_id,
+        number,
+        prepared,
+        cwd,
+        mut env,
+        timeout,
+        success,
+        output_json,
+        output_schema,
+        max_budget_usd,
+    } = *spec;
+    env.insert(OWNER_ENV.into(), cfg.owner_id.clone());
+    env.insert("BATON_THREAD_ID".into(), workflow_id.to_string());
+    env.insert("BATON_STEP_ID".into(), step_id.clone());
+    env.insert("BATON_ATTEMPT".into(), number.to_string());
+    let mut stdin = None;
+    let (program, args, is_agent) = match prepared {
+        Prepared::Run(mut argv) => {
+            if argv.is_empty() {
+                return Err(fatal("`run` has no program to execute".into(), started));
+            }
+            let program = argv.remove(0);
+            (program, argv, false)
+        }
         Prepared::Shell { script, env: refs } => {
             // After the step's own env, so a step cannot shadow the values it reads.
-            env.extend(refs.iter().cloned());
-            (
-                "sh".to_owned(),
-                vec!["-c".to_owned(), script.clone()],
-                false,
-            )
+            env.extend(refs);
+            ("sh".to_owned(), vec!["-c".to_owned(), script], false)
         }
         Prepared::Agent {
             prompt,
@@ -132,68 +205,69 @@ pub async fn execute(
             resume,
         } => {
             let Some((p, lead)) = cfg.agent_command.split_first() else {
-                return fatal("the agent command is empty".into(), started);
+                return Err(fatal("the agent command is empty".into(), started));
             };
             let mut args = lead.to_vec();
-            args.extend(agent::cli_args(options, resume.as_deref()));
-            if let Some(schema) = &spec.output_schema {
+            args.extend(agent::cli_args(&options, resume.as_deref()));
+            if let Some(schema) = &output_schema {
                 args.extend(["--json-schema".to_owned(), schema.to_string()]);
             }
-            if let Some(usd) = spec.max_budget_usd {
+            if let Some(usd) = max_budget_usd {
                 args.extend(["--max-budget-usd".to_owned(), format!("{usd:.4}")]);
             }
             // On stdin, never in argv: not parseable as an option, not in /proc/PID/cmdline.
-            stdin = Some(prompt.as_bytes().to_vec());
+            stdin = Some(prompt.into_bytes());
             (p.clone(), args, true)
         }
         Prepared::Workflow { .. } => {
-            return fatal(
+            return Err(fatal(
                 "a sub-workflow is run by the engine, not as a process".into(),
                 started,
-            );
+            ));
         }
+    };
+    let send = move |kind| signals.send(step_idx, number, kind);
+    let (sink, live, kind): (process::LineSink, _, _) = if is_agent {
+        let stream = agent::StreamState::shared();
+        (
+            agent::line_sink(stream.clone(), send),
+            None,
+            Kind::Agent(stream),
+        )
+    } else {
+        let tail = cfg.tails.open(&workflow_id, &step_id);
+        (
+            Box::new(move |_: &str| send(SignalKind::Activity)),
+            Some(tail.live()),
+            Kind::Command(tail),
+        )
     };
     let pspec = ProcessSpec {
         program,
         args,
-        cwd: spec.cwd.clone(),
+        cwd,
         env,
-        timeout: spec.timeout,
+        timeout,
         output_cap: cfg.output_cap,
         kill_grace: cfg.kill_grace,
         stdin,
         gate: cfg.gate.clone(),
-        live: None,
+        live,
     };
-    let (step_idx, attempt) = (spec.step_idx, spec.number);
-    let send = move |kind| signals.send(step_idx, attempt, kind);
-    if is_agent {
-        let stream = agent::StreamState::shared();
-        let sink = agent::line_sink(stream.clone(), send);
-        let program = pspec.program.clone();
-        let result = process::run(pspec, stop, Some(sink)).await;
-        let elapsed = started.elapsed();
-        let out = match result {
-            Ok(r) => agent::outcome(&r, &stream, &spec.success, elapsed),
-            Err(e) => spawn_failure(&program, e, started),
-        };
-        structured::check(out, spec.output_json, spec.output_schema.as_ref())
-    } else {
-        let sink: process::LineSink = Box::new(move |_| send(SignalKind::Activity));
-        let tail = cfg.tails.open(&spec.workflow_id, &spec.step_id);
-        let pspec = ProcessSpec {
-            live: Some(tail.live()),
-            ..pspec
-        };
-        let program = pspec.program.clone();
-        let result = process::run(pspec, stop, Some(sink)).await;
-        drop(tail);
-        let out = match result {
-            Ok(r) => command_outcome(r, &spec.success, spec.timeout, started),
-            Err(e) => spawn_failure(&program, e, started),
-        };
-        structured::check(out, spec.output_json, spec.output_schema.as_ref())
-    }
+    let program = pspec.program.clone();
+    let running =
+        process::start(pspec, Some(sink)).map_err(|e| spawn_failure(&program, e, started))?;
+    Ok((
+        running,
+        Judge {
+            started,
+            success,
+            timeout,
+            output_json,
+            output_schema,
+            kind,
+        },
+    ))
 }
 
 pub(super) fn fatal(error: String, started: Instant) -> Outcome {

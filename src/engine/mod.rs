@@ -25,6 +25,7 @@
 mod agent;
 mod answer;
 mod control;
+mod defs;
 mod driver;
 mod error;
 mod executor;
@@ -154,6 +155,8 @@ pub(crate) struct Shared {
     adoptions: std::sync::atomic::AtomicU64,
     /// Workflows whose drivers self-fencing stopped, taken up again once leases renew.
     self_fenced: Mutex<Vec<ThreadId>>,
+    /// One compiled copy of each definition the running workflows use.
+    defs: defs::Definitions,
 }
 
 impl Shared {
@@ -256,6 +259,7 @@ impl Engine {
             launcher: OnceLock::new(),
             adoptions: std::sync::atomic::AtomicU64::new(0),
             self_fenced: Mutex::new(Vec::new()),
+            defs: Default::default(),
         });
         lease::register(&sh).await?;
         let ticker = sh.clone();
@@ -330,14 +334,27 @@ impl Engine {
     }
 }
 
-/// The definition stored with a workflow.
-fn parse_definition(snap: &Snapshot) -> crate::store::Result<Workflow> {
-    let def: Workflow = serde_json::from_str(&snap.definition).map_err(|e| {
-        StoreError::Corrupt(format!("stored definition of {}: {e}", snap.workflow.id))
-    })?;
-    // A row per defined step, plus the instances `ID[i]` of expanded for_each steps.
-    // A row per defined step outside repeat groups, plus the instances `ID[i]` of expanded
-    // for_each steps and the iterations `ID#k` of the groups' steps.
+impl Shared {
+    /// The definition stored with a workflow, checked against its step rows; shared with
+    /// the other workflows running the same one.
+    fn definition(&self, snap: &Snapshot) -> crate::store::Result<Arc<Workflow>> {
+        let def = match self.defs.get(&snap.definition) {
+            Some(def) => def,
+            None => {
+                let def: Workflow = serde_json::from_str(&snap.definition).map_err(|e| {
+                    StoreError::Corrupt(format!("stored definition of {}: {e}", snap.workflow.id))
+                })?;
+                self.defs.share(&snap.definition, def)
+            }
+        };
+        check_rows(snap, &def)?;
+        Ok(def)
+    }
+}
+
+/// A row per defined step outside repeat groups, plus the instances `ID[i]` of expanded
+/// for_each steps and the iterations `ID#k` of the groups' steps.
+fn check_rows(snap: &Snapshot, def: &Workflow) -> crate::store::Result<()> {
     let known = |id: &str| {
         def.step(id).is_some_and(|s| s.group.is_none())
             || crate::workflow::parse_instance(id)
@@ -361,7 +378,7 @@ fn parse_definition(snap: &Snapshot) -> crate::store::Result<Workflow> {
             snap.workflow.id
         )));
     }
-    Ok(def)
+    Ok(())
 }
 
 impl Shared {
@@ -428,9 +445,9 @@ impl Shared {
         let mut spent = (0.0, None);
         let (def, status, steps, new) = match init {
             DriverInit::Loaded(snap) => {
-                let def = parse_definition(&snap)?;
+                let def = self.definition(&snap)?;
                 spent = (snap.workflow.total_cost_usd, snap.workflow.max_cost_usd);
-                (Arc::new(def), snap.workflow.status, snap.steps, None)
+                (def, snap.workflow.status, snap.steps, None)
             }
             DriverInit::New { def, record, reply } => {
                 // A repeat group's steps get rows per iteration (`ID#k`), not up front.

@@ -118,14 +118,47 @@ impl ProcessResult {
 /// Called with each complete stdout line (without the newline) as it arrives.
 pub type LineSink = Box<dyn FnMut(&str) + Send>;
 
-/// Runs a process to its end, honouring `stop` and the spec's timeout. Takes the spec, so
-/// its program, arguments and environment are dropped once the process is started and the
-/// stdin payload is handed to the writer, not copied: a running attempt holds neither.
+/// Runs a process to its end, honouring `stop` and the spec's timeout.
+#[cfg(test)]
 pub async fn run(
     spec: ProcessSpec,
     stop: &CancellationToken,
     on_line: Option<LineSink>,
 ) -> std::io::Result<ProcessResult> {
+    let mut running = start(spec, on_line)?;
+    let ending = running.wait(stop).await?;
+    Ok(running.finish(ending))
+}
+
+/// A started process, its output being read: [`Running::wait`] awaits its end and
+/// [`Running::finish`] gives its result. Dropping it kills whatever it started.
+pub struct Running {
+    child: tokio::process::Child,
+    group: Group,
+    out: Capture,
+    err: Capture,
+    timeout: Option<Duration>,
+    kill_grace: Duration,
+    /// Feeds the stdin payload, in its own task: a child that never reads must not hold up
+    /// reading its output.
+    writer: Writer,
+}
+
+/// The stdin writer's task, aborted when the attempt is done with, however it ends.
+struct Writer(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(w) = &self.0 {
+            w.abort();
+        }
+    }
+}
+
+/// Starts the process. Synchronous, and it takes the spec: the program, arguments and
+/// environment are freed once the process is started and the stdin payload is handed to the
+/// writer, so a running attempt holds only what it needs to await its end.
+pub fn start(spec: ProcessSpec, on_line: Option<LineSink>) -> std::io::Result<Running> {
     let (mut child, cgroup) = spawn(&spec)?;
     let ProcessSpec {
         timeout,
@@ -133,44 +166,59 @@ pub async fn run(
         kill_grace,
         stdin,
         live,
-        program,
-        args,
-        cwd,
-        env,
-        gate,
+        ..
     } = spec;
-    // Freed now: fields left in a partly moved value would live until the process ends.
-    drop((program, args, cwd, env, gate));
     let pid = child.id();
-    // Its own task: a child that never reads must not hold up reading its output.
-    let writer = match (child.stdin.take(), stdin) {
-        (Some(mut pipe), Some(payload)) => {
-            Some(tokio::spawn(async move {
-                // A child that exits without reading makes this fail with EPIPE; that is its
-                // business, reported by its exit status.
-                let _ = pipe.write_all(&payload).await;
-            }))
-        }
+    let writer = Writer(match (child.stdin.take(), stdin) {
+        (Some(mut pipe), Some(payload)) => Some(tokio::spawn(async move {
+            // A child that exits without reading makes this fail with EPIPE; that is its
+            // business, reported by its exit status.
+            let _ = pipe.write_all(&payload).await;
+        })),
         _ => None,
-    };
-    let mut group = Group {
+    });
+    let group = Group {
         pgid: pid.map(|id| Pid::from_raw(id as i32)),
         cgroup,
         killed: false,
     };
     let mut out = Capture::new(output_cap, on_line);
     let mut err = Capture::new(output_cap, None);
-    if let Some(live) = &live {
+    if let Some(live) = live {
         out.live = Some((live.clone(), super::live::Stream::Stdout));
-        err.live = Some((live.clone(), super::live::Stream::Stderr));
+        err.live = Some((live, super::live::Stream::Stderr));
     }
-    let ending = {
+    Ok(Running {
+        child,
+        group,
+        out,
+        err,
+        timeout,
+        kill_grace,
+        writer,
+    })
+}
+
+impl Running {
+    /// Awaits the end of the main process (or the timeout, or `stop`, which terminate it),
+    /// kills whatever it left running and reads its output to the end.
+    pub async fn wait(&mut self, stop: &CancellationToken) -> std::io::Result<Ending> {
+        let Running {
+            child,
+            group,
+            out,
+            err,
+            timeout,
+            kill_grace,
+            ..
+        } = self;
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         // Both pipes are read by this same task, beside the wait: no extra tasks per attempt.
         let mut readers =
             std::pin::pin!(async { tokio::join!(out.read_from(stdout), err.read_from(stderr)) });
+        let limit = *timeout;
         let mut timeout = std::pin::pin!(async {
-            match timeout {
+            match limit {
                 Some(t) => tokio::time::sleep(t).await,
                 None => std::future::pending().await,
             }
@@ -181,11 +229,11 @@ pub async fn run(
                 _ = &mut readers, if !read_all => read_all = true,
                 status = child.wait() => break exit_ending(status?),
                 () = &mut timeout => {
-                    terminate(&mut child, &group, kill_grace).await;
+                    terminate(child, group, *kill_grace).await;
                     break Ending::TimedOut;
                 }
                 () = stop.cancelled() => {
-                    terminate(&mut child, &group, kill_grace).await;
+                    terminate(child, group, *kill_grace).await;
                     break Ending::Stopped;
                 }
             }
@@ -197,17 +245,25 @@ pub async fn run(
             // pipe; keep what was read and stop waiting for it.
             let _ = tokio::time::timeout(READ_AFTER_EXIT, readers).await;
         }
-        ending
-    };
-    if let Some(w) = writer {
-        w.abort();
+        Ok(ending)
     }
-    drop(group);
-    Ok(ProcessResult {
-        ending,
-        stdout: out.finish(),
-        stderr: err.finish(),
-    })
+
+    /// The result of a process that ended this way: its captured output.
+    pub fn finish(self, ending: Ending) -> ProcessResult {
+        let Running {
+            group,
+            out,
+            err,
+            writer,
+            ..
+        } = self;
+        drop((writer, group));
+        ProcessResult {
+            ending,
+            stdout: out.finish(),
+            stderr: err.finish(),
+        }
+    }
 }
 
 /// Spawns the attempt's main process, in its own process group and (where available) its own

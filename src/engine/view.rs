@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Engine, EngineError, Result, lease, parse_definition};
+use super::{Engine, EngineError, Result, lease};
 use crate::api::{
     AttemptView, MonitorView, MonitoredWorkflow, Progress, StepStatus, StepView, ThreadId,
     WorkflowStatus, WorkflowView, is_overdue, now_ms, rfc3339,
@@ -61,7 +61,7 @@ impl Engine {
             .ok_or_else(|| EngineError::NotFound {
                 thread_id: thread_id.clone(),
             })?;
-        let def = parse_definition(&snap)?;
+        let def = self.sh.definition(&snap)?;
         let mut by_step: BTreeMap<&str, Vec<AttemptView>> = BTreeMap::new();
         for a in &attempts {
             by_step
@@ -126,7 +126,7 @@ impl Engine {
             total_cost_usd: row.total_cost_usd,
             max_cost_usd: row.max_cost_usd.or(def.max_cost_usd),
             owner: row.owner,
-            inputs: def.inputs,
+            inputs: def.inputs.clone(),
             waiting_for: step_views
                 .iter()
                 .filter_map(|s| s.waiting_for.clone())
