@@ -107,7 +107,7 @@ pub async fn execute(
     }
     let (mut running, judge) = match launch(cfg, spec, signals, started) {
         Ok(launched) => launched,
-        Err(outcome) => return outcome,
+        Err(outcome) => return *outcome,
     };
     let ending = running.wait(stop).await;
     judge.outcome(running, ending)
@@ -166,7 +166,7 @@ fn launch(
     spec: Box<AttemptSpec>,
     signals: Arc<Signals>,
     started: Instant,
-) -> Result<(process::Running, Judge), Outcome> {
+) -> Result<(process::Running, Judge), Box<Outcome>> {
     let AttemptSpec {
         workflow_id,
         step_idx,
@@ -189,7 +189,10 @@ fn launch(
     let (program, args, is_agent) = match prepared {
         Prepared::Run(mut argv) => {
             if argv.is_empty() {
-                return Err(fatal("`run` has no program to execute".into(), started));
+                return Err(Box::new(fatal(
+                    "`run` has no program to execute".into(),
+                    started,
+                )));
             }
             let program = argv.remove(0);
             (program, argv, false)
@@ -205,7 +208,10 @@ fn launch(
             resume,
         } => {
             let Some((p, lead)) = cfg.agent_command.split_first() else {
-                return Err(fatal("the agent command is empty".into(), started));
+                return Err(Box::new(fatal(
+                    "the agent command is empty".into(),
+                    started,
+                )));
             };
             let mut args = lead.to_vec();
             args.extend(agent::cli_args(&options, resume.as_deref()));
@@ -220,10 +226,10 @@ fn launch(
             (p.clone(), args, true)
         }
         Prepared::Workflow { .. } => {
-            return Err(fatal(
+            return Err(Box::new(fatal(
                 "a sub-workflow is run by the engine, not as a process".into(),
                 started,
-            ));
+            )));
         }
     };
     let send = move |kind| signals.send(step_idx, number, kind);
@@ -255,8 +261,8 @@ fn launch(
         live,
     };
     let program = pspec.program.clone();
-    let running =
-        process::start(pspec, Some(sink)).map_err(|e| spawn_failure(&program, e, started))?;
+    let running = process::start(pspec, Some(sink))
+        .map_err(|e| Box::new(spawn_failure(&program, e, started)))?;
     Ok((
         running,
         Judge {
