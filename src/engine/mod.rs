@@ -406,11 +406,12 @@ impl Shared {
         }
         let sh = self.clone();
         let id = id.clone();
+        // Boxed, and freed once the driver is built: the task does not keep room for it.
+        let init = Box::new(init);
         self.tracker.spawn(async move {
             let fence = sh.fence(&id, epoch);
             let driver = sh
                 .build_driver(&id, fence.clone(), init, stop, reason)
-                .await
                 .map(Box::new);
             match driver {
                 Ok(driver) => {
@@ -422,7 +423,7 @@ impl Shared {
                             .or_else(|| panic.downcast_ref::<String>().cloned())
                             .unwrap_or_else(|| "unknown panic".to_owned());
                         drop(panic);
-                        sh.record_driver_failure(&fence, what).await;
+                        Box::pin(sh.record_driver_failure(&fence, what)).await;
                     }
                 }
                 Err(e) => tracing::error!(thread_id = %id, error = %e, "cannot load workflow"),
@@ -433,17 +434,17 @@ impl Shared {
         });
     }
 
-    async fn build_driver(
+    fn build_driver(
         self: &Arc<Self>,
         id: &ThreadId,
         fence: Fence,
-        init: DriverInit,
+        init: Box<DriverInit>,
         stop: CancellationToken,
         reason: Arc<StopCell>,
     ) -> crate::store::Result<driver::Driver> {
         let now = now_ms();
         let mut spent = (0.0, None);
-        let (def, status, steps, new) = match init {
+        let (def, status, steps, new) = match *init {
             DriverInit::Loaded(snap) => {
                 let def = self.definition(&snap)?;
                 spent = (snap.workflow.total_cost_usd, snap.workflow.max_cost_usd);
@@ -451,13 +452,14 @@ impl Shared {
             }
             DriverInit::New { def, record, reply } => {
                 // A repeat group's steps get rows per iteration (`ID#k`), not up front.
-                let steps = def
-                    .steps
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| s.group.is_none())
-                    .map(|(i, s)| StepRow::new(&s.id, i))
-                    .collect();
+                let mut steps = Vec::with_capacity(def.steps.len());
+                steps.extend(
+                    def.steps
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| s.group.is_none())
+                        .map(|(i, s)| StepRow::new(&s.id, i)),
+                );
                 (def, WorkflowStatus::Queued, steps, Some((record, reply)))
             }
         };

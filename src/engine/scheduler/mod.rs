@@ -88,7 +88,7 @@ pub(super) struct Scheduler {
     fans: HashMap<usize, Fan>,
     /// The started `repeat` groups, by row.
     groups: HashMap<usize, Group>,
-    /// Position of each step in the definition, by id.
+    /// Position of each step in the definition, by id; empty unless it has `repeat` groups.
     def_index: HashMap<String, usize>,
     /// The last start found no free step slot; more steps are ready than could start.
     starved: bool,
@@ -111,12 +111,17 @@ impl Scheduler {
             .map(|(i, s)| (s.step_id.clone(), i))
             .collect();
         let (origin, fans) = fan_out::origins(&def, &steps, &index);
-        let def_index: HashMap<String, usize> = def
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.id.clone(), i))
-            .collect();
+        // Only `repeat` groups look steps up by id in the definition; a workflow without one
+        // keeps no copy of its step ids for them.
+        let def_index: HashMap<String, usize> = if def.steps.iter().any(|s| s.group.is_some()) {
+            def.steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.id.clone(), i))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         let groups = repeat::groups(&def, &def_index, &steps, &index, &origin);
         let retry_at = steps
             .iter()
