@@ -399,8 +399,7 @@ impl Driver {
             let signals = self.signals.clone();
             let fence = self.fence.clone();
             let reason = self.reason.clone();
-            // Boxed: the task keeps 8 bytes for it, and a command attempt frees it at its
-            // spawn instead of holding it until it ends.
+            // Boxed: a command attempt frees it at its spawn, not at its end.
             let spec = Box::new(spec);
             self.running.spawn(async move {
                 // A sub-workflow waits for its child, whose steps need the slots.
