@@ -208,7 +208,10 @@ impl Engine {
             &id,
             1,
             DriverInit::New {
-                def: self.sh.defs.share(&record.definition, wf),
+                def: self
+                    .sh
+                    .defs
+                    .share(&record.definition, std::sync::Arc::new(wf)),
                 record,
                 reply,
             },

@@ -36,14 +36,13 @@ impl Definitions {
     }
 
     /// `wf`, compiled from `stored`, or the copy already in use for the same text.
-    pub(crate) fn share(&self, stored: &str, wf: Workflow) -> Arc<Workflow> {
+    pub(crate) fn share(&self, stored: &str, wf: Arc<Workflow>) -> Arc<Workflow> {
         let Ok(mut inner) = self.inner.lock() else {
-            return Arc::new(wf);
+            return wf;
         };
         if let Some(shared) = inner.map.get(stored).and_then(Weak::upgrade) {
             return shared;
         }
-        let wf = Arc::new(wf);
         if inner.map.len() >= inner.sweep_at.max(FIRST_SWEEP) {
             inner.map.retain(|_, w| w.strong_count() > 0);
             inner.sweep_at = inner.map.len() * 2;
@@ -74,12 +73,12 @@ mod tests {
     fn the_same_stored_definition_is_one_shared_copy() {
         let defs = Definitions::default();
         let (text, wf) = compiled("true");
-        let first = defs.share(&text, wf.clone());
-        let second = defs.share(&text, wf);
+        let first = defs.share(&text, Arc::new(wf.clone()));
+        let second = defs.share(&text, Arc::new(wf));
         assert!(Arc::ptr_eq(&first, &second));
         assert!(Arc::ptr_eq(&first, &defs.get(&text).unwrap()));
         let (other, wf) = compiled("false");
-        assert!(!Arc::ptr_eq(&first, &defs.share(&other, wf)));
+        assert!(!Arc::ptr_eq(&first, &defs.share(&other, Arc::new(wf))));
     }
 
     #[test]
@@ -87,12 +86,12 @@ mod tests {
         let defs = Definitions::default();
         for i in 0..1000 {
             let (text, wf) = compiled(&format!("step-{i}"));
-            drop(defs.share(&text, wf));
+            drop(defs.share(&text, Arc::new(wf)));
         }
         assert!(defs.len() <= FIRST_SWEEP, "{} entries kept", defs.len());
         let (text, wf) = compiled("step-1");
         assert!(defs.get(&text).is_none());
-        let held = defs.share(&text, wf);
+        let held = defs.share(&text, Arc::new(wf));
         assert!(Arc::ptr_eq(&held, &defs.get(&text).unwrap()));
     }
 }

@@ -335,17 +335,14 @@ impl Engine {
 }
 
 impl Shared {
-    /// The definition stored with a workflow, checked against its step rows; shared with
-    /// the other workflows running the same one.
+    /// The definition stored with a workflow, checked against its step rows: the copy a
+    /// running workflow already uses, else parsed (and not kept; see [`defs`]).
     fn definition(&self, snap: &Snapshot) -> crate::store::Result<Arc<Workflow>> {
         let def = match self.defs.get(&snap.definition) {
             Some(def) => def,
-            None => {
-                let def: Workflow = serde_json::from_str(&snap.definition).map_err(|e| {
-                    StoreError::Corrupt(format!("stored definition of {}: {e}", snap.workflow.id))
-                })?;
-                self.defs.share(&snap.definition, def)
-            }
+            None => Arc::new(serde_json::from_str(&snap.definition).map_err(|e| {
+                StoreError::Corrupt(format!("stored definition of {}: {e}", snap.workflow.id))
+            })?),
         };
         check_rows(snap, &def)?;
         Ok(def)
@@ -446,7 +443,8 @@ impl Shared {
         let mut spent = (0.0, None);
         let (def, status, steps, new) = match *init {
             DriverInit::Loaded(snap) => {
-                let def = self.definition(&snap)?;
+                // Shared only by drivers: a read of a finished workflow keeps nothing.
+                let def = self.defs.share(&snap.definition, self.definition(&snap)?);
                 spent = (snap.workflow.total_cost_usd, snap.workflow.max_cost_usd);
                 (def, snap.workflow.status, snap.steps, None)
             }
