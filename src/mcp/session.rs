@@ -205,7 +205,7 @@ impl Session {
 
     /// Sends what this session wants to know about a change of `id`.
     async fn push(&self, id: &str) {
-        self.tell_channel(id).await;
+        let status = self.tell_channel(id).await;
         let uri = format!("{WORKFLOW_URI}{id}");
         let Some((peer, subscribed, sinks, level, cursor)) = self.with(|s| {
             let sinks: Vec<SubscriptionSink> = s
@@ -251,8 +251,13 @@ impl Session {
                 }
             }
         }
+        let mut drained = true;
         if let (Some(peer), Some(min), Some(cursor)) = (peer, level, cursor) {
-            let Ok(page) = self.engine.events(&ThreadId::from(id), cursor, 200).await else {
+            let Ok(page) = self
+                .engine
+                .events(&ThreadId::from(id), cursor, EVENTS_PER_PUSH)
+                .await
+            else {
                 return;
             };
             let events = page.events;
@@ -271,30 +276,51 @@ impl Session {
                 let seq = last.seq;
                 self.with(|s| s.watched.insert(id.to_owned(), seq));
             }
+            drained = events.len() < EVENTS_PER_PUSH as usize;
+        }
+        self.with(|s| s.settle(id, status, drained));
+    }
+}
+
+/// Events forwarded per push; a longer backlog continues on the next wake-up.
+const EVENTS_PER_PUSH: i64 = 200;
+
+impl State {
+    /// Forgets a workflow this session started once it finished, its stop was told and its
+    /// events forwarded: the session stops reading it on every change and every poll, so a
+    /// long session costs what its running workflows cost, not everything it ever started.
+    /// A blocked workflow stays (it waits for an answer), and a resume in this session
+    /// watches it again ([`Session::watch_stop`]).
+    fn settle(&mut self, id: &str, status: Option<WorkflowStatus>, drained: bool) {
+        if drained && status.is_some_and(WorkflowStatus::is_finished) {
+            self.watched.remove(id);
+            self.told.remove(id);
         }
     }
 }
 
 impl Session {
-    /// Pushes a channel message when a workflow of this session reached a new stop.
-    async fn tell_channel(&self, id: &str) {
+    /// Pushes a channel message when a workflow of this session reached a new stop. Returns
+    /// the status it read, if it read one (the workflow is this session's).
+    async fn tell_channel(&self, id: &str) -> Option<WorkflowStatus> {
         let Some((Some(peer), Some(last))) =
             self.with(|s| (s.peer.clone(), s.told.get(id).cloned()))
         else {
-            return;
+            return None;
         };
         let Ok(view) = self.engine.status(&ThreadId::from(id), 400).await else {
-            return;
+            return None;
         };
+        let status = view.status;
         if !matches!(
-            view.status,
+            status,
             WorkflowStatus::Completed | WorkflowStatus::Failed | WorkflowStatus::Blocked
         ) {
-            return;
+            return Some(status);
         }
         let stamp = format!("{}@{}", view.status, view.updated_at);
         if last.as_deref() == Some(stamp.as_str()) {
-            return;
+            return Some(status);
         }
         self.with(|s| s.told.insert(id.to_owned(), Some(stamp)));
         let params = json!({
@@ -309,6 +335,7 @@ impl Session {
         let _ = peer
             .send_notification(ServerNotification::CustomNotification(note))
             .await;
+        Some(status)
     }
 }
 
@@ -379,6 +406,46 @@ impl Session {
             if sink.accepted().prompts_list_changed == Some(true) {
                 let _ = sink.notify_prompt_list_changed().await;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watching(id: &str) -> State {
+        let mut s = State::default();
+        s.watched.insert(id.to_owned(), 0);
+        s.told.insert(id.to_owned(), None);
+        s
+    }
+
+    #[test]
+    fn a_finished_workflow_leaves_its_sessions_watch_once_told_and_forwarded() {
+        for status in [
+            WorkflowStatus::Completed,
+            WorkflowStatus::Failed,
+            WorkflowStatus::Cancelled,
+        ] {
+            let mut s = watching("w");
+            s.settle("w", Some(status), true);
+            assert!(s.watched.is_empty() && s.told.is_empty(), "{status}");
+        }
+        // Still running, blocked on a human, events left to forward, or not read at all:
+        // the session keeps watching.
+        for (status, drained) in [
+            (Some(WorkflowStatus::Running), true),
+            (Some(WorkflowStatus::Blocked), true),
+            (Some(WorkflowStatus::Completed), false),
+            (None, true),
+        ] {
+            let mut s = watching("w");
+            s.settle("w", status, drained);
+            assert!(
+                s.watched.contains_key("w") && s.told.contains_key("w"),
+                "{status:?} drained={drained}"
+            );
         }
     }
 }

@@ -123,7 +123,19 @@ fn busy_wait(count: i32) -> bool {
     true
 }
 
-pub(super) fn open_conn(path: &Path, durability: Durability) -> Result<Connection> {
+/// Page cache of the writer connection, in KiB. Every connection keeps its own copy of the
+/// pages it touched on top of the kernel's page cache (SQLite's default is 2 MiB each), so
+/// the bound is what keeps memory flat as the store and the number of readers grow; a page
+/// outside it is one `pread` from the kernel's cache away. The writer's hot set is the right
+/// edge of each table and index plus the rows of running workflows.
+pub(super) const WRITER_CACHE_KIB: u32 = 1024;
+/// Page cache of each reader connection, in KiB: a status read or an event page touches a
+/// few dozen pages.
+pub(super) const READER_CACHE_KIB: u32 = 256;
+/// Page cache of the connection that only watches `PRAGMA data_version`.
+pub(super) const POLL_CACHE_KIB: u32 = 16;
+
+pub(super) fn open_conn(path: &Path, durability: Durability, cache_kib: u32) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -145,7 +157,8 @@ pub(super) fn open_conn(path: &Path, durability: Durability) -> Result<Connectio
         Durability::Normal => "NORMAL",
     };
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;"
+        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; \
+         PRAGMA cache_size = -{cache_kib};"
     ))?;
     Ok(conn)
 }

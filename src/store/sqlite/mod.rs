@@ -27,7 +27,10 @@ mod schema;
 mod step_queries;
 mod writer;
 
-use files::{foreign_poll, open_conn, refuse_foreign, tighten};
+use files::{
+    POLL_CACHE_KIB, READER_CACHE_KIB, WRITER_CACHE_KIB, foreign_poll, open_conn, refuse_foreign,
+    tighten,
+};
 use writer::{Job, WriteCtx, writer_loop};
 
 use std::fs::OpenOptions;
@@ -99,7 +102,8 @@ impl Sqlite {
         );
         tighten(path).map_err(open_err)?;
         refuse_foreign(path).map_err(open_err)?;
-        let mut conn = open_conn(path, durability).map_err(|e| open_err(e.to_string()))?;
+        let mut conn =
+            open_conn(path, durability, WRITER_CACHE_KIB).map_err(|e| open_err(e.to_string()))?;
         schema::migrate(&mut conn)
             .map_err(|e| open_err(format!("{e} (is this a baton database?)")))?;
         for side in ["-wal", "-shm"] {
@@ -123,7 +127,8 @@ impl Sqlite {
             .spawn(move || writer_loop(conn, rx, changes_tx, commits_tx, latency_tx))
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
         let closed = Arc::new(AtomicBool::new(false));
-        let poll_conn = open_conn(path, durability).map_err(|e| open_err(e.to_string()))?;
+        let poll_conn =
+            open_conn(path, durability, POLL_CACHE_KIB).map_err(|e| open_err(e.to_string()))?;
         let (poll_tx, poll_closed) = (changes.clone(), closed.clone());
         std::thread::Builder::new()
             .name("baton-store-poll".into())
@@ -177,7 +182,7 @@ impl Sqlite {
         let conn = match pooled {
             Some(c) => c,
             None => {
-                let c = open_conn(&self.inner.path, Durability::Full)?;
+                let c = open_conn(&self.inner.path, Durability::Full, READER_CACHE_KIB)?;
                 c.execute_batch("PRAGMA query_only = 1")?;
                 c
             }
