@@ -279,8 +279,8 @@ impl Engine {
         if row.status.is_finished() {
             return Ok(row.status);
         }
-        if let Some(mut done) = self.sh.stop_driver(thread_id, StopReason::Cancel) {
-            let _ = done.wait_for(|d| *d).await;
+        if let Some(done) = self.sh.stop_driver(thread_id, StopReason::Cancel) {
+            done.cancelled().await;
             return Ok(self.row(thread_id).await?.status);
         }
         if lease::is_owned_by_live(&self.sh, row.owner.clone()).await? {
@@ -360,11 +360,11 @@ impl Engine {
             .filter(|_| row.status == WorkflowStatus::Blocked);
         // A driver that has just ended the workflow (its terminal state is committed) may not
         // have deregistered yet; let it, rather than refusing the resume.
-        if let Some(mut done) = self.sh.driver_done(&id)
+        if let Some(done) = self.sh.driver_done(&id)
             && row.status.is_terminal()
             && waiting.is_none()
         {
-            let _ = tokio::time::timeout(Duration::from_secs(5), done.wait_for(|d| *d)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), done.cancelled()).await;
         }
         let running_here = self.sh.is_running_here(&id);
         let live_elsewhere = !running_here

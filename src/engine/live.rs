@@ -27,20 +27,24 @@ pub enum Stream {
 struct Tails {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    /// Bytes seen so far over both streams.
+    bytes: u64,
+    /// Tells followers of every chunk; made when the first one follows, so the tail of an
+    /// attempt nobody watches is two empty buffers.
+    seen: Option<watch::Sender<u64>>,
 }
 
 /// The live tail of one running attempt.
 pub struct LiveOutput {
+    key: (ThreadId, String),
     tails: Mutex<Tails>,
-    /// Bytes seen so far over both streams; changes on every chunk.
-    seen: watch::Sender<u64>,
 }
 
 impl LiveOutput {
-    fn new() -> LiveOutput {
+    fn new(key: (ThreadId, String)) -> LiveOutput {
         LiveOutput {
+            key,
             tails: Mutex::new(Tails::default()),
-            seen: watch::channel(0).0,
         }
     }
 
@@ -50,8 +54,8 @@ impl LiveOutput {
 
     /// Appends a chunk of `stream`, keeping its last [`TAIL_BYTES`].
     pub fn push(&self, stream: Stream, chunk: &[u8]) {
+        let mut t = self.lock();
         {
-            let mut t = self.lock();
             let buf = match stream {
                 Stream::Stdout => &mut t.stdout,
                 Stream::Stderr => &mut t.stderr,
@@ -65,7 +69,11 @@ impl LiveOutput {
                 buf.extend_from_slice(chunk);
             }
         }
-        self.seen.send_modify(|n| *n += chunk.len() as u64);
+        t.bytes += chunk.len() as u64;
+        let bytes = t.bytes;
+        if let Some(seen) = &t.seen {
+            seen.send_replace(bytes);
+        }
     }
 
     /// The tail of `stream` so far, as text (a cut multi-byte character is replaced).
@@ -80,7 +88,11 @@ impl LiveOutput {
 
     /// Notices of new output; closed once the attempt ended and its tail was dropped.
     pub fn changes(&self) -> watch::Receiver<u64> {
-        self.seen.subscribe()
+        let mut t = self.lock();
+        let bytes = t.bytes;
+        t.seen
+            .get_or_insert_with(|| watch::channel(bytes).0)
+            .subscribe()
     }
 }
 
@@ -109,12 +121,11 @@ impl LiveTails {
 
     /// Starts the tail of step `step` of `thread`; it is removed when the guard drops.
     pub fn open(self: &Arc<Self>, thread: &ThreadId, step: &str) -> TailGuard {
-        let live = Arc::new(LiveOutput::new());
-        self.lock()
-            .insert((thread.clone(), step.to_owned()), live.clone());
+        let key = (thread.clone(), step.to_owned());
+        let live = Arc::new(LiveOutput::new(key.clone()));
+        self.lock().insert(key, live.clone());
         TailGuard {
             tails: self.clone(),
-            key: (thread.clone(), step.to_owned()),
             live,
         }
     }
@@ -128,7 +139,6 @@ impl LiveTails {
 /// Keeps a tail registered while its attempt runs.
 pub struct TailGuard {
     tails: Arc<LiveTails>,
-    key: (ThreadId, String),
     live: Arc<LiveOutput>,
 }
 
@@ -142,10 +152,10 @@ impl Drop for TailGuard {
     fn drop(&mut self) {
         let mut map = self.tails.lock();
         if map
-            .get(&self.key)
+            .get(&self.live.key)
             .is_some_and(|l| Arc::ptr_eq(l, &self.live))
         {
-            map.remove(&self.key);
+            map.remove(&self.live.key);
         }
     }
 }

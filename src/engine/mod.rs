@@ -62,7 +62,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use futures::FutureExt;
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -133,7 +133,8 @@ enum DriverInit {
 struct RunHandle {
     stop: CancellationToken,
     reason: Arc<StopCell>,
-    done: watch::Receiver<bool>,
+    /// Cancelled once the driver has stopped (or its task was dropped).
+    done: CancellationToken,
 }
 
 pub(crate) struct Shared {
@@ -194,7 +195,7 @@ impl Shared {
         self.runs().contains_key(id)
     }
 
-    fn driver_done(&self, id: &str) -> Option<watch::Receiver<bool>> {
+    fn driver_done(&self, id: &str) -> Option<CancellationToken> {
         self.runs().get(id).map(|h| h.done.clone())
     }
 
@@ -306,8 +307,8 @@ impl Engine {
 
     /// Waits until this process's driver of `thread_id` (if any) has stopped.
     pub async fn wait_idle(&self, thread_id: &str) {
-        if let Some(mut rx) = self.sh.driver_done(thread_id) {
-            let _ = rx.wait_for(|d| *d).await;
+        if let Some(done) = self.sh.driver_done(thread_id) {
+            done.cancelled().await;
         }
     }
 
@@ -315,7 +316,7 @@ impl Engine {
     /// releases leases so the next process resumes at once. Idempotent.
     pub async fn shutdown(&self) {
         self.sh.shutdown.cancel();
-        let handles: Vec<(CancellationToken, Arc<StopCell>, watch::Receiver<bool>)> = self
+        let handles: Vec<(CancellationToken, Arc<StopCell>, CancellationToken)> = self
             .sh
             .runs()
             .values()
@@ -325,8 +326,8 @@ impl Engine {
             reason.set(StopReason::Shutdown);
             stop.cancel();
         }
-        for (_, _, mut done) in handles {
-            let _ = done.wait_for(|d| *d).await;
+        for (_, _, done) in handles {
+            done.cancelled().await;
         }
         self.sh.tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.sh.tracker.wait()).await;
@@ -386,7 +387,7 @@ impl Shared {
         }
         let stop = CancellationToken::new();
         let reason = Arc::new(StopCell::default());
-        let (done_tx, done_rx) = watch::channel(false);
+        let done = CancellationToken::new();
         {
             let mut runs = self.runs();
             if runs.contains_key(id) {
@@ -397,7 +398,7 @@ impl Shared {
                 RunHandle {
                     stop: stop.clone(),
                     reason: reason.clone(),
-                    done: done_rx,
+                    done: done.clone(),
                 },
             );
         }
@@ -406,6 +407,8 @@ impl Shared {
         // Boxed, and freed once the driver is built: the task does not keep room for it.
         let init = Box::new(init);
         self.tracker.spawn(async move {
+            // Dropped last, however the task ends: waiters learn the driver is gone.
+            let _done = done.drop_guard();
             let fence = sh.fence(&id, epoch);
             let driver = sh
                 .build_driver(&id, fence.clone(), init, stop, reason)
@@ -427,7 +430,6 @@ impl Shared {
             }
             tracing::debug!(thread_id = %id, "driver stopped");
             sh.runs().remove(&*id);
-            let _ = done_tx.send(true);
         });
     }
 
@@ -492,7 +494,7 @@ impl Shared {
     }
 
     /// Stops this process's driver of `id` for `reason`; returns its done signal if it ran.
-    fn stop_driver(&self, id: &str, why: StopReason) -> Option<watch::Receiver<bool>> {
+    fn stop_driver(&self, id: &str, why: StopReason) -> Option<CancellationToken> {
         let runs = self.runs();
         let h = runs.get(id)?;
         h.reason.set(why);
