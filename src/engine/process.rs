@@ -323,9 +323,12 @@ impl Group {
     fn kill(&mut self) {
         if !self.killed {
             self.killed = true;
-            self.signal(Signal::SIGKILL);
-            if let Some(cg) = &self.cgroup {
-                cg.kill();
+            if let Some(pg) = self.pgid {
+                let _ = killpg(pg, Signal::SIGKILL);
+            }
+            // Kills what is left in the cgroup, if anything; an empty one is kept for reuse.
+            if let Some(cg) = &mut self.cgroup {
+                cg.end();
             }
         }
     }

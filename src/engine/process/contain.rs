@@ -48,6 +48,11 @@ static REAPER: AtomicU32 = AtomicU32::new(0);
 static NEXT: AtomicU64 = AtomicU64::new(0);
 /// Cgroups of ended attempts whose killed processes had not all exited yet; removed later.
 static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Cgroups of ended attempts that were empty when they ended, kept for the next attempts:
+/// making and removing a cgroup is most of what containment costs a short step.
+static IDLE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Idle cgroups kept at most; beyond it an emptied one is removed.
+const IDLE_MAX: usize = 16;
 
 fn base() -> Option<&'static Path> {
     BASE.get_or_init(find_base).as_deref()
@@ -182,6 +187,8 @@ pub struct Attempt {
     /// `cgroup.procs`, opened before the spawn so joining is one `write`; closed once the
     /// child and its strays are in, so a running attempt holds no descriptor for its cgroup.
     procs: Option<File>,
+    /// Found empty when the attempt ended: nothing to kill, and reusable.
+    emptied: bool,
 }
 
 impl Attempt {
@@ -193,13 +200,20 @@ impl Attempt {
         }
         let parent = tree(owner)?;
         sweep();
-        let dir = parent.join(format!("a{}", NEXT.fetch_add(1, Ordering::Relaxed)));
-        let made = std::fs::create_dir(&dir).or_else(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => std::fs::create_dir_all(&dir),
-            // A number reused after a restart of a server with the same owner id.
-            std::io::ErrorKind::AlreadyExists => Ok(()),
-            _ => Err(e),
-        });
+        let idle = IDLE.lock().ok().and_then(|mut idle| idle.pop());
+        let (dir, made) = match idle {
+            Some(dir) => (dir, Ok(())),
+            None => {
+                let dir = parent.join(format!("a{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+                let made = std::fs::create_dir(&dir).or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => std::fs::create_dir_all(&dir),
+                    // A number reused after a restart of a server with the same owner id.
+                    std::io::ErrorKind::AlreadyExists => Ok(()),
+                    _ => Err(e),
+                });
+                (dir, made)
+            }
+        };
         let procs = made.and_then(|()| {
             std::fs::OpenOptions::new()
                 .write(true)
@@ -210,6 +224,7 @@ impl Attempt {
             Ok(procs) => Some(Attempt {
                 dir,
                 procs: Some(procs),
+                emptied: false,
             }),
             Err(e) => {
                 disable(&dir, &e);
@@ -275,10 +290,46 @@ impl Attempt {
     pub fn kill(&self) {
         kill_tree(&self.dir);
     }
+
+    /// Ends the attempt's containment once its main process was reaped: a cgroup with
+    /// nothing left in it (the usual case) is kept for reuse, one with leftovers is killed.
+    pub fn end(&mut self) {
+        if self.emptied {
+            return;
+        }
+        // `populated` covers the cgroups below it too. A cgroup gains processes only from
+        // one inside it or from a write to its `cgroup.procs`: empty now is empty for good.
+        if populated(&self.dir) == Some(false) {
+            self.emptied = true;
+        } else {
+            kill_tree(&self.dir);
+        }
+    }
+}
+
+/// Whether any process is in `dir` or below it (`cgroup.events`), if it can be read.
+fn populated(dir: &Path) -> Option<bool> {
+    let events = std::fs::read_to_string(dir.join("cgroup.events")).ok()?;
+    events.lines().find_map(|l| match l {
+        "populated 0" => Some(false),
+        "populated 1" => Some(true),
+        _ => None,
+    })
 }
 
 impl Drop for Attempt {
     fn drop(&mut self) {
+        if self.emptied {
+            if let Ok(mut idle) = IDLE.lock()
+                && idle.len() < IDLE_MAX
+            {
+                idle.push(std::mem::take(&mut self.dir));
+                return;
+            }
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+        }
         kill_tree(&self.dir);
         // Usually empty at once: the main process is reaped and the pipes' holders are gone.
         // Otherwise the killed processes take a moment; the next attempt removes it.
@@ -446,5 +497,32 @@ mod tests {
         assert!(dir.join("cgroup.procs").exists());
         drop(a);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn an_attempt_cgroup_found_empty_is_reused_and_one_with_leftovers_is_killed_not_reused() {
+        let owner = format!("test-{}", std::process::id());
+        let Some(mut a) = Attempt::create(&owner) else {
+            return; // No usable cgroup2 tree on this machine: nothing to check.
+        };
+        let first = a.dir.clone();
+        a.end();
+        drop(a);
+        assert!(first.exists(), "kept for the next attempt");
+        let mut b = Attempt::create(&owner).unwrap();
+        assert_eq!(b.dir, first, "the emptied cgroup is reused");
+
+        let mut left = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(b.join(left.id()));
+        b.procs = None;
+        b.end();
+        let status = left.wait().unwrap();
+        assert!(!status.success(), "the leftover was killed: {status:?}");
+        drop(b);
+        let c = Attempt::create(&owner).unwrap();
+        assert_ne!(c.dir, first, "a cgroup that had leftovers is not reused");
     }
 }
