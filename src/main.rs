@@ -11,6 +11,7 @@ use baton::engine::Engine;
 use baton::http::HttpConfig;
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     // stdout belongs to JSON-RPC in `serve`: logs go to stderr only.
     let filter = match &cli.global.log_level {
@@ -188,4 +189,46 @@ fn watch_signals(stop: Stop) -> anyhow::Result<()> {
 
 fn report(e: cli::CliError) -> anyhow::Error {
     anyhow::anyhow!(cli::report(&e))
+}
+
+/// glibc gives each thread that allocates its own arena, up to eight per core, and what one
+/// arena frees only that arena reuses: a server whose allocations move between tokio's
+/// workers and its blocking threads keeps a partly empty arena for each of them. One arena
+/// per core (two at least) keeps a running workflow about 1 KB smaller (BENCHMARKS.md,
+/// issue 14); `MALLOC_ARENA_MAX` in the environment still decides.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if let Some(n) = arena_limit(
+        std::env::var_os("MALLOC_ARENA_MAX").as_deref(),
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+    ) {
+        // SAFETY: mallopt only sets one of malloc's parameters, and this runs first in
+        // main, before any other thread exists.
+        unsafe {
+            nix::libc::mallopt(nix::libc::M_ARENA_MAX, n);
+        }
+    }
+}
+
+/// The arena limit to set: none when the environment sets one, else one per core, two at
+/// least.
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+fn arena_limit(env: Option<&std::ffi::OsStr>, cores: usize) -> Option<i32> {
+    match env {
+        Some(_) => None,
+        None => Some(i32::try_from(cores.max(2)).unwrap_or(i32::MAX)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arena_limit;
+
+    #[test]
+    fn malloc_gets_one_arena_per_core_unless_the_environment_chose() {
+        assert_eq!(arena_limit(None, 1), Some(2));
+        assert_eq!(arena_limit(None, 2), Some(2));
+        assert_eq!(arena_limit(None, 16), Some(16));
+        assert_eq!(arena_limit(Some("4".as_ref()), 16), None);
+    }
 }

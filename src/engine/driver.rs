@@ -101,7 +101,8 @@ pub(super) struct Driver {
     reason: Arc<StopCell>,
     signals: Arc<Signals>,
     /// A new workflow's record and the submitter waiting for its first commit.
-    new_record: Option<(NewWorkflow, oneshot::Sender<store::Result<()>>)>,
+    /// Boxed: stored by the first commit, after which the driver keeps only the pointer.
+    new_record: Option<Box<(NewWorkflow, oneshot::Sender<store::Result<()>>)>>,
     /// The store's change notices, followed while a human step waits (its answer may be
     /// recorded by any process).
     feed: Option<store::ChangeFeed>,
@@ -146,7 +147,7 @@ impl Driver {
         record: NewWorkflow,
         reply: oneshot::Sender<store::Result<()>>,
     ) -> Driver {
-        self.new_record = Some((record, reply));
+        self.new_record = Some(Box::new((record, reply)));
         self
     }
 
@@ -233,7 +234,7 @@ impl Driver {
     async fn advance(&mut self, done: Vec<(usize, i64, Outcome)>) -> bool {
         let mut ch = Changes::default();
         let started = self.step(&mut ch, done);
-        if let Some((record, reply)) = self.new_record.take() {
+        if let Some((record, reply)) = self.new_record.take().map(|b| *b) {
             return self.first_commit(record, reply, ch, started).await;
         }
         if ch.is_empty() {
@@ -408,14 +409,18 @@ impl Driver {
                 // Last look before the fork (nothing is awaited between it and the spawn): a
                 // process frozen past its lease since the commit must not start the attempt,
                 // which another process may have adopted and re-run meanwhile.
-                let lost = stop.is_cancelled()
-                    || (sh.lease_in_doubt()
-                        && matches!(
-                            // Boxed, like the sub-workflow below: a running attempt's task
-                            // holds only the wait it is in, not the largest one it might take.
-                            Box::pin(sh.store.check_fence(fence)).await,
-                            Err(StoreError::Fenced(_))
-                        ));
+                let lost = {
+                    // Moved in here, so its ids are freed before the attempt runs.
+                    let fence = fence;
+                    stop.is_cancelled()
+                        || (sh.lease_in_doubt()
+                            && matches!(
+                                // Boxed, like the sub-workflow below: a running attempt's task
+                                // holds only the wait it is in, not the largest one it might take.
+                                Box::pin(sh.store.check_fence(fence)).await,
+                                Err(StoreError::Fenced(_))
+                            ))
+                };
                 if lost || stop.is_cancelled() {
                     tracing::warn!(thread_id = %spec.workflow_id, step = %spec.step_id, "stopped or lease lost before the attempt started; not starting it");
                     let detail = super::outcome::AttemptDetail::default();

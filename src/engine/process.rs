@@ -214,8 +214,21 @@ impl Running {
         } = self;
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         // Both pipes are read by this same task, beside the wait: no extra tasks per attempt.
-        let mut readers =
-            std::pin::pin!(async { tokio::join!(out.read_from(stdout), err.read_from(stderr)) });
+        let mut readers = std::pin::pin!(async {
+            // Each read holds its stream once: `None` (no pipe) is not awaited at all.
+            tokio::join!(
+                async {
+                    if let Some(s) = stdout {
+                        out.read_from(s).await;
+                    }
+                },
+                async {
+                    if let Some(s) = stderr {
+                        err.read_from(s).await;
+                    }
+                }
+            )
+        });
         let limit = *timeout;
         let mut timeout = std::pin::pin!(async {
             match limit {

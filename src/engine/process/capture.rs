@@ -51,10 +51,7 @@ impl Capture {
     }
 
     /// Reads `stream` to its end (or until the future is dropped).
-    pub(super) async fn read_from(&mut self, stream: Option<impl AsyncRead + Unpin>) {
-        let Some(mut stream) = stream else {
-            return;
-        };
+    pub(super) async fn read_from(&mut self, mut stream: impl AsyncRead + Unpin) {
         // Empty until the stream first has data, so a silent step holds (almost) no buffer.
         let mut buf: Vec<u8> = Vec::new();
         loop {
@@ -144,7 +141,7 @@ mod tests {
             let _ = tx.send(l.to_owned());
         });
         let mut cap = Capture::new(1024, Some(sink));
-        let read = tokio::time::timeout(Duration::from_millis(50), cap.read_from(Some(reader)));
+        let read = tokio::time::timeout(Duration::from_millis(50), cap.read_from(reader));
         assert!(
             read.await.is_err(),
             "the read ended although the writer is open"
