@@ -19,12 +19,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::executor::{self, AttemptSpec};
-use super::outcome::{Outcome, Signal, SignalKind};
+use super::outcome::Outcome;
 use super::scheduler::{Scheduler, Stop};
 use super::signals::Signals;
-use crate::api::{EventData, EventKind, NewEvent, now_ms};
+use crate::api::now_ms;
 use crate::store::{self, Changes, Fence, NewWorkflow, StoreError};
-use crate::workflow::OnStall;
+
+mod running;
 
 /// Why a driver stopped before its workflow finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -220,7 +221,7 @@ impl Driver {
                 change = next_change(self.feed.as_mut()) => {
                     if !Box::pin(self.on_change(change)).await { break; }
                 }
-                Ok(p) = sem.acquire_owned(), if self.sched.starved() => {
+                Some(p) = spare_permit(sem, self.sched.starved()) => {
                     self.spare = Some(p);
                     if !Box::pin(self.advance(Vec::new())).await { break; }
                 }
@@ -437,156 +438,6 @@ impl Driver {
         }
     }
 
-    /// When the next running `on_stall: restart` attempt would count as stalled.
-    fn next_stall_check(&self) -> Option<Instant> {
-        self.live
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| !l.stall_fired)
-            .filter_map(|(idx, l)| {
-                let step = self.sched.step_def(idx)?;
-                let last = l.last_output?;
-                (step.on_stall == OnStall::Restart)
-                    .then(|| last.checked_add(Duration::from_secs(step.stall_timeout_s)))
-                    .flatten()
-            })
-            .min()
-    }
-
-    /// Stops every `on_stall: restart` attempt that has been silent past its threshold.
-    fn restart_stalled(&mut self) {
-        let now = Instant::now();
-        for idx in 0..self.live.len() {
-            let Some(step) = self.sched.step_def(idx) else {
-                continue;
-            };
-            let limit = Duration::from_secs(step.stall_timeout_s);
-            let l = &mut self.live[idx];
-            let silent = l
-                .last_output
-                .is_some_and(|last| now.saturating_duration_since(last) >= limit);
-            if step.on_stall == OnStall::Restart && silent && !l.stall_fired {
-                l.stall_fired = true;
-                if let Some(stop) = &l.stop {
-                    tracing::warn!(thread_id = %self.fence.id, step = %step.id, "attempt stalled; restarting it");
-                    stop.cancel();
-                    self.sched.mark_stalled(idx);
-                }
-            }
-        }
-    }
-
-    async fn on_signals(&mut self) -> bool {
-        for sig in self.signals.drain() {
-            if !self.on_signal(sig).await {
-                return false;
-            }
-        }
-        true
-    }
-
-    async fn on_signal(&mut self, sig: Signal) -> bool {
-        let (idx, attempt) = (sig.step_idx, sig.attempt);
-        if !self.sched.is_current(idx, attempt) {
-            return true;
-        }
-        let step_id = self.sched.steps()[idx].step_id.clone();
-        match sig.kind {
-            SignalKind::Session(session) => {
-                self.sched.set_session(idx, attempt, &session);
-                let res = self
-                    .sh
-                    .store
-                    .record_session(self.fence.clone(), step_id, attempt, session)
-                    .await;
-                self.check_write(res)
-            }
-            SignalKind::Activity => {
-                let now = Instant::now();
-                let Some(l) = self.live.get_mut(idx) else {
-                    return true;
-                };
-                l.last_output = Some(now);
-                if l.last_activity
-                    .is_some_and(|last| now.saturating_duration_since(last) < ACTIVITY_EVERY)
-                {
-                    return true;
-                }
-                l.last_activity = Some(now);
-                let at = now_ms();
-                self.sched.set_activity(idx, at);
-                let res = self
-                    .sh
-                    .store
-                    .record_activity(self.fence.id.clone(), step_id, at)
-                    .await;
-                self.check_write(res)
-            }
-            SignalKind::Progress(message) => {
-                // Throttled, keeping the latest: a message arriving too soon waits for the end
-                // of the interval and replaces any message already waiting.
-                let Some(l) = self.live.get_mut(idx) else {
-                    return true;
-                };
-                l.held_progress = Some((attempt, message));
-                if l.last_progress.is_some_and(|last| {
-                    Instant::now().saturating_duration_since(last) < PROGRESS_EVERY
-                }) {
-                    return true;
-                }
-                self.flush_progress().await
-            }
-        }
-    }
-
-    /// When the earliest held progress message may be written.
-    fn next_progress_flush(&self) -> Option<Instant> {
-        self.live
-            .iter()
-            .filter(|l| l.held_progress.is_some())
-            .map(|l| {
-                l.last_progress
-                    .map_or_else(Instant::now, |t| t + PROGRESS_EVERY)
-            })
-            .min()
-    }
-
-    /// Writes the held progress messages whose throttle interval has passed.
-    async fn flush_progress(&mut self) -> bool {
-        let now = Instant::now();
-        let mut ch = Changes::default();
-        for idx in 0..self.live.len() {
-            let l = &mut self.live[idx];
-            let due = l
-                .last_progress
-                .is_none_or(|t| now.saturating_duration_since(t) >= PROGRESS_EVERY);
-            if !due {
-                continue;
-            }
-            let Some((attempt, message)) = l.held_progress.take() else {
-                continue;
-            };
-            if !self.sched.is_current(idx, attempt) {
-                continue;
-            }
-            l.last_progress = Some(now);
-            let step_id = &self.sched.steps()[idx].step_id;
-            ch.event(NewEvent::step(
-                EventKind::StepProgress,
-                step_id,
-                Some(attempt),
-                EventData {
-                    message: Some(message),
-                    ..Default::default()
-                },
-            ));
-        }
-        if ch.is_empty() {
-            return true;
-        }
-        self.commit(ch).await
-    }
-
     fn check_write(&mut self, res: store::Result<()>) -> bool {
         match res {
             Ok(()) => true,
@@ -689,17 +540,30 @@ fn at_store_time(ms: i64) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
+// The waits below are boxed when they happen at all: an idle driver's select holds a
+// pointer for each, not room for every wait it might take.
+
 /// The next change notice, or never without a feed.
 async fn next_change(feed: Option<&mut store::ChangeFeed>) -> Option<store::Change> {
     match feed {
-        Some(f) => f.recv().await,
+        Some(f) => Box::pin(f.recv()).await,
         None => std::future::pending().await,
     }
 }
 
 async fn sleep_until(t: Option<Instant>) {
     match t {
-        Some(t) => tokio::time::sleep_until(t).await,
+        Some(t) => Box::pin(tokio::time::sleep_until(t)).await,
         None => std::future::pending().await,
+    }
+}
+
+async fn spare_permit(
+    sem: Arc<tokio::sync::Semaphore>,
+    wanted: bool,
+) -> Option<OwnedSemaphorePermit> {
+    match wanted {
+        true => Box::pin(sem.acquire_owned()).await.ok(),
+        false => std::future::pending().await,
     }
 }

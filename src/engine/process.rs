@@ -229,19 +229,20 @@ impl Running {
                 }
             )
         });
-        let limit = *timeout;
-        let mut timeout = std::pin::pin!(async {
-            match limit {
-                Some(t) => tokio::time::sleep(t).await,
-                None => std::future::pending().await,
-            }
-        });
+        // Boxed, and only made for a step with a timeout: a waiting attempt without one
+        // holds no timer.
+        let mut timer = timeout.map(|t| Box::pin(tokio::time::sleep(t)));
         let mut read_all = false;
         let ending = loop {
             tokio::select! {
                 _ = &mut readers, if !read_all => read_all = true,
                 status = child.wait() => break exit_ending(status?),
-                () = &mut timeout => {
+                () = async {
+                    match timer.as_mut() {
+                        Some(t) => t.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
                     terminate(child, group, *kill_grace).await;
                     break Ending::TimedOut;
                 }

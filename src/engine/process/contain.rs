@@ -201,25 +201,24 @@ impl Attempt {
         let parent = tree(owner)?;
         sweep();
         let idle = IDLE.lock().ok().and_then(|mut idle| idle.pop());
-        let (dir, made) = match idle {
-            Some(dir) => (dir, Ok(())),
-            None => {
-                let dir = parent.join(format!("a{}", NEXT.fetch_add(1, Ordering::Relaxed)));
-                let made = std::fs::create_dir(&dir).or_else(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => std::fs::create_dir_all(&dir),
-                    // A number reused after a restart of a server with the same owner id.
-                    std::io::ErrorKind::AlreadyExists => Ok(()),
-                    _ => Err(e),
-                });
-                (dir, made)
-            }
-        };
-        let procs = made.and_then(|()| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(nix::libc::O_CLOEXEC)
-                .open(dir.join("cgroup.procs"))
+        // An idle cgroup an adopter removed (it took this process for dead) is not reused.
+        if let Some(dir) = idle
+            && let Ok(procs) = open_procs(&dir)
+        {
+            return Some(Attempt {
+                dir,
+                procs: Some(procs),
+                emptied: false,
+            });
+        }
+        let dir = parent.join(format!("a{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+        let made = std::fs::create_dir(&dir).or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => std::fs::create_dir_all(&dir),
+            // A number reused after a restart of a server with the same owner id.
+            std::io::ErrorKind::AlreadyExists => Ok(()),
+            _ => Err(e),
         });
+        let procs = made.and_then(|()| open_procs(&dir));
         match procs {
             Ok(procs) => Some(Attempt {
                 dir,
@@ -339,6 +338,14 @@ impl Drop for Attempt {
             pending.push(std::mem::take(&mut self.dir));
         }
     }
+}
+
+/// `dir/cgroup.procs`, for writing pids into it.
+fn open_procs(dir: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_CLOEXEC)
+        .open(dir.join("cgroup.procs"))
 }
 
 /// Removes the cgroups of ended attempts that have emptied since.
