@@ -41,14 +41,20 @@ struct State {
     subscribed: BTreeSet<String>,
     sinks: Vec<SubscriptionSink>,
     log_level: Option<LoggingLevel>,
-    /// Workflows this session started or resumed, with the last event forwarded.
-    watched: BTreeMap<String, i64>,
+    /// Workflows this session started or resumed: what was forwarded and told of each.
+    mine: BTreeMap<String, Mine>,
     /// Last `updated_at` seen per thread id, for the cross-process poll.
     seen: BTreeMap<String, String>,
-    /// Workflows this session started or resumed, with the last stop pushed on the channel
-    /// (`status@updated_at`), so each stop is told once.
-    told: BTreeMap<String, Option<String>>,
     started: bool,
+}
+
+/// What a session forwarded and told of a workflow it started or resumed.
+#[derive(Default)]
+struct Mine {
+    /// The last event forwarded as a log message; `None` for a workflow only resumed here.
+    cursor: Option<i64>,
+    /// The last stop pushed on the channel (`status@updated_at`), so each stop is told once.
+    told: Option<String>,
 }
 
 /// Push state of one MCP session; cheap to clone.
@@ -153,15 +159,15 @@ impl Session {
     /// channel when it stops.
     pub fn watch_workflow(&self, thread_id: &str, cursor: i64) {
         self.with(|s| {
-            s.watched.entry(thread_id.to_owned()).or_insert(cursor);
-            s.told.entry(thread_id.to_owned()).or_insert(None);
+            let mine = s.mine.entry(thread_id.to_owned()).or_default();
+            mine.cursor.get_or_insert(cursor);
         });
     }
 
     /// Tells the channel when this resumed workflow stops again.
     pub fn watch_stop(&self, thread_id: &str) {
         self.with(|s| {
-            s.told.entry(thread_id.to_owned()).or_insert(None);
+            s.mine.entry(thread_id.to_owned()).or_default();
         });
     }
 
@@ -189,8 +195,7 @@ impl Session {
     fn interesting(&self) -> Vec<String> {
         self.with(|s| {
             let mut ids: BTreeSet<String> = s.subscribed.clone();
-            ids.extend(s.watched.keys().cloned());
-            ids.extend(s.told.keys().cloned());
+            ids.extend(s.mine.keys().cloned());
             for sink in &s.sinks {
                 for uri in sink.accepted().resource_subscriptions.iter().flatten() {
                     if let Some(id) = uri.strip_prefix(WORKFLOW_URI) {
@@ -225,7 +230,7 @@ impl Session {
                 s.subscribed.contains(id),
                 sinks,
                 s.log_level,
-                s.watched.get(id).copied(),
+                s.mine.get(id).and_then(|m| m.cursor),
             )
         }) else {
             return;
@@ -274,7 +279,11 @@ impl Session {
             }
             if let Some(last) = events.last() {
                 let seq = last.seq;
-                self.with(|s| s.watched.insert(id.to_owned(), seq));
+                self.with(|s| {
+                    if let Some(m) = s.mine.get_mut(id) {
+                        m.cursor = Some(seq);
+                    }
+                });
             }
             drained = events.len() < EVENTS_PER_PUSH as usize;
         }
@@ -293,8 +302,7 @@ impl State {
     /// watches it again ([`Session::watch_stop`]).
     fn settle(&mut self, id: &str, status: Option<WorkflowStatus>, drained: bool) {
         if drained && status.is_some_and(WorkflowStatus::is_finished) {
-            self.watched.remove(id);
-            self.told.remove(id);
+            self.mine.remove(id);
         }
     }
 }
@@ -304,7 +312,7 @@ impl Session {
     /// the status it read, if it read one (the workflow is this session's).
     async fn tell_channel(&self, id: &str) -> Option<WorkflowStatus> {
         let Some((Some(peer), Some(last))) =
-            self.with(|s| (s.peer.clone(), s.told.get(id).cloned()))
+            self.with(|s| (s.peer.clone(), s.mine.get(id).map(|m| m.told.clone())))
         else {
             return None;
         };
@@ -322,7 +330,11 @@ impl Session {
         if last.as_deref() == Some(stamp.as_str()) {
             return Some(status);
         }
-        self.with(|s| s.told.insert(id.to_owned(), Some(stamp)));
+        self.with(|s| {
+            if let Some(m) = s.mine.get_mut(id) {
+                m.told = Some(stamp);
+            }
+        });
         let params = json!({
             "content": channel_text(&view),
             "meta": {
@@ -416,8 +428,13 @@ mod tests {
 
     fn watching(id: &str) -> State {
         let mut s = State::default();
-        s.watched.insert(id.to_owned(), 0);
-        s.told.insert(id.to_owned(), None);
+        s.mine.insert(
+            id.to_owned(),
+            Mine {
+                cursor: Some(0),
+                told: None,
+            },
+        );
         s
     }
 
@@ -430,7 +447,7 @@ mod tests {
         ] {
             let mut s = watching("w");
             s.settle("w", Some(status), true);
-            assert!(s.watched.is_empty() && s.told.is_empty(), "{status}");
+            assert!(s.mine.is_empty(), "{status}");
         }
         // Still running, blocked on a human, events left to forward, or not read at all:
         // the session keeps watching.
@@ -442,10 +459,7 @@ mod tests {
         ] {
             let mut s = watching("w");
             s.settle("w", status, drained);
-            assert!(
-                s.watched.contains_key("w") && s.told.contains_key("w"),
-                "{status:?} drained={drained}"
-            );
+            assert!(s.mine.contains_key("w"), "{status:?} drained={drained}");
         }
     }
 }
