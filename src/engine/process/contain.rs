@@ -12,7 +12,7 @@
 //! ```text
 //! <own cgroup>/baton-<owner>/     one per server, no process itself
 //!     server/                     the server, once it first runs an attempt
-//!     a<n>/                       one per running attempt, removed when it ends
+//!     a<n>/                       one per running attempt; kept for reuse if empty at its end
 //! ```
 //!
 //! Why the server moves: std spawns with posix_spawn (no fork of the server), so a child is
