@@ -105,7 +105,7 @@ pub async fn execute(
             detail: AttemptDetail::default(),
         };
     }
-    let (mut running, judge) = match launch(cfg, spec, signals, started) {
+    let (mut running, judge) = match launch(cfg, spec, stop, signals, started) {
         Ok(launched) => launched,
         Err(outcome) => return *outcome,
     };
@@ -164,6 +164,7 @@ impl Judge {
 fn launch(
     cfg: &ExecConfig,
     spec: Box<AttemptSpec>,
+    stop: &CancellationToken,
     signals: Arc<Signals>,
     started: Instant,
 ) -> Result<(process::Running, Judge), Box<Outcome>> {
@@ -257,7 +258,7 @@ fn launch(
         output_cap: cfg.output_cap,
         kill_grace: cfg.kill_grace,
         stdin,
-        gate: cfg.gate.clone(),
+        gate: cfg.gate.clone().map(|g| g.unless_stopped(stop.clone())),
         live,
     };
     let program = pspec.program.clone();

@@ -227,7 +227,7 @@ async fn tick(sh: &Arc<Shared>) -> Result<()> {
         }
     }
     sh.renewed_at
-        .store(now, std::sync::atomic::Ordering::Relaxed);
+        .store(now, std::sync::atomic::Ordering::Release);
     super::process::reaper_heartbeat();
     honour_cancels(sh, &renewal.cancels);
     resume_fenced(sh).await;

@@ -175,7 +175,7 @@ impl Shared {
     /// for longer than a lease: another process may have adopted its workflows meanwhile.
     fn lease_in_doubt(&self) -> bool {
         let lease = self.cfg.lease.as_millis() as i64;
-        now_ms() >= self.renewed_at.load(Ordering::Relaxed) + lease * 2 / 3
+        now_ms() >= self.renewed_at.load(Ordering::Acquire) + lease * 2 / 3
     }
 
     fn lease_until(&self) -> i64 {
@@ -234,7 +234,8 @@ impl Engine {
             let renewed_at = renewed_at.clone();
             let lease_ms = cfg.lease.as_millis() as i64;
             process::SpawnGate(Arc::new(move || {
-                now_ms() < renewed_at.load(Ordering::Relaxed) + lease_ms
+                // Acquire: pairs with the renewal's release, after it stopped lost drivers.
+                now_ms() < renewed_at.load(Ordering::Acquire) + lease_ms
             }))
         };
         let exec = ExecConfig {

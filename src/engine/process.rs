@@ -41,6 +41,16 @@ impl SpawnGate {
     pub fn allows(&self) -> bool {
         (self.0)()
     }
+
+    /// This gate, closed as well once `stop` is cancelled. A lease renewal stops the drivers
+    /// of workflows this process lost before it reopens the gate, so an attempt that was
+    /// past its own checks when the process froze cannot start once the process wakes.
+    /// The gate is read before `stop` is checked, so a fresh renewal means the stop is seen.
+    pub fn unless_stopped(self, stop: CancellationToken) -> SpawnGate {
+        SpawnGate(std::sync::Arc::new(move || {
+            self.allows() && !stop.is_cancelled()
+        }))
+    }
 }
 
 impl std::fmt::Debug for SpawnGate {
@@ -305,10 +315,15 @@ fn spawn(spec: &ProcessSpec) -> std::io::Result<(tokio::process::Child, Option<c
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    if spec.gate.as_ref().is_some_and(|g| !g.allows()) {
-        return Err(std::io::Error::other(NotNow));
-    }
-    let child = contain::spawn(&mut cgroup, || cmd.spawn(), tokio::process::Child::id)?;
+    // Asked inside the spawn, after the wait for the spawn lock: a process frozen while
+    // another attempt held the lock must ask again when it wakes, not spawn on an old answer.
+    let gated = || {
+        if spec.gate.as_ref().is_some_and(|g| !g.allows()) {
+            return Err(std::io::Error::other(NotNow));
+        }
+        cmd.spawn()
+    };
+    let child = contain::spawn(&mut cgroup, gated, tokio::process::Child::id)?;
     Ok((child, cgroup))
 }
 

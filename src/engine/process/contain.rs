@@ -507,6 +507,25 @@ mod tests {
     }
 
     #[test]
+    fn the_spawn_and_the_gate_asked_in_it_run_under_the_spawn_lock() {
+        let owner = format!("test-{}", std::process::id());
+        let mut cg = Attempt::create(&owner);
+        if cg.is_none() {
+            return; // No usable cgroup2 tree on this machine: no lock is taken.
+        }
+        let held = spawn(
+            &mut cg,
+            || Ok(SPAWNING.try_lock().is_err()),
+            |_: &bool| None,
+        )
+        .unwrap();
+        assert!(
+            held,
+            "a process frozen before the lock must ask the gate after it"
+        );
+    }
+
+    #[test]
     fn an_attempt_cgroup_found_empty_is_reused_and_one_with_leftovers_is_killed_not_reused() {
         let owner = format!("test-{}", std::process::id());
         let Some(mut a) = Attempt::create(&owner) else {

@@ -33,6 +33,24 @@ async fn a_closed_gate_refuses_the_spawn_and_nothing_runs() {
 }
 
 #[tokio::test]
+async fn an_open_gate_refuses_the_spawn_of_an_attempt_already_stopped() {
+    let marker = tempfile::tempdir().unwrap().keep().join("ran");
+    let mut s = spec("sh", &["-c", &format!("touch {}", marker.display())]);
+    let stop = CancellationToken::new();
+    let open = SpawnGate(std::sync::Arc::new(|| true));
+    s.gate = Some(open.clone().unless_stopped(stop.clone()));
+    stop.cancel();
+    let err = run(s.clone(), &CancellationToken::new(), None)
+        .await
+        .unwrap_err();
+    assert!(is_not_now(&err), "{err}");
+    assert!(!marker.exists(), "the process never started");
+    s.gate = Some(open.unless_stopped(CancellationToken::new()));
+    run(s, &CancellationToken::new(), None).await.unwrap();
+    assert!(marker.exists());
+}
+
+#[tokio::test]
 async fn stdin_payload_arrives_whole_and_then_ends() {
     // Bigger than a pipe buffer, with bytes a shell or an option parser would act on.
     let payload: Vec<u8> = b"--settings={}\n'$(x)'\0"
