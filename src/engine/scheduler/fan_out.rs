@@ -7,7 +7,7 @@
 //! a resume never expands differently; the step settles exactly when every instance has —
 //! `completed` with the JSON array of their outputs in item order, or `failed` if one failed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::Scheduler;
 use super::condition::step_value;
@@ -58,8 +58,8 @@ pub(super) fn origins(
     def: &crate::workflow::Workflow,
     steps: &[StepRow],
     index: &HashMap<String, usize>,
-) -> (Vec<Origin>, HashMap<usize, Fan>) {
-    let mut fans: HashMap<usize, Fan> = HashMap::new();
+) -> (Vec<Origin>, BTreeMap<usize, Fan>) {
+    let mut fans: BTreeMap<usize, Fan> = BTreeMap::new();
     for (r, row) in steps.iter().enumerate() {
         let (Some(items), Some(d)) = (&row.items, def.position(&row.step_id)) else {
             continue;

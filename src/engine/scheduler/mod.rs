@@ -44,7 +44,7 @@ mod tests;
 pub(super) use human::{Answer, Waiting, waiting_for};
 pub(super) use stored::{ResumePlan, adopt_changes, cancel_changes, resume_changes, resume_scope};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::executor::AttemptSpec;
@@ -84,12 +84,14 @@ pub(super) struct Scheduler {
     index: HashMap<String, usize>,
     /// Per row, the step of the definition it runs (and its item, for an instance).
     origin: Vec<Origin>,
+    // The maps below are empty for most workflows: a `BTreeMap` holds nothing then, in half
+    // the room of an empty `HashMap`.
     /// The expanded `for_each` steps, by row.
-    fans: HashMap<usize, Fan>,
+    fans: BTreeMap<usize, Fan>,
     /// The started `repeat` groups, by row.
-    groups: HashMap<usize, Group>,
+    groups: BTreeMap<usize, Group>,
     /// Position of each step in the definition, by id; empty unless it has `repeat` groups.
-    def_index: HashMap<String, usize>,
+    def_index: BTreeMap<String, usize>,
     /// The last start found no free step slot; more steps are ready than could start.
     starved: bool,
     /// Spending against the workflow's `max_cost_usd`.
@@ -113,14 +115,14 @@ impl Scheduler {
         let (origin, fans) = fan_out::origins(&def, &steps, &index);
         // Only `repeat` groups look steps up by id in the definition; a workflow without one
         // keeps no copy of its step ids for them.
-        let def_index: HashMap<String, usize> = if def.steps.iter().any(|s| s.group.is_some()) {
+        let def_index: BTreeMap<String, usize> = if def.steps.iter().any(|s| s.group.is_some()) {
             def.steps
                 .iter()
                 .enumerate()
                 .map(|(i, s)| (s.id.clone(), i))
                 .collect()
         } else {
-            HashMap::new()
+            BTreeMap::new()
         };
         let groups = repeat::groups(&def, &def_index, &steps, &index, &origin);
         let retry_at = steps

@@ -9,7 +9,7 @@
 //! step; steps of one iteration read their siblings of the same iteration, and
 //! `{previous.ID.output}` the one before.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::Scheduler;
 use super::condition::step_value;
@@ -31,12 +31,12 @@ pub(super) struct Group {
 /// The started groups, from stored rows: the current iteration is the newest one with rows.
 pub(super) fn groups(
     def: &Workflow,
-    def_index: &HashMap<String, usize>,
+    def_index: &BTreeMap<String, usize>,
     steps: &[StepRow],
     index: &HashMap<String, usize>,
     origin: &[super::fan_out::Origin],
-) -> HashMap<usize, Group> {
-    let mut out = HashMap::new();
+) -> BTreeMap<usize, Group> {
+    let mut out = BTreeMap::new();
     for (r, row) in steps.iter().enumerate() {
         let Some(&d) = def_index.get(&row.step_id) else {
             continue;
