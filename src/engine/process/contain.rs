@@ -123,9 +123,7 @@ fn remove_stale(base: &Path) {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("baton-"));
-        let empty = std::fs::read_to_string(p.join("cgroup.events"))
-            .is_ok_and(|ev| ev.lines().any(|l| l == "populated 0"));
-        if ours && empty {
+        if ours && populated(&p) == Some(false) {
             for d in subtree(&p) {
                 let _ = std::fs::remove_dir(d);
             }
