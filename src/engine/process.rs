@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 mod capture;
 mod contain;
 
-use capture::Capture;
+use capture::{Capture, Pipes};
 
 /// Environment variable naming the owner (server process) that started a child.
 pub const OWNER_ENV: &str = "BATON_OWNER";
@@ -222,23 +222,8 @@ impl Running {
             kill_grace,
             ..
         } = self;
-        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         // Both pipes are read by this same task, beside the wait: no extra tasks per attempt.
-        let mut readers = std::pin::pin!(async {
-            // Each read holds its stream once: `None` (no pipe) is not awaited at all.
-            tokio::join!(
-                async {
-                    if let Some(s) = stdout {
-                        out.read_from(s).await;
-                    }
-                },
-                async {
-                    if let Some(s) = stderr {
-                        err.read_from(s).await;
-                    }
-                }
-            )
-        });
+        let mut readers = Pipes::new((child.stdout.take(), out), (child.stderr.take(), err));
         // Boxed, and only made for a step with a timeout: a waiting attempt without one
         // holds no timer.
         let mut timer = timeout.map(|t| Box::pin(tokio::time::sleep(t)));
@@ -267,7 +252,7 @@ impl Running {
         if !read_all {
             // Only a process that escaped both the group and the cgroup can still hold a
             // pipe; keep what was read and stop waiting for it.
-            let _ = tokio::time::timeout(READ_AFTER_EXIT, readers).await;
+            let _ = tokio::time::timeout(READ_AFTER_EXIT, &mut readers).await;
         }
         Ok(ending)
     }

@@ -5,9 +5,13 @@
 //! counted, not kept, and a line longer than the cap plus an envelope is dropped, never
 //! buffered whole.
 
+use std::future::Future;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, ReadBuf};
 
 use super::LineSink;
 use crate::engine::live::{LiveOutput, Stream};
@@ -18,7 +22,7 @@ const LINE_ENVELOPE: usize = 64 * 1024;
 /// A line buffer grown past this by one long line is given back once the line is handed on.
 const LINE_KEEP: usize = 256 * 1024;
 
-/// Read size once a stream is producing output.
+/// Most bytes one read takes, into a buffer on the stack of the poll.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// One stream's output as it is read: at most `cap` bytes kept, complete lines handed to
@@ -50,18 +54,21 @@ impl Capture {
         }
     }
 
-    /// Reads `stream` to its end (or until the future is dropped).
-    pub(super) async fn read_from(&mut self, mut stream: impl AsyncRead + Unpin) {
-        // Empty until the stream first has data, so a silent step holds (almost) no buffer.
-        let mut buf: Vec<u8> = Vec::new();
+    /// Reads what `stream` has ready; `Ready` once it has ended (or failed). The buffer is on
+    /// the stack of this poll, so a waiting read holds no memory of its own.
+    pub(super) fn poll_from(
+        &mut self,
+        stream: &mut (impl AsyncRead + Unpin),
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let mut space = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
         loop {
-            buf.clear();
-            if buf.capacity() > 0 && buf.capacity() < READ_CHUNK {
-                buf.reserve(READ_CHUNK);
-            }
-            match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => self.take(&buf[..n]),
+            let mut buf = ReadBuf::uninit(&mut space);
+            match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => self.take(buf.filled()),
             }
         }
     }
@@ -123,6 +130,49 @@ impl Capture {
     }
 }
 
+/// Both pipes of a child read into their captures, as one future polled by the task that
+/// awaits the child: a waiting attempt holds its two streams and nothing else. Each stream
+/// is closed once it has ended; the future is ready when both have.
+pub(super) struct Pipes<'a, O, E> {
+    out: Option<(O, &'a mut Capture)>,
+    err: Option<(E, &'a mut Capture)>,
+}
+
+impl<'a, O, E> Pipes<'a, O, E> {
+    pub(super) fn new(
+        out: (Option<O>, &'a mut Capture),
+        err: (Option<E>, &'a mut Capture),
+    ) -> Self {
+        Pipes {
+            out: out.0.map(|s| (s, out.1)),
+            err: err.0.map(|s| (s, err.1)),
+        }
+    }
+}
+
+impl<O: AsyncRead + Unpin, E: AsyncRead + Unpin> Future for Pipes<'_, O, E> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if let Some((s, c)) = &mut this.out
+            && c.poll_from(s, cx).is_ready()
+        {
+            this.out = None;
+        }
+        if let Some((s, c)) = &mut this.err
+            && c.poll_from(s, cx).is_ready()
+        {
+            this.err = None;
+        }
+        if this.out.is_none() && this.err.is_none() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -141,7 +191,11 @@ mod tests {
             let _ = tx.send(l.to_owned());
         });
         let mut cap = Capture::new(1024, Some(sink));
-        let read = tokio::time::timeout(Duration::from_millis(50), cap.read_from(reader));
+        let mut reader = reader;
+        let read = tokio::time::timeout(
+            Duration::from_millis(50),
+            std::future::poll_fn(|cx| cap.poll_from(&mut reader, cx)),
+        );
         assert!(
             read.await.is_err(),
             "the read ended although the writer is open"
