@@ -115,6 +115,20 @@ pub(super) struct Driver {
     answers_recheck: Option<Instant>,
 }
 
+/// What an idle driver woke up for.
+enum Wake {
+    /// An attempt's signals (first tool use, session id).
+    Signals,
+    /// Attempts ended (none: a retry came due or a slot was freed); advance the workflow.
+    Done(Vec<(usize, i64, Outcome)>),
+    /// The store changed (or may have) while a human step waits.
+    Change(Option<store::Change>),
+    /// A running step may have stalled.
+    Stall,
+    /// Live progress is due to be written.
+    Progress,
+}
+
 impl Driver {
     pub(super) fn new(
         sh: Arc<Shared>,
@@ -188,19 +202,19 @@ impl Driver {
                 .min();
             let sem = self.sh.permits.clone();
             let signals = self.signals.clone();
-            tokio::select! {
+            // What woke the driver is decided first and handled after the wait is dropped, so
+            // the handlers' awaits do not keep room for the wait's results.
+            let wake = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break,
                 // Before results: an attempt's signals are all sent by the time it ends, and
                 // once its result is applied they would be dropped (first tool use, session).
-                () = signals.wait() => {
-                    if !Box::pin(self.on_signals()).await { break; }
-                }
+                () = signals.wait() => Wake::Signals,
                 Some(joined) = self.running.join_next() => {
                     let mut done = Vec::new();
                     if let Ok(r) = joined { done.push(r); }
                     while let Some(Ok(r)) = self.running.try_join_next() { done.push(r); }
-                    if !Box::pin(self.advance(done)).await { break; }
+                    Wake::Done(done)
                 }
                 // One timer for every deadline (each would hold its own in an idle driver);
                 // the first due, in this order, is handled, and the loop comes back for the rest.
@@ -208,23 +222,36 @@ impl Driver {
                     let now = Instant::now();
                     let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
                     if due(next_retry) {
-                        if !Box::pin(self.advance(Vec::new())).await { break; }
+                        Wake::Done(Vec::new())
                     } else if due(self.answers_recheck) {
                         self.answers_recheck = None;
-                        if !Box::pin(self.on_change(Some(store::Change::Unknown))).await { break; }
+                        Wake::Change(Some(store::Change::Unknown))
                     } else if due(next_stall) {
-                        self.restart_stalled();
-                    } else if due(next_progress) && !Box::pin(self.flush_progress()).await {
-                        break;
+                        Wake::Stall
+                    } else if due(next_progress) {
+                        Wake::Progress
+                    } else {
+                        continue;
                     }
                 }
-                change = next_change(self.feed.as_mut()) => {
-                    if !Box::pin(self.on_change(change)).await { break; }
-                }
+                change = next_change(self.feed.as_mut()) => Wake::Change(change),
                 Some(p) = spare_permit(sem, self.sched.starved()) => {
                     self.spare = Some(p);
-                    if !Box::pin(self.advance(Vec::new())).await { break; }
+                    Wake::Done(Vec::new())
                 }
+            };
+            let go_on = match wake {
+                Wake::Signals => Box::pin(self.on_signals()).await,
+                Wake::Done(done) => Box::pin(self.advance(done)).await,
+                Wake::Change(change) => Box::pin(self.on_change(change)).await,
+                Wake::Stall => {
+                    self.restart_stalled();
+                    true
+                }
+                Wake::Progress => Box::pin(self.flush_progress()).await,
+            };
+            if !go_on {
+                break;
             }
         }
         Box::pin(self.finish_stopped()).await;
