@@ -58,7 +58,7 @@ impl Engine {
             status: row.status,
         };
         let waiting = Waiting::of(row).ok_or_else(not_waiting)?;
-        if row.answer.is_some() {
+        if row.answer().is_some() {
             return Err(not_waiting());
         }
         let answer = answer_of(req, waiting.kind)?;
@@ -92,13 +92,13 @@ impl Engine {
                 let row = snap
                     .steps
                     .iter()
-                    .find(|s| s.step_id == step && s.answer.is_none())
+                    .find(|s| s.step_id == step && s.answer().is_none())
                     .filter(|s| Waiting::of(s).is_some())
                     .ok_or_else(|| {
                         StoreError::Conflict("the step is not waiting any more".into())
                     })?;
                 let mut row = row.clone();
-                row.answer = Some(json);
+                row.edit_extra(|x| x.answer = Some(json));
                 ch.step(&row);
                 // Left for the background worker to adopt when this process runs nothing.
                 ch.set_status(WorkflowStatus::Running, None, !execute);
@@ -143,7 +143,7 @@ impl Engine {
             let pending = snap
                 .steps
                 .iter()
-                .any(|s| s.step_id == step && s.answer.is_some() && Waiting::of(s).is_some());
+                .any(|s| s.step_id == step && s.answer().is_some() && Waiting::of(s).is_some());
             if !pending || tokio::time::Instant::now() >= deadline {
                 return Ok(snap.workflow.status);
             }

@@ -20,7 +20,7 @@ mod sqlite;
 pub use records::{
     Adoptable, AttemptRow, COMMIT_BUCKETS_S, Changes, Claim, CommitStats, Deleted, DurationBuckets,
     EventPage, Fence, ListFilter, MetricCounts, MonitorRow, MonitorRows, NewWorkflow, OwnerRow,
-    Renewal, STEP_DURATION_BUCKETS_S, Snapshot, StatusChange, StepRow, WorkflowRow,
+    Renewal, STEP_DURATION_BUCKETS_S, Snapshot, StatusChange, StepExtra, StepRow, WorkflowRow,
 };
 
 use std::collections::BTreeMap;

@@ -46,6 +46,18 @@ pub struct StepRow {
     pub output: Option<String>,
     pub error: Option<String>,
     pub last_activity_at: Option<i64>,
+    /// The exit code of the latest finished attempt (`steps.ID.exit_code` in conditions).
+    pub exit_code: Option<i64>,
+    /// What only some rows ever carry; `None` (one pointer) for the rest. Read through the
+    /// accessors below and changed through [`StepRow::edit_extra`]; made with
+    /// [`StepExtra::boxed`], which keeps it `None` when nothing is set.
+    pub extra: Option<Box<StepExtra>>,
+}
+
+/// The fields of a [`StepRow`] that most rows never set: a resume's instructions for an
+/// agent step, a `for_each` step's items and a human step's question and answer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepExtra {
     /// Extra instructions for the next attempt of an agent step, from a resume.
     pub guidance: Option<String>,
     /// Agent-option overrides (JSON) for the next attempts, from a resume.
@@ -53,16 +65,21 @@ pub struct StepRow {
     /// The next attempt starts a new agent session instead of resuming `session_id`.
     pub fresh_session: bool,
     /// A `for_each` step's items (a JSON array), stored once when the step expands into its
-    /// instances; `None` for every other row.
+    /// instances.
     pub items: Option<String>,
     /// A human step's open question (JSON: kind, rendered prompt, since, deadline,
-    /// on_timeout), written when it starts waiting; `None` for every other row.
+    /// on_timeout), written when it starts waiting.
     pub waiting: Option<String>,
     /// An answer to the open question (JSON), recorded by whoever answered and applied by
     /// the workflow's driver.
     pub answer: Option<String>,
-    /// The exit code of the latest finished attempt (`steps.ID.exit_code` in conditions).
-    pub exit_code: Option<i64>,
+}
+
+impl StepExtra {
+    /// Boxed only when something is set.
+    pub fn boxed(self) -> Option<Box<StepExtra>> {
+        (self != StepExtra::default()).then(|| Box::new(self))
+    }
 }
 
 impl StepRow {
@@ -80,14 +97,45 @@ impl StepRow {
             output: None,
             error: None,
             last_activity_at: None,
-            guidance: None,
-            agent_overrides: None,
-            fresh_session: false,
-            items: None,
-            waiting: None,
-            answer: None,
             exit_code: None,
+            extra: None,
         }
+    }
+
+    /// Changes the rare fields; the box is made only when one is set, and given back when
+    /// none is left.
+    pub fn edit_extra(&mut self, f: impl FnOnce(&mut StepExtra)) {
+        let mut extra = self.extra.take().map(|b| *b).unwrap_or_default();
+        f(&mut extra);
+        self.extra = extra.boxed();
+    }
+
+    pub fn extra(&self) -> Option<&StepExtra> {
+        self.extra.as_deref()
+    }
+
+    pub fn guidance(&self) -> Option<&str> {
+        self.extra.as_ref()?.guidance.as_deref()
+    }
+
+    pub fn agent_overrides(&self) -> Option<&str> {
+        self.extra.as_ref()?.agent_overrides.as_deref()
+    }
+
+    pub fn fresh_session(&self) -> bool {
+        self.extra.as_ref().is_some_and(|x| x.fresh_session)
+    }
+
+    pub fn items(&self) -> Option<&str> {
+        self.extra.as_ref()?.items.as_deref()
+    }
+
+    pub fn waiting(&self) -> Option<&str> {
+        self.extra.as_ref()?.waiting.as_deref()
+    }
+
+    pub fn answer(&self) -> Option<&str> {
+        self.extra.as_ref()?.answer.as_deref()
     }
 }
 

@@ -61,7 +61,7 @@ pub(super) fn origins(
 ) -> (Vec<Origin>, BTreeMap<usize, Fan>) {
     let mut fans: BTreeMap<usize, Fan> = BTreeMap::new();
     for (r, row) in steps.iter().enumerate() {
-        let (Some(items), Some(d)) = (&row.items, def.position(&row.step_id)) else {
+        let (Some(items), Some(d)) = (row.items(), def.position(&row.step_id)) else {
             continue;
         };
         let items: Vec<serde_json::Value> = serde_json::from_str(items).unwrap_or_else(|e| {
@@ -194,7 +194,7 @@ impl Scheduler {
         let stored = serde_json::to_string(&items).map_err(|e| e.to_string())?;
         let step_id = self.steps[idx].step_id.clone();
         let row = &mut self.steps[idx];
-        row.items = Some(stored);
+        row.edit_extra(|x| x.items = Some(stored));
         row.status = StepStatus::Running;
         row.started_at.get_or_insert(now);
         row.finished_at = None;

@@ -46,13 +46,13 @@ fn the_item_list_is_stored_with_the_instances_in_one_change_set() {
     let (ch, started) = plan_done(&mut s, "a.rs\nb.rs\nc.rs\n");
     assert_eq!(started, ["review[0]", "review[1]", "review[2]"]);
     let parent = ch.steps.iter().find(|r| r.step_id == "review").unwrap();
-    assert_eq!(parent.items.as_deref(), Some(r#"["a.rs","b.rs","c.rs"]"#));
+    assert_eq!(parent.items(), Some(r#"["a.rs","b.rs","c.rs"]"#));
     assert_eq!(parent.status, StepStatus::Running);
     for i in 0..3 {
         let id = format!("review[{i}]");
         let row = ch.steps.iter().find(|r| r.step_id == id).unwrap();
         assert_eq!(row.status, StepStatus::Running, "{id}");
-        assert!(row.items.is_none());
+        assert!(row.items().is_none());
     }
     let idxs: BTreeSet<i64> = ch.steps.iter().map(|r| r.idx).collect();
     assert_eq!(idxs.len(), ch.steps.len(), "every row has its own position");
@@ -196,7 +196,7 @@ fn a_reloaded_expansion_reuses_its_stored_items_and_keeps_completed_instances() 
     assert!(
         !ch.steps
             .iter()
-            .any(|r| r.step_id == "review" && r.items.is_some()),
+            .any(|r| r.step_id == "review" && r.items().is_some()),
         "no second expansion"
     );
 }
@@ -319,7 +319,7 @@ fn resuming_from_the_fan_out_step_expands_it_afresh() {
     assert!(ch.steps.iter().all(|r| !r.step_id.starts_with("review[")));
     let parent = ch.steps.iter().find(|r| r.step_id == "review").unwrap();
     assert_eq!(parent.status, StepStatus::Pending);
-    assert!(parent.items.is_none());
+    assert!(parent.items().is_none());
 }
 
 #[test]

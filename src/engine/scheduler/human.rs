@@ -36,7 +36,7 @@ impl Waiting {
         if row.status != StepStatus::Blocked {
             return None;
         }
-        serde_json::from_str(row.waiting.as_deref()?).ok()
+        serde_json::from_str(row.waiting()?).ok()
     }
 }
 
@@ -55,7 +55,7 @@ pub(in crate::engine) fn waiting_for(row: &StepRow) -> Option<crate::api::Waitin
             _ => "fail",
         }
         .to_owned(),
-        answered: row.answer.is_some(),
+        answered: row.answer().is_some(),
     })
 }
 
@@ -130,13 +130,16 @@ impl Scheduler {
         row.status = StepStatus::Blocked;
         row.finished_at = None;
         row.output = None;
-        row.answer = None;
         row.error = Some(format!(
             "waiting for {}: {}",
             human.kind.as_str(),
             tail(&prompt, 500)
         ));
-        row.waiting = serde_json::to_string(&waiting).ok();
+        let waiting_json = serde_json::to_string(&waiting).ok();
+        row.edit_extra(|x| {
+            x.answer = None;
+            x.waiting = waiting_json;
+        });
         ch.step(row);
         ch.event(NewEvent::step(
             EventKind::StepBlocked,
@@ -162,7 +165,7 @@ impl Scheduler {
         if Waiting::of(row).is_none() {
             return false;
         }
-        row.answer = Some(answer.to_owned());
+        row.edit_extra(|x| x.answer = Some(answer.to_owned()));
         true
     }
 
@@ -175,8 +178,7 @@ impl Scheduler {
                 continue;
             };
             let answer = self.steps[idx]
-                .answer
-                .as_deref()
+                .answer()
                 .and_then(|a| serde_json::from_str::<Answer>(a).ok());
             let end = match answer {
                 Some(a) => answered(&waiting, a),
@@ -198,7 +200,7 @@ impl Scheduler {
 
     fn end_wait(&mut self, ch: &mut Changes, idx: usize, end: End, now: i64) {
         let row = &mut self.steps[idx];
-        row.answer = None;
+        row.edit_extra(|x| x.answer = None);
         row.finished_at = Some(now);
         let duration_ms = Some(now - row.started_at.unwrap_or(now));
         match end {
@@ -243,7 +245,7 @@ impl Scheduler {
     pub(in crate::engine) fn next_deadline(&self) -> Option<i64> {
         self.steps
             .iter()
-            .filter(|r| r.answer.is_none())
+            .filter(|r| r.answer().is_none())
             .filter_map(|r| Waiting::of(r)?.deadline)
             .min()
     }

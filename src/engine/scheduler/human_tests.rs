@@ -65,7 +65,7 @@ fn a_human_step_waits_blocked_with_its_rendered_question_and_stored_deadline() {
     assert_eq!(w.since, 1_000);
     assert_eq!(w.deadline, Some(61_000));
     let row = ch.steps.iter().find(|r| r.step_id == "ship").unwrap();
-    assert!(row.waiting.is_some(), "the question is in the change set");
+    assert!(row.waiting().is_some(), "the question is in the change set");
     let blocked = event(&ch, EventKind::StepBlocked);
     assert_eq!(blocked.data.question.as_deref(), Some("Merge main?"));
     assert_eq!(blocked.data.interaction.as_deref(), Some("approval"));
@@ -95,7 +95,7 @@ fn an_approval_completes_the_step_with_approved_and_starts_its_dependents() {
         Some("approved")
     );
     assert_eq!(
-        s.steps()[idx(&s, "ship")].answer,
+        s.steps()[idx(&s, "ship")].answer(),
         None,
         "the answer is consumed"
     );

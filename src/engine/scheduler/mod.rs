@@ -262,7 +262,7 @@ impl Scheduler {
         }
         row.exit_code = detail.exit_code.map(i64::from);
         let cost = detail.cost_usd;
-        row.fresh_session = detail.session_unusable;
+        row.edit_extra(|x| x.fresh_session = detail.session_unusable);
         let sid = row.step_id.clone();
         match outcome {
             Outcome::Succeeded { output, .. } => {
@@ -270,7 +270,7 @@ impl Scheduler {
                 row.status = StepStatus::Completed;
                 row.finished_at = Some(now);
                 row.error = None;
-                row.guidance = None;
+                row.edit_extra(|x| x.guidance = None);
                 let preview: String = output.trim_end().chars().take(200).collect();
                 let data = EventData {
                     duration_ms: Some(now - row.started_at.unwrap_or(now)),
@@ -295,7 +295,7 @@ impl Scheduler {
                 att.error = Some(error.clone());
                 row.failures += 1;
                 row.error = Some(error.clone());
-                row.guidance = None;
+                row.edit_extra(|x| x.guidance = None);
                 let budget_left = row.failures < i64::from(step.retry.max_attempts);
                 if class != FailureClass::Fatal && budget_left {
                     let next = (row.failures + 1) as u32;
@@ -342,7 +342,7 @@ impl Scheduler {
                 att.error = Some(reason.clone());
                 row.status = StepStatus::Blocked;
                 row.error = Some(reason.clone());
-                row.guidance = None;
+                row.edit_extra(|x| x.guidance = None);
                 ch.event(NewEvent::step(
                     EventKind::StepBlocked,
                     &sid,

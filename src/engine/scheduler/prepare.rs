@@ -60,18 +60,17 @@ impl Scheduler {
             Action::Prompt(t) => {
                 let prompt = t.render(&lookup, Quoting::Verbatim);
                 let overrides: AgentOptions = row
-                    .agent_overrides
-                    .as_deref()
+                    .agent_overrides()
                     .and_then(|o| serde_json::from_str(o).ok())
                     .unwrap_or_default();
                 let options = step.agent.merged(&overrides);
-                let resume = if row.fresh_session {
+                let resume = if row.fresh_session() {
                     None
                 } else {
                     row.session_id.clone()
                 };
-                let prompt = match (&resume, &row.guidance) {
-                    (Some(_), Some(g)) => g.clone(),
+                let prompt = match (&resume, row.guidance()) {
+                    (Some(_), Some(g)) => g.to_owned(),
                     // A new iteration of a loop continues the session with its own prompt.
                     (Some(_), None) if row.attempts == 0 => prompt,
                     (Some(_), None) => format!(

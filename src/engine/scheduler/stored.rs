@@ -151,7 +151,7 @@ pub(in crate::engine) fn resume_changes(
         .iter()
         .flat_map(|(g, subs)| subs.iter().map(move |s| (s.as_str(), g.as_str())))
         .collect();
-    let is_aggregate = |s: &StepRow| s.items.is_some() || plan.groups.contains_key(&s.step_id);
+    let is_aggregate = |s: &StepRow| s.items().is_some() || plan.groups.contains_key(&s.step_id);
     let member_of = |id: &str| -> Option<String> {
         if let Some((parent, _)) = parse_instance(id) {
             return Some(parent.to_owned());
@@ -218,11 +218,13 @@ pub(in crate::engine) fn resume_changes(
         {
             let keep_session = target && (plan.from_step.is_none() || plan.guidance.is_some());
             reset(&mut s, keep_session);
-            s.items = None;
-            if target {
-                s.guidance = plan.guidance.map(str::to_owned);
-                s.agent_overrides = plan.overrides.map(str::to_owned);
-            }
+            s.edit_extra(|x| {
+                x.items = None;
+                if target {
+                    x.guidance = plan.guidance.map(str::to_owned);
+                    x.agent_overrides = plan.overrides.map(str::to_owned);
+                }
+            });
         }
         if s != *row {
             touched.push(s.step_id.clone());
@@ -279,11 +281,13 @@ fn reset(s: &mut StepRow, keep_session: bool) {
     s.started_at = None;
     s.output = None;
     s.error = None;
-    s.guidance = None;
-    s.agent_overrides = None;
-    s.fresh_session = !keep_session;
-    s.waiting = None;
-    s.answer = None;
+    s.edit_extra(|x| {
+        x.guidance = None;
+        x.agent_overrides = None;
+        x.fresh_session = !keep_session;
+        x.waiting = None;
+        x.answer = None;
+    });
 }
 
 /// A cancel of a workflow nobody runs (interrupted, orphaned, blocked).
@@ -317,7 +321,7 @@ pub(in crate::engine) fn adopt_changes(
     // own: only its rows' attempts were cut short.
     for row in steps
         .iter()
-        .filter(|s| s.status == StepStatus::Running && s.items.is_none() && s.attempts > 0)
+        .filter(|s| s.status == StepStatus::Running && s.items().is_none() && s.attempts > 0)
     {
         let mut s = row.clone();
         s.crashes += 1;

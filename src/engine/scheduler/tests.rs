@@ -438,9 +438,9 @@ fn resume_retries_only_the_stopped_steps_with_a_fresh_budget() {
         (b.step_id.as_str(), b.status, b.failures),
         ("b", StepStatus::Pending, 0)
     );
-    assert_eq!(b.guidance.as_deref(), Some("try harder"));
+    assert_eq!(b.guidance(), Some("try harder"));
     assert!(
-        !b.fresh_session,
+        !b.fresh_session(),
         "a retried agent step continues its session"
     );
     assert_eq!(ch.status.unwrap().status, WorkflowStatus::Running);
@@ -493,7 +493,7 @@ fn resume_from_a_step_resets_it_and_everything_downstream_with_fresh_sessions() 
     assert!(
         ch.steps
             .iter()
-            .all(|s| s.status == StepStatus::Pending && s.output.is_none() && s.fresh_session)
+            .all(|s| s.status == StepStatus::Pending && s.output.is_none() && s.fresh_session())
     );
 }
 

@@ -6,7 +6,7 @@ use tokio_postgres::{Client, Row};
 use super::Tx;
 use super::queries::parse;
 use crate::api::{AttemptOutcome, StepStatus};
-use crate::store::{AttemptRow, Result, StepRow};
+use crate::store::{AttemptRow, Result, StepExtra, StepRow};
 
 const STEP_COLS: &str = "step_id, idx, status, attempts, failures, crashes, session_id, \
     started_at, finished_at, output, error, last_activity_at, guidance, agent_overrides, \
@@ -26,13 +26,16 @@ fn step_row(r: &Row) -> Result<StepRow> {
         output: r.try_get(9)?,
         error: r.try_get(10)?,
         last_activity_at: r.try_get(11)?,
-        guidance: r.try_get(12)?,
-        agent_overrides: r.try_get(13)?,
-        fresh_session: r.try_get(14)?,
-        items: r.try_get(15)?,
-        waiting: r.try_get(16)?,
-        answer: r.try_get(17)?,
         exit_code: r.try_get(18)?,
+        extra: StepExtra {
+            guidance: r.try_get(12)?,
+            agent_overrides: r.try_get(13)?,
+            fresh_session: r.try_get(14)?,
+            items: r.try_get(15)?,
+            waiting: r.try_get(16)?,
+            answer: r.try_get(17)?,
+        }
+        .boxed(),
     })
 }
 
@@ -64,12 +67,12 @@ pub(super) async fn save_steps(tx: &Tx, wid: i64, steps: &[StepRow]) -> Result<(
     let output = col(|s| s.output.clone());
     let error = col(|s| s.error.clone());
     let activity = int(|s| s.last_activity_at);
-    let guidance = col(|s| s.guidance.clone());
-    let overrides = col(|s| s.agent_overrides.clone());
-    let fresh: Vec<bool> = steps.iter().map(|s| s.fresh_session).collect();
-    let items = col(|s| s.items.clone());
-    let waiting = col(|s| s.waiting.clone());
-    let answer = col(|s| s.answer.clone());
+    let guidance = col(|s| s.guidance().map(str::to_owned));
+    let overrides = col(|s| s.agent_overrides().map(str::to_owned));
+    let fresh: Vec<bool> = steps.iter().map(StepRow::fresh_session).collect();
+    let items = col(|s| s.items().map(str::to_owned));
+    let waiting = col(|s| s.waiting().map(str::to_owned));
+    let answer = col(|s| s.answer().map(str::to_owned));
     let exit_code = int(|s| s.exit_code);
     tx.c.execute(
         "INSERT INTO steps (wid, step_id, idx, status, attempts, failures, crashes, session_id, \

@@ -6,7 +6,7 @@ use rusqlite::{Connection, Row, params};
 use super::WriteCtx;
 use super::queries::status_of;
 use crate::api::{AttemptOutcome, StepStatus};
-use crate::store::{AttemptRow, Result, StepRow};
+use crate::store::{AttemptRow, Result, StepExtra, StepRow};
 
 const STEP_COLS: &str = "step_id, idx, status, attempts, failures, crashes, session_id, \
     started_at, finished_at, output, error, last_activity_at, guidance, agent_overrides, \
@@ -26,13 +26,16 @@ fn step_row(r: &Row<'_>) -> rusqlite::Result<StepRow> {
         output: r.get(9)?,
         error: r.get(10)?,
         last_activity_at: r.get(11)?,
-        guidance: r.get(12)?,
-        agent_overrides: r.get(13)?,
-        fresh_session: r.get(14)?,
-        items: r.get(15)?,
-        waiting: r.get(16)?,
-        answer: r.get(17)?,
         exit_code: r.get(18)?,
+        extra: StepExtra {
+            guidance: r.get(12)?,
+            agent_overrides: r.get(13)?,
+            fresh_session: r.get(14)?,
+            items: r.get(15)?,
+            waiting: r.get(16)?,
+            answer: r.get(17)?,
+        }
+        .boxed(),
     })
 }
 
@@ -72,13 +75,13 @@ pub fn save_step(ctx: &mut WriteCtx<'_>, workflow_id: &str, s: &StepRow) -> Resu
             s.output,
             s.error,
             s.last_activity_at,
-            s.guidance,
-            s.agent_overrides,
-            s.fresh_session,
+            s.guidance(),
+            s.agent_overrides(),
+            s.fresh_session(),
             s.idx,
-            s.items,
-            s.waiting,
-            s.answer,
+            s.items(),
+            s.waiting(),
+            s.answer(),
             s.exit_code
         ])?;
     ctx.touched(workflow_id);
