@@ -88,7 +88,8 @@ struct Live {
     last_progress: Option<Instant>,
     last_activity: Option<Instant>,
     /// The newest progress message not yet written (throttled): attempt, message.
-    held_progress: Option<(i64, String)>,
+    /// Boxed: most steps never hold one.
+    held_progress: Option<Box<(i64, String)>>,
 }
 
 pub(super) struct Driver {

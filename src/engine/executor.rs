@@ -116,12 +116,22 @@ pub async fn execute(
 /// What decides an attempt's outcome once its process has ended.
 struct Judge {
     started: Instant,
-    success: SuccessCheck,
+    /// `None`: the default check (a zero exit code), which most steps have. Boxed, like the
+    /// schema: a waiting attempt keeps a pointer for what few steps set.
+    success: Option<Box<SuccessCheck>>,
     timeout: Option<Duration>,
     output_json: bool,
-    output_schema: Option<serde_json::Value>,
+    output_schema: Option<Box<serde_json::Value>>,
     kind: Kind,
 }
+
+/// The check of a step that sets none.
+static DEFAULT_CHECK: SuccessCheck = SuccessCheck {
+    contains: Vec::new(),
+    not_contains: Vec::new(),
+    regex: None,
+    exit_codes: Vec::new(),
+};
 
 enum Kind {
     /// The agent's stream-json, parsed as it arrives.
@@ -146,16 +156,15 @@ impl Judge {
             }
         };
         let r = running.finish(ending);
+        let success = self.success.as_deref().unwrap_or(&DEFAULT_CHECK);
         let out = match self.kind {
-            Kind::Agent(stream) => {
-                agent::outcome(&r, &stream, &self.success, self.started.elapsed())
-            }
+            Kind::Agent(stream) => agent::outcome(&r, &stream, success, self.started.elapsed()),
             Kind::Command(tail) => {
                 drop(tail);
-                command_outcome(r, &self.success, self.timeout, self.started)
+                command_outcome(r, success, self.timeout, self.started)
             }
         };
-        structured::check(out, self.output_json, self.output_schema.as_ref())
+        structured::check(out, self.output_json, self.output_schema.as_deref())
     }
 }
 
@@ -268,10 +277,10 @@ fn launch(
         running,
         Judge {
             started,
-            success,
+            success: (success != DEFAULT_CHECK).then(|| Box::new(success)),
             timeout,
             output_json,
-            output_schema,
+            output_schema: output_schema.map(Box::new),
             kind,
         },
     ))

@@ -103,7 +103,7 @@ impl Driver {
                 let Some(l) = self.live.get_mut(idx) else {
                     return true;
                 };
-                l.held_progress = Some((attempt, message));
+                l.held_progress = Some(Box::new((attempt, message)));
                 if l.last_progress.is_some_and(|last| {
                     Instant::now().saturating_duration_since(last) < PROGRESS_EVERY
                 }) {
@@ -138,7 +138,7 @@ impl Driver {
             if !due {
                 continue;
             }
-            let Some((attempt, message)) = l.held_progress.take() else {
+            let Some((attempt, message)) = l.held_progress.take().map(|b| *b) else {
                 continue;
             };
             if !self.sched.is_current(idx, attempt) {
