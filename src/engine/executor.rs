@@ -380,3 +380,13 @@ fn command_outcome(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_check_an_attempt_keeps_no_box_for_is_the_default_check() {
+        assert_eq!(DEFAULT_CHECK, SuccessCheck::default());
+    }
+}

@@ -387,3 +387,30 @@ pub struct CommitStats {
 pub const COMMIT_BUCKETS_S: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_rows_extra_is_boxed_only_while_a_rare_field_is_set() {
+        let mut row = StepRow::new("review", 0);
+        row.edit_extra(|x| x.guidance = None);
+        assert!(
+            row.extra().is_none(),
+            "clearing an unset field makes no box"
+        );
+        row.edit_extra(|x| x.answer = Some("\"yes\"".into()));
+        assert_eq!(row.answer(), Some("\"yes\""));
+        row.edit_extra(|x| x.fresh_session = true);
+        assert!(row.fresh_session());
+        row.edit_extra(|x| x.answer = None);
+        assert!(row.extra().is_some(), "fresh_session is still set");
+        row.edit_extra(|x| x.fresh_session = false);
+        assert!(
+            row.extra().is_none(),
+            "the box is given back once nothing is set"
+        );
+        assert_eq!(row, StepRow::new("review", 0));
+    }
+}

@@ -205,6 +205,35 @@ mod tests {
         drop(writer);
     }
 
+    #[tokio::test]
+    async fn both_pipes_are_read_by_one_future_and_each_is_closed_once_it_has_ended() {
+        let (mut out_w, out_r) = tokio::io::duplex(64);
+        let (mut err_w, err_r) = tokio::io::duplex(64);
+        let (mut out, mut err) = (Capture::new(1024, None), Capture::new(1024, None));
+        let mut pipes = Pipes::new((Some(out_r), &mut out), (Some(err_r), &mut err));
+        tokio::io::AsyncWriteExt::write_all(&mut out_w, b"done")
+            .await
+            .unwrap();
+        drop(out_w);
+        tokio::io::AsyncWriteExt::write_all(&mut err_w, b"still ")
+            .await
+            .unwrap();
+        // Polled until stdout's end has been read; stderr is still open.
+        let ready = std::future::poll_fn(|cx| {
+            Poll::Ready(std::pin::Pin::new(&mut pipes).poll(cx).is_ready())
+        })
+        .await;
+        assert!(!ready, "the future ended while stderr is open");
+        assert!(pipes.out.is_none(), "an ended stream is closed at once");
+        tokio::io::AsyncWriteExt::write_all(&mut err_w, b"going")
+            .await
+            .unwrap();
+        drop(err_w);
+        pipes.await;
+        assert_eq!(out.finish(), "done");
+        assert_eq!(err.finish(), "still going");
+    }
+
     #[test]
     fn a_line_longer_than_the_cap_is_dropped_and_its_buffer_given_back() {
         let (tx, rx) = std::sync::mpsc::channel();
