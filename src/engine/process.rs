@@ -26,9 +26,12 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 mod capture;
+mod child;
+mod clone3;
 mod contain;
 
 use capture::{Capture, Pipes};
+use child::Child;
 
 /// Environment variable naming the owner (server process) that started a child.
 pub const OWNER_ENV: &str = "BATON_OWNER";
@@ -143,7 +146,7 @@ pub async fn run(
 /// A started process, its output being read: [`Running::wait`] awaits its end and
 /// [`Running::finish`] gives its result. Dropping it kills whatever it started.
 pub struct Running {
-    child: tokio::process::Child,
+    child: Child,
     group: Group,
     out: Capture,
     err: Capture,
@@ -179,7 +182,7 @@ pub fn start(spec: ProcessSpec, on_line: Option<LineSink>) -> std::io::Result<Ru
         ..
     } = spec;
     let pid = child.id();
-    let writer = Writer(match (child.stdin.take(), stdin) {
+    let writer = Writer(match (child.take_stdin(), stdin) {
         (Some(mut pipe), Some(payload)) => Some(tokio::spawn(async move {
             // A child that exits without reading makes this fail with EPIPE; that is its
             // business, reported by its exit status.
@@ -223,7 +226,7 @@ impl Running {
             ..
         } = self;
         // Both pipes are read by this same task, beside the wait: no extra tasks per attempt.
-        let mut readers = Pipes::new((child.stdout.take(), out), (child.stderr.take(), err));
+        let mut readers = Pipes::new((child.take_stdout(), out), (child.take_stderr(), err));
         // Boxed, and only made for a step with a timeout: a waiting attempt without one
         // holds no timer.
         let mut timer = timeout.map(|t| Box::pin(tokio::time::sleep(t)));
@@ -276,15 +279,28 @@ impl Running {
 }
 
 /// Spawns the attempt's main process, in its own process group and (where available) its own
-/// cgroup. Synchronous, so the command's arguments and environment are gone before the caller
-/// first awaits: a running attempt's future does not hold them.
-fn spawn(spec: &ProcessSpec) -> std::io::Result<(tokio::process::Child, Option<contain::Attempt>)> {
+/// cgroup: started inside it where the machine allows ([`clone3`]), else spawned with
+/// posix_spawn and moved in. Synchronous, so the command's arguments and environment are gone
+/// before the caller first awaits: a running attempt's future does not hold them.
+fn spawn(spec: &ProcessSpec) -> std::io::Result<(Child, Option<contain::Attempt>)> {
     let owner = match spec.env.get(OWNER_ENV) {
         Some(o) => o.clone(),
         None => format!("pid{}", std::process::id()),
     };
-    // Made before the spawn, so the child is moved into it by one write right after.
+    // Made before the spawn, so the child is born in it or moved into it by one write.
     let mut cgroup = contain::Attempt::create(&owner);
+    if let Some(cg) = cgroup.as_mut() {
+        if let Some(dir) = cg.dir_fd() {
+            if spec.gate.as_ref().is_some_and(|g| !g.allows()) {
+                return Err(std::io::Error::other(NotNow));
+            }
+            if let Some(spawned) = clone3::spawn(spec, dir, spec.stdin.is_some())? {
+                cg.started_inside();
+                return Ok((Child::Cloned(child::Cloned::new(spawned)?), cgroup));
+            }
+        }
+        cg.prepare_join();
+    }
     let mut cmd = Command::new(&spec.program);
     // No `pre_exec`: std then spawns with posix_spawn (vfork-like) instead of forking the
     // whole server; containment comes from the cgroup and the reaper, not from the child.
@@ -309,7 +325,7 @@ fn spawn(spec: &ProcessSpec) -> std::io::Result<(tokio::process::Child, Option<c
         cmd.spawn()
     };
     let child = contain::spawn(&mut cgroup, gated, tokio::process::Child::id)?;
-    Ok((child, cgroup))
+    Ok((Child::Tokio(child), cgroup))
 }
 
 /// How long the pipes are read after the attempt's processes were killed.
@@ -364,7 +380,7 @@ fn exit_ending(status: std::process::ExitStatus) -> Ending {
 }
 
 /// SIGTERM to the group and the cgroup, then SIGKILL after `grace`.
-async fn terminate(child: &mut tokio::process::Child, group: &Group, grace: Duration) {
+async fn terminate(child: &mut Child, group: &Group, grace: Duration) {
     group.signal(Signal::SIGTERM);
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         group.signal(Signal::SIGKILL);

@@ -182,8 +182,12 @@ pub fn spawn<C>(
 #[derive(Debug)]
 pub struct Attempt {
     dir: PathBuf,
-    /// `cgroup.procs`, opened before the spawn so joining is one `write`; closed once the
-    /// child and its strays are in, so a running attempt holds no descriptor for its cgroup.
+    /// The cgroup's directory, opened before the spawn so the child can be started inside it
+    /// ([`super::clone3`]); closed once it is, so a running attempt holds no descriptor for
+    /// its cgroup.
+    dir_fd: Option<File>,
+    /// `cgroup.procs`, opened before a `posix_spawn` so joining is one `write`; closed once the
+    /// child and its strays are in.
     procs: Option<File>,
     /// Found empty when the attempt ended: nothing to kill, and reusable.
     emptied: bool,
@@ -201,13 +205,9 @@ impl Attempt {
         let idle = IDLE.lock().ok().and_then(|mut idle| idle.pop());
         // An idle cgroup an adopter removed (it took this process for dead) is not reused.
         if let Some(dir) = idle
-            && let Ok(procs) = open_procs(&dir)
+            && let Ok(a) = Attempt::open(dir)
         {
-            return Some(Attempt {
-                dir,
-                procs: Some(procs),
-                emptied: false,
-            });
+            return Some(a);
         }
         let dir = parent.join(format!("a{}", NEXT.fetch_add(1, Ordering::Relaxed)));
         let made = std::fs::create_dir(&dir).or_else(|e| match e.kind() {
@@ -216,16 +216,60 @@ impl Attempt {
             std::io::ErrorKind::AlreadyExists => Ok(()),
             _ => Err(e),
         });
-        let procs = made.and_then(|()| open_procs(&dir));
-        match procs {
-            Ok(procs) => Some(Attempt {
-                dir,
-                procs: Some(procs),
-                emptied: false,
-            }),
+        match made.and_then(|()| Attempt::open(dir.clone())) {
+            Ok(a) => Some(a),
             Err(e) => {
                 disable(&dir, &e);
                 None
+            }
+        }
+    }
+
+    /// An attempt in the existing cgroup `dir`, with what its spawn needs opened: the
+    /// directory where children can be started inside it, else `cgroup.procs`.
+    fn open(dir: PathBuf) -> std::io::Result<Attempt> {
+        let mut a = Attempt {
+            dir,
+            dir_fd: None,
+            procs: None,
+            emptied: false,
+        };
+        if super::clone3::available() {
+            a.dir_fd = Some(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_CLOEXEC)
+                    .open(&a.dir)?,
+            );
+        } else {
+            a.procs = Some(open_procs(&a.dir)?);
+        }
+        Ok(a)
+    }
+
+    /// The cgroup's directory, for a child to be started inside it.
+    pub fn dir_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.dir_fd.as_ref().map(|f| f.as_fd())
+    }
+
+    #[cfg(test)]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The attempt's child was started inside the cgroup: nothing is left to move.
+    pub fn started_inside(&mut self) {
+        self.dir_fd = None;
+    }
+
+    /// Opens `cgroup.procs` for a child spawned outside the cgroup and moved in by [`spawn`].
+    pub fn prepare_join(&mut self) {
+        self.dir_fd = None;
+        if self.procs.is_none() {
+            match open_procs(&self.dir) {
+                Ok(p) => self.procs = Some(p),
+                Err(e) => disable(&self.dir, &e),
             }
         }
     }
@@ -540,6 +584,7 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
+        b.prepare_join();
         assert!(b.join(left.id()));
         b.procs = None;
         b.end();

@@ -196,3 +196,103 @@ async fn timeout_kills_the_group() {
     assert_eq!(r.ending, Ending::TimedOut);
     assert!(!r.stdout.contains("never"));
 }
+
+#[tokio::test]
+async fn a_child_cloned_into_its_cgroup_runs_there_without_being_moved() {
+    let owner = format!("unit-{}-born-inside", std::process::id());
+    let Some(cg) = contain::Attempt::create(&owner) else {
+        return; // No usable cgroup2 tree on this machine: nothing to check.
+    };
+    let Some(dir) = cg.dir_fd() else {
+        return; // This machine spawns with posix_spawn and moves the child.
+    };
+    let s = spec("cat", &["/proc/self/cgroup"]);
+    let Some(spawned) = clone3::spawn(&s, dir, false).unwrap() else {
+        return; // The kernel refused the clone: the posix_spawn path is used instead.
+    };
+    let mut child = Child::Cloned(child::Cloned::new(spawned).unwrap());
+    let mut out = Capture::new(4096, None);
+    let mut err = Capture::new(4096, None);
+    Pipes::new(
+        (child.take_stdout(), &mut out),
+        (child.take_stderr(), &mut err),
+    )
+    .await;
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "{status:?}");
+    let name = cg.dir().file_name().unwrap().to_str().unwrap().to_owned();
+    let own = out.finish();
+    assert!(
+        own.trim_end().ends_with(&format!("/{name}")),
+        "cat read its own cgroup as {own:?}, not {name}"
+    );
+}
+
+/// A `Sig*` mask line of `/proc/<pid>/status`.
+fn sig_mask(status: &str, field: &str) -> u64 {
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap_or_else(|| panic!("no {field} in {status}"));
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
+#[tokio::test]
+async fn a_step_gets_sigpipe_at_its_default_and_no_signal_blocked() {
+    // The server ignores SIGPIPE (Rust's runtime does) and blocks every signal for the
+    // instant of a clone; neither reaches the program.
+    let r = run(
+        spec("cat", &["/proc/self/status"]),
+        &CancellationToken::new(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.ending, Ending::Exited(0));
+    let pipe_bit = 1u64 << (nix::libc::SIGPIPE - 1);
+    assert_eq!(sig_mask(&r.stdout, "SigIgn:") & pipe_bit, 0, "{}", r.stdout);
+    assert_eq!(sig_mask(&r.stdout, "SigBlk:"), 0, "{}", r.stdout);
+    assert_eq!(sig_mask(&r.stdout, "SigCgt:"), 0, "{}", r.stdout);
+}
+
+#[tokio::test]
+async fn a_program_that_cannot_run_is_an_error_naming_why() {
+    let stop = CancellationToken::new();
+    let missing = run(spec("baton-no-such-program", &[]), &stop, None)
+        .await
+        .unwrap_err();
+    assert_eq!(missing.kind(), std::io::ErrorKind::NotFound, "{missing}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec("true", &[]);
+    s.cwd = dir.path().join("gone");
+    let cwd = run(s, &stop, None).await.unwrap_err();
+    assert_eq!(cwd.kind(), std::io::ErrorKind::NotFound, "{cwd}");
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, "echo hi\n").unwrap();
+    let denied = run(spec(plain.to_str().unwrap(), &[]), &stop, None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        denied.kind(),
+        std::io::ErrorKind::PermissionDenied,
+        "{denied}"
+    );
+}
+
+#[tokio::test]
+async fn a_bare_program_name_is_looked_up_in_the_steps_own_path_and_env_is_passed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tool = dir.path().join("baton-test-tool");
+    std::fs::write(&tool, "#!/bin/sh\necho \"tool $1 $STEP_VAR\"\n").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut s = spec("baton-test-tool", &["arg"]);
+    s.env.insert(
+        "PATH".into(),
+        format!("/nonexistent:{}:/usr/bin:/bin", dir.path().display()),
+    );
+    s.env.insert("STEP_VAR".into(), "v=1".into());
+    let r = run(s, &CancellationToken::new(), None).await.unwrap();
+    assert_eq!(r.ending, Ending::Exited(0), "{}", r.stderr);
+    assert_eq!(r.stdout, "tool arg v=1\n");
+}
