@@ -15,6 +15,8 @@
 //!     a<n>/                       one per running attempt; kept for reuse if empty at its end
 //! ```
 //!
+//! A child is started inside its attempt's cgroup where the kernel allows it
+//! ([`super::clone3`]); the rest of this paragraph is about where it does not.
 //! Why the server moves: std spawns with posix_spawn (no fork of the server), so a child is
 //! born in the server's cgroup and moved into its attempt's right after; a program that forks
 //! at once (a shell's first `cmd &`) can do so before that move. Born in `server/`, such a
