@@ -135,7 +135,9 @@ impl Cloned {
         };
         loop {
             let mut ready = fd.readable().await?;
-            if let Some(raw) = clone3::reap(fd.as_raw_fd(), true) {
+            // An error here (the child is gone without this process reaping it) would leave
+            // the pidfd readable forever: it ends the wait instead of spinning on it.
+            if let Some(raw) = clone3::reap(fd.as_raw_fd(), true)? {
                 let status = ExitStatus::from_raw(raw);
                 self.status = Some(status);
                 return Ok(status);
@@ -154,7 +156,7 @@ impl Drop for Cloned {
             return;
         };
         clone3::signal(fd.as_raw_fd(), libc::SIGKILL);
-        if clone3::reap(fd.as_raw_fd(), true).is_some() {
+        if !matches!(clone3::reap(fd.as_raw_fd(), true), Ok(None)) {
             return;
         }
         // Killed, but not gone yet: reaped as soon as it is, without blocking this thread.

@@ -11,7 +11,8 @@
 //!   exited).
 //! - Before `execve` the child only makes system calls: no allocation, no lock, and none of
 //!   the server's signal handlers can run in it (every signal is blocked across the clone and
-//!   every handler is reset to the default before the mask is restored).
+//!   every handler is reset to the default before they are unblocked); the program starts
+//!   with no signal blocked.
 //! - Where the kernel, a seccomp filter or the architecture does not allow it, [`spawn`]
 //!   returns `Ok(None)` and the caller spawns with `posix_spawn` and moves the child.
 
@@ -55,8 +56,6 @@ struct Child {
     cwd: *const libc::c_char,
     /// What becomes the child's fds 0, 1 and 2; all above 2, so no `dup2` undoes another.
     stdio: [RawFd; 3],
-    /// The calling thread's signal mask, which the child restores before `execve`.
-    mask: libc::sigset_t,
     /// Set by the child when it could not `execve`: the errno.
     err: libc::c_int,
 }
@@ -240,8 +239,6 @@ fn clone_into(
             envp: envp.as_ptr(),
             cwd: prepared.cwd.as_ptr(),
             stdio,
-            // SAFETY: a sigset_t is plain data; it is filled in below before any use.
-            mask: unsafe { std::mem::zeroed() },
             err: 0,
         };
         let mut pidfd: libc::c_int = -1;
@@ -257,17 +254,15 @@ fn clone_into(
             cgroup: cgroup.as_raw_fd() as u64,
             ..CloneArgs::default()
         };
-        // SAFETY: every signal is blocked for the clone (restored right after in this thread,
-        // and by the child before execve), so no handler of the server runs in the child.
-        // `child`, the strings it points to and the stack outlive the child's use of them: with
-        // CLONE_VFORK this thread waits here until the child has exec'd or exited.
+        // SAFETY: every signal is blocked for the clone (restored right after in this thread;
+        // the child unblocks them all before execve), so no handler of the server runs in the
+        // child. `child`, the strings it points to and the stack outlive the child's use of
+        // them: with CLONE_VFORK this thread waits here until the child has exec'd or exited.
         let ret = unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut child.mask);
+            let saved = set_mask(!0);
             let ret = raw_clone3(&args, &mut child);
             let errno = std::io::Error::last_os_error();
-            libc::pthread_sigmask(libc::SIG_SETMASK, &child.mask, std::ptr::null_mut());
+            set_mask(saved);
             (ret, errno)
         };
         Some((ret, pidfd, child.err))
@@ -276,11 +271,21 @@ fn clone_into(
     };
     let ((ret, clone_err), pidfd, exec_err) = result;
     if ret < 0 {
-        if !UNSUPPORTED.swap(true, Ordering::Relaxed) {
-            tracing::debug!(error = %clone_err,
-                "clone3 into a cgroup not possible here; steps are spawned with posix_spawn");
-        }
-        return Ok(None);
+        return match refusal(&clone_err) {
+            Refusal::Never => {
+                if !UNSUPPORTED.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(error = %clone_err,
+                        "clone3 into a cgroup not possible here; steps are spawned with posix_spawn");
+                }
+                Ok(None)
+            }
+            Refusal::ThisOne => {
+                tracing::debug!(error = %clone_err,
+                    "clone3 into this cgroup refused; this step is spawned with posix_spawn");
+                Ok(None)
+            }
+            Refusal::Exhausted => Err(clone_err),
+        };
     }
     // SAFETY: clone3 succeeded with CLONE_PIDFD, so the kernel stored a new descriptor here.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
@@ -300,9 +305,47 @@ fn nul_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
+/// What a failed `clone3` says about the next one.
+#[derive(Debug, PartialEq)]
+enum Refusal {
+    /// The kernel, a seccomp filter or the architecture does not allow it: never again.
+    Never,
+    /// Out of processes, memory or descriptors: the spawn fails, as `posix_spawn`'s would.
+    Exhausted,
+    /// Something about this cgroup (removed, not a leaf): this spawn goes the other way.
+    ThisOne,
+}
+
+fn refusal(e: &std::io::Error) -> Refusal {
+    match e.raw_os_error() {
+        Some(libc::ENOSYS | libc::EPERM | libc::EINVAL | libc::E2BIG) => Refusal::Never,
+        Some(libc::EAGAIN | libc::ENOMEM | libc::EMFILE | libc::ENFILE) => Refusal::Exhausted,
+        _ => Refusal::ThisOne,
+    }
+}
+
+/// Sets this thread's signal mask to `mask` (bit `n - 1` for signal `n`) and returns the one
+/// it replaces. The raw system call, not `pthread_sigmask`: glibc keeps its own two signals
+/// (32 and 33) out of a mask it is given, and the clone must block those too.
+unsafe fn set_mask(mask: u64) -> u64 {
+    let mut old: u64 = 0;
+    // SAFETY: rt_sigprocmask with the kernel's 8-byte sigset reads `mask` and writes `old`.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &raw const mask,
+            &raw mut old,
+            std::mem::size_of::<u64>(),
+        );
+    }
+    old
+}
+
 /// Reaps the child behind `pidfd` (this process is its parent): `Some(raw wait status)` once
-/// it has exited, `None` while it runs (only with `nohang`) or on an error.
-pub(super) fn reap(pidfd: RawFd, nohang: bool) -> Option<i32> {
+/// it has exited, `None` while it runs (only with `nohang`), an error when it cannot be
+/// waited for (it is not this process's child, or was reaped already).
+pub(super) fn reap(pidfd: RawFd, nohang: bool) -> std::io::Result<Option<i32>> {
     // SAFETY: siginfo_t is plain data, written by waitid.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     let flags = libc::WEXITED | if nohang { libc::WNOHANG } else { 0 };
@@ -312,20 +355,21 @@ pub(super) fn reap(pidfd: RawFd, nohang: bool) -> Option<i32> {
         if r == 0 {
             break;
         }
-        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return None;
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
         }
     }
     // SAFETY: waitid filled `info` in for a child state change (or left si_pid 0).
     let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
     if pid == 0 {
-        return None;
+        return Ok(None);
     }
-    Some(match code {
+    Ok(Some(match code {
         libc::CLD_EXITED => (status & 0xff) << 8,
         libc::CLD_DUMPED => (status & 0x7f) | 0x80,
         _ => status & 0x7f,
-    })
+    }))
 }
 
 /// Sends `sig` to the process behind `pidfd`; a process already reaped is not confused with
@@ -424,7 +468,9 @@ extern "C" fn child_main(child: *mut Child) -> ! {
                 fail(c);
             }
         }
-        libc::pthread_sigmask(libc::SIG_SETMASK, &c.mask, std::ptr::null_mut());
+        // The program starts with no signal blocked, whatever the server's thread had, as
+        // std's spawn gives it.
+        set_mask(0);
         // As execvp: a candidate that is missing or not a directory is skipped; one found but
         // not executable is what is reported if no later one runs.
         let mut denied = false;
@@ -498,4 +544,54 @@ unsafe fn raw_clone3(_args: &CloneArgs, _child: *mut Child) -> isize {
     // SAFETY: errno of this thread.
     unsafe { *libc::__errno_location() = libc::ENOSYS };
     -1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errno(e: libc::c_int) -> std::io::Error {
+        std::io::Error::from_raw_os_error(e)
+    }
+
+    #[test]
+    fn only_a_refusal_by_the_kernel_turns_the_clone_off_for_good() {
+        for e in [libc::ENOSYS, libc::EPERM, libc::EINVAL, libc::E2BIG] {
+            assert_eq!(refusal(&errno(e)), Refusal::Never, "errno {e}");
+        }
+        for e in [libc::EAGAIN, libc::ENOMEM, libc::EMFILE, libc::ENFILE] {
+            assert_eq!(refusal(&errno(e)), Refusal::Exhausted, "errno {e}");
+        }
+        for e in [libc::ENODEV, libc::EBUSY, libc::EOPNOTSUPP, libc::ENOENT] {
+            assert_eq!(refusal(&errno(e)), Refusal::ThisOne, "errno {e}");
+        }
+    }
+
+    #[test]
+    fn a_child_reaped_already_is_an_error_not_a_wait_forever() {
+        let child = std::process::Command::new("true").spawn().unwrap();
+        // SAFETY: pidfd_open of our own child's pid, before it is reaped.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id(), 0) } as RawFd;
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: a descriptor pidfd_open just returned, owned here.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let status = reap(fd.as_raw_fd(), false).unwrap();
+        assert_eq!(status, Some(0));
+        let again = reap(fd.as_raw_fd(), true).unwrap_err();
+        assert_eq!(again.raw_os_error(), Some(libc::ECHILD), "{again}");
+        drop(child);
+    }
+
+    #[test]
+    fn the_clone_masks_every_signal_and_gives_back_the_threads_mask() {
+        // SAFETY: this test thread's own mask, restored before the test ends.
+        unsafe {
+            let before = set_mask(!0);
+            let all = set_mask(before);
+            // SIGKILL and SIGSTOP cannot be blocked; glibc's own 32 and 33 are.
+            let unblockable = (1u64 << (libc::SIGKILL - 1)) | (1u64 << (libc::SIGSTOP - 1));
+            assert_eq!(all, !unblockable);
+            assert_eq!(set_mask(before), before);
+        }
+    }
 }

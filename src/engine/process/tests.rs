@@ -255,6 +255,25 @@ async fn a_step_gets_sigpipe_at_its_default_and_no_signal_blocked() {
     assert_eq!(sig_mask(&r.stdout, "SigCgt:"), 0, "{}", r.stdout);
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_signal_the_servers_thread_blocks_is_not_blocked_in_the_step() {
+    // The spawn runs on this thread (a current-thread runtime), which blocks SIGUSR2 for it.
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut usr2 = SigSet::empty();
+    usr2.add(Signal::SIGUSR2);
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&usr2), None).unwrap();
+    let r = run(
+        spec("cat", &["/proc/self/status"]),
+        &CancellationToken::new(),
+        None,
+    )
+    .await;
+    pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&usr2), None).unwrap();
+    let r = r.unwrap();
+    assert_eq!(r.ending, Ending::Exited(0));
+    assert_eq!(sig_mask(&r.stdout, "SigBlk:"), 0, "{}", r.stdout);
+}
+
 #[tokio::test]
 async fn a_program_that_cannot_run_is_an_error_naming_why() {
     let stop = CancellationToken::new();
