@@ -114,9 +114,24 @@ fn busy_waited(count: i32) -> Duration {
     }
 }
 
-/// Retries up to [`BUSY_GIVE_UP`] in all (counted in pauses, so no clock is read).
+thread_local! {
+    /// Set while this thread runs a statement that must not wait for another process.
+    static NO_WAIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every statement in it giving up at once (`SQLITE_BUSY`) when another
+/// process holds the lock it needs, instead of polling for it.
+pub(super) fn without_waiting<R>(f: impl FnOnce() -> R) -> R {
+    NO_WAIT.with(|w| w.set(true));
+    let r = f();
+    NO_WAIT.with(|w| w.set(false));
+    r
+}
+
+/// Retries up to [`BUSY_GIVE_UP`] in all (counted in pauses, so no clock is read), or not at
+/// all inside [`without_waiting`].
 fn busy_wait(count: i32) -> bool {
-    if busy_waited(count) >= BUSY_GIVE_UP {
+    if NO_WAIT.with(|w| w.get()) || busy_waited(count) >= BUSY_GIVE_UP {
         return false;
     }
     std::thread::sleep(busy_delay(count));

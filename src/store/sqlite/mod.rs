@@ -1,8 +1,9 @@
 //! The SQLite backend: one file that is the source of truth for workflows, steps, attempts,
 //! the event log and process ownership.
 //!
-//! Invariant: nothing a client is told has happened exists only in memory. Every write runs on
-//! a single writer thread inside a transaction; writes that queue up while a commit is being
+//! Invariant: nothing a client is told has happened exists only in memory. Every write runs
+//! inside a transaction on the one writer connection: on its caller's thread when the writer
+//! is idle, else on the writer thread, where writes that queue up while a commit is being
 //! made durable share the next commit ("group commit"), so many workflows advance with one
 //! fsync. Each write runs inside its own savepoint, so one failing write never undoes another
 //! that shares its commit. Readers use their own connections (WAL lets them run beside the
@@ -13,7 +14,8 @@
 //! too. Both are latency optimisations only: subscribers re-read the store.
 //!
 //! # Layout
-//! - `writer`: the writer thread (group commit, savepoints, commit latency).
+//! - `writer`: the writer connection and thread (commits on the caller's thread when idle,
+//!   group commit, savepoints, commit latency).
 //! - `files`: opening the database file (its mode, refusing another program's file,
 //!   connections, the poll that notices other processes' commits).
 //! - `queries`: the SQL of workflows, owners, events and change sets; `step_queries`: the SQL
@@ -31,7 +33,7 @@ use files::{
     POLL_CACHE_KIB, READER_CACHE_KIB, WRITER_CACHE_KIB, foreign_poll, open_conn, refuse_foreign,
     tighten,
 };
-use writer::{Job, WriteCtx, writer_loop};
+use writer::{Committer, Job, WriteCtx, writer_loop};
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -65,6 +67,7 @@ pub(super) struct Sqlite {
 struct Inner {
     path: PathBuf,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
+    committer: Arc<Committer>,
     readers: Mutex<Vec<Connection>>,
     changes: broadcast::Sender<Change>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -114,17 +117,21 @@ impl Sqlite {
 
         let (tx, rx) = mpsc::channel::<Job>();
         let (changes, _) = broadcast::channel(4096);
-        let changes_tx = changes.clone();
         let commits = Arc::new(AtomicU64::new(0));
-        let commits_tx = commits.clone();
         let latency = Arc::new(Mutex::new(CommitStats {
             buckets: vec![0; COMMIT_BUCKETS_S.len()],
             ..CommitStats::default()
         }));
-        let latency_tx = latency.clone();
+        let committer = Arc::new(Committer::new(
+            conn,
+            changes.clone(),
+            commits.clone(),
+            latency.clone(),
+        ));
+        let for_thread = committer.clone();
         let thread = std::thread::Builder::new()
             .name("baton-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, changes_tx, commits_tx, latency_tx))
+            .spawn(move || writer_loop(for_thread, rx))
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
         let closed = Arc::new(AtomicBool::new(false));
         let poll_conn =
@@ -138,6 +145,7 @@ impl Sqlite {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 writer: Mutex::new(Some(tx)),
+                committer,
                 readers: Mutex::new(Vec::new()),
                 changes,
                 writer_thread: Mutex::new(Some(thread)),
@@ -211,6 +219,7 @@ impl Sqlite {
         if let Some(h) = handle {
             let _ = h.join();
         }
+        self.inner.committer.close();
     }
 
     // ------------------------------------------------------------ writes

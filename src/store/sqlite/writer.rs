@@ -1,14 +1,24 @@
-//! The writer thread: every write runs on it inside a transaction; writes that queue up while a
-//! commit is being made durable share the next commit ("group commit"), each in its own
-//! savepoint so one failing write never undoes another.
+//! The writer: every write runs inside a transaction on the one writer connection. A write
+//! that finds the connection idle (nothing queued, no transaction open, no other process
+//! holding the write lock) commits at once on its caller's thread; writes that arrive while
+//! a commit is under way queue for the writer thread, and those that queued up meanwhile
+//! share its next commit ("group commit"), each in its own savepoint so one failing write
+//! never undoes another.
+//!
+//! Invariants: a write committed on its caller's thread never overtakes a queued one (it
+//! checks the queue while it holds the connection, and the writer thread holds the
+//! connection before it takes writes off the queue); that thread never waits for another
+//! process's lock (its `BEGIN` gives up at once and the write queues instead), so a
+//! runtime thread is held for one local transaction at most.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, mpsc};
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot};
 
+use super::files::without_waiting;
 use super::{Sqlite, poisoned};
 use crate::api::ThreadId;
 use crate::store::{COMMIT_BUCKETS_S, Change, CommitStats, Result, StoreError};
@@ -36,10 +46,146 @@ pub(super) type Job = Box<dyn FnOnce(Option<&mut WriteCtx<'_>>) -> (bool, Reply)
 /// Largest number of writes folded into one commit.
 const MAX_BATCH: usize = 512;
 
+/// The writer connection and what every commit reports to, shared by the writer thread and
+/// the callers that commit on their own thread.
+pub(super) struct Committer {
+    /// `None` once the store is closed.
+    conn: Mutex<Option<Connection>>,
+    /// Writes sent to the writer thread and not yet taken into one of its transactions.
+    queued: AtomicUsize,
+    changes: broadcast::Sender<Change>,
+    commits: Arc<AtomicU64>,
+    latency: Arc<Mutex<CommitStats>>,
+}
+
+impl Committer {
+    pub(super) fn new(
+        conn: Connection,
+        changes: broadcast::Sender<Change>,
+        commits: Arc<AtomicU64>,
+        latency: Arc<Mutex<CommitStats>>,
+    ) -> Committer {
+        Committer {
+            conn: Mutex::new(Some(conn)),
+            queued: AtomicUsize::new(0),
+            changes,
+            commits,
+            latency,
+        }
+    }
+
+    /// The connection, even if a thread panicked while it held it (the transaction it may
+    /// have left open is rolled back).
+    fn lock(&self) -> MutexGuard<'_, Option<Connection>> {
+        let guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        rollback_leftover(&guard);
+        guard
+    }
+
+    /// Closes the writer connection; later writes fail with [`StoreError::Closed`].
+    pub(super) fn close(&self) {
+        self.lock().take();
+    }
+
+    /// Commits `job` on this thread if the connection is idle and nothing is queued;
+    /// otherwise gives it back, untouched, for the writer thread.
+    fn try_inline(&self, job: Job) -> Option<Job> {
+        let guard = match self.conn.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::WouldBlock) => return Some(job),
+            Err(TryLockError::Poisoned(e)) => {
+                let g = e.into_inner();
+                rollback_leftover(&g);
+                g
+            }
+        };
+        let Some(conn) = guard.as_ref() else {
+            return Some(job);
+        };
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return Some(job);
+        }
+        let began = Instant::now();
+        if without_waiting(|| exec_cached(conn, "BEGIN IMMEDIATE")).is_err() {
+            // Another process holds the write lock: the writer thread waits for it.
+            return Some(job);
+        }
+        self.run(conn, vec![job], began);
+        None
+    }
+
+    /// Runs `batch` in the transaction just begun on `conn`, commits it and answers each job.
+    fn run(&self, conn: &Connection, batch: Vec<Job>, began: Instant) {
+        let mut ctx = WriteCtx {
+            conn,
+            changed: Vec::new(),
+        };
+        let mut replies = Vec::with_capacity(batch.len());
+        // A lone write needs no savepoint: if it fails, the whole transaction is rolled back.
+        let alone = batch.len() == 1;
+        let mut failed_alone = false;
+        for job in batch {
+            let mark = ctx.changed.len();
+            if !alone && let Err(e) = exec_cached(conn, "SAVEPOINT job") {
+                replies.push(fail_reply(job, &e.to_string()));
+                continue;
+            }
+            let (ok, reply) = job(Some(&mut ctx));
+            if !ok {
+                ctx.changed.truncate(mark);
+            }
+            if alone {
+                failed_alone = !ok;
+            } else {
+                let end = if ok {
+                    exec_cached(conn, "RELEASE job")
+                } else {
+                    exec_cached(conn, "ROLLBACK TO job")
+                        .and_then(|()| exec_cached(conn, "RELEASE job"))
+                };
+                if let Err(e) = end {
+                    tracing::error!(error = %e, "savepoint handling failed");
+                }
+            }
+            replies.push(reply);
+        }
+        let commit = if failed_alone {
+            exec_cached(conn, "ROLLBACK").map_err(|e| e.to_string())
+        } else {
+            exec_cached(conn, "COMMIT").map_err(|e| e.to_string())
+        };
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, "commit failed; rolling back the batch");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        let changed = std::mem::take(&mut ctx.changed);
+        for reply in replies {
+            reply(commit.clone());
+        }
+        if commit.is_ok() && !failed_alone {
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            record_latency(&self.latency, began.elapsed());
+            for id in changed {
+                let _ = self.changes.send(Change::Workflow(id));
+            }
+        }
+    }
+}
+
+/// Rolls back a transaction a panicking thread left open on the connection.
+fn rollback_leftover(conn: &Option<Connection>) {
+    if let Some(c) = conn
+        && !c.is_autocommit()
+    {
+        let _ = c.execute_batch("ROLLBACK");
+    }
+}
+
 impl Sqlite {
-    /// Runs `f` inside a transaction on the writer thread. The result is returned only after
-    /// the commit that contains it is durable; if `f` fails, its changes are rolled back and
-    /// other writes sharing the commit are unaffected.
+    /// Runs `f` inside a transaction: on this thread when the writer is idle, else on the
+    /// writer thread. The result is returned only after the commit that contains it is
+    /// durable; if `f` fails, its changes are rolled back and other writes sharing the commit
+    /// are unaffected.
     pub(super) async fn write<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
@@ -61,10 +207,15 @@ impl Sqlite {
             });
             (ok, reply)
         });
-        {
+        let committer = &self.inner.committer;
+        if let Some(job) = committer.try_inline(job) {
             let guard = self.inner.writer.lock().map_err(|_| poisoned("writer"))?;
             let sender = guard.as_ref().ok_or(StoreError::Closed)?;
-            sender.send(job).map_err(|_| StoreError::Closed)?;
+            committer.queued.fetch_add(1, Ordering::AcqRel);
+            if sender.send(job).is_err() {
+                committer.queued.fetch_sub(1, Ordering::AcqRel);
+                return Err(StoreError::Closed);
+            }
         }
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -75,15 +226,12 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-pub(super) fn writer_loop(
-    conn: Connection,
-    rx: mpsc::Receiver<Job>,
-    changes: broadcast::Sender<Change>,
-    commits: Arc<AtomicU64>,
-    latency: Arc<Mutex<CommitStats>>,
-) {
+/// The writer thread: takes every write queued up, up to [`MAX_BATCH`], into one
+/// transaction, holding the connection from before it looks at the queue.
+pub(super) fn writer_loop(committer: Arc<Committer>, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
-        let began = std::time::Instant::now();
+        let began = Instant::now();
+        let guard = committer.lock();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -91,7 +239,14 @@ pub(super) fn writer_loop(
                 Err(_) => break,
             }
         }
-        if let Err(e) = exec_cached(&conn, "BEGIN IMMEDIATE") {
+        committer.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        let Some(conn) = guard.as_ref() else {
+            for job in batch {
+                fail_reply(job, "the store is closed")(Err("the store is closed".into()));
+            }
+            continue;
+        };
+        if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
             let msg = e.to_string();
             tracing::error!(error = %msg, "cannot begin a write transaction");
             for job in batch {
@@ -99,59 +254,7 @@ pub(super) fn writer_loop(
             }
             continue;
         }
-        let mut ctx = WriteCtx {
-            conn: &conn,
-            changed: Vec::new(),
-        };
-        let mut replies = Vec::with_capacity(batch.len());
-        // A lone write needs no savepoint: if it fails, the whole transaction is rolled back.
-        let alone = batch.len() == 1;
-        let mut failed_alone = false;
-        for job in batch {
-            let mark = ctx.changed.len();
-            if !alone && let Err(e) = exec_cached(&conn, "SAVEPOINT job") {
-                replies.push(fail_reply(job, &e.to_string()));
-                continue;
-            }
-            let (ok, reply) = job(Some(&mut ctx));
-            if !ok {
-                ctx.changed.truncate(mark);
-            }
-            if alone {
-                failed_alone = !ok;
-            } else {
-                let end = if ok {
-                    exec_cached(&conn, "RELEASE job")
-                } else {
-                    exec_cached(&conn, "ROLLBACK TO job")
-                        .and_then(|()| exec_cached(&conn, "RELEASE job"))
-                };
-                if let Err(e) = end {
-                    tracing::error!(error = %e, "savepoint handling failed");
-                }
-            }
-            replies.push(reply);
-        }
-        let commit = if failed_alone {
-            exec_cached(&conn, "ROLLBACK").map_err(|e| e.to_string())
-        } else {
-            exec_cached(&conn, "COMMIT").map_err(|e| e.to_string())
-        };
-        if let Err(e) = &commit {
-            tracing::error!(error = %e, "commit failed; rolling back the batch");
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        let changed = std::mem::take(&mut ctx.changed);
-        for reply in replies {
-            reply(commit.clone());
-        }
-        if commit.is_ok() && !failed_alone {
-            commits.fetch_add(1, Ordering::Relaxed);
-            record_latency(&latency, began.elapsed());
-            for id in changed {
-                let _ = changes.send(Change::Workflow(id));
-            }
-        }
+        committer.run(conn, batch, began);
     }
 }
 
@@ -175,4 +278,105 @@ fn record_latency(stats: &Mutex<CommitStats>, took: Duration) {
     st.count += 1;
     st.sum_us += us;
     st.last_us = Some(us);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Durability;
+    use std::future::Future;
+    use std::task::Poll;
+
+    fn open() -> (tempfile::TempDir, Sqlite) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Sqlite::open(&dir.path().join("baton.db"), Durability::Normal).unwrap();
+        (dir, store)
+    }
+
+    fn thread_name() -> String {
+        std::thread::current().name().unwrap_or("").to_owned()
+    }
+
+    /// Polls `fut` once.
+    fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+        let waker = futures::task::noop_waker();
+        std::pin::Pin::new(fut).poll(&mut std::task::Context::from_waker(&waker))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_on_an_idle_store_commits_on_its_callers_thread() {
+        let (_dir, store) = open();
+        let before = store.commit_count();
+        let caller = std::thread::current().id();
+        let ran_on = store
+            .write(|_| Ok(std::thread::current().id()))
+            .await
+            .unwrap();
+        assert_eq!(ran_on, caller);
+        assert_eq!(store.commit_count(), before + 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_never_overtakes_one_queued_for_the_writer_thread() {
+        let (_dir, store) = open();
+        let committer = &store.inner.committer;
+        // A write sent to the writer thread and not yet taken off the queue.
+        committer.queued.fetch_add(1, Ordering::AcqRel);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job: Job = Box::new(move |_| {
+            let _ = tx.send(());
+            (true, Box::new(|_| {}))
+        });
+        let back = committer.try_inline(job);
+        assert!(back.is_some(), "committed ahead of the queued write");
+        assert!(rx.try_recv().is_err(), "the write ran");
+        committer.queued.fetch_sub(1, Ordering::AcqRel);
+        assert!(committer.try_inline(back.unwrap()).is_none());
+        assert!(rx.try_recv().is_ok());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn writes_queued_behind_a_commit_share_the_next_one() {
+        let (_dir, store) = open();
+        let before = store.commit_count();
+        // A commit under way: the connection is held.
+        let held = store.inner.committer.conn.lock().unwrap();
+        let mut writes: Vec<_> = (0..10)
+            .map(|i| Box::pin(store.write(move |_| Ok((i, thread_name())))))
+            .collect();
+        for w in &mut writes {
+            assert!(poll_once(w).is_pending());
+        }
+        assert_eq!(store.inner.committer.queued.load(Ordering::Acquire), 10);
+        drop(held);
+        for (i, w) in writes.into_iter().enumerate() {
+            let (n, on) = w.await.unwrap();
+            assert_eq!(n, i);
+            assert_eq!(on, "baton-store-writer");
+        }
+        // The writer thread took the first write, then the nine queued behind it, into one
+        // transaction (it takes the connection before it looks at the queue).
+        assert_eq!(store.commit_count(), before + 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_that_finds_another_process_holding_the_lock_waits_on_the_writer_thread() {
+        let (dir, store) = open();
+        let other = Connection::open(dir.path().join("baton.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let mut write = Box::pin(store.write(|_| Ok(thread_name())));
+        // The first poll gives up on the lock at once and hands the write over: it does not
+        // hold this thread for as long as the other connection keeps the lock.
+        assert!(poll_once(&mut write).is_pending());
+        other.execute_batch("COMMIT").unwrap();
+        assert_eq!(write.await.unwrap(), "baton-store-writer");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_after_close_is_refused_and_runs_nowhere() {
+        let (_dir, store) = open();
+        store.close();
+        let err = store.write(|_| Ok(())).await.unwrap_err();
+        assert!(matches!(err, StoreError::Closed), "{err}");
+    }
 }
