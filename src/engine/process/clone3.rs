@@ -1,5 +1,5 @@
 //! Spawning an attempt's main process straight into its cgroup: `clone3` with `CLONE_VM |
-//! CLONE_VFORK | CLONE_INTO_CGROUP | CLONE_PIDFD`, which is what glibc 2.41's
+//! CLONE_VFORK | CLONE_INTO_CGROUP | CLONE_PIDFD | CLONE_CLEAR_SIGHAND`, which is what glibc 2.41's
 //! `posix_spawnattr_setcgroup_np` does (older glibcs have no way to ask for it).
 //!
 //! Invariants:
@@ -10,9 +10,9 @@
 //!   a stack of its own and the calling thread waits until the child has called `execve` (or
 //!   exited).
 //! - Before `execve` the child only makes system calls: no allocation, no lock, and none of
-//!   the server's signal handlers can run in it (every signal is blocked across the clone and
-//!   every handler is reset to the default before they are unblocked); the program starts
-//!   with no signal blocked.
+//!   the server's signal handlers can run in it (the kernel clears them in the child, and
+//!   every signal is blocked across the clone); the program starts with no signal blocked
+//!   and SIGPIPE at its default.
 //! - Where the kernel, a seccomp filter or the architecture does not allow it, [`spawn`]
 //!   returns `Ok(None)` and the caller spawns with `posix_spawn` and moves the child.
 
@@ -78,6 +78,8 @@ struct CloneArgs {
 }
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+/// The child starts with every caught signal at its default (Linux 5.5; INTO_CGROUP is 5.7).
+const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
 
 /// Spawns `spec`'s program into the cgroup `cgroup` (a directory fd), with its own process
 /// group, stdin a pipe (`stdin_piped`) or `/dev/null`, and stdout and stderr pipes.
@@ -246,6 +248,7 @@ fn clone_into(
             flags: libc::CLONE_VM as u64
                 | libc::CLONE_VFORK as u64
                 | libc::CLONE_PIDFD as u64
+                | CLONE_CLEAR_SIGHAND
                 | CLONE_INTO_CGROUP,
             pidfd: (&raw mut pidfd) as u64,
             exit_signal: libc::SIGCHLD as u64,
@@ -254,9 +257,9 @@ fn clone_into(
             cgroup: cgroup.as_raw_fd() as u64,
             ..CloneArgs::default()
         };
-        // SAFETY: every signal is blocked for the clone (restored right after in this thread;
-        // the child unblocks them all before execve), so no handler of the server runs in the
-        // child. `child`, the strings it points to and the stack outlive the child's use of
+        // SAFETY: the child starts with the server's handlers cleared, and every signal is
+        // blocked for the clone (restored right after in this thread; the child unblocks them
+        // all before execve), so no handler of the server runs in the child. `child`, the strings it points to and the stack outlive the child's use of
         // them: with CLONE_VFORK this thread waits here until the child has exec'd or exited.
         let ret = unsafe {
             let saved = set_mask(!0);
@@ -446,20 +449,11 @@ extern "C" fn child_main(child: *mut Child) -> ! {
     // SAFETY: `child` points at the parent's `Child`, alive while the parent waits (vfork).
     unsafe {
         let c = &mut *child;
-        // Handlers are the server's code: none may run here. Caught signals are reset to the
-        // default (execve would do that too), and SIGPIPE, ignored by the server, goes back to
-        // the default a program expects.
+        // The kernel reset every caught signal to its default (CLONE_CLEAR_SIGHAND); SIGPIPE,
+        // which the server ignores, goes back to the default a program expects.
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..=64 {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-                && (old.sa_sigaction != libc::SIG_DFL
-                    && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE))
-            {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
-            }
-        }
+        libc::sigaction(libc::SIGPIPE, &dfl, std::ptr::null_mut());
         if libc::setpgid(0, 0) != 0 || libc::chdir(c.cwd) != 0 {
             fail(c);
         }

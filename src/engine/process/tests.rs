@@ -239,8 +239,11 @@ fn sig_mask(status: &str, field: &str) -> u64 {
 
 #[tokio::test]
 async fn a_step_gets_sigpipe_at_its_default_and_no_signal_blocked() {
-    // The server ignores SIGPIPE (Rust's runtime does) and blocks every signal for the
-    // instant of a clone; neither reaches the program.
+    // The server ignores SIGPIPE (Rust's runtime does), catches signals (SIGUSR1 here, as
+    // tokio's signal handling does) and blocks every signal for the instant of a clone; none
+    // of it reaches the program.
+    let _caught =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).unwrap();
     let r = run(
         spec("cat", &["/proc/self/status"]),
         &CancellationToken::new(),
