@@ -128,28 +128,45 @@ pub(super) fn spawn(
 struct Prepared {
     candidates: Vec<CString>,
     argv: Vec<CString>,
-    env: Vec<CString>,
+    /// `envp`: the server's variables the step does not set (from [`server_env`]), then the
+    /// step's own, then a null.
+    env: Vec<*const libc::c_char>,
+    /// The step's own variables, which the last pointers of `env` point into.
+    _own_env: Vec<CString>,
     cwd: CString,
+}
+
+/// The server's environment as `KEY=VALUE` C strings with their keys, read once: the server
+/// never changes its own environment, and every step's starts from it.
+fn server_env() -> &'static [(String, CString)] {
+    static ENV: OnceLock<Vec<(String, CString)>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let k = k.into_string().ok()?;
+                let kv = c_string([k.as_bytes(), b"=", v.as_bytes()].concat()).ok()?;
+                Some((k, kv))
+            })
+            .collect()
+    })
 }
 
 impl Prepared {
     /// The environment is the server's with `spec.env` on top, as `Command::envs` gives it;
     /// a program without a `/` is looked up in that environment's `PATH`.
     fn new(spec: &ProcessSpec) -> std::io::Result<Prepared> {
-        let mut env: Vec<CString> = Vec::new();
+        let mut env: Vec<*const libc::c_char> = Vec::new();
         let mut path = None;
-        for (k, v) in std::env::vars_os() {
-            let Some(k) = k.to_str() else {
-                continue;
-            };
+        for (k, kv) in server_env() {
             if spec.env.contains_key(k) {
                 continue;
             }
             if k == "PATH" {
-                path = Some(v.as_bytes().to_vec());
+                path = Some(&kv.as_bytes()[k.len() + 1..]);
             }
-            env.push(c_string([k.as_bytes(), b"=", v.as_bytes()].concat())?);
+            env.push(kv.as_ptr());
         }
+        let mut own_env = Vec::with_capacity(spec.env.len());
         for (k, v) in &spec.env {
             if k.is_empty() || k.contains('=') {
                 return Err(std::io::Error::new(
@@ -158,16 +175,19 @@ impl Prepared {
                 ));
             }
             if k == "PATH" {
-                path = Some(v.as_bytes().to_vec());
+                path = Some(v.as_bytes());
             }
-            env.push(c_string([k.as_bytes(), b"=", v.as_bytes()].concat())?);
+            own_env.push(c_string([k.as_bytes(), b"=", v.as_bytes()].concat())?);
         }
+        // A CString's buffer stays where it is when the CString itself moves.
+        env.extend(own_env.iter().map(|c| c.as_ptr()));
+        env.push(std::ptr::null());
         let program = spec.program.as_bytes();
         let candidates = if program.contains(&b'/') || program.is_empty() {
             vec![c_string(program.to_vec())?]
         } else {
             // glibc's default search path when PATH is unset.
-            let path = path.unwrap_or_else(|| b"/bin:/usr/bin".to_vec());
+            let path: &[u8] = path.unwrap_or(b"/bin:/usr/bin");
             path.split(|b| *b == b':')
                 .map(|dir| {
                     let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
@@ -183,6 +203,7 @@ impl Prepared {
             candidates,
             argv,
             env,
+            _own_env: own_env,
             cwd: c_string(spec.cwd.as_os_str().as_bytes().to_vec())?,
         })
     }
@@ -231,7 +252,7 @@ fn clone_into(
     let candidates: Vec<*const libc::c_char> =
         prepared.candidates.iter().map(|c| c.as_ptr()).collect();
     let argv = nul_terminated(&prepared.argv);
-    let envp = nul_terminated(&prepared.env);
+    let envp = &prepared.env;
     let Some(result) = STACK.with(|stack| {
         let stack = stack.as_ref()?;
         let mut child = Child {

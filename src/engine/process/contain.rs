@@ -350,9 +350,16 @@ impl Attempt {
     }
 }
 
-/// Whether any process is in `dir` or below it (`cgroup.events`), if it can be read.
+/// Whether any process is in `dir` or below it (`cgroup.events`), if it can be read. One
+/// `read` takes the whole file (a few dozen bytes), on the path of every step's end.
 fn populated(dir: &Path) -> Option<bool> {
-    let events = std::fs::read_to_string(dir.join("cgroup.events")).ok()?;
+    use std::io::Read;
+    let mut buf = [0u8; 128];
+    let n = File::open(dir.join("cgroup.events"))
+        .ok()?
+        .read(&mut buf)
+        .ok()?;
+    let events = std::str::from_utf8(&buf[..n]).ok()?;
     events.lines().find_map(|l| match l {
         "populated 0" => Some(false),
         "populated 1" => Some(true),

@@ -318,3 +318,39 @@ async fn a_bare_program_name_is_looked_up_in_the_steps_own_path_and_env_is_passe
     assert_eq!(r.ending, Ending::Exited(0), "{}", r.stderr);
     assert_eq!(r.stdout, "tool arg v=1\n");
 }
+
+#[tokio::test]
+async fn the_servers_environment_reaches_the_step_with_the_steps_own_on_top() {
+    let mut server = std::env::vars().filter(|(k, v)| {
+        k != "PATH"
+            && !v.contains('\n')
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    });
+    let Some((kept, kept_value)) = server.next() else {
+        return; // Nothing in this process's environment to check with.
+    };
+    let overridden = server.next().map(|(k, _)| k);
+    let mut s = spec("env", &[]);
+    s.output_cap = 1 << 20;
+    if let Some(k) = &overridden {
+        s.env.insert(k.clone(), "from-the-step".into());
+    }
+    let r = run(s, &CancellationToken::new(), None).await.unwrap();
+    assert_eq!(r.ending, Ending::Exited(0), "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(
+        lines.contains(&format!("{kept}={kept_value}").as_str()),
+        "{}",
+        r.stdout
+    );
+    if let Some(k) = overridden {
+        let prefix = format!("{k}=");
+        let set: Vec<&&str> = lines.iter().filter(|l| l.starts_with(&prefix)).collect();
+        assert_eq!(
+            set,
+            [&format!("{k}=from-the-step").as_str()],
+            "{}",
+            r.stdout
+        );
+    }
+}
