@@ -122,10 +122,16 @@ thread_local! {
 /// Runs `f` with every statement in it giving up at once (`SQLITE_BUSY`) when another
 /// process holds the lock it needs, instead of polling for it.
 pub(super) fn without_waiting<R>(f: impl FnOnce() -> R) -> R {
+    /// Clears the flag however `f` ends.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            NO_WAIT.with(|w| w.set(false));
+        }
+    }
     NO_WAIT.with(|w| w.set(true));
-    let r = f();
-    NO_WAIT.with(|w| w.set(false));
-    r
+    let _reset = Reset;
+    f()
 }
 
 /// Retries up to [`BUSY_GIVE_UP`] in all (counted in pauses, so no clock is read), or not at

@@ -33,7 +33,7 @@ use files::{
     POLL_CACHE_KIB, READER_CACHE_KIB, WRITER_CACHE_KIB, foreign_poll, open_conn, refuse_foreign,
     tighten,
 };
-use writer::{Committer, Job, WriteCtx, writer_loop};
+use writer::{Committer, Msg, WriteCtx, writer_loop};
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -66,7 +66,7 @@ pub(super) struct Sqlite {
 
 struct Inner {
     path: PathBuf,
-    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<mpsc::Sender<Msg>>>,
     committer: Arc<Committer>,
     readers: Mutex<Vec<Connection>>,
     changes: broadcast::Sender<Change>,
@@ -115,7 +115,7 @@ impl Sqlite {
             tighten(Path::new(&p)).map_err(open_err)?;
         }
 
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Msg>();
         let (changes, _) = broadcast::channel(4096);
         let commits = Arc::new(AtomicU64::new(0));
         let latency = Arc::new(Mutex::new(CommitStats {

@@ -11,7 +11,7 @@
 //! process's lock (its `BEGIN` gives up at once and the write queues instead), so a
 //! runtime thread is held for one local transaction at most.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError, mpsc};
 use std::time::{Duration, Instant};
 
@@ -43,16 +43,50 @@ type Reply = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
 /// A queued write; called with `None` when it must not run (its reply then carries the error).
 pub(super) type Job = Box<dyn FnOnce(Option<&mut WriteCtx<'_>>) -> (bool, Reply) + Send>;
 
+/// What the writer thread is sent: a write, or a checkpoint asked for by a commit made on its
+/// caller's thread.
+pub(super) enum Msg {
+    Write(Job),
+    Checkpoint,
+}
+
 /// Largest number of writes folded into one commit.
 const MAX_BATCH: usize = 512;
+
+/// WAL pages after which a commit asks for a checkpoint (SQLite's own default).
+const CHECKPOINT_PAGES: i32 = 1000;
+
+thread_local! {
+    /// Pages in the WAL after the last commit made on this thread (set by the WAL hook).
+    static WAL_PAGES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+/// The writer connection's WAL hook, which replaces SQLite's automatic checkpoint: it only
+/// notes the WAL's size, so the commit's thread decides where the checkpoint runs.
+fn note_wal_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.with(|p| p.set(pages));
+    Ok(())
+}
+
+/// What became of a write offered to the caller's thread.
+enum Inline {
+    /// Committed (or failed) here; `checkpoint`: the WAL has grown enough for one.
+    Done { checkpoint: bool },
+    /// Not run: the writer is busy, writes are queued, or another process holds the lock.
+    Refused(Job),
+}
 
 /// The writer connection and what every commit reports to, shared by the writer thread and
 /// the callers that commit on their own thread.
 pub(super) struct Committer {
     /// `None` once the store is closed.
     conn: Mutex<Option<Connection>>,
-    /// Writes sent to the writer thread and not yet taken into one of its transactions.
+    /// Messages sent to the writer thread and not yet taken by it.
     queued: AtomicUsize,
+    /// A checkpoint was asked of the writer thread and has not run yet.
+    checkpoint_asked: AtomicBool,
+    /// Checkpoints run by the writer thread.
+    checkpoints: AtomicU64,
     changes: broadcast::Sender<Change>,
     commits: Arc<AtomicU64>,
     latency: Arc<Mutex<CommitStats>>,
@@ -65,9 +99,14 @@ impl Committer {
         commits: Arc<AtomicU64>,
         latency: Arc<Mutex<CommitStats>>,
     ) -> Committer {
+        // Checkpoints copy up to a thousand pages and fsync the database: they run on the
+        // writer thread, never on a caller's.
+        conn.wal_hook(Some(note_wal_pages));
         Committer {
             conn: Mutex::new(Some(conn)),
             queued: AtomicUsize::new(0),
+            checkpoint_asked: AtomicBool::new(false),
+            checkpoints: AtomicU64::new(0),
             changes,
             commits,
             latency,
@@ -89,10 +128,10 @@ impl Committer {
 
     /// Commits `job` on this thread if the connection is idle and nothing is queued;
     /// otherwise gives it back, untouched, for the writer thread.
-    fn try_inline(&self, job: Job) -> Option<Job> {
+    fn try_inline(&self, job: Job) -> Inline {
         let guard = match self.conn.try_lock() {
             Ok(g) => g,
-            Err(TryLockError::WouldBlock) => return Some(job),
+            Err(TryLockError::WouldBlock) => return Inline::Refused(job),
             Err(TryLockError::Poisoned(e)) => {
                 let g = e.into_inner();
                 rollback_leftover(&g);
@@ -100,22 +139,36 @@ impl Committer {
             }
         };
         let Some(conn) = guard.as_ref() else {
-            return Some(job);
+            return Inline::Refused(job);
         };
         if self.queued.load(Ordering::Acquire) != 0 {
-            return Some(job);
+            return Inline::Refused(job);
         }
         let began = Instant::now();
         if without_waiting(|| exec_cached(conn, "BEGIN IMMEDIATE")).is_err() {
             // Another process holds the write lock: the writer thread waits for it.
-            return Some(job);
+            return Inline::Refused(job);
         }
-        self.run(conn, vec![job], began);
-        None
+        let checkpoint = self.run(conn, vec![job], began);
+        Inline::Done { checkpoint }
+    }
+
+    /// Runs a passive checkpoint (it copies what no reader still needs and waits for no
+    /// one); called by the writer thread with the connection held.
+    fn checkpoint(&self, conn: &Connection) {
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Ok(()) => {
+                self.checkpoints.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries"),
+        }
     }
 
     /// Runs `batch` in the transaction just begun on `conn`, commits it and answers each job.
-    fn run(&self, conn: &Connection, batch: Vec<Job>, began: Instant) {
+    /// Returns whether the WAL has grown enough for a checkpoint. A job that panics is
+    /// rolled back like one that failed (its caller sees the store's error), so no transaction
+    /// is left open holding the database's write lock.
+    fn run(&self, conn: &Connection, batch: Vec<Job>, began: Instant) -> bool {
         let mut ctx = WriteCtx {
             conn,
             changed: Vec::new(),
@@ -130,7 +183,13 @@ impl Committer {
                 replies.push(fail_reply(job, &e.to_string()));
                 continue;
             }
-            let (ok, reply) = job(Some(&mut ctx));
+            let ran =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&mut ctx))));
+            let (ok, reply) = ran.unwrap_or_else(|_| {
+                tracing::error!("a write panicked; its changes are rolled back");
+                let dropped: Reply = Box::new(|_| {});
+                (false, dropped)
+            });
             if !ok {
                 ctx.changed.truncate(mark);
             }
@@ -162,6 +221,7 @@ impl Committer {
         for reply in replies {
             reply(commit.clone());
         }
+        let pages = WAL_PAGES.with(|p| p.replace(0));
         if commit.is_ok() && !failed_alone {
             self.commits.fetch_add(1, Ordering::Relaxed);
             record_latency(&self.latency, began.elapsed());
@@ -169,6 +229,7 @@ impl Committer {
                 let _ = self.changes.send(Change::Workflow(id));
             }
         }
+        pages >= CHECKPOINT_PAGES
     }
 }
 
@@ -208,16 +269,36 @@ impl Sqlite {
             (ok, reply)
         });
         let committer = &self.inner.committer;
-        if let Some(job) = committer.try_inline(job) {
-            let guard = self.inner.writer.lock().map_err(|_| poisoned("writer"))?;
-            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
-            committer.queued.fetch_add(1, Ordering::AcqRel);
-            if sender.send(job).is_err() {
-                committer.queued.fetch_sub(1, Ordering::AcqRel);
-                return Err(StoreError::Closed);
+        match committer.try_inline(job) {
+            Inline::Done { checkpoint } => {
+                if checkpoint && !committer.checkpoint_asked.swap(true, Ordering::AcqRel) {
+                    // Best effort: a closed store needs none.
+                    let _ = self.send(Msg::Checkpoint);
+                }
             }
+            Inline::Refused(job) => self.send(Msg::Write(job))?,
         }
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Sqlite {
+    /// Queues `msg` for the writer thread, counted until the thread takes it.
+    fn send(&self, msg: Msg) -> Result<()> {
+        let committer = &self.inner.committer;
+        let guard = self.inner.writer.lock().map_err(|_| poisoned("writer"))?;
+        let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+        committer.queued.fetch_add(1, Ordering::AcqRel);
+        if sender.send(msg).is_err() {
+            committer.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn checkpoints(&self) -> u64 {
+        self.inner.committer.checkpoints.load(Ordering::Relaxed)
     }
 }
 
@@ -227,34 +308,51 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 /// The writer thread: takes every write queued up, up to [`MAX_BATCH`], into one
-/// transaction, holding the connection from before it looks at the queue.
-pub(super) fn writer_loop(committer: Arc<Committer>, rx: mpsc::Receiver<Job>) {
+/// transaction, holding the connection from before it looks at the queue; runs the
+/// checkpoints asked for, after the commit.
+pub(super) fn writer_loop(committer: Arc<Committer>, rx: mpsc::Receiver<Msg>) {
     while let Ok(first) = rx.recv() {
         let began = Instant::now();
         let guard = committer.lock();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        let mut batch = Vec::new();
+        let mut taken = 1;
+        let mut checkpoint = false;
+        match first {
+            Msg::Write(job) => batch.push(job),
+            Msg::Checkpoint => checkpoint = true,
+        }
+        while !batch.is_empty() && batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(Msg::Write(job)) => batch.push(job),
+                Ok(Msg::Checkpoint) => checkpoint = true,
                 Err(_) => break,
             }
+            taken += 1;
         }
-        committer.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        committer.queued.fetch_sub(taken, Ordering::AcqRel);
+        if checkpoint {
+            committer.checkpoint_asked.store(false, Ordering::Release);
+        }
         let Some(conn) = guard.as_ref() else {
             for job in batch {
                 fail_reply(job, "the store is closed")(Err("the store is closed".into()));
             }
             continue;
         };
-        if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
-            let msg = e.to_string();
-            tracing::error!(error = %msg, "cannot begin a write transaction");
-            for job in batch {
-                fail_reply(job, &msg)(Err(msg.clone()));
+        if !batch.is_empty() {
+            if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
+                let msg = e.to_string();
+                tracing::error!(error = %msg, "cannot begin a write transaction");
+                for job in batch {
+                    fail_reply(job, &msg)(Err(msg.clone()));
+                }
+                continue;
             }
-            continue;
+            checkpoint |= committer.run(conn, batch, began);
         }
-        committer.run(conn, batch, began);
+        if checkpoint {
+            committer.checkpoint(conn);
+        }
     }
 }
 
@@ -327,11 +425,15 @@ mod tests {
             let _ = tx.send(());
             (true, Box::new(|_| {}))
         });
-        let back = committer.try_inline(job);
-        assert!(back.is_some(), "committed ahead of the queued write");
+        let Inline::Refused(back) = committer.try_inline(job) else {
+            panic!("committed ahead of the queued write");
+        };
         assert!(rx.try_recv().is_err(), "the write ran");
         committer.queued.fetch_sub(1, Ordering::AcqRel);
-        assert!(committer.try_inline(back.unwrap()).is_none());
+        assert!(matches!(
+            committer.try_inline(back),
+            Inline::Done { checkpoint: false }
+        ));
         assert!(rx.try_recv().is_ok());
     }
 
@@ -366,8 +468,15 @@ mod tests {
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
         let mut write = Box::pin(store.write(|_| Ok(thread_name())));
         // The first poll gives up on the lock at once and hands the write over: it does not
-        // hold this thread for as long as the other connection keeps the lock.
+        // hold this thread for as long as the other connection keeps the lock (the busy
+        // handler would poll for 30 s).
+        let polled = std::time::Instant::now();
         assert!(poll_once(&mut write).is_pending());
+        assert!(
+            polled.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            polled.elapsed()
+        );
         other.execute_batch("COMMIT").unwrap();
         assert_eq!(write.await.unwrap(), "baton-store-writer");
     }
@@ -378,5 +487,58 @@ mod tests {
         store.close();
         let err = store.write(|_| Ok(())).await.unwrap_err();
         assert!(matches!(err, StoreError::Closed), "{err}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_checkpoint_is_never_run_on_the_callers_thread() {
+        let (dir, store) = open();
+        let db = dir.path().join("baton.db");
+        let size = || std::fs::metadata(&db).unwrap().len();
+        let before = size();
+        // More than a thousand pages into the WAL, committed on this thread.
+        let job: Job = Box::new(|ctx| {
+            let done = ctx.unwrap().conn.execute_batch(
+                "CREATE TABLE bulk (b BLOB); INSERT INTO bulk VALUES (randomblob(5000000));",
+            );
+            (done.is_ok(), Box::new(|_| {}))
+        });
+        let Inline::Done { checkpoint: true } = store.inner.committer.try_inline(job) else {
+            panic!("a commit of 5 MB on this thread did not ask for a checkpoint");
+        };
+        // Its pages are still only in the WAL: the commit did not copy them.
+        assert!(size() < before + 1_000_000, "{before} -> {}", size());
+        // Asked of the writer thread, which holds the connection while it copies them; a
+        // write made afterwards waits behind it, on the queue or for the connection.
+        store.send(Msg::Checkpoint).unwrap();
+        store.write(|_| Ok(())).await.unwrap();
+        assert!(size() >= before + 4_000_000, "{before} -> {}", size());
+        assert!(store.checkpoints() >= 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_that_panics_is_rolled_back_and_leaves_the_lock_free() {
+        let (dir, store) = open();
+        let err = store
+            .write(|ctx| -> Result<()> {
+                ctx.conn
+                    .execute_batch("CREATE TABLE half (x INTEGER); INSERT INTO half VALUES (1);")?;
+                panic!("a bug in a write");
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Closed), "{err}");
+        // Another process can take the write lock at once, and nothing of the write is there.
+        let other = Connection::open(dir.path().join("baton.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").unwrap();
+        let half: i64 = other
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'half'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(half, 0);
+        // The store goes on.
+        assert_eq!(store.write(|_| Ok(1)).await.unwrap(), 1);
     }
 }
