@@ -1,6 +1,7 @@
 //! Spawning an attempt's main process straight into its cgroup: `clone3` with `CLONE_VM |
-//! CLONE_VFORK | CLONE_INTO_CGROUP | CLONE_PIDFD | CLONE_CLEAR_SIGHAND`, which is what glibc 2.41's
-//! `posix_spawnattr_setcgroup_np` does (older glibcs have no way to ask for it).
+//! CLONE_VFORK | CLONE_INTO_CGROUP | CLONE_PIDFD`, as glibc 2.41's
+//! `posix_spawnattr_setcgroup_np` does (older glibcs have no way to ask for it), plus
+//! `CLONE_CLEAR_SIGHAND`.
 //!
 //! Invariants:
 //! - The child is in its cgroup from its first instruction, so nothing it forks can be born
@@ -280,8 +281,9 @@ fn clone_into(
         };
         // SAFETY: the child starts with the server's handlers cleared, and every signal is
         // blocked for the clone (restored right after in this thread; the child unblocks them
-        // all before execve), so no handler of the server runs in the child. `child`, the strings it points to and the stack outlive the child's use of
-        // them: with CLONE_VFORK this thread waits here until the child has exec'd or exited.
+        // all before execve), so no handler of the server runs in the child. `child`, the
+        // strings it points to and the stack outlive the child's use of them: with
+        // CLONE_VFORK this thread waits here until the child has exec'd or exited.
         let ret = unsafe {
             let saved = set_mask(!0);
             let ret = raw_clone3(&args, &mut child);

@@ -38,16 +38,16 @@ use writer::{Committer, Msg, WriteCtx, writer_loop};
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use rusqlite::Connection;
 use tokio::sync::broadcast;
 
 use super::{
-    Adoptable, COMMIT_BUCKETS_S, Change, Changes, Claim, CommitStats, Deleted, Durability,
-    EventPage, Fence, ListFilter, MetricCounts, MonitorRow, MonitorRows, NewWorkflow, OwnerRow,
-    Renewal, Result, Snapshot, StoreError,
+    Adoptable, Change, Changes, Claim, CommitStats, Deleted, Durability, EventPage, Fence,
+    ListFilter, MetricCounts, MonitorRow, MonitorRows, NewWorkflow, OwnerRow, Renewal, Result,
+    Snapshot, StoreError,
 };
 use crate::api::{ThreadId, WorkflowStatus, now_ms};
 use crate::store::{AttemptRow, WorkflowRow};
@@ -71,10 +71,6 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     changes: broadcast::Sender<Change>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Transactions committed by the writer thread (benchmarks count commits per step).
-    commits: Arc<AtomicU64>,
-    /// Latencies of the writer's transactions (begin to durable commit).
-    latency: Arc<Mutex<CommitStats>>,
     closed: Arc<AtomicBool>,
 }
 
@@ -117,17 +113,7 @@ impl Sqlite {
 
         let (tx, rx) = mpsc::channel::<Msg>();
         let (changes, _) = broadcast::channel(4096);
-        let commits = Arc::new(AtomicU64::new(0));
-        let latency = Arc::new(Mutex::new(CommitStats {
-            buckets: vec![0; COMMIT_BUCKETS_S.len()],
-            ..CommitStats::default()
-        }));
-        let committer = Arc::new(Committer::new(
-            conn,
-            changes.clone(),
-            commits.clone(),
-            latency.clone(),
-        ));
+        let committer = Arc::new(Committer::new(conn, changes.clone()));
         let for_thread = committer.clone();
         let thread = std::thread::Builder::new()
             .name("baton-store-writer".into())
@@ -149,8 +135,6 @@ impl Sqlite {
                 readers: Mutex::new(Vec::new()),
                 changes,
                 writer_thread: Mutex::new(Some(thread)),
-                commits,
-                latency,
                 closed,
             }),
         })
@@ -161,7 +145,7 @@ impl Sqlite {
     }
 
     pub(super) fn commit_count(&self) -> u64 {
-        self.inner.commits.load(Ordering::Relaxed)
+        self.inner.committer.commit_count()
     }
 
     pub(super) fn subscribe(&self) -> broadcast::Receiver<Change> {
@@ -521,11 +505,7 @@ impl Sqlite {
     }
 
     pub(super) fn commit_stats(&self) -> CommitStats {
-        self.inner
-            .latency
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default()
+        self.inner.committer.commit_stats()
     }
 }
 

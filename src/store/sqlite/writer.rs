@@ -88,17 +88,14 @@ pub(super) struct Committer {
     /// Checkpoints run by the writer thread.
     checkpoints: AtomicU64,
     changes: broadcast::Sender<Change>,
-    commits: Arc<AtomicU64>,
-    latency: Arc<Mutex<CommitStats>>,
+    /// Transactions committed (benchmarks count commits per step).
+    commits: AtomicU64,
+    /// Latencies of the transactions, begin to durable commit.
+    latency: Mutex<CommitStats>,
 }
 
 impl Committer {
-    pub(super) fn new(
-        conn: Connection,
-        changes: broadcast::Sender<Change>,
-        commits: Arc<AtomicU64>,
-        latency: Arc<Mutex<CommitStats>>,
-    ) -> Committer {
+    pub(super) fn new(conn: Connection, changes: broadcast::Sender<Change>) -> Committer {
         // Checkpoints copy up to a thousand pages and fsync the database: they run on the
         // writer thread, never on a caller's.
         conn.wal_hook(Some(note_wal_pages));
@@ -108,9 +105,20 @@ impl Committer {
             checkpoint_asked: AtomicBool::new(false),
             checkpoints: AtomicU64::new(0),
             changes,
-            commits,
-            latency,
+            commits: AtomicU64::new(0),
+            latency: Mutex::new(CommitStats {
+                buckets: vec![0; COMMIT_BUCKETS_S.len()],
+                ..CommitStats::default()
+            }),
         }
+    }
+
+    pub(super) fn commit_count(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn commit_stats(&self) -> CommitStats {
+        self.latency.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// The connection, even if a thread panicked while it held it (the transaction it may
