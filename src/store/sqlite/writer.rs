@@ -11,7 +11,7 @@
 //! process's lock (its `BEGIN` gives up at once and the write queues instead), so a
 //! runtime thread is held for one local transaction at most.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError, mpsc};
 use std::time::{Duration, Instant};
 
@@ -53,18 +53,20 @@ pub(super) enum Msg {
 /// Largest number of writes folded into one commit.
 const MAX_BATCH: usize = 512;
 
-/// WAL pages after which a commit asks for a checkpoint (SQLite's own default).
+/// WAL pages written since the last checkpoint after which a commit asks for another
+/// (SQLite's own default size).
 const CHECKPOINT_PAGES: i32 = 1000;
 
 thread_local! {
-    /// Pages in the WAL after the last commit made on this thread (set by the WAL hook).
-    static WAL_PAGES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+    /// Pages in the WAL after the last commit made on this thread (set by the WAL hook, which
+    /// a commit that wrote nothing does not call).
+    static WAL_PAGES: std::cell::Cell<Option<i32>> = const { std::cell::Cell::new(None) };
 }
 
 /// The writer connection's WAL hook, which replaces SQLite's automatic checkpoint: it only
 /// notes the WAL's size, so the commit's thread decides where the checkpoint runs.
 fn note_wal_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
-    WAL_PAGES.with(|p| p.set(pages));
+    WAL_PAGES.with(|p| p.set(Some(pages)));
     Ok(())
 }
 
@@ -87,6 +89,10 @@ pub(super) struct Committer {
     checkpoint_asked: AtomicBool,
     /// Checkpoints run by the writer thread.
     checkpoints: AtomicU64,
+    /// Pages in the WAL when the last checkpoint ran (0 once the WAL has started over). While
+    /// other processes read, a checkpoint may copy only part of the WAL and the WAL cannot
+    /// start over; counting from here keeps every commit after that from asking again.
+    checkpointed_at: AtomicI32,
     changes: broadcast::Sender<Change>,
     /// Transactions committed (benchmarks count commits per step).
     commits: AtomicU64,
@@ -104,6 +110,7 @@ impl Committer {
             queued: AtomicUsize::new(0),
             checkpoint_asked: AtomicBool::new(false),
             checkpoints: AtomicU64::new(0),
+            checkpointed_at: AtomicI32::new(0),
             changes,
             commits: AtomicU64::new(0),
             latency: Mutex::new(CommitStats {
@@ -164,8 +171,10 @@ impl Committer {
     /// Runs a passive checkpoint (it copies what no reader still needs and waits for no
     /// one); called by the writer thread with the connection held.
     fn checkpoint(&self, conn: &Connection) {
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            Ok(()) => {
+        // Its row: busy, pages in the WAL, pages copied.
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i32>(1)) {
+            Ok(pages) => {
+                self.checkpointed_at.store(pages.max(0), Ordering::Relaxed);
                 self.checkpoints.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries"),
@@ -229,15 +238,28 @@ impl Committer {
         for reply in replies {
             reply(commit.clone());
         }
-        let pages = WAL_PAGES.with(|p| p.replace(0));
+        let pages = WAL_PAGES.with(|p| p.take());
         if commit.is_ok() && !failed_alone {
             self.commits.fetch_add(1, Ordering::Relaxed);
             record_latency(&self.latency, began.elapsed());
             for id in changed {
                 let _ = self.changes.send(Change::Workflow(id));
             }
+            return pages.is_some_and(|p| self.wants_checkpoint(p));
         }
-        pages >= CHECKPOINT_PAGES
+        false
+    }
+
+    /// Whether a commit that left `pages` in the WAL should ask for a checkpoint: once
+    /// [`CHECKPOINT_PAGES`] have been written since the last one.
+    fn wants_checkpoint(&self, pages: i32) -> bool {
+        let mut at = self.checkpointed_at.load(Ordering::Relaxed);
+        if pages < at {
+            // The WAL started over from its beginning since that checkpoint.
+            self.checkpointed_at.store(0, Ordering::Relaxed);
+            at = 0;
+        }
+        pages - at >= CHECKPOINT_PAGES
     }
 }
 
@@ -521,6 +543,49 @@ mod tests {
         store.write(|_| Ok(())).await.unwrap();
         assert!(size() >= before + 4_000_000, "{before} -> {}", size());
         assert!(store.checkpoints() >= 1);
+    }
+
+    /// A job that commits `bytes` of new pages.
+    fn bulk(bytes: usize) -> Job {
+        Box::new(move |ctx| {
+            let done = ctx.unwrap().conn.execute(
+                "INSERT INTO bulk VALUES (randomblob(?1))",
+                [bytes as i64],
+            );
+            (done.is_ok(), Box::new(|_| {}))
+        })
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_checkpoint_that_cannot_start_the_wal_over_is_asked_again_only_after_another_thousand_pages()
+     {
+        let (dir, store) = open();
+        let committer = &store.inner.committer;
+        store
+            .write(|ctx| Ok(ctx.conn.execute_batch("CREATE TABLE bulk (b BLOB)")?))
+            .await
+            .unwrap();
+        let Inline::Done { checkpoint: true } = committer.try_inline(bulk(5_000_000)) else {
+            panic!("1,200 pages did not ask for a checkpoint");
+        };
+        // Another process reads from the WAL, so the WAL cannot start over after the checkpoint
+        // and keeps its 1,200 pages.
+        let reader = Connection::open(dir.path().join("baton.db")).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM bulk;")
+            .unwrap();
+        store.send(Msg::Checkpoint).unwrap();
+        store.write(|_| Ok(())).await.unwrap();
+        assert_eq!(store.checkpoints(), 1);
+        for _ in 0..20 {
+            let Inline::Done { checkpoint: false } = committer.try_inline(bulk(10)) else {
+                panic!("a small commit on a WAL checkpointed already asked for another checkpoint");
+            };
+        }
+        let Inline::Done { checkpoint: true } = committer.try_inline(bulk(5_000_000)) else {
+            panic!("1,200 more pages did not ask for a checkpoint");
+        };
+        reader.execute_batch("COMMIT").unwrap();
     }
 
     #[tokio::test(flavor = "current_thread")]
