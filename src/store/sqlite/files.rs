@@ -14,6 +14,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::broadcast;
 
 use super::super::{Change, Durability, Result, StoreError};
+use super::wake::Wake;
 
 /// How often the poller looks for commits of other processes.
 const FOREIGN_POLL: Duration = Duration::from_millis(100);
@@ -117,6 +118,25 @@ fn busy_waited(count: i32) -> Duration {
 thread_local! {
     /// Set while this thread runs a statement that must not wait for another process.
     static NO_WAIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The wake-ups this thread's waits for the lock listen to, and the counter as read
+    /// before its latest attempt to take the lock.
+    static WAKE: std::cell::RefCell<Option<(Arc<Wake>, u32)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes this thread's waits for another process's lock end as soon as a baton process
+/// releases it (see [`Wake`]), not only at their next poll.
+pub(super) fn wait_with(wake: Option<Arc<Wake>>) {
+    WAKE.with_borrow_mut(|w| *w = wake.map(|wake| (wake, 0)));
+}
+
+/// Reads the release counter ahead of an attempt to take the write lock, so a release after
+/// it ends a wait that follows the attempt at once.
+pub(super) fn before_locking() {
+    WAKE.with_borrow_mut(|w| {
+        if let Some((wake, seen)) = w {
+            *seen = wake.seen();
+        }
+    });
 }
 
 /// Runs `f` with every statement in it giving up at once (`SQLITE_BUSY`) when another
@@ -134,13 +154,23 @@ pub(super) fn without_waiting<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Retries up to [`BUSY_GIVE_UP`] in all (counted in pauses, so no clock is read), or not at
-/// all inside [`without_waiting`].
+/// Retries up to [`BUSY_GIVE_UP`] in all (counted in pauses, so no clock is read; a pause a
+/// release cut short counts in full), or not at all inside [`without_waiting`].
 fn busy_wait(count: i32) -> bool {
     if NO_WAIT.with(|w| w.get()) || busy_waited(count) >= BUSY_GIVE_UP {
         return false;
     }
-    std::thread::sleep(busy_delay(count));
+    let woken = WAKE.with_borrow_mut(|w| match w {
+        Some((wake, seen)) => {
+            wake.wait(*seen, busy_delay(count));
+            *seen = wake.seen();
+            true
+        }
+        None => false,
+    });
+    if !woken {
+        std::thread::sleep(busy_delay(count));
+    }
     true
 }
 

@@ -27,6 +27,7 @@ mod operator_queries;
 mod queries;
 mod schema;
 mod step_queries;
+mod wake;
 mod writer;
 
 use files::{
@@ -105,7 +106,14 @@ impl Sqlite {
             open_conn(path, durability, WRITER_CACHE_KIB).map_err(|e| open_err(e.to_string()))?;
         schema::migrate(&mut conn)
             .map_err(|e| open_err(format!("{e} (is this a baton database?)")))?;
-        for side in ["-wal", "-shm"] {
+        let wake = match wake::Wake::open(path) {
+            Ok(w) => Some(Arc::new(w)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot map the database's -wake file; waits for other processes' write lock only poll");
+                None
+            }
+        };
+        for side in ["-wal", "-shm", "-wake"] {
             let mut p = path.as_os_str().to_owned();
             p.push(side);
             tighten(Path::new(&p)).map_err(open_err)?;
@@ -113,7 +121,7 @@ impl Sqlite {
 
         let (tx, rx) = mpsc::channel::<Msg>();
         let (changes, _) = broadcast::channel(4096);
-        let committer = Arc::new(Committer::new(conn, changes.clone()));
+        let committer = Arc::new(Committer::new(conn, changes.clone(), wake));
         let for_thread = committer.clone();
         let thread = std::thread::Builder::new()
             .name("baton-store-writer".into())

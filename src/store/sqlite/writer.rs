@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot};
 
-use super::files::without_waiting;
+use super::files::{before_locking, wait_with, without_waiting};
+use super::wake::Wake;
 use super::{Sqlite, poisoned};
 use crate::api::ThreadId;
 use crate::store::{COMMIT_BUCKETS_S, Change, CommitStats, Result, StoreError};
@@ -98,10 +99,16 @@ pub(super) struct Committer {
     commits: AtomicU64,
     /// Latencies of the transactions, begin to durable commit.
     latency: Mutex<CommitStats>,
+    /// Told of every write transaction's end, for other processes waiting for the lock.
+    wake: Option<Arc<Wake>>,
 }
 
 impl Committer {
-    pub(super) fn new(conn: Connection, changes: broadcast::Sender<Change>) -> Committer {
+    pub(super) fn new(
+        conn: Connection,
+        changes: broadcast::Sender<Change>,
+        wake: Option<Arc<Wake>>,
+    ) -> Committer {
         // Checkpoints copy up to a thousand pages and fsync the database: they run on the
         // writer thread, never on a caller's.
         conn.wal_hook(Some(note_wal_pages));
@@ -117,6 +124,7 @@ impl Committer {
                 buckets: vec![0; COMMIT_BUCKETS_S.len()],
                 ..CommitStats::default()
             }),
+            wake,
         }
     }
 
@@ -234,6 +242,9 @@ impl Committer {
             tracing::error!(error = %e, "commit failed; rolling back the batch");
             let _ = conn.execute_batch("ROLLBACK");
         }
+        if let Some(w) = &self.wake {
+            w.released();
+        }
         let changed = std::mem::take(&mut ctx.changed);
         for reply in replies {
             reply(commit.clone());
@@ -341,6 +352,7 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// transaction, holding the connection from before it looks at the queue; runs the
 /// checkpoints asked for, after the commit.
 pub(super) fn writer_loop(committer: Arc<Committer>, rx: mpsc::Receiver<Msg>) {
+    wait_with(committer.wake.clone());
     while let Ok(first) = rx.recv() {
         let began = Instant::now();
         let guard = committer.lock();
@@ -370,6 +382,7 @@ pub(super) fn writer_loop(committer: Arc<Committer>, rx: mpsc::Receiver<Msg>) {
             continue;
         };
         if !batch.is_empty() {
+            before_locking();
             if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
                 let msg = e.to_string();
                 tracing::error!(error = %msg, "cannot begin a write transaction");
