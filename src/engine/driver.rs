@@ -70,6 +70,9 @@ impl StopCell {
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Shortest interval between two activity writes of one step.
 const ACTIVITY_EVERY: Duration = Duration::from_secs(5);
+/// How long a running step's first unwritten activity may wait for a commit that carries it
+/// (the step's end writes its row, activity included) before it is written on its own.
+const ACTIVITY_DELAY: Duration = Duration::from_secs(1);
 /// Shortest interval between two reads of a waiting workflow's answers on notices of other
 /// processes' commits.
 const FOREIGN_ANSWERS_EVERY: Duration = Duration::from_millis(250);
@@ -86,7 +89,10 @@ struct Live {
     /// The stall restart was already triggered for the running attempt.
     stall_fired: bool,
     last_progress: Option<Instant>,
-    last_activity: Option<Instant>,
+    /// When the step's activity was last written on its own.
+    activity_saved: Option<Instant>,
+    /// The earliest activity of the running attempt not yet written.
+    activity_unsaved: Option<Instant>,
     /// The newest progress message not yet written (throttled): attempt, message.
     /// Boxed: most steps never hold one.
     held_progress: Option<Box<(i64, String)>>,
@@ -128,6 +134,8 @@ enum Wake {
     Stall,
     /// Live progress is due to be written.
     Progress,
+    /// A running step's activity is due to be written.
+    Activity,
 }
 
 impl Driver {
@@ -197,10 +205,17 @@ impl Driver {
                 .map(at_store_time);
             let next_stall = self.next_stall_check();
             let next_progress = self.next_progress_flush();
-            let wake = [next_retry, self.answers_recheck, next_stall, next_progress]
-                .into_iter()
-                .flatten()
-                .min();
+            let next_activity = self.next_activity_save();
+            let wake = [
+                next_retry,
+                self.answers_recheck,
+                next_stall,
+                next_progress,
+                next_activity,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let sem = self.sh.permits.clone();
             let signals = self.signals.clone();
             // What woke the driver is decided first and handled after the wait is dropped, so
@@ -231,6 +246,8 @@ impl Driver {
                         Wake::Stall
                     } else if due(next_progress) {
                         Wake::Progress
+                    } else if due(next_activity) {
+                        Wake::Activity
                     } else {
                         continue;
                     }
@@ -250,6 +267,7 @@ impl Driver {
                     true
                 }
                 Wake::Progress => Box::pin(self.flush_progress()).await,
+                Wake::Activity => Box::pin(self.save_activity()).await,
             };
             if !go_on {
                 break;
@@ -262,6 +280,7 @@ impl Driver {
     /// the workflow — all in one commit. Returns false if the driver must stop.
     async fn advance(&mut self, done: Vec<(usize, i64, Outcome)>) -> bool {
         let mut ch = Changes::default();
+        let ended: Vec<usize> = done.iter().map(|d| d.0).collect();
         let started = self.step(&mut ch, done);
         if let Some((record, reply)) = self.new_record.take().map(|b| *b) {
             return self.first_commit(record, reply, ch, started).await;
@@ -271,6 +290,14 @@ impl Driver {
         }
         if !self.commit(ch).await {
             return false;
+        }
+        if !ended.is_empty() && tracing::enabled!(tracing::Level::DEBUG) {
+            let rows = self.sched.steps();
+            let steps: Vec<&str> = ended
+                .iter()
+                .filter_map(|&i| rows.get(i).map(|r| r.step_id.as_str()))
+                .collect();
+            tracing::debug!(thread_id = %self.fence.id, steps = ?steps, "step ends committed");
         }
         if !started.is_empty() && self.sh.lease_in_doubt() && !self.still_owner().await {
             return false;
@@ -295,6 +322,8 @@ impl Driver {
                 l.stop = None;
                 l.last_output = None;
                 l.stall_fired = false;
+                // Written with the step's row in the commit of this end.
+                l.activity_unsaved = None;
             }
             let owner = &self.sh.owner;
             self.sched.apply(
@@ -459,7 +488,13 @@ impl Driver {
                 let out = if sub {
                     Box::pin(super::subworkflow::run(sh, *spec, stop, reason)).await
                 } else {
-                    executor::execute(&sh.exec, spec, &stop, signals).await
+                    let step = tracing::enabled!(tracing::Level::DEBUG)
+                        .then(|| (spec.workflow_id.clone(), spec.step_id.clone()));
+                    let out = executor::execute(&sh.exec, spec, &stop, signals).await;
+                    if let Some((thread_id, step)) = step {
+                        tracing::debug!(%thread_id, %step, "attempt ended");
+                    }
+                    out
                 };
                 (idx, number, out)
             });

@@ -6,6 +6,7 @@
 #[macro_use]
 mod util;
 
+mod activity;
 mod agent;
 mod browser;
 mod budget;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::super::outcome::{Signal, SignalKind};
-use super::{ACTIVITY_EVERY, Driver, PROGRESS_EVERY};
+use super::{ACTIVITY_DELAY, ACTIVITY_EVERY, Driver, PROGRESS_EVERY};
 use crate::api::{EventData, EventKind, NewEvent, now_ms};
 use crate::store::Changes;
 use crate::workflow::OnStall;
@@ -77,25 +77,16 @@ impl Driver {
                 self.check_write(res)
             }
             SignalKind::Activity => {
+                // Kept in memory; written by the step's next commit (its end, usually) or,
+                // while it runs on, by `save_activity`: an output line costs no fsync.
                 let now = Instant::now();
                 let Some(l) = self.live.get_mut(idx) else {
                     return true;
                 };
                 l.last_output = Some(now);
-                if l.last_activity
-                    .is_some_and(|last| now.saturating_duration_since(last) < ACTIVITY_EVERY)
-                {
-                    return true;
-                }
-                l.last_activity = Some(now);
-                let at = now_ms();
-                self.sched.set_activity(idx, at);
-                let res = self
-                    .sh
-                    .store
-                    .record_activity(self.fence.id.clone(), step_id, at)
-                    .await;
-                self.check_write(res)
+                l.activity_unsaved.get_or_insert(now);
+                self.sched.set_activity(idx, now_ms());
+                true
             }
             SignalKind::Progress(message) => {
                 // Throttled, keeping the latest: a message arriving too soon waits for the end
@@ -112,6 +103,55 @@ impl Driver {
                 self.flush_progress().await
             }
         }
+    }
+
+    /// When the earliest unwritten activity of a running step is due to be written: once it
+    /// has waited [`ACTIVITY_DELAY`], and no sooner than [`ACTIVITY_EVERY`] after the step's
+    /// previous activity write.
+    pub(super) fn next_activity_save(&self) -> Option<Instant> {
+        self.live
+            .iter()
+            .filter_map(|l| {
+                let due = l.activity_unsaved? + ACTIVITY_DELAY;
+                Some(
+                    l.activity_saved
+                        .map_or(due, |t| due.max(t + ACTIVITY_EVERY)),
+                )
+            })
+            .min()
+    }
+
+    /// Writes the activity of the running steps whose write is due.
+    pub(super) async fn save_activity(&mut self) -> bool {
+        let now = Instant::now();
+        for idx in 0..self.live.len() {
+            let l = &self.live[idx];
+            let due = l
+                .activity_unsaved
+                .is_some_and(|t| t + ACTIVITY_DELAY <= now)
+                && l.activity_saved.is_none_or(|t| t + ACTIVITY_EVERY <= now);
+            if !due {
+                continue;
+            }
+            let Some(row) = self.sched.steps().get(idx) else {
+                continue;
+            };
+            let (step_id, at) = (
+                row.step_id.clone(),
+                row.last_activity_at.unwrap_or_else(now_ms),
+            );
+            self.live[idx].activity_unsaved = None;
+            self.live[idx].activity_saved = Some(now);
+            let res = self
+                .sh
+                .store
+                .record_activity(self.fence.id.clone(), step_id, at)
+                .await;
+            if !self.check_write(res) {
+                return false;
+            }
+        }
+        true
     }
 
     /// When the earliest held progress message may be written.
