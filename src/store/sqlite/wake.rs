@@ -178,7 +178,10 @@ mod tests {
             }
             b.released();
             let slept = waiter.join().unwrap();
-            assert!(slept < Duration::from_secs(30), "slept {slept:?}: not woken");
+            assert!(
+                slept < Duration::from_secs(30),
+                "slept {slept:?}: not woken"
+            );
         });
     }
 

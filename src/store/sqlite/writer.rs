@@ -561,10 +561,10 @@ mod tests {
     /// A job that commits `bytes` of new pages.
     fn bulk(bytes: usize) -> Job {
         Box::new(move |ctx| {
-            let done = ctx.unwrap().conn.execute(
-                "INSERT INTO bulk VALUES (randomblob(?1))",
-                [bytes as i64],
-            );
+            let done = ctx
+                .unwrap()
+                .conn
+                .execute("INSERT INTO bulk VALUES (randomblob(?1))", [bytes as i64]);
             (done.is_ok(), Box::new(|_| {}))
         })
     }
