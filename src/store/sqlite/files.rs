@@ -245,14 +245,14 @@ mod tests {
         let first = Sqlite::open(&db, Durability::Normal).unwrap();
         first.close();
         drop(first);
-        for side in ["", "-wal", "-shm"] {
+        for side in ["", "-wal", "-shm", "-wake"] {
             let p = PathBuf::from(format!("{}{side}", db.display()));
             if p.exists() {
                 std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
             }
         }
         let store = Sqlite::open(&db, Durability::Normal).unwrap();
-        for side in ["", "-wal", "-shm"] {
+        for side in ["", "-wal", "-shm", "-wake"] {
             let p = PathBuf::from(format!("{}{side}", db.display()));
             if p.exists() {
                 assert_eq!(mode(&p), 0o600, "{}", p.display());
