@@ -65,9 +65,9 @@ impl Driver {
         if !self.sched.is_current(idx, attempt) {
             return true;
         }
-        let step_id = self.sched.steps()[idx].step_id.clone();
         match sig.kind {
             SignalKind::Session(session) => {
+                let step_id = self.sched.steps()[idx].step_id.clone();
                 self.sched.set_session(idx, attempt, &session);
                 let res = self
                     .sh
