@@ -14,6 +14,8 @@ async fn engine(dir: &Path) -> Engine {
     let cfg = EngineConfig {
         adopt_orphans: false,
         base_dir: dir.to_owned(),
+        // Renewed every third of it: no renewal commit falls inside a test's count.
+        lease: std::time::Duration::from_secs(3600),
         ..EngineConfig::default()
     };
     Engine::start(store, cfg).await.unwrap()

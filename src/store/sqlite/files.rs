@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::broadcast;
@@ -121,6 +121,8 @@ thread_local! {
     /// The wake-ups this thread's waits for the lock listen to, and the counter as read
     /// before its latest attempt to take the lock.
     static WAKE: std::cell::RefCell<Option<(Arc<Wake>, u32)>> = const { std::cell::RefCell::new(None) };
+    /// When this thread's current wait for a lock began (its first retry).
+    static WAIT_BEGAN: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
 }
 
 /// Makes this thread's waits for another process's lock end as soon as a baton process
@@ -154,10 +156,22 @@ pub(super) fn without_waiting<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Retries up to [`BUSY_GIVE_UP`] in all (counted in pauses, so no clock is read; a pause a
-/// release cut short counts in full), or not at all inside [`without_waiting`].
+/// Retries for [`BUSY_GIVE_UP`], or not at all inside [`without_waiting`]. Given up once both
+/// the pauses' sum and the time since the first retry reach it: a pause a release cut short
+/// counts in full in the sum, so a waiter woken often does not give up early.
 fn busy_wait(count: i32) -> bool {
-    if NO_WAIT.with(|w| w.get()) || busy_waited(count) >= BUSY_GIVE_UP {
+    if NO_WAIT.with(|w| w.get()) {
+        return false;
+    }
+    let now = Instant::now();
+    let began = WAIT_BEGAN.with(|b| match b.get() {
+        Some(t) if count > 0 => t,
+        _ => {
+            b.set(Some(now));
+            now
+        }
+    });
+    if busy_waited(count) >= BUSY_GIVE_UP && now.saturating_duration_since(began) >= BUSY_GIVE_UP {
         return false;
     }
     let woken = WAKE.with_borrow_mut(|w| match w {
@@ -227,9 +241,14 @@ mod tests {
             assert_eq!(busy_waited(c), sum, "the waits so far, before retry {c}");
             sum += busy_delay(c);
         }
-        assert!(busy_wait(0));
-        assert!(!busy_wait(40_000), "given up after 30 s of waiting");
         assert!(busy_waited(29_000) < BUSY_GIVE_UP && busy_waited(31_000) >= BUSY_GIVE_UP);
+        assert!(busy_wait(0));
+        // 40,000 retries within a moment (each woken early by a release): not yet given up.
+        assert!(busy_wait(40_000));
+        // 40,000 retries over more than 30 s: given up.
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(31)).unwrap();
+        WAIT_BEGAN.with(|b| b.set(Some(long_ago)));
+        assert!(!busy_wait(40_000), "given up after 30 s of waiting");
     }
     use crate::store::sqlite::Sqlite;
     use std::path::PathBuf;

@@ -35,7 +35,9 @@ const LEN: usize = 4096;
 
 impl Wake {
     /// Maps `<db>-wake`, creating it (mode 0600, one page of zeros) if needed.
+    #[cfg(target_os = "linux")]
     pub(super) fn open(db: &Path) -> std::io::Result<Wake> {
+        use std::os::unix::fs::FileExt;
         let mut path = db.as_os_str().to_owned();
         path.push("-wake");
         let file = OpenOptions::new()
@@ -45,16 +47,14 @@ impl Wake {
             .truncate(false)
             .mode(0o600)
             .open(&path)?;
-        if file.metadata()?.len() < LEN as u64 {
-            // Extends with zeros; a counter another process already bumps is in the first
-            // bytes and is left as it is.
-            file.set_len(LEN as u64)?;
+        let len = file.metadata()?.len();
+        if len < LEN as u64 {
+            // Written, not a hole from `set_len`: a write through the mapping into a page with
+            // no block behind it raises SIGBUS when the disk is full. A counter another process
+            // already bumps is in the first bytes, which a file this short does not hold yet.
+            let missing = vec![0u8; LEN - len as usize];
+            file.write_all_at(&missing, len)?;
         }
-        Self::map(&file)
-    }
-
-    #[cfg(target_os = "linux")]
-    fn map(file: &std::fs::File) -> std::io::Result<Wake> {
         use nix::sys::mman::{MapFlags, ProtFlags, mmap};
         // SAFETY: a fresh shared mapping of a file at least LEN bytes long; nothing else in
         // this process maps it, and it is only read and written through atomics.
@@ -64,7 +64,7 @@ impl Wake {
                 std::num::NonZeroUsize::new(LEN).ok_or(std::io::ErrorKind::InvalidInput)?,
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
                 MapFlags::MAP_SHARED,
-                file,
+                &file,
                 0,
             )
         }?;
@@ -73,8 +73,9 @@ impl Wake {
         Ok(Wake { page: ptr.cast() })
     }
 
+    /// Without futexes there is nothing to share: waits only poll.
     #[cfg(not(target_os = "linux"))]
-    fn map(_: &std::fs::File) -> std::io::Result<Wake> {
+    pub(super) fn open(_: &Path) -> std::io::Result<Wake> {
         Ok(Wake {
             page: Box::new(AtomicU32::new(0)),
         })
@@ -97,8 +98,9 @@ impl Wake {
     /// and wakes every waiter.
     pub(super) fn released(&self) {
         self.word().fetch_add(1, Ordering::Release);
+        // Nothing to do if the kernel refuses: waiters find the release at their next poll.
         #[cfg(target_os = "linux")]
-        futex(self.word(), libc::FUTEX_WAKE, i32::MAX as u32, None);
+        let _ = futex(self.word(), libc::FUTEX_WAKE, i32::MAX as u32, None);
     }
 
     /// Sleeps until the counter differs from `seen` (a release since it was read) or for
@@ -110,9 +112,14 @@ impl Wake {
                 tv_sec: timeout.as_secs() as libc::time_t,
                 tv_nsec: timeout.subsec_nanos() as libc::c_long,
             };
-            // Returns at once if the counter moved already; woken, timed out or interrupted,
-            // the caller tries the lock again either way.
-            futex(self.word(), libc::FUTEX_WAIT, seen, Some(&ts));
+            // Returns at once if the counter moved already (EAGAIN); woken, timed out or
+            // interrupted, the caller tries the lock again either way. A futex the kernel
+            // refuses (a seccomp filter, an emulator) must not turn the wait into a spin.
+            let refused = futex(self.word(), libc::FUTEX_WAIT, seen, Some(&ts))
+                .is_err_and(|e| !matches!(e, Errno::EAGAIN | Errno::ETIMEDOUT | Errno::EINTR));
+            if refused {
+                std::thread::sleep(timeout);
+            }
         }
         #[cfg(not(target_os = "linux"))]
         {
@@ -123,17 +130,21 @@ impl Wake {
 }
 
 #[cfg(target_os = "linux")]
-use nix::libc;
+use nix::{errno::Errno, libc};
 
 /// A futex operation on a word shared between processes (no `FUTEX_PRIVATE_FLAG`).
 #[cfg(target_os = "linux")]
-fn futex(word: &AtomicU32, op: libc::c_int, val: u32, timeout: Option<&libc::timespec>) {
+fn futex(
+    word: &AtomicU32,
+    op: libc::c_int,
+    val: u32,
+    timeout: Option<&libc::timespec>,
+) -> Result<(), Errno> {
     let ts = timeout.map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: `word` is a live, aligned u32 in a shared mapping; the timeout, if any, lives
-    // for the call. The result is ignored on purpose: see the callers.
-    unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), op, val, ts, 0usize, 0u32);
-    }
+    // for the call.
+    let r = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), op, val, ts, 0usize, 0u32) };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
 }
 
 impl Drop for Wake {
@@ -146,15 +157,19 @@ impl Drop for Wake {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use std::time::Instant;
 
-    /// Whether thread `tid` of this process is blocked in a futex call.
-    fn in_futex(tid: i32) -> bool {
-        std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
-            .is_ok_and(|s| s.split(' ').next() == Some(&libc::SYS_futex.to_string()))
+    /// Whether thread `tid` of this process is blocked in a futex call on `word`.
+    fn in_futex_on(tid: i32, word: &AtomicU32) -> bool {
+        let Ok(call) = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")) else {
+            return false;
+        };
+        let mut f = call.split(' ');
+        f.next() == Some(&libc::SYS_futex.to_string())
+            && f.next() == Some(&format!("{:#x}", word.as_ptr() as usize))
     }
 
     #[test]
@@ -166,14 +181,16 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::scope(|s| {
             let waiter = s.spawn(|| {
+                let seen = a.seen();
                 tx.send(nix::unistd::gettid().as_raw()).unwrap();
                 let t = Instant::now();
-                a.wait(a.seen(), Duration::from_secs(60));
+                a.wait(seen, Duration::from_secs(60));
                 t.elapsed()
             });
             let tid = rx.recv().unwrap();
-            // Asleep in the kernel before the release (the counter it read has not moved).
-            while !in_futex(tid) {
+            // Asleep in the kernel on the counter before the release.
+            while !in_futex_on(tid, a.word()) {
+                assert!(!waiter.is_finished(), "the wait returned without a release");
                 std::thread::yield_now();
             }
             b.released();

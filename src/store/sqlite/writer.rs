@@ -96,6 +96,8 @@ pub(super) struct Committer {
     /// others read, a checkpoint may copy only part of the WAL and the WAL cannot start over;
     /// counting from here keeps every commit after that from asking again.
     checkpointed_at: AtomicI32,
+    /// Pages in the WAL after the last commit that wrote any.
+    wal_pages: AtomicI32,
     changes: broadcast::Sender<Change>,
     /// Transactions committed (benchmarks count commits per step).
     commits: AtomicU64,
@@ -120,6 +122,7 @@ impl Committer {
             checkpoint_asked: AtomicBool::new(false),
             checkpoints: AtomicU64::new(0),
             checkpointed_at: AtomicI32::new(0),
+            wal_pages: AtomicI32::new(0),
             changes,
             commits: AtomicU64::new(0),
             latency: Mutex::new(CommitStats {
@@ -181,10 +184,16 @@ impl Committer {
     /// Runs a passive checkpoint (it copies what no reader still needs and waits for no
     /// one); called by the writer thread with the connection held.
     fn checkpoint(&self, conn: &Connection) {
-        // Its row: busy, pages in the WAL, pages copied.
+        // Its row: busy, pages in the WAL, pages copied; -1 pages when another connection's
+        // checkpoint kept this one from running, which counts as a try at the WAL's last size.
         match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i32>(1)) {
             Ok(pages) => {
-                self.checkpointed_at.store(pages.max(0), Ordering::Relaxed);
+                let at = if pages >= 0 {
+                    pages
+                } else {
+                    self.wal_pages.load(Ordering::Relaxed)
+                };
+                self.checkpointed_at.store(at, Ordering::Relaxed);
                 self.checkpoints.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries"),
@@ -258,7 +267,10 @@ impl Committer {
             for id in changed {
                 let _ = self.changes.send(Change::Workflow(id));
             }
-            return pages.is_some_and(|p| self.wants_checkpoint(p));
+            if let Some(p) = pages {
+                self.wal_pages.store(p, Ordering::Relaxed);
+                return self.wants_checkpoint(p);
+            }
         }
         false
     }
