@@ -81,24 +81,26 @@ async fn a_steps_output_costs_no_commit_of_its_own_and_its_end_records_the_activ
 async fn a_step_that_runs_on_after_its_output_has_its_activity_written_while_it_runs() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path()).await;
+    // Every commit sends a notice: the activity's own write is awaited, not slept for.
+    let mut feed = e.store().changes();
     let id = submit(
         &e,
         json!({"steps": [{"id": "long", "shell": "sleep 0.05; echo started; sleep 60"}]}),
     )
     .await;
-    // Read back from the store, not from the driver's memory.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let s = steps(&e, &id).await.remove(0);
-        if active_after_start(&s) {
-            assert_eq!(s["status"], "running", "{s}");
-            break;
+    let wait = async {
+        loop {
+            // Read back from the store, not from the driver's memory.
+            let s = steps(&e, &id).await.remove(0);
+            if active_after_start(&s) {
+                assert_eq!(s["status"], "running", "{s}");
+                return;
+            }
+            feed.recv().await.expect("the store is open");
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no activity written: {s}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), wait)
+        .await
+        .expect("no activity written while the step runs");
     e.shutdown().await;
 }
