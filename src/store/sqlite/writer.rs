@@ -257,13 +257,18 @@ impl Committer {
             w.released();
         }
         let changed = std::mem::take(&mut ctx.changed);
+        let committed = commit.is_ok() && !failed_alone;
+        if committed {
+            // Counted before anyone is answered: a caller that reads the count after its
+            // write returns sees that write's commit in it.
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            record_latency(&self.latency, began.elapsed());
+        }
         for reply in replies {
             reply(commit.clone());
         }
         let pages = WAL_PAGES.with(|p| p.take());
-        if commit.is_ok() && !failed_alone {
-            self.commits.fetch_add(1, Ordering::Relaxed);
-            record_latency(&self.latency, began.elapsed());
+        if committed {
             for id in changed {
                 let _ = self.changes.send(Change::Workflow(id));
             }
