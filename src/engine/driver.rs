@@ -280,7 +280,9 @@ impl Driver {
     /// the workflow — all in one commit. Returns false if the driver must stop.
     async fn advance(&mut self, done: Vec<(usize, i64, Outcome)>) -> bool {
         let mut ch = Changes::default();
-        let ended: Vec<usize> = done.iter().map(|d| d.0).collect();
+        // Only for the debug log: the boundary's path allocates nothing for it otherwise.
+        let ended = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| done.iter().map(|d| d.0).collect::<Vec<usize>>());
         let started = self.step(&mut ch, done);
         if let Some((record, reply)) = self.new_record.take().map(|b| *b) {
             return self.first_commit(record, reply, ch, started).await;
@@ -291,7 +293,7 @@ impl Driver {
         if !self.commit(ch).await {
             return false;
         }
-        if !ended.is_empty() && tracing::enabled!(tracing::Level::DEBUG) {
+        if let Some(ended) = ended.filter(|e| !e.is_empty()) {
             let rows = self.sched.steps();
             let steps: Vec<&str> = ended
                 .iter()
@@ -488,10 +490,12 @@ impl Driver {
                 let out = if sub {
                     Box::pin(super::subworkflow::run(sh, *spec, stop, reason)).await
                 } else {
+                    // Boxed: a running attempt's task keeps one pointer for the debug log.
                     let step = tracing::enabled!(tracing::Level::DEBUG)
-                        .then(|| (spec.workflow_id.clone(), spec.step_id.clone()));
+                        .then(|| Box::new((spec.workflow_id.clone(), spec.step_id.clone())));
                     let out = executor::execute(&sh.exec, spec, &stop, signals).await;
-                    if let Some((thread_id, step)) = step {
+                    if let Some(ids) = step {
+                        let (thread_id, step) = &*ids;
                         tracing::debug!(%thread_id, %step, "attempt ended");
                     }
                     out
