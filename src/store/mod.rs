@@ -226,11 +226,12 @@ impl Store {
         }
     }
 
-    /// Records the last sign of life of a running step.
-    pub async fn record_activity(&self, id: ThreadId, step_id: String, at: i64) -> Result<()> {
+    /// Records the last sign of life of a running step; [`StoreError::Fenced`] unless the
+    /// fence's owner still holds the workflow at its epoch.
+    pub async fn record_activity(&self, fence: Fence, step_id: String, at: i64) -> Result<()> {
         match &self.backend {
-            Backend::Sqlite(s) => s.record_activity(id, step_id, at).await,
-            Backend::Postgres(p) => p.record_activity(id, step_id, at).await,
+            Backend::Sqlite(s) => s.record_activity(fence, step_id, at).await,
+            Backend::Postgres(p) => p.record_activity(fence, step_id, at).await,
         }
     }
 

@@ -1,12 +1,12 @@
 //! A step's output and the store: activity is kept in memory and written with the step's end,
 //! so an output line costs no commit (and no fsync) of its own; a step that runs on after its
-//! output has its activity written on its own, a second later.
+//! output has its activity written on its own, a second later, by the lease's holder only.
 
 use std::path::Path;
 
 use baton::api::ThreadId;
 use baton::engine::{Engine, EngineConfig, SubmitRequest};
-use baton::store::{Durability, Store};
+use baton::store::{Durability, Fence, Store, StoreError};
 use serde_json::{Value, json};
 
 async fn engine(dir: &Path) -> Engine {
@@ -102,5 +102,28 @@ async fn a_step_that_runs_on_after_its_output_has_its_activity_written_while_it_
     tokio::time::timeout(std::time::Duration::from_secs(30), wait)
         .await
         .expect("no activity written while the step runs");
+    e.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activity_write_by_a_process_that_does_not_hold_the_lease_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path()).await;
+    let id = submit(&e, json!({"steps": [{"id": "long", "shell": "sleep 60"}]})).await;
+    let before = steps(&e, &id).await.remove(0);
+    // A former owner, frozen while another process adopted the workflow, wakes and writes.
+    let stale = Fence {
+        id: id.clone(),
+        owner: "a-former-owner".into(),
+        epoch: 0,
+    };
+    let err = e
+        .store()
+        .record_activity(stale, "long".into(), i64::MAX / 2)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced(_)), "{err}");
+    let after = steps(&e, &id).await.remove(0);
+    assert_eq!(after["last_activity_at"], before["last_activity_at"]);
     e.shutdown().await;
 }

@@ -145,7 +145,7 @@ impl Driver {
             let res = self
                 .sh
                 .store
-                .record_activity(self.fence.id.clone(), step_id, at)
+                .record_activity(self.fence.clone(), step_id, at)
                 .await;
             if !self.check_write(res) {
                 return false;

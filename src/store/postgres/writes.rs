@@ -124,14 +124,18 @@ impl Postgres {
 
     pub(in crate::store) async fn record_activity(
         &self,
-        id: ThreadId,
+        fence: Fence,
         step_id: String,
         at: i64,
     ) -> Result<()> {
-        let args = Arc::new((id, step_id));
+        let args = Arc::new((fence, step_id));
         self.write(move |tx| {
             let args = args.clone();
-            async move { queries::set_activity(&tx, &args.0, &args.1, at).await }
+            async move {
+                let (fence, step_id) = &*args;
+                queries::check_fence(&tx.c, &fence.id, &fence.owner, fence.epoch).await?;
+                queries::set_activity(&tx, &fence.id, step_id, at).await
+            }
         })
         .await
     }

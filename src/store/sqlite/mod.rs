@@ -296,12 +296,15 @@ impl Sqlite {
 
     pub(super) async fn record_activity(
         &self,
-        id: ThreadId,
+        fence: Fence,
         step_id: String,
         at: i64,
     ) -> Result<()> {
-        self.write(move |ctx| queries::set_activity(ctx, &id, &step_id, at))
-            .await
+        self.write(move |ctx| {
+            queries::check_fence(ctx.conn, &fence.id, &fence.owner, fence.epoch)?;
+            queries::set_activity(ctx, &fence.id, &step_id, at)
+        })
+        .await
     }
 
     pub(super) async fn request_cancel(&self, id: ThreadId) -> Result<()> {
