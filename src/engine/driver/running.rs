@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::super::outcome::{Signal, SignalKind};
-use super::{ACTIVITY_DELAY, ACTIVITY_EVERY, Driver, PROGRESS_EVERY};
+use super::{ACTIVITY_DELAY, ACTIVITY_EVERY, Driver, Live, PROGRESS_EVERY};
 use crate::api::{EventData, EventKind, NewEvent, now_ms};
 use crate::store::Changes;
 use crate::workflow::OnStall;
@@ -105,32 +105,16 @@ impl Driver {
         }
     }
 
-    /// When the earliest unwritten activity of a running step is due to be written: once it
-    /// has waited [`ACTIVITY_DELAY`], and no sooner than [`ACTIVITY_EVERY`] after the step's
-    /// previous activity write.
+    /// When the earliest unwritten activity of a running step is due to be written.
     pub(super) fn next_activity_save(&self) -> Option<Instant> {
-        self.live
-            .iter()
-            .filter_map(|l| {
-                let due = l.activity_unsaved? + ACTIVITY_DELAY;
-                Some(
-                    l.activity_saved
-                        .map_or(due, |t| due.max(t + ACTIVITY_EVERY)),
-                )
-            })
-            .min()
+        self.live.iter().filter_map(activity_due).min()
     }
 
     /// Writes the activity of the running steps whose write is due.
     pub(super) async fn save_activity(&mut self) -> bool {
         let now = Instant::now();
         for idx in 0..self.live.len() {
-            let l = &self.live[idx];
-            let due = l
-                .activity_unsaved
-                .is_some_and(|t| t + ACTIVITY_DELAY <= now)
-                && l.activity_saved.is_none_or(|t| t + ACTIVITY_EVERY <= now);
-            if !due {
+            if activity_due(&self.live[idx]).is_none_or(|t| t > now) {
                 continue;
             }
             let Some(row) = self.sched.steps().get(idx) else {
@@ -201,4 +185,15 @@ impl Driver {
         }
         self.commit(ch).await
     }
+}
+
+/// When a step's unwritten activity is due to be written: once it has waited
+/// [`ACTIVITY_DELAY`], and no sooner than [`ACTIVITY_EVERY`] after the step's previous activity
+/// write.
+fn activity_due(l: &Live) -> Option<Instant> {
+    let due = l.activity_unsaved? + ACTIVITY_DELAY;
+    Some(
+        l.activity_saved
+            .map_or(due, |t| due.max(t + ACTIVITY_EVERY)),
+    )
 }
