@@ -17,12 +17,14 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-/// The mapped page of `<db>-wake`; its first word counts write transactions ended.
+/// The mapped page of `<db>-wake`: its first word counts write transactions ended, its second
+/// the threads sleeping on the first (a waiter killed in its sleep leaves it one too high,
+/// which costs its releasers a needless wake call, nothing more).
 pub(super) struct Wake {
     #[cfg(target_os = "linux")]
-    page: std::ptr::NonNull<AtomicU32>,
+    page: std::ptr::NonNull<[AtomicU32; 2]>,
     #[cfg(not(target_os = "linux"))]
-    page: Box<AtomicU32>,
+    page: Box<[AtomicU32; 2]>,
 }
 
 // SAFETY: the page is only ever accessed through atomics, and it stays mapped until drop.
@@ -77,16 +79,26 @@ impl Wake {
     #[cfg(not(target_os = "linux"))]
     pub(super) fn open(_: &Path) -> std::io::Result<Wake> {
         Ok(Wake {
-            page: Box::new(AtomicU32::new(0)),
+            page: Box::new([AtomicU32::new(0), AtomicU32::new(0)]),
         })
     }
 
-    fn word(&self) -> &AtomicU32 {
+    fn words(&self) -> &[AtomicU32; 2] {
         #[cfg(target_os = "linux")]
         // SAFETY: mapped, aligned (page start) and alive for as long as `self`.
         return unsafe { self.page.as_ref() };
         #[cfg(not(target_os = "linux"))]
         return &self.page;
+    }
+
+    /// The release counter.
+    fn word(&self) -> &AtomicU32 {
+        &self.words()[0]
+    }
+
+    /// Threads sleeping on the counter.
+    fn waiters(&self) -> &AtomicU32 {
+        &self.words()[1]
     }
 
     /// The counter, read before an attempt to take the lock.
@@ -95,9 +107,14 @@ impl Wake {
     }
 
     /// Called after a write transaction ended (committed or rolled back): bumps the counter
-    /// and wakes every waiter.
+    /// and wakes every waiter, with no system call when there is none. Both this and `wait`
+    /// are sequentially consistent: a releaser that reads no waiter bumped the counter before
+    /// that waiter's sleep could begin, so the sleep returns at once.
     pub(super) fn released(&self) {
-        self.word().fetch_add(1, Ordering::Release);
+        self.word().fetch_add(1, Ordering::SeqCst);
+        if self.waiters().load(Ordering::SeqCst) == 0 {
+            return;
+        }
         // Nothing to do if the kernel refuses: waiters find the release at their next poll.
         #[cfg(target_os = "linux")]
         let _ = futex(self.word(), libc::FUTEX_WAKE, i32::MAX as u32, None);
@@ -115,8 +132,11 @@ impl Wake {
             // Returns at once if the counter moved already (EAGAIN); woken, timed out or
             // interrupted, the caller tries the lock again either way. A futex the kernel
             // refuses (a seccomp filter, an emulator) must not turn the wait into a spin.
-            let refused = futex(self.word(), libc::FUTEX_WAIT, seen, Some(&ts))
-                .is_err_and(|e| !matches!(e, Errno::EAGAIN | Errno::ETIMEDOUT | Errno::EINTR));
+            self.waiters().fetch_add(1, Ordering::SeqCst);
+            let slept = futex(self.word(), libc::FUTEX_WAIT, seen, Some(&ts));
+            self.waiters().fetch_sub(1, Ordering::SeqCst);
+            let refused =
+                slept.is_err_and(|e| !matches!(e, Errno::EAGAIN | Errno::ETIMEDOUT | Errno::EINTR));
             if refused {
                 std::thread::sleep(timeout);
             }
