@@ -82,6 +82,7 @@ impl Engine {
             expected_epoch: snap.workflow.epoch,
             lease_until: self.sh.lease_until(),
         };
+        let lease_until = claim.lease_until;
         let execute = self.sh.cfg.execute;
         let step = req.step.clone();
         let taken = self
@@ -120,7 +121,8 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         if execute {
-            self.sh.spawn_driver(&id, epoch, DriverInit::Loaded(after));
+            self.sh
+                .spawn_driver(&id, epoch, lease_until, DriverInit::Loaded(after));
         } else {
             self.sh.hand_over();
         }

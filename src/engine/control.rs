@@ -204,9 +204,13 @@ impl Engine {
         }
         // The driver's first commit stores the workflow and starts its first steps.
         let (reply, stored) = tokio::sync::oneshot::channel();
+        let lease_until = record
+            .lease_expires_at
+            .unwrap_or_else(|| self.sh.lease_until());
         self.sh.spawn_driver(
             &id,
             1,
+            lease_until,
             DriverInit::New {
                 def: self
                     .sh
@@ -427,6 +431,7 @@ impl Engine {
             expected_epoch: row.epoch,
             lease_until: self.sh.lease_until(),
         };
+        let lease_until = claim.lease_until;
         let req2 = req.clone();
         let overrides2 = overrides.clone();
         let execute = self.sh.cfg.execute;
@@ -456,7 +461,8 @@ impl Engine {
             .await
             .map_err(|e| contended(e, &id))?;
         if execute {
-            self.sh.spawn_driver(&id, epoch, DriverInit::Loaded(after));
+            self.sh
+                .spawn_driver(&id, epoch, lease_until, DriverInit::Loaded(after));
         } else {
             self.sh.hand_over();
         }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::executor::{self, AttemptSpec};
+use super::lease_clock::LeaseClock;
 use super::outcome::Outcome;
 use super::scheduler::{Scheduler, Stop};
 use super::signals::Signals;
@@ -107,6 +108,8 @@ pub(super) struct Driver {
     spare: Option<OwnedSemaphorePermit>,
     stop: CancellationToken,
     reason: Arc<StopCell>,
+    /// How long this process holds the workflow's lease: no attempt starts past it.
+    lease: LeaseClock,
     signals: Arc<Signals>,
     /// A new workflow's record and the submitter waiting for its first commit.
     /// Boxed: stored by the first commit, after which the driver keeps only the pointer.
@@ -145,6 +148,7 @@ impl Driver {
         sched: Scheduler,
         stop: CancellationToken,
         reason: Arc<StopCell>,
+        lease: LeaseClock,
     ) -> Driver {
         let live = (0..sched.steps().len()).map(|_| Live::default()).collect();
         Driver {
@@ -156,6 +160,7 @@ impl Driver {
             spare: None,
             stop,
             reason,
+            lease,
             signals: Arc::new(Signals::default()),
             new_record: None,
             feed: None,
@@ -301,7 +306,10 @@ impl Driver {
                 .collect();
             tracing::debug!(thread_id = %self.fence.id, steps = ?steps, "step ends committed");
         }
-        if !started.is_empty() && self.sh.lease_in_doubt() && !self.still_owner().await {
+        if !started.is_empty()
+            && self.lease.in_doubt(self.sh.cfg.lease)
+            && !self.still_owner().await
+        {
             return false;
         }
         self.spawn_attempts(started);
@@ -460,6 +468,8 @@ impl Driver {
             let signals = self.signals.clone();
             let fence = self.fence.clone();
             let reason = self.reason.clone();
+            let lease = self.lease.clone();
+            let driver_stop = self.stop.clone();
             // Boxed: a command attempt frees it at its spawn, not at its end.
             let spec = Box::new(spec);
             self.running.spawn(async move {
@@ -473,7 +483,7 @@ impl Driver {
                     // Moved in here, so its ids are freed before the attempt runs.
                     let fence = fence;
                     stop.is_cancelled()
-                        || (sh.lease_in_doubt()
+                        || (lease.in_doubt(sh.cfg.lease)
                             && matches!(
                                 // Boxed, like the sub-workflow below: a running attempt's task
                                 // holds only the wait it is in, not the largest one it might take.
@@ -483,6 +493,9 @@ impl Driver {
                 };
                 if lost || stop.is_cancelled() {
                     tracing::warn!(thread_id = %spec.workflow_id, step = %spec.step_id, "stopped or lease lost before the attempt started; not starting it");
+                    if !stop.is_cancelled() {
+                        super::lease::lease_lost(&sh, &spec.workflow_id, &reason, &driver_stop);
+                    }
                     let detail = super::outcome::AttemptDetail::default();
                     return (spec.step_idx, spec.number, Outcome::Stopped { detail });
                 }
@@ -493,7 +506,14 @@ impl Driver {
                     // Boxed: a running attempt's task keeps one pointer for the debug log.
                     let step = tracing::enabled!(tracing::Level::DEBUG)
                         .then(|| Box::new((spec.workflow_id.clone(), spec.step_id.clone())));
-                    let out = executor::execute(&sh.exec, spec, &stop, signals).await;
+                    let id = spec.workflow_id.clone();
+                    let gate = Some(lease.gate());
+                    let out = executor::execute(&sh.exec, spec, &stop, gate, signals).await;
+                    if matches!(out, Outcome::Stopped { .. }) && !stop.is_cancelled() {
+                        // Refused at the spawn: the lease ended by this process's clock.
+                        tracing::warn!(thread_id = %id, "lease ended before the attempt started; not starting it");
+                        super::lease::lease_lost(&sh, &id, &reason, &driver_stop);
+                    }
                     if let Some(ids) = step {
                         let (thread_id, step) = &*ids;
                         tracing::debug!(%thread_id, %step, "attempt ended");

@@ -28,9 +28,6 @@ pub struct ExecConfig {
     pub owner_id: String,
     /// Complete every attempt at once without a process (engine benchmarks).
     pub noop: bool,
-    /// Refuses a spawn once this process could not renew its leases for a whole lease
-    /// (see [`process::ProcessSpec::gate`]).
-    pub gate: Option<process::SpawnGate>,
     /// The live tails of the command attempts running here.
     pub tails: Arc<super::live::LiveTails>,
 }
@@ -92,10 +89,13 @@ impl AttemptSpec {
 
 /// Runs one attempt to its end. The spec is freed once the process is started: a running
 /// attempt holds its process, its output so far and what judges its end, nothing more.
+/// `gate` refuses the spawn once this process may no longer hold the workflow's lease (see
+/// [`process::ProcessSpec::gate`]); a stopped attempt is refused as well.
 pub async fn execute(
     cfg: &ExecConfig,
     spec: Box<AttemptSpec>,
     stop: &CancellationToken,
+    gate: Option<process::SpawnGate>,
     signals: Arc<Signals>,
 ) -> Outcome {
     let started = Instant::now();
@@ -105,7 +105,7 @@ pub async fn execute(
             detail: AttemptDetail::default(),
         };
     }
-    let (mut running, judge) = match launch(cfg, spec, stop, signals, started) {
+    let (mut running, judge) = match launch(cfg, spec, stop, gate, signals, started) {
         Ok(launched) => launched,
         Err(outcome) => return *outcome,
     };
@@ -174,6 +174,7 @@ fn launch(
     cfg: &ExecConfig,
     spec: Box<AttemptSpec>,
     stop: &CancellationToken,
+    gate: Option<process::SpawnGate>,
     signals: Arc<Signals>,
     started: Instant,
 ) -> Result<(process::Running, Judge), Box<Outcome>> {
@@ -267,7 +268,7 @@ fn launch(
         output_cap: cfg.output_cap,
         kill_grace: cfg.kill_grace,
         stdin,
-        gate: cfg.gate.clone().map(|g| g.unless_stopped(stop.clone())),
+        gate: gate.map(|g| g.unless_stopped(stop.clone())),
         live,
     };
     let program = pspec.program.clone();

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::lease_clock::LeaseClock;
 use super::{DriverInit, EngineError, Result, Shared, StopReason, scheduler};
 use crate::api::{ThreadId, now_ms};
 use crate::store::{Claim, OwnerRow, StoreError};
@@ -75,6 +76,20 @@ pub(super) async fn fence_loop(sh: Arc<Shared>) {
 
 fn fenced_here(sh: &Shared) -> std::sync::MutexGuard<'_, Vec<ThreadId>> {
     sh.self_fenced.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A driver found its lease lost or ended when it was about to start an attempt: it stops
+/// (leaving the workflow to whoever holds it), and if the workflow still names this process
+/// it is taken up again, under a new claim, at the next renewal.
+pub(super) fn lease_lost(
+    sh: &Shared,
+    id: &ThreadId,
+    reason: &super::driver::StopCell,
+    stop: &tokio_util::sync::CancellationToken,
+) {
+    reason.set(StopReason::Fenced);
+    stop.cancel();
+    remember_fenced(sh, id.clone());
 }
 
 fn remember_fenced(sh: &Shared, id: ThreadId) {
@@ -201,26 +216,39 @@ async fn tick(sh: &Arc<Shared>) -> Result<()> {
         .store
         .renew(sh.owner.clone(), now + lease_ms(sh), now)
         .await?;
-    // Drivers of lost workflows are stopped before the renewal counts: a driver must never
-    // see a fresh renewal while it still thinks it holds a lease it lost (e.g. while this
-    // process was frozen).
-    let local: Vec<ThreadId> = sh.runs().keys().cloned().collect();
-    for id in local {
+    // Drivers of lost workflows are stopped before the renewal counts, and only the leases
+    // the renewal held are extended: a driver must never start a process on a lease it lost
+    // (e.g. while this process was frozen).
+    let local: Vec<(ThreadId, LeaseClock)> = sh
+        .runs()
+        .iter()
+        .map(|(id, h)| (id.clone(), h.lease.clone()))
+        .collect();
+    for (id, lease) in local {
         if renewal.held.contains(&id) {
+            lease.extend(now + lease_ms(sh));
             continue;
         }
         // A new workflow's driver is registered before its first commit lands, so a
         // workflow missing from `held` may simply not be stored yet (or have been stored
         // since), or have just finished (releasing its lease) while its driver winds down:
-        // only a stored, unfinished workflow that names another owner (or none) is lost.
+        // only a stored, unfinished workflow that names another owner (or none) is lost —
+        // or one that still names this process but whose lease ended unrenewed (a freeze
+        // longer than a lease on a shared store), which anyone may be adopting now.
+        let ended = renewal.ended.contains(&id);
         let lost = match sh.store.workflow(id.clone()).await? {
             Some(row) => {
-                row.owner.as_deref() != Some(sh.owner.as_str()) && !row.status.is_terminal()
+                (ended || row.owner.as_deref() != Some(sh.owner.as_str()))
+                    && !row.status.is_terminal()
             }
             None => false,
         };
         if lost {
-            tracing::warn!(thread_id = %id, "lease taken by another process; stopping here");
+            if ended {
+                tracing::warn!(thread_id = %id, "lease ended before this renewal; stopping here");
+            } else {
+                tracing::warn!(thread_id = %id, "lease taken by another process; stopping here");
+            }
             sh.stop_driver(&id, StopReason::Fenced);
             // If nobody took it, this process takes it up again once its driver stopped.
             remember_fenced(sh.as_ref(), id);
@@ -407,13 +435,20 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
 struct Taken {
     id: ThreadId,
     epoch: i64,
+    /// The claim's lease, by this process's clock.
+    lease_until: i64,
     after: crate::store::Snapshot,
 }
 
 impl Taken {
     /// Starts driving it: what the driver needs was read in the takeover's transaction.
     fn drive(self, sh: &Arc<Shared>) {
-        sh.spawn_driver(&self.id, self.epoch, DriverInit::Loaded(self.after));
+        sh.spawn_driver(
+            &self.id,
+            self.epoch,
+            self.lease_until,
+            DriverInit::Loaded(self.after),
+        );
     }
 }
 
@@ -433,6 +468,7 @@ async fn adopt(
         expected_epoch: epoch,
         lease_until: sh.lease_until(),
     };
+    let lease_until = claim.lease_until;
     let max_crashes = sh.cfg.max_crashes;
     let now = now_ms();
     let (new_epoch, after, ()) = sh
@@ -452,6 +488,7 @@ async fn adopt(
     Ok(Taken {
         id: id.clone(),
         epoch: new_epoch,
+        lease_until,
         after,
     })
 }

@@ -32,6 +32,7 @@ mod executor;
 mod follow;
 mod handover;
 mod lease;
+mod lease_clock;
 mod live;
 pub use live::{LiveOutput, Stream as LiveStream};
 mod operator;
@@ -57,7 +58,7 @@ pub use view::MonitorFilter;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -135,6 +136,8 @@ struct RunHandle {
     reason: Arc<StopCell>,
     /// Cancelled once the driver has stopped (or its task was dropped).
     done: CancellationToken,
+    /// How long this process holds the workflow's lease; renewals extend it.
+    lease: lease_clock::LeaseClock,
 }
 
 pub(crate) struct Shared {
@@ -147,8 +150,8 @@ pub(crate) struct Shared {
     runs: Mutex<HashMap<ThreadId, RunHandle>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    /// When this process last renewed its leases (store clock, ms): its own view of how long
-    /// it may still act as owner without looking at the store.
+    /// When this process last renewed its leases (its clock, ms): self-fencing and the
+    /// reaper's heartbeat go by it; each driver's spawns go by its own workflow's lease.
     renewed_at: Arc<AtomicI64>,
     /// Starts the worker that runs what this process does not (`execute: false`).
     launcher: OnceLock<Arc<dyn handover::Launcher>>,
@@ -169,13 +172,6 @@ impl Shared {
             .ok_or_else(|| EngineError::NotFound {
                 thread_id: id.clone(),
             })
-    }
-
-    /// Whether this process's leases may have expired, e.g. because it was frozen or starved
-    /// for longer than a lease: another process may have adopted its workflows meanwhile.
-    fn lease_in_doubt(&self) -> bool {
-        let lease = self.cfg.lease.as_millis() as i64;
-        now_ms() >= self.renewed_at.load(Ordering::Acquire) + lease * 2 / 3
     }
 
     fn lease_until(&self) -> i64 {
@@ -228,23 +224,12 @@ impl Engine {
         let owner = uuid::Uuid::now_v7().simple().to_string();
         let host = lease::host_key();
         let renewed_at = Arc::new(AtomicI64::new(now_ms()));
-        // Self-fencing at the spawn: past a whole lease without a renewal, another process
-        // may have adopted this one's workflows, so none of their attempts may start here.
-        let gate: process::SpawnGate = {
-            let renewed_at = renewed_at.clone();
-            let lease_ms = cfg.lease.as_millis() as i64;
-            process::SpawnGate(Arc::new(move || {
-                // Acquire: pairs with the renewal's release, after it stopped lost drivers.
-                now_ms() < renewed_at.load(Ordering::Acquire) + lease_ms
-            }))
-        };
         let exec = ExecConfig {
             agent_command: cfg.agent_command.clone(),
             output_cap: cfg.output_cap,
             kill_grace: cfg.kill_grace,
             owner_id: owner.clone(),
             noop: cfg.noop_executor,
-            gate: Some(gate),
             tails: Arc::default(),
         };
         let sh = Arc::new(Shared {
@@ -382,13 +367,22 @@ fn check_rows(snap: &Snapshot, def: &Workflow) -> crate::store::Result<()> {
 
 impl Shared {
     /// Starts a driver: of a stored workflow, or of a new one whose first commit stores it.
-    fn spawn_driver(self: &Arc<Self>, id: &ThreadId, epoch: i64, init: DriverInit) {
+    /// `lease_until` is the claim's (for a new workflow, its record's): the driver starts no
+    /// process past it unless a renewal extends it.
+    fn spawn_driver(
+        self: &Arc<Self>,
+        id: &ThreadId,
+        epoch: i64,
+        lease_until: i64,
+        init: DriverInit,
+    ) {
         if self.shutdown.is_cancelled() {
             return;
         }
         let stop = CancellationToken::new();
         let reason = Arc::new(StopCell::default());
         let done = CancellationToken::new();
+        let lease = lease_clock::LeaseClock::until(lease_until);
         {
             let mut runs = self.runs();
             if runs.contains_key(id) {
@@ -400,6 +394,7 @@ impl Shared {
                     stop: stop.clone(),
                     reason: reason.clone(),
                     done: done.clone(),
+                    lease: lease.clone(),
                 },
             );
         }
@@ -412,7 +407,7 @@ impl Shared {
             let _done = done.drop_guard();
             let fence = sh.fence(&id, epoch);
             let driver = sh
-                .build_driver(&id, fence.clone(), init, stop, reason)
+                .build_driver(&id, fence.clone(), init, stop, reason, lease)
                 .map(Box::new);
             match driver {
                 Ok(driver) => {
@@ -441,6 +436,7 @@ impl Shared {
         init: Box<DriverInit>,
         stop: CancellationToken,
         reason: Arc<StopCell>,
+        lease: lease_clock::LeaseClock,
     ) -> crate::store::Result<driver::Driver> {
         let now = now_ms();
         let mut spent = (0.0, None);
@@ -466,7 +462,7 @@ impl Shared {
         };
         let mut sched = Scheduler::new(id.clone(), def, status, steps, now);
         sched.set_budget(spent.0, spent.1);
-        let driver = driver::Driver::new(self.clone(), fence, sched, stop, reason);
+        let driver = driver::Driver::new(self.clone(), fence, sched, stop, reason, lease);
         Ok(match new {
             Some((record, reply)) => driver.with_new_record(record, reply),
             None => driver,

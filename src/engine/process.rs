@@ -46,8 +46,8 @@ impl SpawnGate {
     }
 
     /// This gate, closed as well once `stop` is cancelled. A lease renewal stops the drivers
-    /// of workflows this process lost before it reopens the gate, so an attempt that was
-    /// past its own checks when the process froze cannot start once the process wakes.
+    /// of workflows this process lost and extends only the leases it held, so an attempt that
+    /// was past its own checks when the process froze cannot start once the process wakes.
     /// The gate is read before `stop` is checked, so a fresh renewal means the stop is seen.
     pub fn unless_stopped(self, stop: CancellationToken) -> SpawnGate {
         SpawnGate(std::sync::Arc::new(move || {

@@ -304,8 +304,12 @@ pub struct Adoptable {
 /// What an owner learns when it renews its leases.
 #[derive(Debug, Clone, Default)]
 pub struct Renewal {
-    /// Workflows it still holds.
+    /// Workflows it still holds; their leases now run a lease length from the renewal.
     pub held: Vec<ThreadId>,
+    /// Workflows that still name it but whose lease ended before the renewal, which did not
+    /// extend them (only on a store shared by machines): another process may be adopting
+    /// them, so the owner must stop driving them and claim them again to go on.
+    pub ended: Vec<ThreadId>,
     /// Held workflows another process asked to cancel.
     pub cancels: Vec<ThreadId>,
 }

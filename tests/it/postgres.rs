@@ -480,3 +480,40 @@ fn a_worker_cut_off_from_the_store_kills_its_attempts_before_its_lease_ends() {
         "POSTGRES partition: the store went away; the worker killed its running attempt after {killed_ms} ms (lease {lease_ms} ms) and finished the workflow once the store was back"
     );
 }
+
+#[test]
+fn a_lease_that_ended_unrenewed_is_claimed_again_before_its_workflow_goes_on() {
+    let Some(sb) = Sandbox::postgres() else {
+        eprintln!("BATON_TEST_POSTGRES is not set: skipped");
+        return;
+    };
+    let mut s = sb.server_with(
+        &[("BATON_LEASE_MS", "900"), ("BATON_KILL_GRACE_S", "0.2")],
+        Protocol::V2025,
+    );
+    let id = s.start(json!({"steps": [
+        {"id": "long", "shell": "echo x >> runs; if [ ! -f go ]; then echo $$ > long.pid; sleep 60; fi; echo done"}
+    ]}));
+    let pid = sb.pid_in("long.pid");
+    // As after a freeze longer than the lease that no other process has noticed yet: the
+    // lease has ended while the workflow still names its owner, which renews on as before.
+    // A renewal does not revive an ended lease, so the owner must not drive on under it.
+    let url = sb.db_arg().into_string().unwrap();
+    pg_admin(
+        &url,
+        &format!("UPDATE workflows SET lease_expires_at = 0 WHERE id = '{id}'"),
+    );
+    eventually("the attempt under the ended lease to be stopped", || {
+        !alive(pid)
+    });
+    sb.write("go", "");
+    let done = s.wait_done(&id);
+    assert_eq!(done["status"], "completed", "{done}");
+    let outs = outcomes(&s.status(&id), "long");
+    assert_eq!(
+        outs,
+        ["interrupted", "succeeded"],
+        "taken up again by its owner"
+    );
+    eprintln!("POSTGRES ended lease: the owner stopped the attempt and claimed the workflow again");
+}

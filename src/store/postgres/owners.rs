@@ -41,12 +41,10 @@ impl Postgres {
         })
         .await?;
         self.read(|c| async move {
+            let (held, ended) = queries::held_by(&c, &owner).await?;
             Ok(Renewal {
-                held: queries::held_by(&c, &owner)
-                    .await?
-                    .into_iter()
-                    .map(ThreadId::from)
-                    .collect(),
+                held: held.into_iter().map(ThreadId::from).collect(),
+                ended: ended.into_iter().map(ThreadId::from).collect(),
                 cancels: queries::cancel_requests(&c, &owner)
                     .await?
                     .into_iter()

@@ -217,17 +217,23 @@ pub(super) async fn renew_leases(tx: &Tx, owner: &str, lease_ms: i64) -> Result<
     Ok(())
 }
 
-/// Workflows `owner` holds with a lease that has not ended.
-pub(super) async fn held_by(c: &Client, owner: &str) -> Result<Vec<String>> {
+/// Workflows `owner` holds with a lease that has not ended, and those that still name it
+/// but whose lease has ended, judged in one query by the database's clock.
+pub(super) async fn held_by(c: &Client, owner: &str) -> Result<(Vec<String>, Vec<String>)> {
     let sql = format!(
-        "SELECT id FROM workflows WHERE owner = $1 \
-         AND (lease_expires_at IS NULL OR lease_expires_at >= {DB_NOW})"
+        "SELECT id, (lease_expires_at IS NULL OR lease_expires_at >= {DB_NOW}) \
+         FROM workflows WHERE owner = $1"
     );
-    c.query(&sql, &[&owner])
-        .await?
-        .iter()
-        .map(|r| Ok(r.try_get(0)?))
-        .collect()
+    let (mut held, mut ended) = (Vec::new(), Vec::new());
+    for r in c.query(&sql, &[&owner]).await? {
+        let id: String = r.try_get(0)?;
+        if r.try_get::<_, bool>(1)? {
+            held.push(id);
+        } else {
+            ended.push(id);
+        }
+    }
+    Ok((held, ended))
 }
 
 pub(super) async fn request_cancel(tx: &Tx, id: &str) -> Result<()> {

@@ -345,6 +345,8 @@ impl Sqlite {
                     .into_iter()
                     .map(ThreadId::from)
                     .collect(),
+                // One machine: the renewal extends every lease the owner holds.
+                ended: Vec::new(),
                 cancels: queries::cancel_requests(c, &owner)?
                     .into_iter()
                     .map(ThreadId::from)
