@@ -81,6 +81,7 @@ impl Engine {
             owner: self.sh.owner.clone(),
             expected_epoch: snap.workflow.epoch,
             lease_until: self.sh.lease_until(),
+            expected_lease: None,
         };
         let lease_until = claim.lease_until;
         let execute = self.sh.cfg.execute;

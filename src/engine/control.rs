@@ -295,6 +295,7 @@ impl Engine {
             owner: self.sh.owner.clone(),
             expected_epoch: row.epoch,
             lease_until: self.sh.lease_until(),
+            expected_lease: None,
         };
         let now = now_ms();
         self.sh
@@ -430,6 +431,7 @@ impl Engine {
             owner: self.sh.owner.clone(),
             expected_epoch: row.epoch,
             lease_until: self.sh.lease_until(),
+            expected_lease: None,
         };
         let lease_until = claim.lease_until;
         let req2 = req.clone();

@@ -306,10 +306,7 @@ impl Driver {
                 .collect();
             tracing::debug!(thread_id = %self.fence.id, steps = ?steps, "step ends committed");
         }
-        if !started.is_empty()
-            && self.lease.in_doubt(self.sh.cfg.lease)
-            && !self.still_owner().await
-        {
+        if !started.is_empty() && self.lease.in_doubt() && !self.still_owner().await {
             return false;
         }
         self.spawn_attempts(started);
@@ -483,7 +480,7 @@ impl Driver {
                     // Moved in here, so its ids are freed before the attempt runs.
                     let fence = fence;
                     stop.is_cancelled()
-                        || (lease.in_doubt(sh.cfg.lease)
+                        || (lease.in_doubt()
                             && matches!(
                                 // Boxed, like the sub-workflow below: a running attempt's task
                                 // holds only the wait it is in, not the largest one it might take.

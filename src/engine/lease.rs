@@ -118,16 +118,20 @@ async fn resume_fenced(sh: &Arc<Shared>) {
                 continue;
             }
         };
-        if row.owner.as_deref() != Some(sh.owner.as_str()) {
+        if row.owner.as_deref() != Some(sh.owner.as_str()) || row.status.is_finished() {
             continue;
         }
-        match adopt(sh, &id, Some(sh.owner.clone()), row.epoch, true).await {
+        match adopt(sh, &id, Some(sh.owner.clone()), row.epoch, None, true).await {
             Ok(taken) => {
                 taken.drive(sh);
                 tracing::info!(thread_id = %id, "took up a workflow stopped by self-fencing")
             }
+            // Tried again at the next renewal, which reads the row again: a claim refused
+            // because another transaction held the row for a moment must not leave the
+            // workflow naming this process with nobody driving it.
             Err(e) => {
-                tracing::warn!(thread_id = %id, error = %e, "cannot take up a self-fenced workflow")
+                tracing::warn!(thread_id = %id, error = %e, "cannot take up a self-fenced workflow yet");
+                fenced_here(sh).push(id);
             }
         }
     }
@@ -275,9 +279,19 @@ pub(super) async fn hand_over_waiting(sh: &Arc<Shared>) -> Result<()> {
     Ok(())
 }
 
-/// Workflows that should be running and that no live process owns: id, owner, epoch, and
-/// the owner's pid when it ran on this machine (its leftovers are swept sparing it).
-async fn orphans(sh: &Arc<Shared>) -> Result<Vec<(ThreadId, Option<String>, i64, Option<i32>)>> {
+/// A workflow that should be running and that no live process owns.
+struct Orphan {
+    id: ThreadId,
+    owner: Option<String>,
+    epoch: i64,
+    /// Its lease as stored when it was judged orphaned: the claim fails if it was renewed.
+    lease_stored: i64,
+    /// The owner's pid when it ran on this machine (its leftovers are swept sparing it).
+    pid: Option<i32>,
+}
+
+/// Workflows that should be running and that no live process owns.
+async fn orphans(sh: &Arc<Shared>) -> Result<Vec<Orphan>> {
     let now = now_ms();
     Ok(sh
         .store
@@ -294,7 +308,13 @@ async fn orphans(sh: &Arc<Shared>) -> Result<Vec<(ThreadId, Option<String>, i64,
                 .as_ref()
                 .filter(|o| o.host == sh.host)
                 .and_then(|o| i32::try_from(o.pid).ok());
-            (a.id, a.owner_id, a.epoch, pid)
+            Orphan {
+                id: a.id,
+                owner: a.owner_id,
+                epoch: a.epoch,
+                lease_stored: a.lease_stored,
+                pid,
+            }
         })
         .collect())
 }
@@ -355,11 +375,11 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
     let mut swept: Vec<String> = Vec::new();
     let pids: Vec<(String, Option<i32>)> = candidates
         .iter()
-        .filter_map(|(_, prev, _, pid)| Some((prev.clone()?, *pid)))
+        .filter_map(|o| Some((o.owner.clone()?, o.pid)))
         .collect();
     for (p, pid) in candidates
         .iter()
-        .filter_map(|(_, prev, _, pid)| Some((prev.as_ref()?, *pid)))
+        .filter_map(|o| Some((o.owner.as_ref()?, o.pid)))
     {
         if swept.contains(p) {
             continue;
@@ -381,11 +401,12 @@ pub(super) async fn adopt_orphans(sh: &Arc<Shared>) -> Result<Vec<ThreadId>> {
     // All adoptions at once: queued together, they share the writer's commits. Their drivers
     // start once every lease is taken, so the steps' re-runs (processes to spawn) do not hold
     // up the takeover of the rest.
-    let results = futures::future::join_all(candidates.into_iter().map(|(id, prev, epoch, _)| {
+    let results = futures::future::join_all(candidates.into_iter().map(|o| {
         let sh = sh.clone();
         async move {
-            let r = adopt(&sh, &id, prev.clone(), epoch, false).await;
-            (id, prev, r)
+            let seen = Some(o.lease_stored);
+            let r = adopt(&sh, &o.id, o.owner.clone(), o.epoch, seen, false).await;
+            (o.id, o.owner, r)
         }
     }))
     .await;
@@ -461,12 +482,14 @@ async fn adopt(
     id: &ThreadId,
     prev: Option<String>,
     epoch: i64,
+    lease_seen: Option<i64>,
     fenced: bool,
 ) -> Result<Taken> {
     let claim = Claim {
         owner: sh.owner.clone(),
         expected_epoch: epoch,
         lease_until: sh.lease_until(),
+        expected_lease: lease_seen,
     };
     let lease_until = claim.lease_until;
     let max_crashes = sh.cfg.max_crashes;

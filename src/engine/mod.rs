@@ -382,7 +382,8 @@ impl Shared {
         let stop = CancellationToken::new();
         let reason = Arc::new(StopCell::default());
         let done = CancellationToken::new();
-        let lease = lease_clock::LeaseClock::until(lease_until);
+        let lease =
+            lease_clock::LeaseClock::new(lease_until, self.renewed_at.clone(), self.cfg.lease);
         {
             let mut runs = self.runs();
             if runs.contains_key(id) {

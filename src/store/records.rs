@@ -271,6 +271,10 @@ pub struct Claim {
     pub owner: String,
     pub expected_epoch: i64,
     pub lease_until: i64,
+    /// The lease's end as stored when the claimer judged it over (an adoption's
+    /// [`Adoptable::lease_stored`]): the claim then also fails if a renewal has changed it
+    /// since, so an owner that woke and renewed in between keeps its workflow.
+    pub expected_lease: Option<i64>,
 }
 
 /// A workflow as the engine starts from: its row, its steps in order, its definition.
@@ -299,6 +303,9 @@ pub struct Adoptable {
     pub owner: Option<OwnerRow>,
     pub epoch: i64,
     pub lease_expires_at: i64,
+    /// `lease_expires_at` as stored (0 for none, not moved onto the reader's clock), for
+    /// [`Claim::expected_lease`].
+    pub lease_stored: i64,
 }
 
 /// What an owner learns when it renews its leases.

@@ -22,6 +22,7 @@ mod floods;
 pub mod handover;
 pub mod http;
 mod human;
+mod leases;
 mod live_tail;
 mod loops;
 pub mod mcp_native;

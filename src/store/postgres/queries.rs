@@ -11,8 +11,8 @@ use tokio_postgres::{Client, Row};
 use super::Tx;
 use crate::api::{Event, EventData, EventKind, NewEvent, WorkflowStatus, rfc3339};
 use crate::store::{
-    Adoptable, AttemptRow, Changes, Fence, NewWorkflow, OwnerRow, Result, Snapshot, StoreError,
-    WorkflowRow,
+    Adoptable, AttemptRow, Changes, Claim, Fence, NewWorkflow, OwnerRow, Result, Snapshot,
+    StoreError, WorkflowRow,
 };
 
 pub(super) use super::step_queries::*;
@@ -164,27 +164,30 @@ pub(super) async fn check_fence(c: &Client, id: &str, owner: &str, epoch: i64) -
     }
 }
 
-/// Takes the lease of a workflow for `owner`, bumping its epoch, if its epoch is still
-/// `expected`. The row is claimed with `FOR UPDATE SKIP LOCKED`: a workflow another
-/// transaction is writing (its owner committing, another adopter claiming) is not waited
-/// for but reported as taken, so adopters never queue behind each other.
-pub(super) async fn take_lease(
-    tx: &Tx,
-    id: &str,
-    owner: &str,
-    expected: i64,
-    lease_ms: i64,
-) -> Result<i64> {
+/// Takes the lease of a workflow for the claim's owner, bumping its epoch, if its epoch is
+/// still the expected one and — when the claim names the lease it saw — no renewal has
+/// moved the lease since. The row is claimed with `FOR UPDATE SKIP LOCKED`: a workflow
+/// another transaction is writing (its owner committing or renewing, another adopter
+/// claiming) is not waited for but reported as taken, so adopters never queue behind each
+/// other.
+pub(super) async fn take_lease(tx: &Tx, claim: &Claim, id: &str, lease_ms: i64) -> Result<i64> {
+    let expected = claim.expected_epoch;
+    let owner = claim.owner.as_str();
     let locked =
         tx.c.query_opt(
-            "SELECT epoch FROM workflows WHERE id = $1 FOR UPDATE SKIP LOCKED",
+            "SELECT epoch, coalesce(lease_expires_at, 0) FROM workflows \
+             WHERE id = $1 FOR UPDATE SKIP LOCKED",
             &[&id],
         )
         .await?;
     let Some(row) = locked else {
         return Err(StoreError::Fenced(id.to_owned()));
     };
-    if row.try_get::<_, i64>(0)? != expected {
+    if row.try_get::<_, i64>(0)? != expected
+        || claim
+            .expected_lease
+            .is_some_and(|seen| row.try_get::<_, i64>(1).ok() != Some(seen))
+    {
         return Err(StoreError::Fenced(id.to_owned()));
     }
     let lease = tx.now() + lease_ms;
@@ -291,6 +294,7 @@ pub(super) async fn adoptable(c: &Client, me: &str) -> Result<Vec<Adoptable>> {
                 owner,
                 epoch: r.try_get(2)?,
                 lease_expires_at: r.try_get::<_, i64>(3)? + shift,
+                lease_stored: r.try_get(3)?,
             })
         })
         .collect()

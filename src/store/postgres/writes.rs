@@ -68,9 +68,7 @@ impl Postgres {
         self.write(move |tx| {
             let (f, id, claim) = (f.clone(), id.clone(), claim.clone());
             async move {
-                let epoch =
-                    queries::take_lease(&tx, &id, &claim.owner, claim.expected_epoch, lease_ms)
-                        .await?;
+                let epoch = queries::take_lease(&tx, &claim, &id, lease_ms).await?;
                 let before = queries::snapshot(&tx.c, &id)
                     .await?
                     .ok_or_else(|| StoreError::Corrupt(format!("workflow {id} vanished")))?;

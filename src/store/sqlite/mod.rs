@@ -263,6 +263,7 @@ impl Sqlite {
                 &claim.owner,
                 claim.expected_epoch,
                 claim.lease_until,
+                claim.expected_lease,
             )?;
             let before = queries::snapshot(ctx.conn, &id)?
                 .ok_or_else(|| StoreError::Corrupt(format!("workflow {id} vanished")))?;

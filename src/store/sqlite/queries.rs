@@ -158,21 +158,30 @@ pub fn set_workflow_status(
 }
 
 /// Takes the lease of a workflow for `owner`, bumping its epoch (the fencing token). Only
-/// succeeds if the epoch is still `expected_epoch`, so two adopters cannot both win.
+/// succeeds if the epoch is still `expected_epoch`, so two adopters cannot both win, and —
+/// when `expected_lease` is given — if no renewal has moved the lease since it was read.
 pub fn take_lease(
     ctx: &mut WriteCtx<'_>,
     id: &str,
     owner: &str,
     expected_epoch: i64,
     lease_expires_at: i64,
+    expected_lease: Option<i64>,
 ) -> Result<i64> {
     let n = ctx
         .conn
         .prepare_cached(
             "UPDATE workflows SET owner = ?2, epoch = epoch + 1, lease_expires_at = ?4, \
-             cancel_requested = 0 WHERE id = ?1 AND epoch = ?3",
+             cancel_requested = 0 WHERE id = ?1 AND epoch = ?3 \
+             AND (?5 IS NULL OR coalesce(lease_expires_at, 0) = ?5)",
         )?
-        .execute(params![id, owner, expected_epoch, lease_expires_at])?;
+        .execute(params![
+            id,
+            owner,
+            expected_epoch,
+            lease_expires_at,
+            expected_lease
+        ])?;
     if n == 0 {
         return Err(StoreError::Fenced(id.to_owned()));
     }
@@ -236,6 +245,7 @@ pub fn adoptable(conn: &Connection, me: &str) -> Result<Vec<Adoptable>> {
             owner: None,
             epoch: r.get(2)?,
             lease_expires_at: r.get(3)?,
+            lease_stored: r.get(3)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
