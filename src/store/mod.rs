@@ -65,6 +65,32 @@ pub enum Durability {
     Normal,
 }
 
+/// Resolves once a commit that was returned as written is durable (see
+/// [`Store::commit_early`]); an error means it may not be, and the store takes no more writes.
+pub struct Durable(std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>);
+
+impl Durable {
+    pub(crate) fn new(f: impl std::future::Future<Output = Result<()>> + Send + 'static) -> Self {
+        Durable(Box::pin(f))
+    }
+
+    /// Durable already.
+    pub(crate) fn ready() -> Self {
+        Durable::new(std::future::ready(Ok(())))
+    }
+}
+
+impl std::future::Future for Durable {
+    type Output = Result<()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
 /// What changed in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -189,6 +215,18 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(s) => s.commit(fence, changes).await,
             Backend::Postgres(p) => p.commit(fence, changes).await,
+        }
+    }
+
+    /// Like [`Store::commit`], but returns once the commit is written — visible to every reader
+    /// of the store and safe from a crash of this process — with a [`Durable`] that resolves
+    /// once it survives a crash of the machine too. A step boundary uses it to start the
+    /// steps it recorded while the fsync runs; nothing is told of the commit before it is
+    /// durable (its change notices are published then, and reads wait for it).
+    pub async fn commit_early(&self, fence: Fence, changes: Changes) -> Result<Durable> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.commit_early(fence, changes).await,
+            Backend::Postgres(p) => p.commit(fence, changes).await.map(|()| Durable::ready()),
         }
     }
 

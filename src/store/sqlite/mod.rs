@@ -27,6 +27,7 @@ mod operator_queries;
 mod queries;
 mod schema;
 mod step_queries;
+mod sync;
 mod wake;
 mod writer;
 
@@ -34,7 +35,7 @@ use files::{
     POLL_CACHE_KIB, READER_CACHE_KIB, WRITER_CACHE_KIB, foreign_poll, open_conn, refuse_foreign,
     tighten,
 };
-use writer::{Committer, Msg, WriteCtx, writer_loop};
+use writer::{Committer, Msg, WriteCtx, sync_loop, writer_loop};
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -46,7 +47,7 @@ use rusqlite::Connection;
 use tokio::sync::broadcast;
 
 use super::{
-    Adoptable, Change, Changes, Claim, CommitStats, Deleted, Durability, EventPage, Fence,
+    Adoptable, Change, Changes, Claim, CommitStats, Deleted, Durability, Durable, EventPage, Fence,
     ListFilter, MetricCounts, MonitorRow, MonitorRows, NewWorkflow, OwnerRow, Renewal, Result,
     Snapshot, StoreError,
 };
@@ -72,6 +73,7 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     changes: broadcast::Sender<Change>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    sync_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     closed: Arc<AtomicBool>,
 }
 
@@ -119,14 +121,36 @@ impl Sqlite {
             tighten(Path::new(&p)).map_err(open_err)?;
         }
 
+        // With full durability the WAL is fsync'd by the syncer once the lock is let go,
+        // instead of by SQLite inside the COMMIT that holds it.
+        let full = matches!(durability, Durability::Full);
+        let syncer = match sync::Syncer::open(path, full) {
+            Ok(s) => {
+                if full {
+                    conn.execute_batch("PRAGMA synchronous = NORMAL")
+                        .map_err(|e| open_err(e.to_string()))?;
+                }
+                s
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the WAL to fsync it after the lock is let go; SQLite fsyncs inside each commit");
+                sync::Syncer::open(path, false).map_err(|e| open_err(e.to_string()))?
+            }
+        };
         let (tx, rx) = mpsc::channel::<Msg>();
+        let (to_sync, from_writes) = mpsc::channel();
         let (changes, _) = broadcast::channel(4096);
-        let committer = Arc::new(Committer::new(conn, changes.clone(), wake));
+        let committer = Arc::new(Committer::new(conn, changes.clone(), wake, syncer, to_sync));
         let for_thread = committer.clone();
         let thread = std::thread::Builder::new()
             .name("baton-store-writer".into())
             .spawn(move || writer_loop(for_thread, rx))
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
+        let for_sync = committer.clone();
+        let sync_thread = std::thread::Builder::new()
+            .name("baton-store-sync".into())
+            .spawn(move || sync_loop(for_sync, from_writes))
+            .map_err(|e| open_err(format!("cannot start sync thread: {e}")))?;
         let closed = Arc::new(AtomicBool::new(false));
         let poll_conn =
             open_conn(path, durability, POLL_CACHE_KIB).map_err(|e| open_err(e.to_string()))?;
@@ -143,6 +167,7 @@ impl Sqlite {
                 readers: Mutex::new(Vec::new()),
                 changes,
                 writer_thread: Mutex::new(Some(thread)),
+                sync_thread: Mutex::new(Some(sync_thread)),
                 closed,
             }),
         })
@@ -167,9 +192,12 @@ impl Sqlite {
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
     {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.read_blocking(f))
+        let r = tokio::task::spawn_blocking(move || store.read_blocking(f))
             .await
-            .map_err(|e| StoreError::Commit(format!("reader task failed: {e}")))?
+            .map_err(|e| StoreError::Commit(format!("reader task failed: {e}")))??;
+        // What the read saw may include commits of this process still being made durable.
+        self.all_durable().await?;
+        Ok(r)
     }
 
     fn read_blocking<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
@@ -212,6 +240,16 @@ impl Sqlite {
             let _ = h.join();
         }
         self.inner.committer.close();
+        // After the writer thread: it settles what that thread sent it last.
+        let handle = self
+            .inner
+            .sync_thread
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
     }
 
     // ------------------------------------------------------------ writes
@@ -244,6 +282,12 @@ impl Sqlite {
     pub(super) async fn commit(&self, fence: Fence, changes: Changes) -> Result<()> {
         self.write(move |ctx| queries::apply(ctx, &fence, &changes, now_ms()))
             .await
+    }
+
+    pub(super) async fn commit_early(&self, fence: Fence, changes: Changes) -> Result<Durable> {
+        self.write_early(move |ctx| queries::apply(ctx, &fence, &changes, now_ms()))
+            .await
+            .map(|((), durable)| durable)
     }
 
     pub(super) async fn transition<R, F>(

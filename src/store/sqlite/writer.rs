@@ -19,10 +19,11 @@ use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot};
 
 use super::files::{before_locking, wait_with, without_waiting};
+use super::sync::Syncer;
 use super::wake::Wake;
 use super::{Sqlite, poisoned};
 use crate::api::ThreadId;
-use crate::store::{COMMIT_BUCKETS_S, Change, CommitStats, Result, StoreError};
+use crate::store::{COMMIT_BUCKETS_S, Change, CommitStats, Durable, Result, StoreError};
 
 /// The context a write runs in: the open transaction and the set of workflows it touched.
 pub(super) struct WriteCtx<'c> {
@@ -40,9 +41,28 @@ impl WriteCtx<'_> {
     }
 }
 
-type Reply = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+/// Answers a write with its commit's number, or why it did not commit.
+type Reply = Box<dyn FnOnce(std::result::Result<u64, String>) + Send>;
 /// A queued write; called with `None` when it must not run (its reply then carries the error).
-pub(super) type Job = Box<dyn FnOnce(Option<&mut WriteCtx<'_>>) -> (bool, Reply) + Send>;
+/// Returns whether it succeeded, its reply, and when the reply is due.
+pub(super) type Job = Box<dyn FnOnce(Option<&mut WriteCtx<'_>>) -> (bool, Reply, Due) + Send>;
+
+/// When a write is answered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Due {
+    /// Once its commit is durable.
+    Durable,
+    /// As soon as its `COMMIT` returns (the caller waits for the fsync itself).
+    Written,
+}
+
+/// A commit written and not yet answered: what is due once it is durable.
+pub(super) struct Written {
+    seq: u64,
+    replies: Vec<Reply>,
+    changed: Vec<ThreadId>,
+    began: Instant,
+}
 
 /// What the writer thread is sent: a write, or a checkpoint asked for by a commit made on its
 /// caller's thread.
@@ -76,7 +96,11 @@ fn note_wal_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite:
 /// What became of a write offered to the caller's thread.
 enum Inline {
     /// Committed (or failed) here; `checkpoint`: the WAL has grown enough for one.
-    Done { checkpoint: bool },
+    /// `written`: what is still due once the commit is durable.
+    Done {
+        checkpoint: bool,
+        written: Option<Written>,
+    },
     /// Not run: the writer is busy, writes are queued, or another process holds the lock.
     Refused(Job),
 }
@@ -105,6 +129,10 @@ pub(super) struct Committer {
     latency: Mutex<CommitStats>,
     /// Told of every write transaction's end, for other processes waiting for the lock.
     wake: Option<Arc<Wake>>,
+    /// Makes commits durable after the lock is let go.
+    pub(super) syncer: Syncer,
+    /// To the sync thread, which settles commits whose caller did not wait for the fsync.
+    to_sync: Mutex<Option<mpsc::Sender<Written>>>,
 }
 
 impl Committer {
@@ -112,6 +140,8 @@ impl Committer {
         conn: Connection,
         changes: broadcast::Sender<Change>,
         wake: Option<Arc<Wake>>,
+        syncer: Syncer,
+        to_sync: mpsc::Sender<Written>,
     ) -> Committer {
         // Checkpoints copy up to a thousand pages and fsync the database: they run on the
         // writer thread, never on a caller's.
@@ -130,6 +160,8 @@ impl Committer {
                 ..CommitStats::default()
             }),
             wake,
+            syncer,
+            to_sync: Mutex::new(Some(to_sync)),
         }
     }
 
@@ -149,9 +181,43 @@ impl Committer {
         guard
     }
 
-    /// Closes the writer connection; later writes fail with [`StoreError::Closed`].
+    /// Closes the writer connection; later writes fail with [`StoreError::Closed`]. The sync
+    /// thread ends once it has settled what was sent to it.
     pub(super) fn close(&self) {
         self.lock().take();
+        if let Ok(mut s) = self.to_sync.lock() {
+            s.take();
+        }
+    }
+
+    /// Settles `w` on this thread (an fsync unless one covered it already): answers its
+    /// writes, counts its latency and publishes its changes once it is durable.
+    pub(super) fn settle(&self, w: Written) {
+        let synced = self.syncer.sync_through(w.seq);
+        if synced.is_ok() {
+            record_latency(&self.latency, w.began.elapsed());
+        }
+        for reply in w.replies {
+            reply(synced.clone().map(|()| w.seq));
+        }
+        if synced.is_ok() {
+            for id in w.changed {
+                let _ = self.changes.send(Change::Workflow(id));
+            }
+        }
+    }
+
+    /// Has the sync thread settle `w`, or settles it here if that thread is gone.
+    fn settle_later(&self, w: Written) {
+        let sender = self.to_sync.lock().ok().and_then(|s| s.clone());
+        match sender {
+            Some(tx) => {
+                if let Err(mpsc::SendError(w)) = tx.send(w) {
+                    self.settle(w);
+                }
+            }
+            None => self.settle(w),
+        }
     }
 
     /// Commits `job` on this thread if the connection is idle and nothing is queued;
@@ -177,8 +243,11 @@ impl Committer {
             // Another process holds the write lock: the writer thread waits for it.
             return Inline::Refused(job);
         }
-        let checkpoint = self.run(conn, vec![job], began);
-        Inline::Done { checkpoint }
+        let (checkpoint, written) = self.run(conn, vec![job], began);
+        Inline::Done {
+            checkpoint,
+            written,
+        }
     }
 
     /// Runs a passive checkpoint (it copies what no reader still needs and waits for no
@@ -200,11 +269,12 @@ impl Committer {
         }
     }
 
-    /// Runs `batch` in the transaction just begun on `conn`, commits it and answers each job.
-    /// Returns whether the WAL has grown enough for a checkpoint. A job that panics is
-    /// rolled back like one that failed (its caller sees the store's error), so no transaction
-    /// is left open holding the database's write lock.
-    fn run(&self, conn: &Connection, batch: Vec<Job>, began: Instant) -> bool {
+    /// Runs `batch` in the transaction just begun on `conn` and commits it. Answers at once
+    /// the jobs due when written (and every job, if nothing was committed); returns whether the
+    /// WAL has grown enough for a checkpoint, and what is due once the commit is durable. A job
+    /// that panics is rolled back like one that failed (its caller sees the store's error), so
+    /// no transaction is left open holding the database's write lock.
+    fn run(&self, conn: &Connection, batch: Vec<Job>, began: Instant) -> (bool, Option<Written>) {
         let mut ctx = WriteCtx {
             conn,
             changed: Vec::new(),
@@ -216,15 +286,15 @@ impl Committer {
         for job in batch {
             let mark = ctx.changed.len();
             if !alone && let Err(e) = exec_cached(conn, "SAVEPOINT job") {
-                replies.push(fail_reply(job, &e.to_string()));
+                replies.push((fail_reply(job, &e.to_string()), Due::Written));
                 continue;
             }
             let ran =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&mut ctx))));
-            let (ok, reply) = ran.unwrap_or_else(|_| {
+            let (ok, reply, due) = ran.unwrap_or_else(|_| {
                 tracing::error!("a write panicked; its changes are rolled back");
                 let dropped: Reply = Box::new(|_| {});
-                (false, dropped)
+                (false, dropped, Due::Written)
             });
             if !ok {
                 ctx.changed.truncate(mark);
@@ -242,7 +312,7 @@ impl Committer {
                     tracing::error!(error = %e, "savepoint handling failed");
                 }
             }
-            replies.push(reply);
+            replies.push((reply, due));
         }
         let commit = if failed_alone {
             exec_cached(conn, "ROLLBACK").map_err(|e| e.to_string())
@@ -256,28 +326,36 @@ impl Committer {
         if let Some(w) = &self.wake {
             w.released();
         }
-        let changed = std::mem::take(&mut ctx.changed);
-        let committed = commit.is_ok() && !failed_alone;
-        if committed {
-            // Counted before anyone is answered: a caller that reads the count after its
-            // write returns sees that write's commit in it.
-            self.commits.fetch_add(1, Ordering::Relaxed);
-            record_latency(&self.latency, began.elapsed());
-        }
-        for reply in replies {
-            reply(commit.clone());
-        }
         let pages = WAL_PAGES.with(|p| p.take());
-        if committed {
-            for id in changed {
-                let _ = self.changes.send(Change::Workflow(id));
+        if commit.is_err() || failed_alone {
+            // Nothing was written: every job is answered now (a failed one with its own error).
+            for (reply, _) in replies {
+                reply(commit.clone().map(|()| 0));
             }
-            if let Some(p) = pages {
-                self.wal_pages.store(p, Ordering::Relaxed);
-                return self.wants_checkpoint(p);
+            return (false, None);
+        }
+        let seq = self.syncer.written();
+        // Counted before anyone is answered: a caller that reads the count after its write
+        // returns sees that write's commit in it.
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        let mut later = Vec::with_capacity(replies.len());
+        for (reply, due) in replies {
+            match due {
+                Due::Written => reply(Ok(seq)),
+                Due::Durable => later.push(reply),
             }
         }
-        false
+        let written = Written {
+            seq,
+            replies: later,
+            changed: std::mem::take(&mut ctx.changed),
+            began,
+        };
+        let checkpoint = pages.is_some_and(|p| {
+            self.wal_pages.store(p, Ordering::Relaxed);
+            self.wants_checkpoint(p)
+        });
+        (checkpoint, Some(written))
     }
 
     /// Whether a commit that left `pages` in the WAL should ask for a checkpoint: once the WAL
@@ -316,7 +394,33 @@ impl Sqlite {
         R: Send + 'static,
         F: FnOnce(&mut WriteCtx<'_>) -> Result<R> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel::<Result<R>>();
+        self.write_when(f, Due::Durable).await.map(|(r, _)| r)
+    }
+
+    /// Like [`Sqlite::write`], but returns as soon as the commit is written: visible to every
+    /// reader of the file and safe from a crash of this process (its frames are in the
+    /// kernel's page cache), not yet from a crash of the machine. The [`Durable`] resolves once
+    /// it is; the commit's changes are published then.
+    pub(super) async fn write_early<R, F>(&self, f: F) -> Result<(R, Durable)>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<R> + Send + 'static,
+    {
+        let (r, seq) = self.write_when(f, Due::Written).await?;
+        let committer = self.inner.committer.clone();
+        Ok((
+            r,
+            Durable::new(async move { committer.syncer.durable(seq).await }),
+        ))
+    }
+
+    /// Runs `f` in a transaction and answers it when `due`, with its commit's number.
+    async fn write_when<R, F>(&self, f: F, due: Due) -> Result<(R, u64)>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<R> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<(R, u64)>>();
         let job: Job = Box::new(move |ctx| {
             let result = match ctx {
                 Some(ctx) => f(ctx),
@@ -325,24 +429,42 @@ impl Sqlite {
             let ok = result.is_ok();
             let reply: Reply = Box::new(move |commit| {
                 let out = match commit {
-                    Ok(()) => result,
+                    Ok(seq) => result.map(|r| (r, seq)),
                     Err(e) => Err(StoreError::Commit(e)),
                 };
                 let _ = tx.send(out);
             });
-            (ok, reply)
+            (ok, reply, due)
         });
         let committer = &self.inner.committer;
         match committer.try_inline(job) {
-            Inline::Done { checkpoint } => {
+            Inline::Done {
+                checkpoint,
+                written,
+            } => {
                 if checkpoint && !committer.checkpoint_asked.swap(true, Ordering::AcqRel) {
                     // Best effort: a closed store needs none.
                     let _ = self.send(Msg::Checkpoint);
+                }
+                // The connection is free again: the fsync runs beside the next commit. A caller
+                // waiting for it makes it here; one that is not leaves it to the sync thread.
+                if let Some(w) = written {
+                    match due {
+                        Due::Durable => committer.settle(w),
+                        Due::Written => committer.settle_later(w),
+                    }
                 }
             }
             Inline::Refused(job) => self.send(Msg::Write(job))?,
         }
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Waits until every commit this process has written is durable; reads call it before
+    /// they return, so nothing they saw can be lost with the machine after it was told.
+    pub(super) async fn all_durable(&self) -> Result<()> {
+        let syncer = &self.inner.committer.syncer;
+        syncer.durable(syncer.last_written()).await
     }
 }
 
@@ -414,7 +536,13 @@ pub(super) fn writer_loop(committer: Arc<Committer>, rx: mpsc::Receiver<Msg>) {
                 }
                 continue;
             }
-            checkpoint |= committer.run(conn, batch, began);
+            let (wants, written) = committer.run(conn, batch, began);
+            checkpoint |= wants;
+            // The writer thread never waits for an fsync: it goes on to the next batch while
+            // the sync thread makes this one durable.
+            if let Some(w) = written {
+                committer.settle_later(w);
+            }
         }
         if checkpoint {
             committer.checkpoint(conn);
@@ -422,9 +550,18 @@ pub(super) fn writer_loop(committer: Arc<Committer>, rx: mpsc::Receiver<Msg>) {
     }
 }
 
+/// The sync thread: settles, in the order they were written, the commits whose callers did
+/// not wait for the fsync; commits written while one fsync runs share the next.
+pub(super) fn sync_loop(committer: Arc<Committer>, rx: mpsc::Receiver<Written>) {
+    // Each settle's fsync covers the commits queued behind it, which then find it made.
+    for w in rx.iter() {
+        committer.settle(w);
+    }
+}
+
 /// Answers a job with `msg` without running it.
 fn fail_reply(job: Job, msg: &str) -> Reply {
-    let (_, reply) = job(None);
+    let (_, reply, _) = job(None);
     let msg = msg.to_owned();
     Box::new(move |_| reply(Err(msg)))
 }
@@ -489,7 +626,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let job: Job = Box::new(move |_| {
             let _ = tx.send(());
-            (true, Box::new(|_| {}))
+            (true, Box::new(|_| {}), Due::Written)
         });
         let Inline::Refused(back) = committer.try_inline(job) else {
             panic!("committed ahead of the queued write");
@@ -498,7 +635,10 @@ mod tests {
         committer.queued.fetch_sub(1, Ordering::AcqRel);
         assert!(matches!(
             committer.try_inline(back),
-            Inline::Done { checkpoint: false }
+            Inline::Done {
+                checkpoint: false,
+                ..
+            }
         ));
         assert!(rx.try_recv().is_ok());
     }
@@ -566,9 +706,12 @@ mod tests {
             let done = ctx.unwrap().conn.execute_batch(
                 "CREATE TABLE bulk (b BLOB); INSERT INTO bulk VALUES (randomblob(5000000));",
             );
-            (done.is_ok(), Box::new(|_| {}))
+            (done.is_ok(), Box::new(|_| {}), Due::Written)
         });
-        let Inline::Done { checkpoint: true } = store.inner.committer.try_inline(job) else {
+        let Inline::Done {
+            checkpoint: true, ..
+        } = store.inner.committer.try_inline(job)
+        else {
             panic!("a commit of 5 MB on this thread did not ask for a checkpoint");
         };
         // Its pages are still only in the WAL: the commit did not copy them.
@@ -588,7 +731,7 @@ mod tests {
                 .unwrap()
                 .conn
                 .execute("INSERT INTO bulk VALUES (randomblob(?1))", [bytes as i64]);
-            (done.is_ok(), Box::new(|_| {}))
+            (done.is_ok(), Box::new(|_| {}), Due::Written)
         })
     }
 
@@ -615,7 +758,10 @@ mod tests {
             .write(|ctx| Ok(ctx.conn.execute_batch("CREATE TABLE bulk (b BLOB)")?))
             .await
             .unwrap();
-        let Inline::Done { checkpoint: true } = inline(committer, bulk(5_000_000)) else {
+        let Inline::Done {
+            checkpoint: true, ..
+        } = inline(committer, bulk(5_000_000))
+        else {
             panic!("1,200 pages did not ask for a checkpoint");
         };
         // Another process reads from the WAL, so the WAL cannot start over after the checkpoint
@@ -629,11 +775,17 @@ mod tests {
         assert_eq!(store.checkpoints(), 1);
         // Ten commits of a page or two each.
         for _ in 0..10 {
-            let Inline::Done { checkpoint: false } = inline(committer, bulk(10)) else {
+            let Inline::Done {
+                checkpoint: false, ..
+            } = inline(committer, bulk(10))
+            else {
                 panic!("a small commit on a WAL checkpointed already asked for another checkpoint");
             };
         }
-        let Inline::Done { checkpoint: true } = inline(committer, bulk(500_000)) else {
+        let Inline::Done {
+            checkpoint: true, ..
+        } = inline(committer, bulk(500_000))
+        else {
             panic!("120 more pages did not ask for a checkpoint");
         };
         reader.execute_batch("COMMIT").unwrap();
