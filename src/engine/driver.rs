@@ -6,7 +6,10 @@
 //! dependent starts, and the start of the dependents that became ready shares that commit —
 //! one durable commit per step boundary. Every commit is fenced by the workflow's lease epoch,
 //! so a driver that lost its lease cannot overwrite the new owner's work; and no attempt is
-//! spawned before the commit recording its start.
+//! spawned before the commit recording its start is written. A boundary's attempts start
+//! while its fsync runs (the commit is safe from a crash of this process once written; the
+//! fsync makes it safe from a crash of the machine, which would end the attempts too), and
+//! the driver waits for that fsync before the workflow ends or stops.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -123,6 +126,8 @@ pub(super) struct Driver {
     /// them again for notices that came too soon after (at most one read per interval).
     answers_read_at: Option<Instant>,
     answers_recheck: Option<Instant>,
+    /// The fsync of the last boundary commit, while it runs (it covers the earlier ones).
+    unsynced: Option<store::Durable>,
 }
 
 /// What an idle driver woke up for.
@@ -139,6 +144,8 @@ enum Wake {
     Progress,
     /// A running step's activity is due to be written.
     Activity,
+    /// The last boundary commit is durable, or its fsync failed.
+    Synced(store::Result<()>),
 }
 
 impl Driver {
@@ -167,6 +174,7 @@ impl Driver {
             recount: false,
             answers_read_at: None,
             answers_recheck: None,
+            unsynced: None,
         }
     }
 
@@ -197,6 +205,10 @@ impl Driver {
             let parked = self.sched.status() == crate::api::WorkflowStatus::Blocked
                 && self.sched.is_waiting();
             if self.sched.status().is_terminal() && !parked {
+                // The commit that ended it is written; the workflow is done once it is durable.
+                if let Some(Err(e)) = self.wait_synced().await {
+                    tracing::error!(thread_id = %self.fence.id, error = %e, "the workflow's last commit may not be durable");
+                }
                 tracing::debug!(thread_id = %self.fence.id, status = %self.sched.status(), "workflow stopped");
                 return;
             }
@@ -258,6 +270,7 @@ impl Driver {
                     }
                 }
                 change = next_change(self.feed.as_mut()) => Wake::Change(change),
+                Some(synced) = next_synced(self.unsynced.as_mut()) => Wake::Synced(synced),
                 Some(p) = spare_permit(sem, self.sched.starved()) => {
                     self.spare = Some(p);
                     Wake::Done(Vec::new())
@@ -273,6 +286,10 @@ impl Driver {
                 }
                 Wake::Progress => Box::pin(self.flush_progress()).await,
                 Wake::Activity => Box::pin(self.save_activity()).await,
+                Wake::Synced(synced) => {
+                    self.unsynced = None;
+                    self.on_synced(synced)
+                }
             };
             if !go_on {
                 break;
@@ -295,7 +312,7 @@ impl Driver {
         if ch.is_empty() {
             return !self.recount || self.recount_cost().await;
         }
-        if !self.commit(ch).await {
+        if !self.commit_boundary(ch).await {
             return false;
         }
         if let Some(ended) = ended.filter(|e| !e.is_empty()) {
@@ -584,6 +601,51 @@ impl Driver {
         false
     }
 
+    /// Commits a step boundary and returns once it is written, keeping its fsync to wait
+    /// for (store errors are retried as in [`Driver::commit`]). Returns false if the driver
+    /// must stop.
+    async fn commit_boundary(&mut self, ch: Changes) -> bool {
+        match self
+            .sh
+            .store
+            .commit_early(self.fence.clone(), ch.clone())
+            .await
+        {
+            Ok(durable) => {
+                self.unsynced = Some(durable);
+                true
+            }
+            Err(StoreError::Fenced(_)) => {
+                tracing::warn!(thread_id = %self.fence.id, "lease lost; stopping this workflow here");
+                self.halt(StopReason::Fenced);
+                false
+            }
+            Err(e) => {
+                tracing::error!(thread_id = %self.fence.id, error = %e, "cannot commit; retrying");
+                self.commit(ch).await
+            }
+        }
+    }
+
+    /// Waits for the fsync of the last boundary commit, if one runs.
+    async fn wait_synced(&mut self) -> Option<store::Result<()>> {
+        let durable = self.unsynced.take()?;
+        Some(durable.await)
+    }
+
+    /// A boundary commit's fsync ended: a failed one stops the driver (the store takes no
+    /// more writes; the workflow is left for recovery).
+    fn on_synced(&mut self, synced: store::Result<()>) -> bool {
+        match synced {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(thread_id = %self.fence.id, error = %e, "a commit may not be durable; stopping this workflow here");
+                self.halt(StopReason::StoreFailed);
+                false
+            }
+        }
+    }
+
     /// After a stop: waits for attempts to end, then records the stop (unless the lease or
     /// the store is gone, in which case the workflow is left for recovery).
     async fn finish_stopped(mut self) {
@@ -628,6 +690,14 @@ fn at_store_time(ms: i64) -> Instant {
 // pointer for each, not room for every wait it might take.
 
 /// The next change notice, or never without a feed.
+/// The result of the running fsync; pending forever when none runs.
+async fn next_synced(unsynced: Option<&mut store::Durable>) -> Option<store::Result<()>> {
+    match unsynced {
+        Some(d) => Some(d.await),
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_change(feed: Option<&mut store::ChangeFeed>) -> Option<store::Change> {
     match feed {
         Some(f) => Box::pin(f.recv()).await,
